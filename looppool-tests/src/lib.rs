@@ -1,0 +1,181 @@
+//! Worker types shared by looppool's integration tests, and helpers.
+//!
+//! The worker program `test-worker` (in `src/bin`) runs them; the tests in
+//! `tests/` start pools of it with `env!("CARGO_BIN_EXE_test-worker")`,
+//! which is how users test their own workers under `cargo test`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use looppool::{BoxError, InitContext, TaskContext, Worker};
+use serde::{Deserialize, Serialize};
+
+/// What a [`Probe`] worker is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Job {
+    /// Emit twice the value.
+    Double(u64),
+    /// Emit `value` `times` times.
+    Repeat {
+        /// The value.
+        value: u64,
+        /// How many times.
+        times: u32,
+    },
+    /// Emit nothing.
+    Nothing,
+    /// Return an error with this message.
+    Fail(String),
+    /// Panic with this message.
+    Panic(String),
+    /// Sleep on the loop, then emit `value`.
+    Sleep {
+        /// Milliseconds.
+        ms: u64,
+        /// The value to emit afterwards.
+        value: u64,
+    },
+    /// Busy-loop the CPU (blocking the loop), then emit `value`.
+    Spin {
+        /// Milliseconds.
+        ms: u64,
+        /// The value to emit afterwards.
+        value: u64,
+    },
+    /// Exit the process with this code.
+    Exit(i32),
+    /// Abort the process (as `panic = "abort"` would).
+    Abort,
+    /// Store a value in the worker's state.
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: u64,
+    },
+    /// Emit the stored value, or `u64::MAX` if there is none.
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Emit the worker's index.
+    WhoAmI,
+    /// Emit the worker's process id.
+    Pid,
+    /// Emit an output of this many bytes' worth (a vector), exercising frame limits.
+    Big(u64),
+}
+
+/// The init payload of a [`Probe`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeInit {
+    /// Make the initialiser fail on this worker index.
+    pub fail_on: Option<usize>,
+    /// Emit this many unsolicited outputs from background work after init.
+    pub unsolicited: u64,
+    /// Added to every `Double` result, to check the init payload arrives.
+    pub offset: u64,
+}
+
+/// A worker that does whatever its task says; see [`Job`].
+#[derive(Debug)]
+pub struct Probe {
+    index: usize,
+    offset: u64,
+    state: RefCell<HashMap<String, u64>>,
+    shutdown_marker: Option<std::path::PathBuf>,
+}
+
+impl Worker for Probe {
+    const NAME: &'static str = "probe";
+    type Init = ProbeInit;
+    type Task = Job;
+    type Output = u64;
+
+    async fn init(init: ProbeInit, cx: InitContext<u64>) -> Result<Self, BoxError> {
+        if init.fail_on == Some(cx.index()) {
+            return Err(format!("refusing to start worker {}", cx.index()).into());
+        }
+        if init.unsolicited > 0 {
+            let emitter = cx.emitter();
+            let n = init.unsolicited;
+            tokio::task::spawn_local(async move {
+                for i in 0..n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if emitter.emit(1_000_000 + i).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Probe {
+            index: cx.index(),
+            offset: init.offset,
+            state: RefCell::new(HashMap::new()),
+            shutdown_marker: std::env::var_os("PROBE_SHUTDOWN_MARKER").map(Into::into),
+        })
+    }
+
+    async fn handle(self: Rc<Self>, job: Job, cx: TaskContext<u64>) -> Result<(), BoxError> {
+        match job {
+            Job::Double(x) => cx.emit(2 * x + self.offset).await?,
+            Job::Repeat { value, times } => {
+                for _ in 0..times {
+                    cx.emit(value).await?;
+                }
+            }
+            Job::Nothing => {}
+            Job::Fail(message) => return Err(message.into()),
+            Job::Panic(message) => panic!("{message}"),
+            Job::Sleep { ms, value } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                cx.emit(value).await?;
+            }
+            Job::Spin { ms, value } => {
+                let until = Instant::now() + Duration::from_millis(ms);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                cx.emit(value).await?;
+            }
+            Job::Exit(code) => std::process::exit(code),
+            Job::Abort => std::process::abort(),
+            Job::Set { key, value } => {
+                self.state.borrow_mut().insert(key, value);
+            }
+            Job::Get { key } => {
+                let value = self.state.borrow().get(&key).copied().unwrap_or(u64::MAX);
+                cx.emit(value).await?;
+            }
+            Job::WhoAmI => cx.emit(self.index as u64).await?,
+            Job::Pid => cx.emit(u64::from(std::process::id())).await?,
+            Job::Big(bytes) => {
+                // A u64 output cannot be big; report the size we were asked for.
+                let payload = vec![0u8; bytes as usize];
+                cx.emit(payload.len() as u64).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown(self: Rc<Self>) {
+        if let Some(path) = &self.shutdown_marker {
+            let _ = std::fs::write(path.join(format!("worker-{}", self.index)), b"bye");
+        }
+    }
+}
+
+/// A builder for a pool of [`Probe`]s run by the test worker program.
+///
+/// A macro, because `CARGO_BIN_EXE_*` is defined only while compiling the
+/// integration tests.
+#[macro_export]
+macro_rules! probe_pool {
+    () => {
+        looppool::Pool::<$crate::Probe>::builder()
+            .program(env!("CARGO_BIN_EXE_test-worker"))
+            .name("probe")
+    };
+}

@@ -1,0 +1,240 @@
+//! Bytes ↔ frames: length-delimited framing, varints and in-place serde encoding.
+//!
+//! A frame on the wire is a 4-byte little-endian body length followed by the
+//! body. The body starts with a one-byte message kind (see [`crate::protocol`]).
+//! Frames are appended straight into a connection's output buffer, so that many
+//! small messages share one `write` system call; nothing here allocates per
+//! frame once the buffers have grown.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Bytes taken by the length prefix of every frame.
+pub(crate) const HEADER_LEN: usize = 4;
+
+/// Default bound on a frame body: large payloads pass, runaway ones do not.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Why a frame could not be built or read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CodecError {
+    /// A frame's body is larger than the connection's limit.
+    TooLarge { len: usize, max: usize },
+    /// A frame ended before one of its fields did.
+    Truncated,
+    /// A varint was longer than its type allows.
+    BadVarint,
+    /// serde failed to encode or decode a payload.
+    Serde(String),
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max} bytes")
+            }
+            CodecError::Truncated => f.write_str("frame truncated"),
+            CodecError::BadVarint => f.write_str("malformed varint"),
+            CodecError::Serde(msg) => write!(f, "serialization failed: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Starts a frame in `buf`: reserves the length prefix and writes the kind.
+/// Returns the frame's start offset, to hand to [`finish_frame`].
+#[inline]
+pub(crate) fn begin_frame(buf: &mut Vec<u8>, kind: u8) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+    start
+}
+
+/// Completes the frame begun at `start`: checks its size and fills in its
+/// length. An oversize frame is removed again, so the buffer stays valid.
+#[inline]
+pub(crate) fn finish_frame(buf: &mut Vec<u8>, start: usize, max: usize) -> Result<(), CodecError> {
+    let len = buf.len() - start - HEADER_LEN;
+    if len > max {
+        buf.truncate(start);
+        return Err(CodecError::TooLarge { len, max });
+    }
+    buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Appends `value` as a LEB128 varint.
+#[inline]
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// Serializes `value` with postcard, appending to `buf` in place.
+#[inline]
+pub(crate) fn put_serde<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    let mark = buf.len();
+    match postcard::serialize_with_flavor(value, AppendFlavor(buf)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            buf.truncate(mark);
+            Err(CodecError::Serde(e.to_string()))
+        }
+    }
+}
+
+/// Decodes a postcard payload that must fill `bytes` exactly.
+pub(crate) fn get_serde<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(CodecError::Serde(format!(
+            "{} trailing bytes after the value",
+            rest.len()
+        ))),
+        Err(e) => Err(CodecError::Serde(e.to_string())),
+    }
+}
+
+/// A postcard output flavor that appends to a borrowed `Vec` without moving it
+/// in and out of the serializer (which costs a copy per frame).
+struct AppendFlavor<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendFlavor<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// A cursor over one frame body, for reading its fields.
+#[derive(Debug)]
+pub(crate) struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn new(body: &'a [u8]) -> Self {
+        Fields { rest: body }
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, CodecError> {
+        let (&first, rest) = self.rest.split_first().ok_or(CodecError::Truncated)?;
+        self.rest = rest;
+        Ok(first)
+    }
+
+    pub(crate) fn varint(&mut self) -> Result<u64, CodecError> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(CodecError::BadVarint);
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(CodecError::BadVarint)
+    }
+
+    pub(crate) fn varint_u32(&mut self) -> Result<u32, CodecError> {
+        u32::try_from(self.varint()?).map_err(|_| CodecError::BadVarint)
+    }
+
+    /// The unread remainder, consuming it.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
+    /// Fails unless every byte was read.
+    pub(crate) fn end(&self) -> Result<(), CodecError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError::Serde(format!("{} unexpected trailing bytes", self.rest.len())))
+        }
+    }
+}
+
+/// Splits complete frames off the front of a read buffer.
+///
+/// Call [`next_frame`](Self::next_frame) until it returns `Ok(None)`, then
+/// [`compact`](Self::compact) before reading more bytes in behind the rest.
+#[derive(Debug)]
+pub(crate) struct FrameDecoder {
+    max: usize,
+    pos: usize,
+}
+
+impl FrameDecoder {
+    pub(crate) fn new(max: usize) -> Self {
+        FrameDecoder { max, pos: 0 }
+    }
+
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The body of the next complete frame in `buf`, if there is one.
+    ///
+    /// An announced length above the limit is an error at once, before its
+    /// bytes arrive, so a peer cannot make us buffer a runaway frame.
+    pub(crate) fn next_frame<'b>(&mut self, buf: &'b [u8]) -> Result<Option<&'b [u8]>, CodecError> {
+        let avail = &buf[self.pos..];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > self.max {
+            return Err(CodecError::TooLarge { len, max: self.max });
+        }
+        if len == 0 {
+            return Err(CodecError::Truncated);
+        }
+        if avail.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        self.pos += HEADER_LEN + len;
+        Ok(Some(&avail[HEADER_LEN..HEADER_LEN + len]))
+    }
+
+    /// How many more bytes the frame at the front needs, if it is known.
+    pub(crate) fn wanted(&self, buf: &[u8]) -> usize {
+        let avail = &buf[self.pos..];
+        if avail.len() < HEADER_LEN {
+            return HEADER_LEN - avail.len();
+        }
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        (HEADER_LEN + len).saturating_sub(avail.len())
+    }
+
+    /// Drops the consumed frames from the front of `buf`.
+    pub(crate) fn compact(&mut self, buf: &mut Vec<u8>) {
+        if self.pos > 0 {
+            buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! Public error types, one per family of operations.
+//!
+//! `Display` texts are short lowercase phrases that describe only their own
+//! level; causes are in [`std::error::Error::source`]. The wording is not part
+//! of the stable API. Errors that carry a value which never left the process
+//! give it back (`into_inner`).
+
+use std::fmt;
+
+use crate::pool::TaskId;
+
+/// A setting of [`PoolBuilder`](crate::PoolBuilder) that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    message: String,
+}
+
+impl BuildError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        BuildError { message: message.into() }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid pool configuration: {}", self.message)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Why a pool (or one worker of it) could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The builder's settings are invalid.
+    Config(BuildError),
+    /// The worker program could not be executed.
+    Spawn {
+        /// Index of the worker that failed.
+        worker: usize,
+        /// The program that was executed.
+        program: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The program started but did not complete the looppool handshake.
+    Handshake {
+        /// Index of the worker that failed.
+        worker: usize,
+        /// What went wrong, in words that say what to change.
+        reason: String,
+    },
+    /// The worker's initialiser returned an error or panicked.
+    Init {
+        /// Index of the worker that failed.
+        worker: usize,
+        /// The initialiser's error message.
+        message: String,
+    },
+}
+
+impl StartError {
+    /// Index of the worker that failed to start, if one did.
+    pub fn worker(&self) -> Option<usize> {
+        match self {
+            StartError::Config(_) => None,
+            StartError::Spawn { worker, .. }
+            | StartError::Handshake { worker, .. }
+            | StartError::Init { worker, .. } => Some(*worker),
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Spawn { worker, program, .. } => {
+                write!(f, "cannot execute worker {worker} program {program:?}")
+            }
+            StartError::Handshake { worker, reason } => {
+                write!(f, "worker {worker} failed the handshake: {reason}")
+            }
+            StartError::Init { worker, message } => {
+                write!(f, "worker {worker} initialiser failed: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Spawn { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<BuildError> for StartError {
+    fn from(e: BuildError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+/// Why a task was not accepted; the task is returned inside.
+pub struct SubmitError<T> {
+    kind: SubmitErrorKind,
+    task: T,
+}
+
+/// The reason inside a [`SubmitError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubmitErrorKind {
+    /// The worker's queue is at its bound (only from the `try_` methods).
+    Full,
+    /// The pool is shutting down, has failed, or the worker was removed.
+    Closed,
+    /// There is no worker with that index.
+    NoSuchWorker {
+        /// The index that was asked for.
+        worker: usize,
+        /// How many workers the pool has.
+        workers: usize,
+    },
+    /// The encoded task exceeds the pool's maximum frame size; nothing was sent.
+    TooLarge {
+        /// Encoded size in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The task could not be serialized; nothing was sent.
+    Encode(String),
+}
+
+impl<T> SubmitError<T> {
+    pub(crate) fn new(kind: SubmitErrorKind, task: T) -> Self {
+        SubmitError { kind, task }
+    }
+
+    /// Why the task was refused.
+    pub fn kind(&self) -> &SubmitErrorKind {
+        &self.kind
+    }
+
+    /// True when the queue was full and a later try may succeed.
+    pub fn is_full(&self) -> bool {
+        self.kind == SubmitErrorKind::Full
+    }
+
+    /// True when the pool no longer accepts tasks.
+    pub fn is_closed(&self) -> bool {
+        self.kind == SubmitErrorKind::Closed
+    }
+
+    /// Gives the refused task back.
+    pub fn into_inner(self) -> T {
+        self.task
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError").field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            SubmitErrorKind::Full => f.write_str("worker queue is full"),
+            SubmitErrorKind::Closed => f.write_str("pool is closed"),
+            SubmitErrorKind::NoSuchWorker { worker, workers } => {
+                write!(f, "no worker {worker} in a pool of {workers}")
+            }
+            SubmitErrorKind::TooLarge { len, max } => {
+                write!(f, "task of {len} bytes exceeds the frame limit of {max} bytes")
+            }
+            SubmitErrorKind::Encode(msg) => write!(f, "cannot serialize task: {msg}"),
+        }
+    }
+}
+
+impl<T> std::error::Error for SubmitError<T> {}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// Its status could not be collected.
+    Unknown,
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s} ({})", crate::sys::signal_name(*s)),
+            ExitStatus::Unknown => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+impl From<std::process::ExitStatus> for ExitStatus {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            _ => ExitStatus::Unknown,
+        }
+    }
+}
+
+/// Why the pool stopped talking to a worker that held tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossCause {
+    /// The process exited or was killed without being asked to.
+    Crashed,
+    /// The worker sent bytes that break the protocol; the pool closed it.
+    Protocol(String),
+    /// It was still running at the end of a shutdown deadline and was killed.
+    ShutdownDeadline,
+    /// The pool was dropped, or killed, while the task ran.
+    PoolKilled,
+}
+
+impl fmt::Display for LossCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossCause::Crashed => f.write_str("worker crashed"),
+            LossCause::Protocol(e) => write!(f, "protocol violation: {e}"),
+            LossCause::ShutdownDeadline => f.write_str("killed at the shutdown deadline"),
+            LossCause::PoolKilled => f.write_str("pool killed"),
+        }
+    }
+}
+
+/// The worker that held a task is gone: who it was and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLost {
+    /// Index of the worker in the pool.
+    pub worker: usize,
+    /// Process id of the worker.
+    pub pid: u32,
+    /// How the process ended.
+    pub status: ExitStatus,
+    /// Why the pool gave up on it.
+    pub cause: LossCause,
+}
+
+impl fmt::Display for WorkerLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker {} (pid {}) lost: {}, {}",
+            self.worker, self.pid, self.cause, self.status
+        )
+    }
+}
+
+impl std::error::Error for WorkerLost {}
+
+/// A task's handler returned an error or panicked; the worker lives on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    /// Index of the worker that ran the task.
+    pub worker: usize,
+    /// The task that failed.
+    pub task: TaskId,
+    /// The error's message (with its sources), or the panic's message and location.
+    pub message: String,
+    /// True when the handler panicked rather than returned an error.
+    pub panicked: bool,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.panicked { "panicked" } else { "failed" };
+        write!(f, "task {} {what} on worker {}: {}", self.task, self.worker, self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Why a [`call`](crate::Pool::call) did not produce a reply.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError<T> {
+    /// The task was not sent; it is given back.
+    Submit(SubmitError<T>),
+    /// The handler returned an error or panicked.
+    Task(TaskError),
+    /// The worker died (or was killed) before the task completed.
+    WorkerLost(WorkerLost),
+    /// The handler completed without emitting any output.
+    NoReply {
+        /// Index of the worker that ran the task.
+        worker: usize,
+        /// The task.
+        task: TaskId,
+    },
+}
+
+impl<T> CallError<T> {
+    /// True when the task's worker was lost.
+    pub fn is_worker_lost(&self) -> bool {
+        matches!(self, CallError::WorkerLost(_))
+    }
+}
+
+impl<T> fmt::Display for CallError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Submit(e) => write!(f, "call not sent: {e}"),
+            CallError::Task(e) => e.fmt(f),
+            CallError::WorkerLost(e) => e.fmt(f),
+            CallError::NoReply { worker, task } => {
+                write!(f, "task {task} on worker {worker} completed without a reply")
+            }
+        }
+    }
+}
+
+impl<T> std::error::Error for CallError<T> where T: fmt::Debug {}
+
+/// Why a worker could not emit an output.
+pub struct EmitError<O> {
+    kind: EmitErrorKind,
+    value: O,
+}
+
+/// The reason inside an [`EmitError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EmitErrorKind {
+    /// The parent has not taken enough outputs yet (only from `try_emit`).
+    Full,
+    /// The worker is shutting down or its parent is gone.
+    Closed,
+    /// The encoded output exceeds the frame limit; nothing was sent.
+    TooLarge {
+        /// Encoded size in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The output could not be serialized; nothing was sent.
+    Encode(String),
+}
+
+impl<O> EmitError<O> {
+    pub(crate) fn new(kind: EmitErrorKind, value: O) -> Self {
+        EmitError { kind, value }
+    }
+
+    /// Why the output was refused.
+    pub fn kind(&self) -> &EmitErrorKind {
+        &self.kind
+    }
+
+    /// True when the output credit window is exhausted.
+    pub fn is_full(&self) -> bool {
+        self.kind == EmitErrorKind::Full
+    }
+
+    /// Gives the refused output back.
+    pub fn into_inner(self) -> O {
+        self.value
+    }
+}
+
+impl<O> fmt::Debug for EmitError<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmitError").field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl<O> fmt::Display for EmitError<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            EmitErrorKind::Full => f.write_str("output window is full"),
+            EmitErrorKind::Closed => f.write_str("worker output is closed"),
+            EmitErrorKind::TooLarge { len, max } => {
+                write!(f, "output of {len} bytes exceeds the frame limit of {max} bytes")
+            }
+            EmitErrorKind::Encode(msg) => write!(f, "cannot serialize output: {msg}"),
+        }
+    }
+}
+
+impl<O> std::error::Error for EmitError<O> {}

@@ -1,0 +1,170 @@
+//! A pool of worker **processes**, each running its own single-threaded tokio
+//! event loop, that exchange typed messages with a parent.
+//!
+//! Heavy asynchronous programs mix IO-bound work with CPU-bound steps that
+//! are coupled to the event loop. One process is not enough, and a thread
+//! pool does not fit because the CPU work needs the loop. `looppool` starts N
+//! worker processes; each runs its own loop, holds its own (not necessarily
+//! `Send`) state, and handles many tasks at once. Processes also isolate
+//! crashes (`panic = "abort"`, FFI faults, OOM), let non-thread-safe native
+//! libraries be used in parallel, and give per-worker memory that can be
+//! recycled.
+//!
+//! # Quick example
+//!
+//! ```no_run
+//! use std::rc::Rc;
+//! use looppool::{BoxError, InitContext, Output, Pool, TaskContext, Worker};
+//!
+//! struct Doubler;
+//!
+//! impl Worker for Doubler {
+//!     const NAME: &'static str = "doubler";
+//!     type Init = ();
+//!     type Task = u64;
+//!     type Output = u64;
+//!
+//!     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> {
+//!         Ok(Doubler)
+//!     }
+//!
+//!     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+//!         cx.emit(2 * x).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // In a process the pool started, this runs the worker and never returns.
+//!     looppool::worker_main!(Doubler);
+//!
+//!     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//!     rt.block_on(async {
+//!         let (pool, mut outputs) = Pool::<Doubler>::builder().workers(2).start().await?;
+//!         assert_eq!(pool.call(21).await?, 42);
+//!         for x in 0..10 {
+//!             pool.submit(x).await?;
+//!         }
+//!         let mut sum = 0;
+//!         for _ in 0..10 {
+//!             if let Some(Output::Value { value, .. }) = outputs.next().await {
+//!                 sum += value;
+//!             }
+//!         }
+//!         assert_eq!(sum, 90);
+//!         pool.shutdown().await;
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! # How it works
+//!
+//! The pool starts each worker by executing a program (by default the current
+//! executable, `/proc/self/exe`) with an environment variable naming the
+//! [`Worker`] to run; [`worker_main!`] at the top of `main` turns such a
+//! process into a worker. Each worker is connected to the parent by its own
+//! Unix socketpair carrying length-delimited frames: tasks, outputs,
+//! completions and credits, with a handshake that checks the protocol
+//! version and the message types.
+//!
+//! Every queue is bounded by credits, as the original Python package's two
+//! semaphores did: each worker holds at most `max_tasks / workers` queued plus
+//! running tasks ([`Pool::submit`] waits, [`Pool::try_submit`] returns the
+//! task in a *full* error), and at most `max_results / workers` outputs may
+//! wait for the parent's consumer ([`TaskContext::emit`] waits,
+//! [`TaskContext::try_emit`] returns *full*). No output is ever dropped.
+//!
+//! # Failure semantics
+//!
+//! | what happens | a `submit`ted task | a `call` |
+//! |---|---|---|
+//! | the handler returns `Err` or panics | an [`Output::Failed`] item; the worker carries on | [`CallError::Task`] |
+//! | the worker process dies (killed, `abort`, `exit`) | an [`Output::Lost`] item naming worker, pid and exit status | [`CallError::WorkerLost`] |
+//! | the worker breaks the protocol (garbage, oversize frame, undecodable output) | the connection is closed, the worker killed and replaced; its tasks are [`Output::Lost`] with [`LossCause::Protocol`] | [`CallError::WorkerLost`] |
+//! | the pool is shut down | runs to completion first | runs to completion first |
+//! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
+//! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
+//!
+//! Every task accepted by `submit` ends in exactly one of: its outputs
+//! followed by completion (no item), a `Failed` item, or a `Lost` item. A
+//! dead worker is replaced under the [`RestartPolicy`]; tasks sent to other
+//! workers are not affected. Compared with other pools:
+//! `multiprocessing.Pool` hangs on a dead worker, `ProcessPoolExecutor`
+//! breaks the whole pool and fails every pending task, and the original
+//! looppool keeps routing to the dead worker. Here only the dead worker's own
+//! tasks fail, each with a reason, and nothing waits forever.
+//!
+//! Workers never outlive the parent: each is started with a parent-death
+//! signal (SIGKILL, armed from a thread that lives as long as the process),
+//! and exits when its connection ends.
+//!
+//! # Testing your workers
+//!
+//! Under `cargo test` the current executable is the test harness, so point
+//! the pool at a binary of your package that runs your workers:
+//!
+//! ```toml
+//! # Cargo.toml
+//! [[bin]]
+//! name = "my-workers"
+//! ```
+//!
+//! ```ignore
+//! // src/bin/my-workers.rs
+//! fn main() {
+//!     looppool::worker_main!(my_crate::Doubler);
+//! }
+//!
+//! // tests/doubler.rs
+//! #[tokio::test]
+//! async fn doubles() {
+//!     let (pool, _outputs) = looppool::Pool::<my_crate::Doubler>::builder()
+//!         .program(env!("CARGO_BIN_EXE_my-workers"))
+//!         .workers(2)
+//!         .start()
+//!         .await
+//!         .unwrap();
+//!     assert_eq!(pool.call(21).await.unwrap(), 42);
+//!     pool.shutdown().await;
+//! }
+//! ```
+//!
+//! This crate's own integration tests (`looppool-tests`) are built this way.
+//!
+//! # Layout
+//!
+//! - [`pool`](Pool): the parent's handle, its builder and the output stream;
+//!   per-worker *lanes* hold each worker's queue and credits.
+//! - [`worker`](Worker): the trait users implement and the worker process's
+//!   runtime.
+//! - `supervisor`: starts workers, notices their end, reports lost tasks and
+//!   restarts them.
+//! - `transport`: frames over a byte stream (a socketpair locally), the seam
+//!   for other transports.
+//! - `codec` and `protocol`: framing, and the wire messages.
+//! - `sys`: the only module with `unsafe` (parent-death signal, descriptors).
+//!
+//! # Platform support
+//!
+//! Linux. The parent-death signal and `/proc/self/exe` are Linux features.
+#![doc(test(attr(deny(warnings))))]
+#![deny(unsafe_code)]
+
+mod codec;
+mod error;
+mod pool;
+mod protocol;
+mod supervisor;
+mod sys;
+mod transport;
+pub mod worker;
+
+pub use codec::DEFAULT_MAX_FRAME;
+pub use error::{
+    BuildError, CallError, EmitError, EmitErrorKind, ExitStatus, LossCause, StartError, SubmitError, SubmitErrorKind,
+    TaskError, WorkerLost,
+};
+pub use pool::{Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId};
+pub use supervisor::{RestartPolicy, WorkerEvent};
+pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

@@ -1,0 +1,351 @@
+//! The parent's side: the [`Pool`] handle and its operations.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::error::{CallError, SubmitError, SubmitErrorKind};
+use crate::supervisor::Supervisor;
+use crate::worker::Worker;
+
+mod builder;
+pub(crate) mod connection;
+pub(crate) mod lane;
+pub(crate) mod outputs;
+
+pub use builder::{PoolBuilder, Signals};
+pub use outputs::{Output, Outputs};
+
+use lane::{CallOutcome, Lane, PushError};
+
+/// Identifies a task within its pool: the worker it was sent to and its
+/// sequence number on that worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    pub(crate) worker: u32,
+    pub(crate) seq: u64,
+}
+
+impl TaskId {
+    /// Index of the worker the task was sent to.
+    pub fn worker(&self) -> usize {
+        self.worker as usize
+    }
+
+    /// The task's sequence number among the tasks sent to that worker.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}#{}", self.worker, self.seq)
+    }
+}
+
+/// What [`Pool::shutdown_timeout`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// True when every worker drained and exited before the deadline.
+    pub drained: bool,
+    /// Why the pool had failed before the shutdown, if it had.
+    pub failure: Option<String>,
+}
+
+/// A pool of worker processes, each running a [`Worker`] on its own event loop.
+///
+/// Start one with [`Pool::builder`]. The handle is cheap to clone and can be
+/// used from any task or thread of the parent's runtime.
+///
+/// # Dropping
+/// When the last handle is dropped without [`shutdown`](Pool::shutdown), the
+/// workers are killed (SIGKILL) and reaped at once; the tasks they held are
+/// reported [lost](Output::Lost) in the output stream.
+pub struct Pool<W: Worker> {
+    inner: Arc<Inner<W::Output>>,
+    _worker: PhantomData<fn() -> W>,
+}
+
+impl<W: Worker> Clone for Pool<W> {
+    fn clone(&self) -> Self {
+        Pool { inner: self.inner.clone(), _worker: PhantomData }
+    }
+}
+
+impl<W: Worker> fmt::Debug for Pool<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.sup.spec.pool_name)
+            .field("workers", &self.inner.lanes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<O: serde::de::DeserializeOwned + Send + 'static> {
+    pub(crate) lanes: Arc<[Arc<Lane<O>>]>,
+    pub(crate) sup: Arc<Supervisor<O>>,
+    /// The next worker for round-robin sends.
+    next: AtomicUsize,
+}
+
+impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for Inner<O> {
+    fn drop(&mut self) {
+        self.sup.kill_all_now();
+    }
+}
+
+impl<W: Worker> Pool<W> {
+    /// A builder for a pool of `W` workers.
+    pub fn builder() -> PoolBuilder<W> {
+        PoolBuilder::new()
+    }
+
+    pub(crate) fn from_parts(lanes: Arc<[Arc<Lane<W::Output>>]>, sup: Arc<Supervisor<W::Output>>) -> Self {
+        Pool { inner: Arc::new(Inner { lanes, sup, next: AtomicUsize::new(0) }), _worker: PhantomData }
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.inner.lanes.len()
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.sup.spec.pool_name
+    }
+
+    /// The process id of each worker, `None` while one is being replaced.
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        (0..self.workers()).map(|i| self.inner.sup.pid(i)).collect()
+    }
+
+    /// Tasks queued or running on each worker.
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.inner.lanes.iter().map(|l| l.in_flight()).collect()
+    }
+
+    /// The per-worker bound on queued plus running tasks.
+    pub fn worker_capacity(&self) -> usize {
+        self.inner.lanes.first().map_or(0, |l| l.capacity())
+    }
+
+    /// Why the pool failed (too many restarts), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.sup.failure()
+    }
+
+    fn lane(&self, worker: usize) -> Result<&Arc<Lane<W::Output>>, SubmitErrorKind> {
+        self.inner
+            .lanes
+            .get(worker)
+            .ok_or(SubmitErrorKind::NoSuchWorker { worker, workers: self.inner.lanes.len() })
+    }
+
+    /// Round-robin choice: the next worker in turn that is running. Workers
+    /// being replaced are skipped, unless all are.
+    fn pick(&self) -> usize {
+        let n = self.inner.lanes.len();
+        // A relaxed load and store, not a read-modify-write: two racing
+        // submitters may pick the same worker, which only evens out later.
+        let start = self.inner.next.load(Ordering::Relaxed);
+        let mut index = start % n;
+        for step in 0..n {
+            let candidate = (start + step) % n;
+            if self.inner.lanes[candidate].is_up() {
+                index = candidate;
+                break;
+            }
+        }
+        self.inner.next.store(index + 1, Ordering::Relaxed);
+        index
+    }
+
+    /// Sends a task to the next worker in turn, waiting while its queue is full.
+    ///
+    /// Returns the task's id; the task's outputs, or its failure, arrive in
+    /// the [`Outputs`] stream.
+    ///
+    /// # Errors
+    /// The task is given back if the pool is shutting down or failed, or the
+    /// task cannot be encoded or exceeds the frame limit.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it completes, the task
+    /// was not sent.
+    pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        let worker = self.pick();
+        self.submit_to(worker, task).await
+    }
+
+    /// Sends a task to the next worker in turn if its queue has room.
+    ///
+    /// # Errors
+    /// A [full](SubmitError::is_full) error, with the task inside, when the
+    /// queue is at its bound; otherwise as [`submit`](Self::submit).
+    pub fn try_submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        let worker = self.pick();
+        self.try_submit_to(worker, task)
+    }
+
+    /// Sends a task to worker `worker`, waiting while its queue is full (or
+    /// while it is being replaced). Tasks sent to one worker start in the
+    /// order they were sent.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit), and when there is no such worker.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`submit`](Self::submit).
+    pub async fn submit_to(&self, worker: usize, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        self.push(worker, &task, None)
+            .await
+            .map_err(|(e, _)| SubmitError::new(e, task))
+    }
+
+    /// Sends a task to worker `worker` if its queue has room.
+    ///
+    /// # Errors
+    /// As [`try_submit`](Self::try_submit), and when there is no such worker.
+    pub fn try_submit_to(&self, worker: usize, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        let lane = match self.lane(worker) {
+            Ok(lane) => lane,
+            Err(kind) => return Err(SubmitError::new(kind, task)),
+        };
+        match lane.try_push(&task, None) {
+            Ok(pushed) => Ok(pushed.id),
+            Err((e, _)) => Err(SubmitError::new(e.into_kind(), task)),
+        }
+    }
+
+    async fn push(
+        &self,
+        worker: usize,
+        task: &W::Task,
+        mut call: Option<lane::CallSender<W::Output>>,
+    ) -> Result<TaskId, (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
+        let lane = self.lane(worker).map_err(|k| (k, None))?;
+        loop {
+            match lane.try_push(task, call) {
+                Ok(pushed) => {
+                    if pushed.yield_now {
+                        tokio::task::yield_now().await;
+                    }
+                    return Ok(pushed.id);
+                }
+                Err((PushError::Full | PushError::Down, back)) => {
+                    call = back;
+                    lane.wait_for_space().await;
+                }
+                Err((e, back)) => return Err((e.into_kind(), back)),
+            }
+        }
+    }
+
+    /// Sends one copy of `task` to every worker, each behind the tasks
+    /// already sent to that worker. Returns the ids of the copies, in worker
+    /// order.
+    ///
+    /// # Errors
+    /// As [`submit_to`](Self::submit_to). If it fails part-way, the copies
+    /// already sent stay sent; the error names the cause.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future part-way leaves some workers
+    /// with a copy and others without.
+    pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskId>, SubmitError<W::Task>> {
+        let mut ids = Vec::with_capacity(self.workers());
+        for worker in 0..self.workers() {
+            match self.push(worker, &task, None).await {
+                Ok(id) => ids.push(id),
+                Err((kind, _)) => return Err(SubmitError::new(kind, task)),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Sends a task to the next worker in turn and waits for its reply: the
+    /// first output its handler emits, delivered when the task completes.
+    /// Later outputs of the same task go to the [`Outputs`] stream.
+    ///
+    /// # Errors
+    /// [`CallError`] says whether the task was not sent (the task is inside),
+    /// failed, completed without a reply, or was lost with its worker.
+    ///
+    /// # Cancel safety
+    /// Dropping the future after the task was sent does not cancel the task;
+    /// its reply is discarded.
+    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        let worker = self.pick();
+        self.call_to(worker, task).await
+    }
+
+    /// Like [`call`](Self::call), on worker `worker`.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    ///
+    /// # Cancel safety
+    /// As [`call`](Self::call).
+    pub async fn call_to(&self, worker: usize, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        let (tx, rx) = oneshot::channel();
+        let id = match self.push(worker, &task, Some(tx)).await {
+            Ok(id) => id,
+            Err((kind, _)) => return Err(CallError::Submit(SubmitError::new(kind, task))),
+        };
+        match rx.await {
+            Ok(CallOutcome::Reply(value)) => Ok(value),
+            Ok(CallOutcome::Failed(e)) => Err(CallError::Task(e)),
+            Ok(CallOutcome::Lost(lost)) => Err(CallError::WorkerLost(lost)),
+            Ok(CallOutcome::NoReply) => Err(CallError::NoReply { worker, task: id }),
+            // The lane dropped the sender without an outcome: only when the
+            // pool itself is being torn down.
+            Err(_) => Err(CallError::WorkerLost(crate::error::WorkerLost {
+                worker,
+                pid: 0,
+                status: crate::error::ExitStatus::Unknown,
+                cause: crate::error::LossCause::PoolKilled,
+            })),
+        }
+    }
+
+    /// Shuts the pool down gracefully: each worker gets a stop message behind
+    /// the tasks already sent to it, finishes its running tasks, runs its
+    /// shutdown hook, flushes its outputs and exits. Returns when every worker
+    /// has exited; the output stream then ends after the last output.
+    ///
+    /// Outputs must keep being consumed (or the [`Outputs`] stream dropped)
+    /// meanwhile, or workers wait in `emit`; use
+    /// [`shutdown_timeout`](Self::shutdown_timeout) to bound the wait.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the workers still stop; only the waiting ends.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let drained = self.inner.sup.shutdown(None).await;
+        ShutdownReport { drained, failure: self.failure() }
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but kills the workers still running
+    /// after `deadline`; the tasks they held are reported lost.
+    ///
+    /// # Cancel safety
+    /// As [`shutdown`](Self::shutdown).
+    pub async fn shutdown_timeout(&self, deadline: Duration) -> ShutdownReport {
+        let drained = self.inner.sup.shutdown(Some(deadline)).await;
+        ShutdownReport { drained, failure: self.failure() }
+    }
+
+    /// Kills worker `worker`'s process with SIGKILL, as a crash would. The
+    /// pool reports its tasks lost and replaces it under the restart policy.
+    /// Meant for tests and chaos drills.
+    pub fn kill_worker(&self, worker: usize) {
+        if worker < self.workers() {
+            self.inner.sup.kill(worker);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Configuring and starting a pool.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::lane::Lane;
+use super::outputs::Outputs;
+use super::Pool;
+use crate::codec::DEFAULT_MAX_FRAME;
+use crate::error::{BuildError, StartError};
+use crate::supervisor::{launch, EventHook, LaunchSpec, RestartPolicy, Supervisor, WorkerEvent};
+use crate::worker::{fingerprint, Worker};
+
+/// What workers do with SIGINT and SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Signals {
+    /// Ignore them (the default): a terminal's Ctrl-C reaches the whole
+    /// process group, and the parent, not each worker, decides to drain the
+    /// pool by message.
+    #[default]
+    Ignore,
+    /// Keep the default actions: the signals end the workers at once.
+    Default,
+}
+
+/// Configures a [`Pool`]; start it with [`start`](Self::start).
+///
+/// ```no_run
+/// # use std::rc::Rc;
+/// # use looppool::{BoxError, InitContext, TaskContext, Worker, Pool};
+/// # struct Doubler;
+/// # impl Worker for Doubler {
+/// #     const NAME: &'static str = "doubler";
+/// #     type Init = (); type Task = u64; type Output = u64;
+/// #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+/// #         cx.emit(2 * x).await?; Ok(())
+/// #     }
+/// # }
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let (pool, mut outputs) = Pool::<Doubler>::builder()
+///     .workers(4)
+///     .max_tasks(4096)
+///     .max_results(4096)
+///     .name("doublers")
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct PoolBuilder<W: Worker> {
+    workers: Option<usize>,
+    max_tasks: Option<usize>,
+    max_results: Option<usize>,
+    name: String,
+    init: W::Init,
+    program: Option<PathBuf>,
+    args: Vec<OsString>,
+    max_frame: usize,
+    start_timeout: Duration,
+    signals: Signals,
+    titles: bool,
+    restart: RestartPolicy,
+    on_event: Option<EventHook>,
+    _worker: PhantomData<fn() -> W>,
+}
+
+impl<W: Worker> fmt::Debug for PoolBuilder<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("max_tasks", &self.max_tasks)
+            .field("max_results", &self.max_results)
+            .field("name", &self.name)
+            .field("program", &self.program)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default per-worker bound on queued plus running tasks, and on outputs not
+/// yet taken: large enough that batching works, small enough to bound memory.
+const DEFAULT_PER_WORKER: usize = 2048;
+
+impl<W: Worker> PoolBuilder<W> {
+    pub(crate) fn new() -> Self {
+        PoolBuilder {
+            workers: None,
+            max_tasks: None,
+            max_results: None,
+            name: "pool".into(),
+            init: Default::default(),
+            program: None,
+            args: Vec::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            start_timeout: Duration::from_secs(30),
+            signals: Signals::Ignore,
+            titles: true,
+            restart: RestartPolicy::default(),
+            on_event: None,
+            _worker: PhantomData,
+        }
+    }
+
+    /// Number of worker processes (default: the available CPUs).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Bound on tasks queued or running in the whole pool, split evenly: each
+    /// worker holds at most `max_tasks / workers` (default 2048 per worker).
+    pub fn max_tasks(mut self, n: usize) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
+    /// Bound on outputs emitted by workers and not yet taken from the
+    /// [`Outputs`] stream, split evenly between workers (default 2048 per
+    /// worker). Workers wait in `emit` beyond it.
+    pub fn max_results(mut self, n: usize) -> Self {
+        self.max_results = Some(n);
+        self
+    }
+
+    /// The pool's name, shown in worker process titles and logs.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The value every worker's [`init`](Worker::init) receives
+    /// (default: `W::Init::default()`).
+    pub fn init(mut self, value: W::Init) -> Self {
+        self.init = value;
+        self
+    }
+
+    /// Runs workers from this program instead of re-executing the current
+    /// one. The program must call [`worker_main!`](crate::worker_main) with
+    /// `W` first in its `main`.
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// Arguments for the worker program (default: none; the parent's own
+    /// arguments are not passed on).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Largest frame either side may send, in bytes (default 64 MiB). A task
+    /// or output that encodes larger is refused at its sender.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// How long a worker may take from exec to the end of its initialiser
+    /// (default 30 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// What workers do with SIGINT and SIGTERM (default: ignore them).
+    pub fn signals(mut self, signals: Signals) -> Self {
+        self.signals = signals;
+        self
+    }
+
+    /// Whether to set each worker's process title to
+    /// `<program>: <pool name> worker <index>` (default: yes).
+    pub fn process_titles(mut self, enabled: bool) -> Self {
+        self.titles = enabled;
+        self
+    }
+
+    /// How dead workers are replaced (default: [`RestartPolicy::default`]).
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Calls `hook` with every lifecycle event. It runs on the pool's
+    /// supervisor tasks, so it should be quick.
+    pub fn on_event(mut self, hook: impl Fn(&WorkerEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(hook));
+        self
+    }
+
+    fn validate(&self) -> Result<(usize, u32, u32), BuildError> {
+        let workers = match self.workers {
+            Some(0) => return Err(BuildError::new("a pool needs at least one worker; workers(0) was given")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if workers > 4096 {
+            return Err(BuildError::new(format!("workers({workers}) is more than the 4096 a pool supports")));
+        }
+        let per_worker = |what: &str, total: Option<usize>| -> Result<u32, BuildError> {
+            let total = total.unwrap_or(DEFAULT_PER_WORKER * workers);
+            if total < workers {
+                return Err(BuildError::new(format!(
+                    "{what}({total}) is smaller than the number of workers ({workers}): \
+                     each worker needs room for at least one; raise {what} or lower workers"
+                )));
+            }
+            u32::try_from(total / workers)
+                .ok()
+                .filter(|&n| n <= 1 << 24)
+                .ok_or_else(|| BuildError::new(format!("{what}({total}) allows more than 2^24 per worker")))
+        };
+        let tasks = per_worker("max_tasks", self.max_tasks)?;
+        let results = per_worker("max_results", self.max_results)?;
+        if self.max_frame < 1024 {
+            return Err(BuildError::new(format!("max_frame({}) is below the 1024-byte minimum", self.max_frame)));
+        }
+        if self.max_frame > u32::MAX as usize {
+            return Err(BuildError::new(format!("max_frame({}) is above 4 GiB - 1", self.max_frame)));
+        }
+        if self.name.is_empty() || self.name.contains('\0') {
+            return Err(BuildError::new("the pool name must be non-empty and contain no NUL byte"));
+        }
+        if let Some(program) = &self.program {
+            if !program.is_file() {
+                return Err(BuildError::new(format!(
+                    "worker program {} does not exist or is not a file",
+                    program.display()
+                )));
+            }
+        }
+        Ok((workers, tasks, results))
+    }
+
+    /// Starts every worker and waits until each has completed its handshake
+    /// and initialiser. Returns the pool and its output stream.
+    ///
+    /// Must be called within a tokio runtime (any flavour).
+    ///
+    /// # Errors
+    /// A [`StartError`] when the settings are invalid, or any worker fails to
+    /// start; the workers already started are then killed.
+    pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
+        let (workers, task_credits, output_credits) = self.validate()?;
+        let init_payload = launch::encode_init(&self.init)
+            .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
+        let spec = LaunchSpec {
+            program: self.program,
+            args: self.args,
+            worker_name: W::NAME,
+            fingerprint: fingerprint::<W>(),
+            pool_name: self.name,
+            init_payload,
+            output_credits,
+            max_frame: self.max_frame,
+            start_timeout: self.start_timeout,
+            inherit_signals: self.signals == Signals::Default,
+            title: self.titles,
+        };
+        let lanes: Arc<[Arc<Lane<W::Output>>]> =
+            (0..workers).map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame))).collect();
+
+        // Start all workers at once; they boot in parallel.
+        let mut launching = tokio::task::JoinSet::new();
+        for index in 0..workers {
+            let spec = spec.clone();
+            launching.spawn(async move { (index, launch(&spec, index).await) });
+        }
+        let mut launched: Vec<Option<_>> = (0..workers).map(|_| None).collect();
+        let mut first_error = None;
+        while let Some(joined) = launching.join_next().await {
+            match joined {
+                Ok((index, Ok(l))) => launched[index] = Some(l),
+                Ok((_, Err(e))) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        if let Some(error) = first_error {
+            for mut l in launched.into_iter().flatten() {
+                let _ = l.child.kill();
+                let _ = l.child.wait();
+            }
+            return Err(error);
+        }
+
+        let sup = Arc::new(Supervisor::new(lanes.clone(), spec, self.restart, self.on_event));
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (index, l) in launched.into_iter().enumerate() {
+            // Every slot was filled: a failure returned above.
+            let l = l.expect("every worker launched");
+            sup.spawn_driver(index, l, tx.clone());
+        }
+        // Each driver holds a sender, so the stream ends when the last one ends.
+        drop(tx);
+        let outputs = Outputs::new(rx, lanes.clone());
+        Ok((Pool::from_parts(lanes, sup), outputs))
+    }
+}

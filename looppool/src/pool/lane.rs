@@ -1,0 +1,386 @@
+//! A worker's lane in the parent: its queue of encoded frames, its task
+//! credits and the record of what it holds.
+//!
+//! One small mutex guards everything a `submit` touches: the output buffer
+//! the frame is encoded into, the slot that is both the task's credit and its
+//! wire id, and the in-flight record that says what to report if the worker
+//! dies. No per-task channel, semaphore or allocation: a task costs one lock,
+//! one slot and a few bytes of buffer. The writer task is woken only when the
+//! buffer goes from empty to non-empty, so one `write` carries every frame
+//! queued meanwhile, and a lone call is still flushed at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+
+use super::TaskId;
+use crate::codec::CodecError;
+use crate::error::{SubmitErrorKind, TaskError, WorkerLost};
+use crate::protocol::{self, kind};
+
+/// How a `call` ends, before the task value is known to the error type.
+#[derive(Debug)]
+pub(crate) enum CallOutcome<O> {
+    Reply(O),
+    Failed(TaskError),
+    Lost(WorkerLost),
+    NoReply,
+}
+
+pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
+
+/// The fate of one task the lane held when its worker went away.
+#[derive(Debug)]
+pub(crate) struct Held<O> {
+    pub(crate) id: TaskId,
+    pub(crate) call: Option<CallSender<O>>,
+}
+
+/// What a lane's slot holds.
+enum Slot<O> {
+    Free,
+    Busy { seq: u64, call: Option<Call<O>> },
+}
+
+struct Call<O> {
+    tx: CallSender<O>,
+    /// The first output of the called task: its reply.
+    reply: Option<O>,
+}
+
+/// Whether a lane takes tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Its worker is running and accepts tasks.
+    Open,
+    /// Its worker was asked to stop; no more tasks.
+    Stopping,
+    /// Its worker is gone and a replacement is being started.
+    Down,
+    /// It will never take tasks again (pool shut down, failed or dropped).
+    Closed,
+}
+
+pub(crate) struct LaneState<O> {
+    /// Encoded frames not yet handed to the writer.
+    pub(crate) out: Vec<u8>,
+    slots: Vec<Slot<O>>,
+    free: Vec<u32>,
+    pub(crate) status: Status,
+    /// Counts connections: a late message for an old one is ignored.
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
+    next_seq: u64,
+    /// Tasks submitted since the submitter last yielded (see `YIELD_EVERY`).
+    since_yield: u32,
+    space_waiters: usize,
+}
+
+/// Tasks a submitter pushes to one lane before it yields to the runtime, so
+/// the writer can flush a large batch: batch size is set here, not by
+/// tokio's per-operation budget.
+const YIELD_EVERY: u32 = 512;
+
+/// Why a task could not be pushed; the caller owns the task and builds the
+/// public error.
+#[derive(Debug)]
+pub(crate) enum PushError {
+    Full,
+    Down,
+    Closed,
+    Codec(CodecError),
+}
+
+impl PushError {
+    pub(crate) fn into_kind(self) -> SubmitErrorKind {
+        match self {
+            PushError::Full | PushError::Down => SubmitErrorKind::Full,
+            PushError::Closed => SubmitErrorKind::Closed,
+            PushError::Codec(CodecError::TooLarge { len, max }) => SubmitErrorKind::TooLarge { len, max },
+            PushError::Codec(e) => SubmitErrorKind::Encode(e.to_string()),
+        }
+    }
+}
+
+pub(crate) struct Lane<O> {
+    pub(crate) index: usize,
+    max_frame: usize,
+    state: Mutex<LaneState<O>>,
+    /// Wakes the connection's writer on the empty → non-empty transition.
+    pub(crate) writer_wake: Notify,
+    /// Wakes submitters waiting for a slot, or for the lane to reopen.
+    space: Notify,
+    /// Mirrors `status == Open` for round-robin choice without the lock.
+    up: AtomicBool,
+}
+
+impl<O> std::fmt::Debug for Lane<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+/// A pushed task: its id, and whether the submitter should yield now.
+pub(crate) struct Pushed {
+    pub(crate) id: TaskId,
+    pub(crate) yield_now: bool,
+}
+
+impl<O> Lane<O> {
+    pub(crate) fn new(index: usize, credits: u32, max_frame: usize) -> Self {
+        let slots = (0..credits).map(|_| Slot::Free).collect();
+        // Pop from the end: lowest slots first, so wire ids stay short.
+        let free = (0..credits).rev().collect();
+        Lane {
+            index,
+            max_frame,
+            state: Mutex::new(LaneState {
+                out: Vec::new(),
+                slots,
+                free,
+                status: Status::Down,
+                generation: 0,
+                pid: 0,
+                next_seq: 0,
+                since_yield: 0,
+                space_waiters: 0,
+            }),
+            writer_wake: Notify::new(),
+            space: Notify::new(),
+            up: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the lane takes tasks (a relaxed hint for routing).
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LaneState<O>> {
+        // A panic while holding the lock leaves plain data behind; carry on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encodes `task` into the lane if it has a free slot.
+    pub(crate) fn try_push<T: Serialize + ?Sized>(
+        &self,
+        task: &T,
+        call: Option<CallSender<O>>,
+    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+        let mut st = self.lock();
+        match st.status {
+            Status::Open => {}
+            Status::Down => return Err((PushError::Down, call)),
+            Status::Stopping | Status::Closed => return Err((PushError::Closed, call)),
+        }
+        let Some(&slot) = st.free.last() else {
+            return Err((PushError::Full, call));
+        };
+        let was_empty = st.out.is_empty();
+        if let Err(e) = protocol::put_tagged(&mut st.out, kind::TASK, slot.into(), task, self.max_frame) {
+            return Err((PushError::Codec(e), call));
+        }
+        st.free.pop();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.slots[slot as usize] = Slot::Busy { seq, call: call.map(|tx| Call { tx, reply: None }) };
+        st.since_yield += 1;
+        let yield_now = st.since_yield >= YIELD_EVERY;
+        if yield_now {
+            st.since_yield = 0;
+        }
+        drop(st);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(Pushed { id: TaskId { worker: self.index as u32, seq }, yield_now })
+    }
+
+    /// Waits until the lane may have room or has changed status.
+    pub(crate) async fn wait_for_space(&self) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = self.lock();
+            if st.status == Status::Open && st.free.is_empty() || st.status == Status::Down {
+                st.space_waiters += 1;
+            } else {
+                return;
+            }
+        }
+        notified.await;
+        self.lock().space_waiters -= 1;
+    }
+
+    /// Wakes every submitter waiting on this lane.
+    pub(crate) fn wake_waiters(&self) {
+        self.space.notify_waiters();
+    }
+
+    /// Appends a control frame (credit, stop, ping).
+    pub(crate) fn push_control(&self, st: &mut LaneState<O>, kind: u8, value: Option<u64>) {
+        let was_empty = st.out.is_empty();
+        protocol::put_simple(&mut st.out, kind, value);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+    }
+
+    /// Returns output credits to the worker of connection `generation`.
+    pub(crate) fn return_output_credits(&self, generation: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        if st.generation == generation && matches!(st.status, Status::Open | Status::Stopping) {
+            self.push_control(&mut st, kind::CREDIT, Some(n.into()));
+        }
+    }
+
+    /// Opens the lane for a newly connected worker; returns its generation.
+    pub(crate) fn open(&self, pid: u32) -> Option<u64> {
+        let mut st = self.lock();
+        if st.status == Status::Closed {
+            return None;
+        }
+        st.generation += 1;
+        st.pid = pid;
+        st.status = Status::Open;
+        st.out.clear();
+        self.up.store(true, Ordering::Relaxed);
+        let generation = st.generation;
+        drop(st);
+        self.wake_waiters();
+        Some(generation)
+    }
+
+    /// Asks the worker to stop behind the tasks already queued for it.
+    pub(crate) fn stop(&self) {
+        let mut st = self.lock();
+        match st.status {
+            Status::Open => {
+                st.status = Status::Stopping;
+                self.up.store(false, Ordering::Relaxed);
+                self.push_control(&mut st, kind::STOP, None);
+            }
+            Status::Down => st.status = Status::Closed,
+            Status::Stopping | Status::Closed => {}
+        }
+        drop(st);
+        self.wake_waiters();
+    }
+
+    /// Takes every task the lane holds, after its worker went away, and marks
+    /// it down (or closed, when `closed`).
+    pub(crate) fn take_held(&self, closed: bool) -> Vec<Held<O>> {
+        let mut st = self.lock();
+        st.status = if closed || st.status == Status::Closed || st.status == Status::Stopping {
+            Status::Closed
+        } else {
+            Status::Down
+        };
+        st.out.clear();
+        self.up.store(false, Ordering::Relaxed);
+        let index = self.index as u32;
+        let mut held = Vec::new();
+        let LaneState { slots, free, .. } = &mut *st;
+        for (slot, entry) in slots.iter_mut().enumerate() {
+            if let Slot::Busy { seq, call } = std::mem::replace(entry, Slot::Free) {
+                free.push(slot as u32);
+                held.push(Held { id: TaskId { worker: index, seq }, call: call.map(|c| c.tx) });
+            }
+        }
+        held.sort_by_key(|h| h.id.seq);
+        drop(st);
+        self.wake_waiters();
+        held
+    }
+
+    /// Tasks queued or running on this worker.
+    pub(crate) fn in_flight(&self) -> usize {
+        let st = self.lock();
+        st.slots.len() - st.free.len()
+    }
+
+    /// Number of slots (the per-worker task bound).
+    pub(crate) fn capacity(&self) -> usize {
+        self.lock().slots.len()
+    }
+}
+
+/// What the reader learned about one slot; applied under the lane's lock.
+pub(crate) enum SlotEvent<O> {
+    Output { slot: u32, value: O },
+    Done { slot: u32 },
+    Failed { slot: u32, message: String, panicked: bool },
+}
+
+/// The part of a read batch that goes to the output stream.
+pub(crate) enum Delivered<O> {
+    Value { task: TaskId, value: O },
+    Failed(TaskError),
+}
+
+/// Why a slot event cannot be applied: the worker named a slot it does not hold.
+#[derive(Debug)]
+pub(crate) struct UnknownSlot(pub(crate) u32);
+
+impl<O> LaneState<O> {
+    /// True when some submitter waits for this lane.
+    pub(crate) fn space_waiters_any(&self) -> bool {
+        self.space_waiters > 0
+    }
+
+    /// Applies one slot event; returns what to deliver to the output stream
+    /// and whether an output credit can go straight back to the worker.
+    pub(crate) fn apply(
+        &mut self,
+        worker: usize,
+        event: SlotEvent<O>,
+        deliver: &mut impl FnMut(Delivered<O>),
+        credits_back: &mut u32,
+        freed: &mut usize,
+    ) -> Result<(), UnknownSlot> {
+        let slot = match &event {
+            SlotEvent::Output { slot, .. } | SlotEvent::Done { slot } | SlotEvent::Failed { slot, .. } => *slot,
+        };
+        let Some(Slot::Busy { seq, call }) = self.slots.get_mut(slot as usize) else {
+            return Err(UnknownSlot(slot));
+        };
+        let id = TaskId { worker: worker as u32, seq: *seq };
+        match event {
+            SlotEvent::Output { value, .. } => match call {
+                Some(Call { reply: reply @ None, .. }) => {
+                    // A call's reply goes to its caller, not to the stream:
+                    // the output window is free again at once.
+                    *reply = Some(value);
+                    *credits_back += 1;
+                }
+                _ => deliver(Delivered::Value { task: id, value }),
+            },
+            SlotEvent::Done { .. } => {
+                if let Slot::Busy { call: Some(call), .. } = std::mem::replace(&mut self.slots[slot as usize], Slot::Free) {
+                    let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
+                    let _ = call.tx.send(outcome);
+                }
+                self.free.push(slot);
+                *freed += 1;
+            }
+            SlotEvent::Failed { message, panicked, .. } => {
+                let error = TaskError { worker, task: id, message, panicked };
+                match std::mem::replace(&mut self.slots[slot as usize], Slot::Free) {
+                    Slot::Busy { call: Some(call), .. } => {
+                        let _ = call.tx.send(CallOutcome::Failed(error));
+                    }
+                    _ => deliver(Delivered::Failed(error)),
+                }
+                self.free.push(slot);
+                *freed += 1;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! The stream of outputs from every worker, with end-to-end backpressure.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use super::lane::Lane;
+use super::TaskId;
+use crate::error::{TaskError, WorkerLost};
+
+/// One item of a pool's output stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Output<O> {
+    /// A value a worker emitted.
+    Value {
+        /// Index of the worker that emitted it.
+        worker: usize,
+        /// The task it belongs to, or `None` for an unsolicited output.
+        task: Option<TaskId>,
+        /// The value.
+        value: O,
+    },
+    /// A task sent with `submit` failed: its handler returned an error or panicked.
+    Failed(TaskError),
+    /// A task sent with `submit` was lost with its worker.
+    Lost {
+        /// The task.
+        task: TaskId,
+        /// Which worker was lost, and how.
+        lost: WorkerLost,
+    },
+}
+
+impl<O> Output<O> {
+    /// The emitted value, if this is one.
+    pub fn into_value(self) -> Option<O> {
+        match self {
+            Output::Value { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The emitted value, by reference.
+    pub fn value(&self) -> Option<&O> {
+        match self {
+            Output::Value { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The worker this item concerns.
+    pub fn worker(&self) -> usize {
+        match self {
+            Output::Value { worker, .. } => *worker,
+            Output::Failed(e) => e.worker,
+            Output::Lost { lost, .. } => lost.worker,
+        }
+    }
+
+    /// The task this item concerns, if any.
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            Output::Value { task, .. } => *task,
+            Output::Failed(e) => Some(e.task),
+            Output::Lost { task, .. } => Some(*task),
+        }
+    }
+}
+
+/// A batch of items from one read of one worker's connection.
+pub(crate) struct Batch<O> {
+    pub(crate) worker: usize,
+    pub(crate) generation: u64,
+    /// Output credits to give back to the worker once the batch is taken.
+    pub(crate) credits: u32,
+    pub(crate) items: Vec<Output<O>>,
+}
+
+pub(crate) type BatchSender<O> = mpsc::UnboundedSender<Batch<O>>;
+
+/// The outputs of every worker of a pool, in the order each worker emitted
+/// them (there is no order between workers).
+///
+/// The channel behind it needs no bound of its own: workers may only emit
+/// while they hold output credits, and the stream hands credits back as the
+/// consumer takes items, so at most the pool's `max_results` values are ever
+/// waiting here. When the consumer is slow, workers wait in `emit`.
+///
+/// Dropping the stream discards further outputs (returning their credits), so
+/// a program that only uses `call` does not stall its workers.
+///
+/// The stream ends after the last output of the last worker once the pool has
+/// shut down.
+pub struct Outputs<O> {
+    rx: mpsc::UnboundedReceiver<Batch<O>>,
+    lanes: Arc<[Arc<Lane<O>>]>,
+    current: VecDeque<Output<O>>,
+    /// Credits of the batch being consumed: (worker, generation, credits).
+    pending: Option<(usize, u64, u32)>,
+}
+
+impl<O> fmt::Debug for Outputs<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outputs").field("buffered", &self.current.len()).finish_non_exhaustive()
+    }
+}
+
+impl<O> Outputs<O> {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Batch<O>>, lanes: Arc<[Arc<Lane<O>>]>) -> Self {
+        Outputs { rx, lanes, current: VecDeque::new(), pending: None }
+    }
+
+    /// The next item, or `None` once the pool has shut down and every output
+    /// was taken.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no item is taken unless it is returned.
+    pub async fn next(&mut self) -> Option<Output<O>> {
+        std::future::poll_fn(|cx| self.poll_next_item(cx)).await
+    }
+
+    /// Takes the next item if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<Output<O>> {
+        let waker = std::task::Waker::noop();
+        match self.poll_next_item(&mut Context::from_waker(waker)) {
+            Poll::Ready(item) => item,
+            Poll::Pending => None,
+        }
+    }
+
+    fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output<O>>> {
+        loop {
+            if let Some(item) = self.current.pop_front() {
+                if self.current.is_empty() {
+                    self.give_back_credits();
+                }
+                return Poll::Ready(Some(item));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => {
+                    self.pending = Some((batch.worker, batch.generation, batch.credits));
+                    self.current = batch.items.into();
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn give_back_credits(&mut self) {
+        if let Some((worker, generation, credits)) = self.pending.take() {
+            if let Some(lane) = self.lanes.get(worker) {
+                lane.return_output_credits(generation, credits);
+            }
+        }
+    }
+}
+
+impl<O> futures_core::Stream for Outputs<O> {
+    type Item = Output<O>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Outputs holds no self-references, so it is Unpin.
+        self.get_mut().poll_next_item(cx)
+    }
+}
+
+impl<O> Unpin for Outputs<O> {}
+
+impl<O> Drop for Outputs<O> {
+    fn drop(&mut self) {
+        // Give back the credits of everything not taken, so workers that
+        // still emit are not left waiting.
+        self.current.clear();
+        self.give_back_credits();
+        self.rx.close();
+        while let Ok(batch) = self.rx.try_recv() {
+            if let Some(lane) = self.lanes.get(batch.worker) {
+                lane.return_output_credits(batch.generation, batch.credits);
+            }
+        }
+    }
+}

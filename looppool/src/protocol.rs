@@ -1,0 +1,257 @@
+//! Frames ↔ typed messages: the wire vocabulary between a pool and its workers.
+//!
+//! Every frame body starts with a kind byte. The hot messages (tasks, outputs,
+//! completions, credits) use a hand-rolled envelope of varints followed by the
+//! user's value in postcard; the rare ones (handshake, failures) are postcard
+//! structs. Parent-to-worker kinds are below `0x80`, worker-to-parent kinds at
+//! or above it, so a frame sent the wrong way is caught as an unknown kind.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError, Fields};
+
+/// Version of this wire protocol; both ends must agree at the handshake.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The first bytes of a worker's hello, so that a program that is not a
+/// looppool worker is recognised as such rather than misread.
+pub(crate) const HELLO_MAGIC: &[u8; 4] = b"LPWK";
+
+pub(crate) mod kind {
+    // Parent → worker.
+    pub(crate) const INIT: u8 = 0x01;
+    pub(crate) const TASK: u8 = 0x02;
+    pub(crate) const CREDIT: u8 = 0x03;
+    pub(crate) const STOP: u8 = 0x04;
+    pub(crate) const PING: u8 = 0x05;
+    // Worker → parent.
+    pub(crate) const HELLO: u8 = 0x81;
+    pub(crate) const READY: u8 = 0x82;
+    pub(crate) const INIT_FAILED: u8 = 0x83;
+    pub(crate) const OUTPUT: u8 = 0x84;
+    pub(crate) const DONE: u8 = 0x85;
+    /// An `OUTPUT` for a task that also completes it: same layout as `OUTPUT`.
+    pub(crate) const OUTPUT_DONE: u8 = 0x86;
+    pub(crate) const FAILED: u8 = 0x87;
+    pub(crate) const BYE: u8 = 0x88;
+    pub(crate) const REPORT: u8 = 0x89;
+    pub(crate) const LOG: u8 = 0x8a;
+    pub(crate) const PONG: u8 = 0x8b;
+}
+
+/// The worker's first frame: who it is and which build of the messages it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) fingerprint: u64,
+    pub(crate) worker: String,
+    pub(crate) pid: u32,
+}
+
+/// The parent's answer to a hello: the worker's place in the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Init {
+    pub(crate) index: u32,
+    pub(crate) pool: String,
+    pub(crate) output_credits: u32,
+    pub(crate) max_frame: u64,
+    pub(crate) report_interval_ms: u64,
+    pub(crate) blocked_threshold_ms: u64,
+    pub(crate) log_level: u8,
+}
+
+/// A task failure as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) panicked: bool,
+}
+
+/// A message from the parent, borrowing its payload from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ToWorker<'a> {
+    Init(Init, &'a [u8]),
+    Task { slot: u32, payload: &'a [u8] },
+    Credit(u32),
+    Stop,
+    Ping(u64),
+}
+
+/// A message from a worker, borrowing its payload from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FromWorker<'a> {
+    Hello { protocol: u32, hello: Hello },
+    Ready,
+    InitFailed(String),
+    Output { slot: Option<u32>, payload: &'a [u8] },
+    Done(u32),
+    OutputDone { slot: u32, payload: &'a [u8] },
+    Failed { slot: u32, failure: Failure },
+    Bye,
+    Report(&'a [u8]),
+    Log(&'a [u8]),
+    Pong(u64),
+}
+
+/// Why a frame body is not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProtocolError {
+    Codec(CodecError),
+    UnknownKind(u8),
+}
+
+impl From<CodecError> for ProtocolError {
+    fn from(e: CodecError) -> Self {
+        ProtocolError::Codec(e)
+    }
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtocolError::Codec(e) => e.fmt(f),
+            ProtocolError::UnknownKind(k) => write!(f, "unknown message kind 0x{k:02x}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl<'a> ToWorker<'a> {
+    pub(crate) fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut f = Fields::new(body);
+        let msg = match f.u8()? {
+            kind::INIT => {
+                let (init, rest) = postcard::take_from_bytes::<Init>(f.rest())
+                    .map_err(|e| CodecError::Serde(e.to_string()))?;
+                return Ok(ToWorker::Init(init, rest));
+            }
+            kind::TASK => {
+                let slot = f.varint_u32()?;
+                return Ok(ToWorker::Task { slot, payload: f.rest() });
+            }
+            kind::CREDIT => ToWorker::Credit(f.varint_u32()?),
+            kind::STOP => ToWorker::Stop,
+            kind::PING => ToWorker::Ping(f.varint()?),
+            other => return Err(ProtocolError::UnknownKind(other)),
+        };
+        f.end()?;
+        Ok(msg)
+    }
+}
+
+impl<'a> FromWorker<'a> {
+    pub(crate) fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut f = Fields::new(body);
+        let msg = match f.u8()? {
+            kind::HELLO => {
+                let rest = f.rest();
+                if rest.len() < HELLO_MAGIC.len() || &rest[..4] != HELLO_MAGIC {
+                    return Err(CodecError::Serde("hello without the looppool magic".into()).into());
+                }
+                let mut f = Fields::new(&rest[4..]);
+                let protocol = f.varint_u32()?;
+                let hello = codec::get_serde(f.rest())?;
+                return Ok(FromWorker::Hello { protocol, hello });
+            }
+            kind::READY => FromWorker::Ready,
+            kind::INIT_FAILED => return Ok(FromWorker::InitFailed(codec::get_serde(f.rest())?)),
+            kind::OUTPUT => {
+                let tag = f.varint_u32()?;
+                let slot = tag.checked_sub(1);
+                return Ok(FromWorker::Output { slot, payload: f.rest() });
+            }
+            kind::OUTPUT_DONE => {
+                let slot = f.varint_u32()?.checked_sub(1).ok_or(CodecError::Truncated)?;
+                return Ok(FromWorker::OutputDone { slot, payload: f.rest() });
+            }
+            kind::DONE => FromWorker::Done(f.varint_u32()?),
+            kind::FAILED => {
+                let slot = f.varint_u32()?;
+                let failure = codec::get_serde(f.rest())?;
+                return Ok(FromWorker::Failed { slot, failure });
+            }
+            kind::BYE => FromWorker::Bye,
+            kind::REPORT => return Ok(FromWorker::Report(f.rest())),
+            kind::LOG => return Ok(FromWorker::Log(f.rest())),
+            kind::PONG => FromWorker::Pong(f.varint()?),
+            other => return Err(ProtocolError::UnknownKind(other)),
+        };
+        f.end()?;
+        Ok(msg)
+    }
+}
+
+/// Appends a hello frame.
+pub(crate) fn put_hello(buf: &mut Vec<u8>, hello: &Hello, max: usize) -> Result<(), CodecError> {
+    let start = codec::begin_frame(buf, kind::HELLO);
+    buf.extend_from_slice(HELLO_MAGIC);
+    codec::put_varint(buf, PROTOCOL_VERSION.into());
+    codec::put_serde(buf, hello)?;
+    codec::finish_frame(buf, start, max)
+}
+
+/// Appends an init frame; `payload` is the already encoded init value.
+pub(crate) fn put_init(buf: &mut Vec<u8>, init: &Init, payload: &[u8], max: usize) -> Result<(), CodecError> {
+    let start = codec::begin_frame(buf, kind::INIT);
+    codec::put_serde(buf, init)?;
+    buf.extend_from_slice(payload);
+    codec::finish_frame(buf, start, max)
+}
+
+/// Appends a frame whose body is a kind and one varint (or nothing).
+pub(crate) fn put_simple(buf: &mut Vec<u8>, kind: u8, value: Option<u64>) {
+    let start = codec::begin_frame(buf, kind);
+    if let Some(v) = value {
+        codec::put_varint(buf, v);
+    }
+    // Cannot fail: a kind and a varint are far below any frame limit.
+    let _ = codec::finish_frame(buf, start, usize::MAX);
+}
+
+/// Appends a frame of `kind`, a varint `tag`, and `value` in postcard.
+#[inline]
+pub(crate) fn put_tagged<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    tag: u64,
+    value: &T,
+    max: usize,
+) -> Result<(), CodecError> {
+    let start = codec::begin_frame(buf, kind);
+    codec::put_varint(buf, tag);
+    if let Err(e) = codec::put_serde(buf, value) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    codec::finish_frame(buf, start, max)
+}
+
+/// Appends a frame of `kind` whose whole remaining body is `value` in postcard.
+pub(crate) fn put_value<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    value: &T,
+    max: usize,
+) -> Result<(), CodecError> {
+    let start = codec::begin_frame(buf, kind);
+    if let Err(e) = codec::put_serde(buf, value) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    codec::finish_frame(buf, start, max)
+}
+
+/// Appends a task failure frame.
+pub(crate) fn put_failed(buf: &mut Vec<u8>, slot: u32, failure: &Failure, max: usize) {
+    if put_tagged(buf, kind::FAILED, slot.into(), failure, max).is_err() {
+        // A message too long for the frame limit is cut rather than lost.
+        let short = Failure {
+            message: failure.message.chars().take(1024).collect(),
+            panicked: failure.panicked,
+        };
+        let _ = put_tagged(buf, kind::FAILED, slot.into(), &short, usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests;

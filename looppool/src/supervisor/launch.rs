@@ -1,0 +1,249 @@
+//! Starting a worker process and completing its handshake.
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::codec::{self, DEFAULT_MAX_FRAME};
+use crate::error::StartError;
+use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
+use crate::sys;
+use crate::transport::{self, Connection, FrameReader};
+use crate::worker::entry::SIGNALS_ENV;
+use crate::worker::WORKER_ENV;
+
+/// Everything needed to start any worker of one pool.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchSpec {
+    /// The program to execute, or `None` for this very executable.
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) worker_name: &'static str,
+    pub(crate) fingerprint: u64,
+    pub(crate) pool_name: String,
+    pub(crate) init_payload: Vec<u8>,
+    pub(crate) output_credits: u32,
+    pub(crate) max_frame: usize,
+    pub(crate) start_timeout: Duration,
+    pub(crate) inherit_signals: bool,
+    pub(crate) title: bool,
+}
+
+/// A worker that completed its handshake and ran its initialiser.
+pub(crate) struct Launched {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) reader: FrameReader,
+    pub(crate) writer: transport::WriteHalf,
+}
+
+impl std::fmt::Debug for Launched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launched").field("pid", &self.pid).finish_non_exhaustive()
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the spawner thread.
+///
+/// The kernel delivers a worker's parent-death signal when the *thread* that
+/// forked it exits, not the process. Forking from a thread that lives as long
+/// as the process means workers die with the process, and only then.
+fn on_spawner_thread<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> oneshot::Receiver<R> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("looppool-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start the looppool spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    // The thread never exits, so sending cannot fail.
+    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+    rx
+}
+
+fn program_path(spec: &LaunchSpec) -> PathBuf {
+    // /proc/self/exe names the running image even if the file was replaced.
+    spec.program.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+/// The title `ps` shows: `<program>: <pool> worker <index>`.
+fn title(spec: &LaunchSpec, index: usize) -> String {
+    let program = match &spec.program {
+        Some(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
+    }
+    .unwrap_or_else(|| "looppool".into());
+    format!("{program}: {} worker {index}", spec.pool_name)
+}
+
+/// Starts worker `index` and completes its handshake and initialiser.
+pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, StartError> {
+    let program = program_path(spec);
+    let (parent_end, child_end) = transport::socketpair().map_err(|source| StartError::Spawn {
+        worker: index,
+        program: program.display().to_string(),
+        source,
+    })?;
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.args)
+        .env(WORKER_ENV, spec.worker_name)
+        .stdin(Stdio::null());
+    if spec.inherit_signals {
+        cmd.env(SIGNALS_ENV, "inherit");
+    }
+    if spec.title {
+        cmd.arg0(title(spec, index));
+    }
+    sys::arm_child(&mut cmd, child_end.as_raw_fd());
+    let spawned = on_spawner_thread(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")));
+    // The child has its own copy now; ours must close so that its end of the
+    // connection is the only one left.
+    drop(child_end);
+    let mut child = spawned.map_err(|source| StartError::Spawn {
+        worker: index,
+        program: program.display().to_string(),
+        source,
+    })?;
+    let pid = child.id();
+    let result = tokio::time::timeout(spec.start_timeout, handshake(spec, index, parent_end)).await;
+    let failure = match result {
+        Ok(Ok((reader, writer))) => return Ok(Launched { child, pid, reader, writer }),
+        Ok(Err(e)) => e,
+        Err(_) => StartError::Handshake {
+            worker: index,
+            reason: format!(
+                "no ready message within {:?} (a slow initialiser? raise start_timeout)",
+                spec.start_timeout
+            ),
+        },
+    };
+    let _ = child.kill();
+    let status = child.wait().ok().map(crate::error::ExitStatus::from);
+    Err(match failure {
+        StartError::Handshake { worker, reason } if reason == EARLY_EOF => StartError::Handshake {
+            worker,
+            reason: early_exit_reason(&program, spec.worker_name, status),
+        },
+        other => other,
+    })
+}
+
+const EARLY_EOF: &str = "connection closed before the handshake";
+
+fn early_exit_reason(program: &std::path::Path, worker: &str, status: Option<crate::error::ExitStatus>) -> String {
+    use crate::error::ExitStatus;
+    use crate::worker::runtime::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
+    let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+    match status {
+        Some(ExitStatus::Code(EXIT_UNKNOWN_WORKER)) => format!(
+            "{} does not know a worker named {worker:?}: list it in looppool::worker_main! ({status_text})",
+            program.display()
+        ),
+        Some(ExitStatus::Code(EXIT_INIT_FAILED)) => format!("the initialiser failed ({status_text})"),
+        _ => format!(
+            "{} exited before the handshake ({status_text}): is it a looppool worker program, \
+             with looppool::worker_main!({worker}) as the first line of main?",
+            program.display()
+        ),
+    }
+}
+
+async fn handshake(
+    spec: &LaunchSpec,
+    index: usize,
+    stream: std::os::unix::net::UnixStream,
+) -> Result<(FrameReader, transport::WriteHalf), StartError> {
+    let fail = |reason: String| StartError::Handshake { worker: index, reason };
+    let Connection { reader, mut writer } = Connection::unix(stream).map_err(|e| fail(e.to_string()))?;
+    // The handshake frames are small: a low limit keeps a stray program
+    // writing to descriptor 3 from making us buffer much.
+    let mut reader = FrameReader::new(reader, DEFAULT_MAX_FRAME.min(spec.max_frame.max(64 * 1024)));
+    let mut sent_init = false;
+    loop {
+        let msg = loop {
+            match reader.next_frame() {
+                Ok(Some(body)) => break FromWorker::decode(body).map_err(|e| fail(format!("not a looppool worker: {e}")))?,
+                Ok(None) => {}
+                Err(e) => return Err(fail(format!("not a looppool worker: {e}"))),
+            }
+            match reader.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Err(fail(EARLY_EOF.into())),
+                Err(e) => return Err(fail(format!("{e}"))),
+            }
+        };
+        match msg {
+            FromWorker::Hello { protocol, hello } if !sent_init => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(fail(format!(
+                        "the worker speaks protocol version {protocol}, this pool speaks {PROTOCOL_VERSION}: \
+                         build both from the same looppool version"
+                    )));
+                }
+                if hello.worker != spec.worker_name {
+                    return Err(fail(format!(
+                        "asked for worker {:?} but {:?} answered",
+                        spec.worker_name, hello.worker
+                    )));
+                }
+                if hello.fingerprint != spec.fingerprint {
+                    return Err(fail(format!(
+                        "worker {:?} was built with different message types (fingerprint {:016x}, expected {:016x}): \
+                         rebuild the worker program from the same sources as the parent",
+                        spec.worker_name, hello.fingerprint, spec.fingerprint
+                    )));
+                }
+                let init = Init {
+                    index: index as u32,
+                    pool: spec.pool_name.clone(),
+                    output_credits: spec.output_credits,
+                    max_frame: spec.max_frame as u64,
+                    report_interval_ms: 0,
+                    blocked_threshold_ms: 0,
+                    log_level: 0,
+                };
+                let mut buf = Vec::new();
+                protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)
+                    .map_err(|e| fail(format!("cannot encode init: {e}")))?;
+                if let Err(e) = transport::write_batch(&mut writer, &buf).await {
+                    return Err(fail(format!("cannot send init: {e}")));
+                }
+                sent_init = true;
+                // From here on the worker may send frames up to the pool's limit.
+                reader.set_max_frame(spec.max_frame);
+            }
+            FromWorker::Ready if sent_init => return Ok((reader, writer)),
+            FromWorker::InitFailed(message) if sent_init => return Err(StartError::Init { worker: index, message }),
+            other => return Err(fail(format!("unexpected message during the handshake: {other:?}"))),
+        }
+    }
+}
+
+/// Encodes the init payload once per pool.
+pub(crate) fn encode_init<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    codec::put_serde(&mut buf, value).map_err(|e| e.to_string())?;
+    Ok(buf)
+}

@@ -1,0 +1,136 @@
+//! The only module with `unsafe`: the few system calls std does not wrap.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+
+/// The descriptor number at which a worker finds its connection to the parent.
+pub(crate) const WORKER_FD: RawFd = 3;
+
+/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`] and arm the
+/// child's parent-death signal.
+pub(crate) fn arm_child(cmd: &mut std::process::Command, conn_fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    let parent_pid = getpid();
+    // SAFETY: `prepare_child` makes only async-signal-safe system calls and
+    // allocates nothing, as a pre_exec hook must.
+    unsafe {
+        cmd.pre_exec(move || prepare_child(conn_fd, parent_pid));
+    }
+}
+
+/// Runs in the forked child, between `fork` and `exec`: moves the connection to
+/// [`WORKER_FD`] and arranges for the child to die with its parent.
+///
+/// # Safety
+/// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
+/// calls and allocates nothing.
+unsafe fn prepare_child(conn_fd: RawFd, parent_pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: plain system calls on descriptors this process owns; no memory
+    // is touched, so they are safe between fork and exec.
+    unsafe {
+        if conn_fd == WORKER_FD {
+            // dup2 onto itself would keep close-on-exec set; clear it instead.
+            if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(conn_fd, WORKER_FD) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // Parent-death signal: the kernel kills the worker when the thread
+        // that forked it ends, so workers are forked from a thread that lives
+        // as long as the process (see `supervisor::launch`).
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // The parent may have died before prctl took effect: then no signal
+        // will ever come, so leave at once.
+        if libc::getppid() != parent_pid {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// Takes ownership of the connection descriptor the parent passed in.
+pub(crate) fn inherited_stream() -> io::Result<std::os::unix::net::UnixStream> {
+    // SAFETY: fstat on a descriptor number only reads; it tells whether the
+    // descriptor is open before we claim it.
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    if unsafe { libc::fstat(WORKER_FD, stat.as_mut_ptr()) } == -1 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "descriptor 3 is not open: this process was not started by a looppool pool",
+        ));
+    }
+    // SAFETY: the parent passed this descriptor for us alone and nothing else
+    // in this process refers to it; we set close-on-exec so children of the
+    // worker do not inherit it.
+    unsafe {
+        libc::fcntl(WORKER_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok(std::os::unix::net::UnixStream::from_raw_fd(WORKER_FD))
+    }
+}
+
+/// Ignores SIGINT and SIGTERM, so a terminal's Ctrl-C reaches only the parent,
+/// which then drains the pool by message.
+pub(crate) fn ignore_termination_signals() {
+    // SAFETY: installing SIG_IGN has no handler code to run.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+}
+
+/// Restores the default action of SIGINT and SIGTERM (the ignore disposition
+/// is inherited across exec, so a parent that ignores them would pass that on).
+pub(crate) fn default_termination_signals() {
+    // SAFETY: restoring SIG_DFL has no handler code to run.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+}
+
+/// Sets the calling thread's name as `top` shows it (at most 15 bytes).
+pub(crate) fn set_thread_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: the pointer is to a NUL-terminated buffer that outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's id as the kernel's type.
+pub(crate) fn getpid() -> libc::pid_t {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// A short name for a signal number.
+pub(crate) fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "other signal",
+    }
+}

@@ -1,0 +1,113 @@
+//! Frames over a byte stream: the seam between the pool and how it reaches a worker.
+//!
+//! The pool and the worker never touch sockets directly. They see a
+//! [`Connection`]: a pair of byte streams that carry the frames of
+//! [`crate::codec`]. The local transport is a Unix socketpair created per worker
+//! (no filesystem path); another transport (a message broker, later) provides
+//! the same pair of streams, and the `Worker` trait does not change.
+
+use std::io;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::codec::{CodecError, FrameDecoder};
+
+/// The reading half of a connection.
+pub(crate) type ReadHalf = Pin<Box<dyn AsyncRead + Send>>;
+/// The writing half of a connection.
+pub(crate) type WriteHalf = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// One full-duplex connection to a peer, split so that reading and writing
+/// run as separate tasks (a single task that writes then reads deadlocks once
+/// both directions fill their kernel buffers).
+pub(crate) struct Connection {
+    pub(crate) reader: ReadHalf,
+    pub(crate) writer: WriteHalf,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
+}
+
+impl Connection {
+    /// A connection over a connected Unix socket.
+    pub(crate) fn unix(stream: std::os::unix::net::UnixStream) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(stream)?;
+        let (reader, writer) = stream.into_split();
+        Ok(Connection { reader: Box::pin(reader), writer: Box::pin(writer) })
+    }
+}
+
+/// Creates the two ends of a local connection: the parent's and the child's.
+pub(crate) fn socketpair() -> io::Result<(std::os::unix::net::UnixStream, std::os::unix::net::UnixStream)> {
+    std::os::unix::net::UnixStream::pair()
+}
+
+/// Reads bytes in large chunks and splits them into frames.
+pub(crate) struct FrameReader {
+    io: ReadHalf,
+    buf: Vec<u8>,
+    decoder: FrameDecoder,
+}
+
+/// Why reading frames stopped.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Codec(CodecError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "read failed: {e}"),
+            ReadError::Codec(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Bytes asked of the kernel per read: large enough that one read carries
+/// hundreds of small frames.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    pub(crate) fn new(io: ReadHalf, max_frame: usize) -> Self {
+        FrameReader { io, buf: Vec::with_capacity(READ_CHUNK), decoder: FrameDecoder::new(max_frame) }
+    }
+
+    /// Changes the largest frame accepted from now on.
+    pub(crate) fn set_max_frame(&mut self, max: usize) {
+        self.decoder.set_max(max);
+    }
+
+    /// Reads more bytes. Returns `Ok(false)` at a clean end of stream and an
+    /// error if the stream ends inside a frame.
+    pub(crate) async fn fill(&mut self) -> Result<bool, ReadError> {
+        self.decoder.compact(&mut self.buf);
+        let want = self.decoder.wanted(&self.buf).max(READ_CHUNK);
+        self.buf.reserve(want);
+        let n = self.io.read_buf(&mut self.buf).await.map_err(ReadError::Io)?;
+        if n == 0 {
+            return if self.buf.is_empty() {
+                Ok(false)
+            } else {
+                Err(ReadError::Codec(CodecError::Truncated))
+            };
+        }
+        Ok(true)
+    }
+
+    /// The next complete frame body already read, if any.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<&[u8]>, ReadError> {
+        self.decoder.next_frame(&self.buf).map_err(ReadError::Codec)
+    }
+}
+
+/// Writes one batch of frames.
+pub(crate) async fn write_batch(io: &mut WriteHalf, batch: &[u8]) -> io::Result<()> {
+    io.write_all(batch).await
+}

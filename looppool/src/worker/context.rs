@@ -1,0 +1,142 @@
+//! What a worker's code sees of the pool: its index and a way to emit outputs.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use super::runtime::Shared;
+use crate::error::EmitError;
+
+/// Emits outputs from a worker to the parent's output stream.
+///
+/// Outputs are bounded end to end: when the parent's consumer falls behind by
+/// the pool's `max_results`, [`emit`](Self::emit) waits and
+/// [`try_emit`](Self::try_emit) returns a [full](EmitError::is_full) error.
+/// Nothing is ever dropped.
+///
+/// An emitter from [`InitContext::emitter`] or [`TaskContext::emitter`]
+/// emits outputs that belong to no task, for background work such as a
+/// subscription. It is cheap to clone, and stays on the worker's thread.
+pub struct Emitter<O> {
+    shared: Rc<Shared>,
+    /// The task's wire slot, or none for unsolicited outputs.
+    slot: Option<u32>,
+    _output: PhantomData<fn(O)>,
+}
+
+impl<O> Clone for Emitter<O> {
+    fn clone(&self) -> Self {
+        Emitter { shared: self.shared.clone(), slot: self.slot, _output: PhantomData }
+    }
+}
+
+impl<O> fmt::Debug for Emitter<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitter").field("task_slot", &self.slot).finish()
+    }
+}
+
+impl<O: Serialize> Emitter<O> {
+    pub(crate) fn new(shared: Rc<Shared>, slot: Option<u32>) -> Self {
+        Emitter { shared, slot, _output: PhantomData }
+    }
+
+    /// Emits `value`, waiting while the parent's output window is full.
+    ///
+    /// # Errors
+    /// The value is given back when it cannot be serialized, exceeds the
+    /// frame limit, or the worker is shutting down and its parent is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it completes, nothing
+    /// was emitted.
+    pub async fn emit(&self, value: O) -> Result<(), EmitError<O>> {
+        self.shared.emit(self.slot, value).await
+    }
+
+    /// Emits `value` if the output window has room, without waiting.
+    ///
+    /// # Errors
+    /// As [`emit`](Self::emit), plus a [full](EmitError::is_full) error when
+    /// the window is exhausted.
+    pub fn try_emit(&self, value: O) -> Result<(), EmitError<O>> {
+        self.shared.try_emit(self.slot, value)
+    }
+}
+
+/// Passed to [`Worker::init`](crate::Worker::init).
+pub struct InitContext<O> {
+    pub(crate) shared: Rc<Shared>,
+    pub(crate) _output: PhantomData<fn(O)>,
+}
+
+impl<O> fmt::Debug for InitContext<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitContext").field("worker", &self.shared.index).finish()
+    }
+}
+
+impl<O: Serialize> InitContext<O> {
+    /// This worker's index in the pool, from 0.
+    pub fn index(&self) -> usize {
+        self.shared.index
+    }
+
+    /// The pool's name.
+    pub fn pool_name(&self) -> &str {
+        &self.shared.pool_name
+    }
+
+    /// An emitter for outputs that belong to no task.
+    pub fn emitter(&self) -> Emitter<O> {
+        Emitter::new(self.shared.clone(), None)
+    }
+}
+
+/// Passed to [`Worker::handle`](crate::Worker::handle) with each task.
+pub struct TaskContext<O> {
+    emitter: Emitter<O>,
+}
+
+impl<O> fmt::Debug for TaskContext<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext").field("worker", &self.emitter.shared.index).finish()
+    }
+}
+
+impl<O: Serialize> TaskContext<O> {
+    pub(crate) fn new(shared: Rc<Shared>, slot: u32) -> Self {
+        TaskContext { emitter: Emitter::new(shared, Some(slot)) }
+    }
+
+    /// Emits an output of this task. See [`Emitter::emit`].
+    ///
+    /// # Errors
+    /// See [`Emitter::emit`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Emitter::emit`].
+    pub async fn emit(&self, value: O) -> Result<(), EmitError<O>> {
+        self.emitter.emit(value).await
+    }
+
+    /// Emits an output of this task without waiting. See [`Emitter::try_emit`].
+    ///
+    /// # Errors
+    /// See [`Emitter::try_emit`].
+    pub fn try_emit(&self, value: O) -> Result<(), EmitError<O>> {
+        self.emitter.try_emit(value)
+    }
+
+    /// This worker's index in the pool, from 0.
+    pub fn worker_index(&self) -> usize {
+        self.emitter.shared.index
+    }
+
+    /// An emitter for outputs that belong to no task (it outlives the task).
+    pub fn emitter(&self) -> Emitter<O> {
+        Emitter::new(self.emitter.shared.clone(), None)
+    }
+}
