@@ -67,7 +67,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn try_emit<O: Serialize>(&self, slot: Option<u32>, value: O) -> Result<(), EmitError<O>> {
+    pub(crate) fn try_emit<O: Serialize>(
+        &self,
+        slot: Option<u32>,
+        value: O,
+    ) -> Result<(), EmitError<O>> {
         let mut out = self.out.borrow_mut();
         if self.closing.get() {
             return Err(EmitError::new(EmitErrorKind::Closed, value));
@@ -94,7 +98,11 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) async fn emit<O: Serialize>(&self, slot: Option<u32>, mut value: O) -> Result<(), EmitError<O>> {
+    pub(crate) async fn emit<O: Serialize>(
+        &self,
+        slot: Option<u32>,
+        mut value: O,
+    ) -> Result<(), EmitError<O>> {
         loop {
             match self.try_emit(slot, value) {
                 Err(e) if e.is_full() => value = e.into_inner(),
@@ -141,18 +149,18 @@ impl Shared {
 async fn write_loop(shared: Rc<Shared>, mut io: WriteHalf) {
     let mut batch = Vec::new();
     loop {
-        {
+        let took = {
             let mut out = shared.out.borrow_mut();
-            if out.buf.is_empty() {
-                if shared.closing.get() {
-                    return;
-                }
-                drop(out);
-                shared.writer_wake.notified().await;
-                continue;
-            }
             std::mem::swap(&mut out.buf, &mut batch);
             out.last_output = None;
+            !batch.is_empty()
+        };
+        if !took {
+            if shared.closing.get() {
+                return;
+            }
+            shared.writer_wake.notified().await;
+            continue;
         }
         if transport::write_batch(&mut io, &batch).await.is_err() {
             // The parent is gone: nobody is left to work for.
@@ -174,7 +182,10 @@ pub(crate) fn main<W: Worker>() -> i32 {
     }
     std::env::remove_var(SIGNALS_ENV);
     install_panic_hook();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("looppool worker: cannot build its runtime: {e}");
@@ -197,7 +208,11 @@ async fn serve<W: Worker>() -> i32 {
 
     // Handshake: say who we are, then wait for our place in the pool.
     let mut hello = Vec::new();
-    let me = Hello { fingerprint: super::fingerprint::<W>(), worker: W::NAME.into(), pid: std::process::id() };
+    let me = Hello {
+        fingerprint: super::fingerprint::<W>(),
+        worker: W::NAME.into(),
+        pid: std::process::id(),
+    };
     if protocol::put_hello(&mut hello, &me, DEFAULT_MAX_FRAME).is_err()
         || transport::write_batch(&mut writer, &hello).await.is_err()
     {
@@ -234,7 +249,11 @@ async fn serve<W: Worker>() -> i32 {
         index: init.index as usize,
         pool_name: init.pool.clone(),
         max_frame,
-        out: RefCell::new(OutBuf { buf: Vec::with_capacity(64 * 1024), credits: init.output_credits, last_output: None }),
+        out: RefCell::new(OutBuf {
+            buf: Vec::with_capacity(64 * 1024),
+            credits: init.output_credits,
+            last_output: None,
+        }),
         writer_wake: Notify::new(),
         credit_wake: Notify::new(),
         running: Cell::new(0),
@@ -246,10 +265,14 @@ async fn serve<W: Worker>() -> i32 {
     let writer_task = tokio::task::spawn_local(write_loop(shared.clone(), writer));
 
     // The user's initialiser.
-    let init_value = codec::get_serde::<W::Init>(&init_payload).map_err(|e| format!("cannot deserialize the init payload: {e}"));
+    let init_value = codec::get_serde::<W::Init>(&init_payload)
+        .map_err(|e| format!("cannot deserialize the init payload: {e}"));
     let worker = match init_value {
         Ok(value) => {
-            let cx = InitContext { shared: shared.clone(), _output: std::marker::PhantomData };
+            let cx = InitContext {
+                shared: shared.clone(),
+                _output: std::marker::PhantomData,
+            };
             match CatchUnwind(Box::pin(W::init(value, cx))).await {
                 Ok(Ok(worker)) => Ok(Rc::new(worker)),
                 Ok(Err(e)) => Err(error_chain(&*e)),
@@ -283,7 +306,10 @@ async fn serve<W: Worker>() -> i32 {
         shared.idle.notified().await;
     }
     if let Err(panic) = CatchUnwind(Box::pin(worker.shutdown())).await {
-        eprintln!("looppool worker {}: shutdown hook panicked: {panic}", shared.index);
+        eprintln!(
+            "looppool worker {}: shutdown hook panicked: {panic}",
+            shared.index
+        );
     }
     shared.push_simple(kind::BYE, None);
     shared.closing.set(true);
@@ -302,14 +328,22 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
                 Err(e) => protocol_exit(&shared, &e.to_string()),
             };
             match ToWorker::decode(body) {
-                Ok(ToWorker::Task { slot, payload }) => match codec::get_serde::<W::Task>(payload) {
-                    Ok(task) => start_task(&worker, &shared, slot, task),
-                    Err(e) => {
-                        shared.running.set(shared.running.get() + 1);
-                        let message = format!("cannot deserialize the task: {e}");
-                        shared.complete(slot, Err(Failure { message, panicked: false }));
+                Ok(ToWorker::Task { slot, payload }) => {
+                    match codec::get_serde::<W::Task>(payload) {
+                        Ok(task) => start_task(&worker, &shared, slot, task),
+                        Err(e) => {
+                            shared.running.set(shared.running.get() + 1);
+                            let message = format!("cannot deserialize the task: {e}");
+                            shared.complete(
+                                slot,
+                                Err(Failure {
+                                    message,
+                                    panicked: false,
+                                }),
+                            );
+                        }
                     }
-                },
+                }
                 Ok(ToWorker::Credit(n)) => {
                     let mut out = shared.out.borrow_mut();
                     out.credits = out.credits.saturating_add(n);
@@ -335,7 +369,10 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
 }
 
 fn protocol_exit(shared: &Shared, what: &str) -> ! {
-    eprintln!("looppool worker {}: protocol error from the parent: {what}", shared.index);
+    eprintln!(
+        "looppool worker {}: protocol error from the parent: {what}",
+        shared.index
+    );
     std::process::exit(EXIT_PROTOCOL)
 }
 
@@ -350,7 +387,8 @@ fn start_task<W: Worker>(worker: &Rc<W>, shared: &Rc<Shared>, slot: u32, task: W
     let mut noop = Context::from_waker(Waker::noop());
     // The handler is polled again by the spawned task (with a real waker) if
     // it is not ready now, so the no-op waker loses nothing.
-    let polled = in_task(|| std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))));
+    let polled =
+        in_task(|| std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))));
     match polled {
         Ok(Poll::Ready(result)) => shared.complete(slot, result.map_err(failure_of)),
         Ok(Poll::Pending) => {
@@ -358,20 +396,32 @@ fn start_task<W: Worker>(worker: &Rc<W>, shared: &Rc<Shared>, slot: u32, task: W
             tokio::task::spawn_local(async move {
                 let result = match CatchUnwind(fut).await {
                     Ok(result) => result.map_err(failure_of),
-                    Err(message) => Err(Failure { message, panicked: true }),
+                    Err(message) => Err(Failure {
+                        message,
+                        panicked: true,
+                    }),
                 };
                 shared.complete(slot, result);
             });
         }
         Err(payload) => {
             let message = panic_message(payload);
-            shared.complete(slot, Err(Failure { message, panicked: true }));
+            shared.complete(
+                slot,
+                Err(Failure {
+                    message,
+                    panicked: true,
+                }),
+            );
         }
     }
 }
 
 fn failure_of(e: BoxError) -> Failure {
-    Failure { message: error_chain(&*e), panicked: false }
+    Failure {
+        message: error_chain(&*e),
+        panicked: false,
+    }
 }
 
 /// An error's message followed by the messages of its sources.
