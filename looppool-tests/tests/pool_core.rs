@@ -20,7 +20,10 @@ async fn take<O: std::fmt::Debug>(outputs: &mut looppool::Outputs<O>, n: usize) 
 }
 
 fn values(items: Vec<Output<u64>>) -> Vec<u64> {
-    items.into_iter().map(|i| i.into_value().expect("a value")).collect()
+    items
+        .into_iter()
+        .map(|i| i.into_value().expect("a value"))
+        .collect()
 }
 
 #[tokio::test]
@@ -44,8 +47,19 @@ async fn round_robin_gives_each_worker_an_equal_share() {
     }
     let mut per_worker: HashMap<u64, usize> = HashMap::new();
     for item in take(&mut outputs, 800).await {
-        let Output::Value { worker, value, task, .. } = item else { panic!("unexpected {item:?}") };
-        assert_eq!(worker as u64, value, "tagged with the worker that emitted it");
+        let Output::Value {
+            worker,
+            value,
+            task,
+            ..
+        } = item
+        else {
+            panic!("unexpected {item:?}")
+        };
+        assert_eq!(
+            worker as u64, value,
+            "tagged with the worker that emitted it"
+        );
         assert_eq!(task.unwrap().worker(), worker);
         *per_worker.entry(value).or_default() += 1;
     }
@@ -59,10 +73,19 @@ async fn stateful_workers_see_their_own_sets() {
     let (pool, mut outputs) = probe_pool!().workers(4).start().await.unwrap();
     let n = 4 * 25;
     for i in 0..n {
-        pool.submit(Job::Set { key: format!("k{}", i / 4), value: i }).await.unwrap();
+        pool.submit(Job::Set {
+            key: format!("k{}", i / 4),
+            value: i,
+        })
+        .await
+        .unwrap();
     }
     for i in 0..n {
-        pool.submit(Job::Get { key: format!("k{}", i / 4) }).await.unwrap();
+        pool.submit(Job::Get {
+            key: format!("k{}", i / 4),
+        })
+        .await
+        .unwrap();
     }
     // Round-robin sends set i and get i to the same worker, and tasks to one
     // worker start in order, so every get sees its set.
@@ -76,14 +99,23 @@ async fn stateful_workers_see_their_own_sets() {
 async fn targeted_sends_reach_the_named_worker() {
     let (pool, mut outputs) = probe_pool!().workers(3).start().await.unwrap();
     for worker in [2, 0, 1, 2, 2] {
-        assert_eq!(pool.call_to(worker, Job::WhoAmI).await.unwrap(), worker as u64);
+        assert_eq!(
+            pool.call_to(worker, Job::WhoAmI).await.unwrap(),
+            worker as u64
+        );
         let id = pool.submit_to(worker, Job::WhoAmI).await.unwrap();
         assert_eq!(id.worker(), worker);
         let item = take(&mut outputs, 1).await.pop().unwrap();
         assert_eq!(item.value(), Some(&(worker as u64)));
     }
     let err = pool.try_submit_to(7, Job::Nothing).unwrap_err();
-    assert_eq!(err.kind(), &SubmitErrorKind::NoSuchWorker { worker: 7, workers: 3 });
+    assert_eq!(
+        err.kind(),
+        &SubmitErrorKind::NoSuchWorker {
+            worker: 7,
+            workers: 3
+        }
+    );
     assert_eq!(err.into_inner(), Job::Nothing);
     pool.shutdown().await;
 }
@@ -93,10 +125,21 @@ async fn broadcast_reaches_every_worker_once_in_order() {
     let (pool, mut outputs) = probe_pool!().workers(4).start().await.unwrap();
     // A set sent to each worker first: the broadcast get must start after it.
     for w in 0..4 {
-        pool.submit_to(w, Job::Set { key: "b".into(), value: 100 + w as u64 }).await.unwrap();
+        pool.submit_to(
+            w,
+            Job::Set {
+                key: "b".into(),
+                value: 100 + w as u64,
+            },
+        )
+        .await
+        .unwrap();
     }
     let ids = pool.broadcast(Job::Get { key: "b".into() }).await.unwrap();
-    assert_eq!(ids.iter().map(|id| id.worker()).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        ids.iter().map(|id| id.worker()).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
     let mut seen: Vec<(usize, u64)> = take(&mut outputs, 4)
         .await
         .into_iter()
@@ -105,28 +148,47 @@ async fn broadcast_reaches_every_worker_once_in_order() {
     seen.sort();
     assert_eq!(seen, vec![(0, 100), (1, 101), (2, 102), (3, 103)]);
     pool.shutdown().await;
-    assert!(outputs.next().await.is_none(), "exactly one copy per worker");
+    assert!(
+        outputs.next().await.is_none(),
+        "exactly one copy per worker"
+    );
 }
 
 #[tokio::test]
 async fn a_failing_handler_leaves_every_worker_usable() {
     let (pool, mut outputs) = probe_pool!().workers(2).start().await.unwrap();
     for w in 0..2 {
-        let err = pool.call_to(w, Job::Fail("bad input".into())).await.unwrap_err();
-        let CallError::Task(e) = err else { panic!("expected a task error, got {err:?}") };
+        let err = pool
+            .call_to(w, Job::Fail("bad input".into()))
+            .await
+            .unwrap_err();
+        let CallError::Task(e) = err else {
+            panic!("expected a task error, got {err:?}")
+        };
         assert_eq!(e.worker, w);
         assert_eq!(e.message, "bad input");
         assert!(!e.panicked);
 
-        let err = pool.call_to(w, Job::Panic("kaboom".into())).await.unwrap_err();
-        let CallError::Task(e) = err else { panic!("expected a task error, got {err:?}") };
+        let err = pool
+            .call_to(w, Job::Panic("kaboom".into()))
+            .await
+            .unwrap_err();
+        let CallError::Task(e) = err else {
+            panic!("expected a task error, got {err:?}")
+        };
         assert!(e.panicked);
         assert!(e.message.contains("kaboom"), "{}", e.message);
-        assert!(e.message.contains("src/lib.rs"), "names the location: {}", e.message);
+        assert!(
+            e.message.contains("src/lib.rs"),
+            "names the location: {}",
+            e.message
+        );
     }
     let failed = pool.submit(Job::Fail("submitted".into())).await.unwrap();
     let item = take(&mut outputs, 1).await.pop().unwrap();
-    let Output::Failed(e) = item else { panic!("expected a failure item, got {item:?}") };
+    let Output::Failed(e) = item else {
+        panic!("expected a failure item, got {item:?}")
+    };
     assert_eq!(e.task, failed);
     assert_eq!(e.message, "submitted");
     // Both workers still serve.
@@ -141,8 +203,14 @@ async fn a_failing_handler_leaves_every_worker_usable() {
 async fn call_reports_no_reply_and_extra_outputs_go_to_the_stream() {
     let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
     let err = pool.call(Job::Nothing).await.unwrap_err();
-    assert!(matches!(err, CallError::NoReply { worker: 0, .. }), "{err:?}");
-    assert_eq!(pool.call(Job::Repeat { value: 9, times: 3 }).await.unwrap(), 9);
+    assert!(
+        matches!(err, CallError::NoReply { worker: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        pool.call(Job::Repeat { value: 9, times: 3 }).await.unwrap(),
+        9
+    );
     assert_eq!(values(take(&mut outputs, 2).await), vec![9, 9]);
     pool.shutdown().await;
 }
@@ -173,12 +241,22 @@ async fn try_submit_past_the_bound_is_full_and_accepted_tasks_all_run() {
 async fn a_slow_consumer_loses_no_output() {
     // A window of 4 outputs per worker, 2,000 outputs: workers must wait for
     // the consumer again and again.
-    let (pool, mut outputs) = probe_pool!().workers(2).max_results(8).start().await.unwrap();
+    let (pool, mut outputs) = probe_pool!()
+        .workers(2)
+        .max_results(8)
+        .start()
+        .await
+        .unwrap();
     let producer = {
         let pool = pool.clone();
         tokio::spawn(async move {
             for i in 0..20 {
-                pool.submit(Job::Repeat { value: i, times: 100 }).await.unwrap();
+                pool.submit(Job::Repeat {
+                    value: i,
+                    times: 100,
+                })
+                .await
+                .unwrap();
             }
         })
     };
@@ -198,12 +276,18 @@ async fn a_slow_consumer_loses_no_output() {
 
 #[tokio::test]
 async fn init_payload_and_unsolicited_outputs_arrive() {
-    let init = ProbeInit { offset: 1000, unsolicited: 5, ..Default::default() };
+    let init = ProbeInit {
+        offset: 1000,
+        unsolicited: 5,
+        ..Default::default()
+    };
     let (pool, mut outputs) = probe_pool!().workers(2).init(init).start().await.unwrap();
     assert_eq!(pool.call(Job::Double(1)).await.unwrap(), 1002);
     let items = take(&mut outputs, 10).await;
     for item in &items {
-        let Output::Value { task, value, .. } = item else { panic!("{item:?}") };
+        let Output::Value { task, value, .. } = item else {
+            panic!("{item:?}")
+        };
         assert!(task.is_none(), "unsolicited outputs belong to no task");
         assert!((1_000_000..1_000_005).contains(value));
     }
@@ -231,9 +315,16 @@ async fn shutdown_drains_running_tasks_and_runs_the_hook() {
         got.push(item.into_value().unwrap());
     }
     got.sort();
-    assert_eq!(got, (0..10).collect::<Vec<_>>(), "every queued task ran before the workers exited");
+    assert_eq!(
+        got,
+        (0..10).collect::<Vec<_>>(),
+        "every queued task ran before the workers exited"
+    );
     for w in 0..2 {
-        assert!(dir.join(format!("worker-{w}")).exists(), "shutdown hook ran on worker {w}");
+        assert!(
+            dir.join(format!("worker-{w}")).exists(),
+            "shutdown hook ran on worker {w}"
+        );
     }
     let err = pool.submit(Job::Nothing).await.unwrap_err();
     assert!(err.is_closed());
@@ -247,7 +338,9 @@ async fn start_stop_with_pending_tasks_never_hangs() {
         for i in 0..(round % 16) {
             pool.submit(Job::Double(i)).await.unwrap();
         }
-        let report = tokio::time::timeout(Duration::from_secs(20), pool.shutdown()).await.expect("shutdown hung");
+        let report = tokio::time::timeout(Duration::from_secs(20), pool.shutdown())
+            .await
+            .expect("shutdown hung");
         assert!(report.drained);
         let mut n = 0;
         while let Some(item) = outputs.next().await {
@@ -261,11 +354,19 @@ async fn start_stop_with_pending_tasks_never_hangs() {
 #[tokio::test]
 async fn shutdown_with_deadline_kills_stragglers_and_reports_their_tasks() {
     let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
-    let id = pool.submit(Job::Sleep { ms: 60_000, value: 1 }).await.unwrap();
+    let id = pool
+        .submit(Job::Sleep {
+            ms: 60_000,
+            value: 1,
+        })
+        .await
+        .unwrap();
     let report = pool.shutdown_timeout(Duration::from_millis(200)).await;
     assert!(!report.drained);
     let item = take(&mut outputs, 1).await.pop().unwrap();
-    let Output::Lost { task, lost } = item else { panic!("{item:?}") };
+    let Output::Lost { task, lost } = item else {
+        panic!("{item:?}")
+    };
     assert_eq!(task, id);
     assert_eq!(lost.cause, looppool::LossCause::ShutdownDeadline);
     assert!(outputs.next().await.is_none());
@@ -275,9 +376,23 @@ async fn shutdown_with_deadline_kills_stragglers_and_reports_their_tasks() {
 async fn invalid_settings_are_refused_with_a_reason() {
     let err = probe_pool!().workers(0).start().await.unwrap_err();
     assert!(err.to_string().contains("at least one worker"), "{err}");
-    let err = probe_pool!().workers(4).max_tasks(3).start().await.unwrap_err();
-    assert!(err.to_string().contains("max_tasks(3) is smaller than the number of workers (4)"), "{err}");
-    let err = probe_pool!().workers(4).max_results(2).start().await.unwrap_err();
+    let err = probe_pool!()
+        .workers(4)
+        .max_tasks(3)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("max_tasks(3) is smaller than the number of workers (4)"),
+        "{err}"
+    );
+    let err = probe_pool!()
+        .workers(4)
+        .max_results(2)
+        .start()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("max_results(2)"), "{err}");
     let err = looppool::Pool::<looppool_tests::Probe>::builder()
         .program("/nonexistent/worker")
@@ -295,28 +410,49 @@ async fn a_program_that_is_not_a_worker_is_refused_clearly() {
         .start()
         .await
         .unwrap_err();
-    assert!(matches!(err, looppool::StartError::Handshake { worker: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, looppool::StartError::Handshake { worker: 0, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("looppool worker program"), "{err}");
 }
 
 #[tokio::test]
 async fn an_initialiser_error_fails_start() {
-    let init = ProbeInit { fail_on: Some(1), ..Default::default() };
-    let err = probe_pool!().workers(2).init(init).start().await.unwrap_err();
-    let looppool::StartError::Init { worker, message } = err else { panic!("{err:?}") };
+    let init = ProbeInit {
+        fail_on: Some(1),
+        ..Default::default()
+    };
+    let err = probe_pool!()
+        .workers(2)
+        .init(init)
+        .start()
+        .await
+        .unwrap_err();
+    let looppool::StartError::Init { worker, message } = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(worker, 1);
     assert_eq!(message, "refusing to start worker 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_callers_on_a_multi_thread_runtime() {
-    let (pool, _outputs) = probe_pool!().workers(2).max_tasks(64).start().await.unwrap();
+    let (pool, _outputs) = probe_pool!()
+        .workers(2)
+        .max_tasks(64)
+        .start()
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for c in 0..8u64 {
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..500 {
-                assert_eq!(pool.call(Job::Double(c * 1000 + i)).await.unwrap(), 2 * (c * 1000 + i));
+                assert_eq!(
+                    pool.call(Job::Double(c * 1000 + i)).await.unwrap(),
+                    2 * (c * 1000 + i)
+                );
             }
         }));
     }

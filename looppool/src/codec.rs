@@ -76,7 +76,10 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
 
 /// Serializes `value` with postcard, appending to `buf` in place.
 #[inline]
-pub(crate) fn put_serde<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+pub(crate) fn put_serde<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), CodecError> {
     let mark = buf.len();
     match postcard::serialize_with_flavor(value, AppendFlavor(buf)) {
         Ok(()) => Ok(()),
@@ -170,7 +173,10 @@ impl<'a> Fields<'a> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(CodecError::Serde(format!("{} unexpected trailing bytes", self.rest.len())))
+            Err(CodecError::Serde(format!(
+                "{} unexpected trailing bytes",
+                self.rest.len()
+            )))
         }
     }
 }

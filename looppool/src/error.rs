@@ -17,7 +17,9 @@ pub struct BuildError {
 
 impl BuildError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        BuildError { message: message.into() }
+        BuildError {
+            message: message.into(),
+        }
     }
 }
 
@@ -76,7 +78,9 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Config(e) => e.fmt(f),
-            StartError::Spawn { worker, program, .. } => {
+            StartError::Spawn {
+                worker, program, ..
+            } => {
                 write!(f, "cannot execute worker {worker} program {program:?}")
             }
             StartError::Handshake { worker, reason } => {
@@ -165,7 +169,9 @@ impl<T> SubmitError<T> {
 
 impl<T> fmt::Debug for SubmitError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubmitError").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("SubmitError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,7 +184,10 @@ impl<T> fmt::Display for SubmitError<T> {
                 write!(f, "no worker {worker} in a pool of {workers}")
             }
             SubmitErrorKind::TooLarge { len, max } => {
-                write!(f, "task of {len} bytes exceeds the frame limit of {max} bytes")
+                write!(
+                    f,
+                    "task of {len} bytes exceeds the frame limit of {max} bytes"
+                )
             }
             SubmitErrorKind::Encode(msg) => write!(f, "cannot serialize task: {msg}"),
         }
@@ -286,7 +295,11 @@ pub struct TaskError {
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = if self.panicked { "panicked" } else { "failed" };
-        write!(f, "task {} {what} on worker {}: {}", self.task, self.worker, self.message)
+        write!(
+            f,
+            "task {} {what} on worker {}: {}",
+            self.task, self.worker, self.message
+        )
     }
 }
 
@@ -325,7 +338,10 @@ impl<T> fmt::Display for CallError<T> {
             CallError::Task(e) => e.fmt(f),
             CallError::WorkerLost(e) => e.fmt(f),
             CallError::NoReply { worker, task } => {
-                write!(f, "task {task} on worker {worker} completed without a reply")
+                write!(
+                    f,
+                    "task {task} on worker {worker} completed without a reply"
+                )
             }
         }
     }
@@ -381,7 +397,9 @@ impl<O> EmitError<O> {
 
 impl<O> fmt::Debug for EmitError<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EmitError").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("EmitError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -391,7 +409,10 @@ impl<O> fmt::Display for EmitError<O> {
             EmitErrorKind::Full => f.write_str("output window is full"),
             EmitErrorKind::Closed => f.write_str("worker output is closed"),
             EmitErrorKind::TooLarge { len, max } => {
-                write!(f, "output of {len} bytes exceeds the frame limit of {max} bytes")
+                write!(
+                    f,
+                    "output of {len} bytes exceeds the frame limit of {max} bytes"
+                )
             }
             EmitErrorKind::Encode(msg) => write!(f, "cannot serialize output: {msg}"),
         }

@@ -162,8 +162,8 @@ pub mod worker;
 
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{
-    BuildError, CallError, EmitError, EmitErrorKind, ExitStatus, LossCause, StartError, SubmitError, SubmitErrorKind,
-    TaskError, WorkerLost,
+    BuildError, CallError, EmitError, EmitErrorKind, ExitStatus, LossCause, StartError,
+    SubmitError, SubmitErrorKind, TaskError, WorkerLost,
 };
 pub use pool::{Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId};
 pub use supervisor::{RestartPolicy, WorkerEvent};

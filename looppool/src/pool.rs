@@ -74,7 +74,10 @@ pub struct Pool<W: Worker> {
 
 impl<W: Worker> Clone for Pool<W> {
     fn clone(&self) -> Self {
-        Pool { inner: self.inner.clone(), _worker: PhantomData }
+        Pool {
+            inner: self.inner.clone(),
+            _worker: PhantomData,
+        }
     }
 }
 
@@ -106,8 +109,18 @@ impl<W: Worker> Pool<W> {
         PoolBuilder::new()
     }
 
-    pub(crate) fn from_parts(lanes: Arc<[Arc<Lane<W::Output>>]>, sup: Arc<Supervisor<W::Output>>) -> Self {
-        Pool { inner: Arc::new(Inner { lanes, sup, next: AtomicUsize::new(0) }), _worker: PhantomData }
+    pub(crate) fn from_parts(
+        lanes: Arc<[Arc<Lane<W::Output>>]>,
+        sup: Arc<Supervisor<W::Output>>,
+    ) -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                lanes,
+                sup,
+                next: AtomicUsize::new(0),
+            }),
+            _worker: PhantomData,
+        }
     }
 
     /// Number of workers.
@@ -144,7 +157,10 @@ impl<W: Worker> Pool<W> {
         self.inner
             .lanes
             .get(worker)
-            .ok_or(SubmitErrorKind::NoSuchWorker { worker, workers: self.inner.lanes.len() })
+            .ok_or(SubmitErrorKind::NoSuchWorker {
+                worker,
+                workers: self.inner.lanes.len(),
+            })
     }
 
     /// Round-robin choice: the next worker in turn that is running. Workers
@@ -202,7 +218,11 @@ impl<W: Worker> Pool<W> {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`submit`](Self::submit).
-    pub async fn submit_to(&self, worker: usize, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+    pub async fn submit_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<TaskId, SubmitError<W::Task>> {
         self.push(worker, &task, None)
             .await
             .map_err(|(e, _)| SubmitError::new(e, task))
@@ -212,7 +232,11 @@ impl<W: Worker> Pool<W> {
     ///
     /// # Errors
     /// As [`try_submit`](Self::try_submit), and when there is no such worker.
-    pub fn try_submit_to(&self, worker: usize, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+    pub fn try_submit_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<TaskId, SubmitError<W::Task>> {
         let lane = match self.lane(worker) {
             Ok(lane) => lane,
             Err(kind) => return Err(SubmitError::new(kind, task)),
@@ -292,7 +316,11 @@ impl<W: Worker> Pool<W> {
     ///
     /// # Cancel safety
     /// As [`call`](Self::call).
-    pub async fn call_to(&self, worker: usize, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+    pub async fn call_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
         let id = match self.push(worker, &task, Some(tx)).await {
             Ok(id) => id,
@@ -327,7 +355,10 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: the workers still stop; only the waiting ends.
     pub async fn shutdown(&self) -> ShutdownReport {
         let drained = self.inner.sup.shutdown(None).await;
-        ShutdownReport { drained, failure: self.failure() }
+        ShutdownReport {
+            drained,
+            failure: self.failure(),
+        }
     }
 
     /// Like [`shutdown`](Self::shutdown), but kills the workers still running
@@ -337,7 +368,10 @@ impl<W: Worker> Pool<W> {
     /// As [`shutdown`](Self::shutdown).
     pub async fn shutdown_timeout(&self, deadline: Duration) -> ShutdownReport {
         let drained = self.inner.sup.shutdown(Some(deadline)).await;
-        ShutdownReport { drained, failure: self.failure() }
+        ShutdownReport {
+            drained,
+            failure: self.failure(),
+        }
     }
 
     /// Kills worker `worker`'s process with SIGKILL, as a crash would. The

@@ -79,13 +79,25 @@ pub(crate) enum ToWorker<'a> {
 /// A message from a worker, borrowing its payload from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FromWorker<'a> {
-    Hello { protocol: u32, hello: Hello },
+    Hello {
+        protocol: u32,
+        hello: Hello,
+    },
     Ready,
     InitFailed(String),
-    Output { slot: Option<u32>, payload: &'a [u8] },
+    Output {
+        slot: Option<u32>,
+        payload: &'a [u8],
+    },
     Done(u32),
-    OutputDone { slot: u32, payload: &'a [u8] },
-    Failed { slot: u32, failure: Failure },
+    OutputDone {
+        slot: u32,
+        payload: &'a [u8],
+    },
+    Failed {
+        slot: u32,
+        failure: Failure,
+    },
     Bye,
     Report(&'a [u8]),
     Log(&'a [u8]),
@@ -127,7 +139,10 @@ impl<'a> ToWorker<'a> {
             }
             kind::TASK => {
                 let slot = f.varint_u32()?;
-                return Ok(ToWorker::Task { slot, payload: f.rest() });
+                return Ok(ToWorker::Task {
+                    slot,
+                    payload: f.rest(),
+                });
             }
             kind::CREDIT => ToWorker::Credit(f.varint_u32()?),
             kind::STOP => ToWorker::Stop,
@@ -158,11 +173,20 @@ impl<'a> FromWorker<'a> {
             kind::OUTPUT => {
                 let tag = f.varint_u32()?;
                 let slot = tag.checked_sub(1);
-                return Ok(FromWorker::Output { slot, payload: f.rest() });
+                return Ok(FromWorker::Output {
+                    slot,
+                    payload: f.rest(),
+                });
             }
             kind::OUTPUT_DONE => {
-                let slot = f.varint_u32()?.checked_sub(1).ok_or(CodecError::Truncated)?;
-                return Ok(FromWorker::OutputDone { slot, payload: f.rest() });
+                let slot = f
+                    .varint_u32()?
+                    .checked_sub(1)
+                    .ok_or(CodecError::Truncated)?;
+                return Ok(FromWorker::OutputDone {
+                    slot,
+                    payload: f.rest(),
+                });
             }
             kind::DONE => FromWorker::Done(f.varint_u32()?),
             kind::FAILED => {
@@ -191,7 +215,12 @@ pub(crate) fn put_hello(buf: &mut Vec<u8>, hello: &Hello, max: usize) -> Result<
 }
 
 /// Appends an init frame; `payload` is the already encoded init value.
-pub(crate) fn put_init(buf: &mut Vec<u8>, init: &Init, payload: &[u8], max: usize) -> Result<(), CodecError> {
+pub(crate) fn put_init(
+    buf: &mut Vec<u8>,
+    init: &Init,
+    payload: &[u8],
+    max: usize,
+) -> Result<(), CodecError> {
     let start = codec::begin_frame(buf, kind::INIT);
     codec::put_serde(buf, init)?;
     buf.extend_from_slice(payload);

@@ -110,12 +110,19 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// Never replace a dead worker: the pool runs on with fewer.
     pub fn never() -> Self {
-        RestartPolicy { restart: false, ..Self::default() }
+        RestartPolicy {
+            restart: false,
+            ..Self::default()
+        }
     }
 
     /// Replace workers, allowing at most `max_restarts` within `window`.
     pub fn intensity(max_restarts: u32, window: Duration) -> Self {
-        RestartPolicy { max_restarts, window, ..Self::default() }
+        RestartPolicy {
+            max_restarts,
+            window,
+            ..Self::default()
+        }
     }
 
     /// Sets the back-off: `initial` doubling up to `max`.
@@ -163,7 +170,9 @@ pub(crate) struct Supervisor<O> {
 
 impl<O> fmt::Debug for Supervisor<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Supervisor").field("workers", &self.lanes.len()).finish_non_exhaustive()
+        f.debug_struct("Supervisor")
+            .field("workers", &self.lanes.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -201,13 +210,21 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     fn emit(&self, event: WorkerEvent) {
         match &event {
-            WorkerEvent::Crashed { worker, pid, status, cause, lost_tasks } => {
+            WorkerEvent::Crashed {
+                worker,
+                pid,
+                status,
+                cause,
+                lost_tasks,
+            } => {
                 tracing::error!(pool = %self.spec.pool_name, worker, pid, %status, %cause, lost_tasks, "worker died")
             }
             WorkerEvent::StartFailed { worker, error } => {
                 tracing::error!(pool = %self.spec.pool_name, worker, %error, "worker failed to start")
             }
-            WorkerEvent::PoolFailed { reason } => tracing::error!(pool = %self.spec.pool_name, %reason, "pool failed"),
+            WorkerEvent::PoolFailed { reason } => {
+                tracing::error!(pool = %self.spec.pool_name, %reason, "pool failed")
+            }
             other => tracing::debug!(pool = %self.spec.pool_name, event = ?other, "worker event"),
         }
         if let Some(hook) = &self.on_event {
@@ -217,7 +234,12 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// Starts the driver of worker `index`, serving `launched`. The lane is
     /// open when this returns.
-    pub(crate) fn spawn_driver(self: &Arc<Self>, index: usize, launched: Launched, outputs: BatchSender<O>) {
+    pub(crate) fn spawn_driver(
+        self: &Arc<Self>,
+        index: usize,
+        launched: Launched,
+        outputs: BatchSender<O>,
+    ) {
         let serving = self.install(index, launched);
         self.alive.send_modify(|n| *n += 1);
         let guard = AliveGuard(self.alive.clone());
@@ -230,15 +252,28 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// Records a started worker's process and opens its lane.
     fn install(&self, index: usize, launched: Launched) -> Option<Serving> {
-        let Launched { child, pid, reader, writer } = launched;
-        self.children[index].lock().unwrap_or_else(|e| e.into_inner()).child = Some(child);
+        let Launched {
+            child,
+            pid,
+            reader,
+            writer,
+        } = launched;
+        self.children[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .child = Some(child);
         let generation = self.lanes[index].open(pid)?;
         if self.stopping.load(Ordering::SeqCst) {
             // A shutdown began while this worker was starting.
             self.lanes[index].stop();
         }
         self.emit(WorkerEvent::Started { worker: index, pid });
-        Some(Serving { pid, generation, reader, writer })
+        Some(Serving {
+            pid,
+            generation,
+            reader,
+            writer,
+        })
     }
 
     async fn drive(self: Arc<Self>, index: usize, first: Option<Serving>, outputs: BatchSender<O>) {
@@ -252,15 +287,27 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 None => match launch(&self.spec, index).await {
                     Ok(l) => self.install(index, l),
                     Err(e) => {
-                        self.emit(WorkerEvent::StartFailed { worker: index, error: e.to_string() });
-                        if !self.restart_allowed(index, &mut attempt, &mut short_lives).await {
+                        self.emit(WorkerEvent::StartFailed {
+                            worker: index,
+                            error: e.to_string(),
+                        });
+                        if !self
+                            .restart_allowed(index, &mut attempt, &mut short_lives)
+                            .await
+                        {
                             break;
                         }
                         continue;
                     }
                 },
             };
-            let Some(Serving { pid, generation, reader, writer }) = installed else {
+            let Some(Serving {
+                pid,
+                generation,
+                reader,
+                writer,
+            }) = installed
+            else {
                 // The lane was closed meanwhile (the pool is going away).
                 self.kill(index);
                 let _ = self.reap(index).await;
@@ -286,13 +333,24 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 _ if self.deadline_hit.load(Ordering::SeqCst) => LossCause::ShutdownDeadline,
                 _ => LossCause::Crashed,
             };
-            let lost = WorkerLost { worker: index, pid, status, cause: cause.clone() };
+            let lost = WorkerLost {
+                worker: index,
+                pid,
+                status,
+                cause: cause.clone(),
+            };
             let lost_tasks = held.len();
             report_lost(held, &lost, &outputs);
             if clean {
                 self.emit(WorkerEvent::Exited { worker: index, pid });
             } else {
-                self.emit(WorkerEvent::Crashed { worker: index, pid, status, cause, lost_tasks });
+                self.emit(WorkerEvent::Crashed {
+                    worker: index,
+                    pid,
+                    status,
+                    cause,
+                    lost_tasks,
+                });
             }
             if stopping || self.stopping.load(Ordering::SeqCst) {
                 lane.take_held(true);
@@ -301,20 +359,33 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             if started.elapsed() >= Duration::from_secs(1) {
                 short_lives = 0;
             }
-            if !self.restart_allowed(index, &mut attempt, &mut short_lives).await {
+            if !self
+                .restart_allowed(index, &mut attempt, &mut short_lives)
+                .await
+            {
                 break;
             }
         }
         // Whatever raced with the end (a restart refused, a failed start).
         let held = lane.take_held(true);
         if !held.is_empty() {
-            let lost = WorkerLost { worker: index, pid: 0, status: ExitStatus::Unknown, cause: LossCause::PoolKilled };
+            let lost = WorkerLost {
+                worker: index,
+                pid: 0,
+                status: ExitStatus::Unknown,
+                cause: LossCause::PoolKilled,
+            };
             report_lost(held, &lost, &outputs);
         }
     }
 
     /// Applies the restart policy; sleeps the back-off when a restart is allowed.
-    async fn restart_allowed(&self, index: usize, attempt: &mut u32, short_lives: &mut u32) -> bool {
+    async fn restart_allowed(
+        &self,
+        index: usize,
+        attempt: &mut u32,
+        short_lives: &mut u32,
+    ) -> bool {
         if !self.policy.restart || self.stopping.load(Ordering::SeqCst) {
             self.lanes[index].take_held(true);
             return false;
@@ -322,7 +393,10 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         {
             let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            while restarts.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+            while restarts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+            {
                 restarts.pop_front();
             }
             if restarts.len() >= self.policy.max_restarts as usize {
@@ -337,9 +411,17 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         }
         *attempt += 1;
         let factor = 1u32 << (*short_lives).min(16);
-        let delay = self.policy.backoff_initial.saturating_mul(factor).min(self.policy.backoff_max);
+        let delay = self
+            .policy
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.policy.backoff_max);
         *short_lives += 1;
-        self.emit(WorkerEvent::Restarting { worker: index, attempt: *attempt, delay });
+        self.emit(WorkerEvent::Restarting {
+            worker: index,
+            attempt: *attempt,
+            delay,
+        });
         tokio::time::sleep(delay).await;
         !self.stopping.load(Ordering::SeqCst)
     }
@@ -365,12 +447,17 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// Why the pool failed, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sends SIGKILL to worker `index`'s current process, if any.
     pub(crate) fn kill(&self, index: usize) {
-        let slot = self.children[index].lock().unwrap_or_else(|e| e.into_inner());
+        let slot = self.children[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(child) = &slot.child {
             let _ = crate::sys::kill(child.id(), libc::SIGKILL);
         }
@@ -378,7 +465,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// The current pid of worker `index`, if it runs.
     pub(crate) fn pid(&self, index: usize) -> Option<u32> {
-        let slot = self.children[index].lock().unwrap_or_else(|e| e.into_inner());
+        let slot = self.children[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         slot.child.as_ref().map(Child::id)
     }
 
@@ -390,7 +479,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         let mut pause = Duration::from_micros(200);
         loop {
             {
-                let mut slot = self.children[index].lock().unwrap_or_else(|e| e.into_inner());
+                let mut slot = self.children[index]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let Some(child) = slot.child.as_mut() else {
                     return slot.reaped.take().unwrap_or(ExitStatus::Unknown);
                 };
@@ -468,10 +559,18 @@ fn report_lost<O>(held: Vec<Held<O>>, lost: &WorkerLost, outputs: &BatchSender<O
             Some(tx) => {
                 let _ = tx.send(CallOutcome::Lost(lost.clone()));
             }
-            None => items.push(Output::Lost { task: task.id, lost: lost.clone() }),
+            None => items.push(Output::Lost {
+                task: task.id,
+                lost: lost.clone(),
+            }),
         }
     }
     if !items.is_empty() {
-        let _ = outputs.send(Batch { worker: lost.worker, generation: 0, credits: 0, items });
+        let _ = outputs.send(Batch {
+            worker: lost.worker,
+            generation: 0,
+            credits: 0,
+            items,
+        });
     }
 }

@@ -40,7 +40,14 @@ unsafe fn prepare_child(conn_fd: RawFd, parent_pid: libc::pid_t) -> io::Result<(
         // Parent-death signal: the kernel kills the worker when the thread
         // that forked it ends, so workers are forked from a thread that lives
         // as long as the process (see `supervisor::launch`).
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) == -1
+        {
             return Err(io::Error::last_os_error());
         }
         // The parent may have died before prctl took effect: then no signal

@@ -38,12 +38,18 @@ impl Connection {
         stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
         let (reader, writer) = stream.into_split();
-        Ok(Connection { reader: Box::pin(reader), writer: Box::pin(writer) })
+        Ok(Connection {
+            reader: Box::pin(reader),
+            writer: Box::pin(writer),
+        })
     }
 }
 
 /// Creates the two ends of a local connection: the parent's and the child's.
-pub(crate) fn socketpair() -> io::Result<(std::os::unix::net::UnixStream, std::os::unix::net::UnixStream)> {
+pub(crate) fn socketpair() -> io::Result<(
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+)> {
     std::os::unix::net::UnixStream::pair()
 }
 
@@ -76,7 +82,11 @@ const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameReader {
     pub(crate) fn new(io: ReadHalf, max_frame: usize) -> Self {
-        FrameReader { io, buf: Vec::with_capacity(READ_CHUNK), decoder: FrameDecoder::new(max_frame) }
+        FrameReader {
+            io,
+            buf: Vec::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(max_frame),
+        }
     }
 
     /// Changes the largest frame accepted from now on.
@@ -90,7 +100,11 @@ impl FrameReader {
         self.decoder.compact(&mut self.buf);
         let want = self.decoder.wanted(&self.buf).max(READ_CHUNK);
         self.buf.reserve(want);
-        let n = self.io.read_buf(&mut self.buf).await.map_err(ReadError::Io)?;
+        let n = self
+            .io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(ReadError::Io)?;
         if n == 0 {
             return if self.buf.is_empty() {
                 Ok(false)

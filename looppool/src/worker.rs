@@ -86,7 +86,10 @@ pub trait Worker: Sized + 'static {
     ///
     /// An error here is reported to the parent as a start-up failure, not as
     /// a crash.
-    fn init(init: Self::Init, cx: InitContext<Self::Output>) -> impl Future<Output = Result<Self, BoxError>>;
+    fn init(
+        init: Self::Init,
+        cx: InitContext<Self::Output>,
+    ) -> impl Future<Output = Result<Self, BoxError>>;
 
     /// Handles one task. Emit outputs through `cx`; return an error (or
     /// panic) to report the task failed: the worker itself carries on.

@@ -202,12 +202,18 @@ impl<W: Worker> PoolBuilder<W> {
 
     fn validate(&self) -> Result<(usize, u32, u32), BuildError> {
         let workers = match self.workers {
-            Some(0) => return Err(BuildError::new("a pool needs at least one worker; workers(0) was given")),
+            Some(0) => {
+                return Err(BuildError::new(
+                    "a pool needs at least one worker; workers(0) was given",
+                ))
+            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
         if workers > 4096 {
-            return Err(BuildError::new(format!("workers({workers}) is more than the 4096 a pool supports")));
+            return Err(BuildError::new(format!(
+                "workers({workers}) is more than the 4096 a pool supports"
+            )));
         }
         let per_worker = |what: &str, total: Option<usize>| -> Result<u32, BuildError> {
             let total = total.unwrap_or(DEFAULT_PER_WORKER * workers);
@@ -220,18 +226,28 @@ impl<W: Worker> PoolBuilder<W> {
             u32::try_from(total / workers)
                 .ok()
                 .filter(|&n| n <= 1 << 24)
-                .ok_or_else(|| BuildError::new(format!("{what}({total}) allows more than 2^24 per worker")))
+                .ok_or_else(|| {
+                    BuildError::new(format!("{what}({total}) allows more than 2^24 per worker"))
+                })
         };
         let tasks = per_worker("max_tasks", self.max_tasks)?;
         let results = per_worker("max_results", self.max_results)?;
         if self.max_frame < 1024 {
-            return Err(BuildError::new(format!("max_frame({}) is below the 1024-byte minimum", self.max_frame)));
+            return Err(BuildError::new(format!(
+                "max_frame({}) is below the 1024-byte minimum",
+                self.max_frame
+            )));
         }
         if self.max_frame > u32::MAX as usize {
-            return Err(BuildError::new(format!("max_frame({}) is above 4 GiB - 1", self.max_frame)));
+            return Err(BuildError::new(format!(
+                "max_frame({}) is above 4 GiB - 1",
+                self.max_frame
+            )));
         }
         if self.name.is_empty() || self.name.contains('\0') {
-            return Err(BuildError::new("the pool name must be non-empty and contain no NUL byte"));
+            return Err(BuildError::new(
+                "the pool name must be non-empty and contain no NUL byte",
+            ));
         }
         if let Some(program) = &self.program {
             if !program.is_file() {
@@ -269,8 +285,9 @@ impl<W: Worker> PoolBuilder<W> {
             inherit_signals: self.signals == Signals::Default,
             title: self.titles,
         };
-        let lanes: Arc<[Arc<Lane<W::Output>>]> =
-            (0..workers).map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame))).collect();
+        let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..workers)
+            .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame)))
+            .collect();
 
         // Start all workers at once; they boot in parallel.
         let mut launching = tokio::task::JoinSet::new();
@@ -297,7 +314,12 @@ impl<W: Worker> PoolBuilder<W> {
             return Err(error);
         }
 
-        let sup = Arc::new(Supervisor::new(lanes.clone(), spec, self.restart, self.on_event));
+        let sup = Arc::new(Supervisor::new(
+            lanes.clone(),
+            spec,
+            self.restart,
+            self.on_event,
+        ));
         let (tx, rx) = mpsc::unbounded_channel();
         for (index, l) in launched.into_iter().enumerate() {
             // Every slot was filled: a failure returned above.

@@ -88,14 +88,21 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 Err(e) => return ReadEnd::Broken(e.to_string()),
             };
             let decode = |payload: &[u8]| {
-                codec::get_serde::<O>(payload).map_err(|e| format!("cannot deserialize an output: {e}"))
+                codec::get_serde::<O>(payload)
+                    .map_err(|e| format!("cannot deserialize an output: {e}"))
             };
             match msg {
-                FromWorker::Output { slot: None, payload } => match decode(payload) {
+                FromWorker::Output {
+                    slot: None,
+                    payload,
+                } => match decode(payload) {
                     Ok(value) => events.push(Event::Unsolicited(value)),
                     Err(e) => return ReadEnd::Broken(e),
                 },
-                FromWorker::Output { slot: Some(slot), payload } => match decode(payload) {
+                FromWorker::Output {
+                    slot: Some(slot),
+                    payload,
+                } => match decode(payload) {
                     Ok(value) => events.push(Event::Slot(SlotEvent::Output { slot, value })),
                     Err(e) => return ReadEnd::Broken(e),
                 },
@@ -141,17 +148,27 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 match event {
                     Event::Unsolicited(value) => {
                         credits_held += 1;
-                        items.push(Output::Value { worker, task: None, value });
+                        items.push(Output::Value {
+                            worker,
+                            task: None,
+                            value,
+                        });
                     }
                     Event::Slot(event) => {
                         let mut deliver = |d: Delivered<O>| match d {
                             Delivered::Value { task, value } => {
                                 credits_held += 1;
-                                items.push(Output::Value { worker, task: Some(task), value });
+                                items.push(Output::Value {
+                                    worker,
+                                    task: Some(task),
+                                    value,
+                                });
                             }
                             Delivered::Failed(error) => items.push(Output::Failed(error)),
                         };
-                        if let Err(e) = st.apply(worker, event, &mut deliver, &mut credits_back, &mut freed) {
+                        if let Err(e) =
+                            st.apply(worker, event, &mut deliver, &mut credits_back, &mut freed)
+                        {
                             bad_slot = Some(e.0);
                             break;
                         }
@@ -168,7 +185,12 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             lane.wake_waiters();
         }
         if !items.is_empty() {
-            let batch = Batch { worker, generation, credits: credits_held, items };
+            let batch = Batch {
+                worker,
+                generation,
+                credits: credits_held,
+                items,
+            };
             if let Err(returned) = outputs.send(batch) {
                 // Nobody consumes outputs: hand the credits straight back.
                 lane.return_output_credits(generation, returned.0.credits);

@@ -98,7 +98,9 @@ impl PushError {
         match self {
             PushError::Full | PushError::Down => SubmitErrorKind::Full,
             PushError::Closed => SubmitErrorKind::Closed,
-            PushError::Codec(CodecError::TooLarge { len, max }) => SubmitErrorKind::TooLarge { len, max },
+            PushError::Codec(CodecError::TooLarge { len, max }) => {
+                SubmitErrorKind::TooLarge { len, max }
+            }
             PushError::Codec(e) => SubmitErrorKind::Encode(e.to_string()),
         }
     }
@@ -118,7 +120,9 @@ pub(crate) struct Lane<O> {
 
 impl<O> std::fmt::Debug for Lane<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lane").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("Lane")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,13 +183,18 @@ impl<O> Lane<O> {
             return Err((PushError::Full, call));
         };
         let was_empty = st.out.is_empty();
-        if let Err(e) = protocol::put_tagged(&mut st.out, kind::TASK, slot.into(), task, self.max_frame) {
+        if let Err(e) =
+            protocol::put_tagged(&mut st.out, kind::TASK, slot.into(), task, self.max_frame)
+        {
             return Err((PushError::Codec(e), call));
         }
         st.free.pop();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.slots[slot as usize] = Slot::Busy { seq, call: call.map(|tx| Call { tx, reply: None }) };
+        st.slots[slot as usize] = Slot::Busy {
+            seq,
+            call: call.map(|tx| Call { tx, reply: None }),
+        };
         st.since_yield += 1;
         let yield_now = st.since_yield >= YIELD_EVERY;
         if yield_now {
@@ -195,7 +204,13 @@ impl<O> Lane<O> {
         if was_empty {
             self.writer_wake.notify_one();
         }
-        Ok(Pushed { id: TaskId { worker: self.index as u32, seq }, yield_now })
+        Ok(Pushed {
+            id: TaskId {
+                worker: self.index as u32,
+                seq,
+            },
+            yield_now,
+        })
     }
 
     /// Waits until the lane may have room or has changed status.
@@ -290,7 +305,10 @@ impl<O> Lane<O> {
         for (slot, entry) in slots.iter_mut().enumerate() {
             if let Slot::Busy { seq, call } = std::mem::replace(entry, Slot::Free) {
                 free.push(slot as u32);
-                held.push(Held { id: TaskId { worker: index, seq }, call: call.map(|c| c.tx) });
+                held.push(Held {
+                    id: TaskId { worker: index, seq },
+                    call: call.map(|c| c.tx),
+                });
             }
         }
         held.sort_by_key(|h| h.id.seq);
@@ -313,9 +331,18 @@ impl<O> Lane<O> {
 
 /// What the reader learned about one slot; applied under the lane's lock.
 pub(crate) enum SlotEvent<O> {
-    Output { slot: u32, value: O },
-    Done { slot: u32 },
-    Failed { slot: u32, message: String, panicked: bool },
+    Output {
+        slot: u32,
+        value: O,
+    },
+    Done {
+        slot: u32,
+    },
+    Failed {
+        slot: u32,
+        message: String,
+        panicked: bool,
+    },
 }
 
 /// The part of a read batch that goes to the output stream.
@@ -345,15 +372,23 @@ impl<O> LaneState<O> {
         freed: &mut usize,
     ) -> Result<(), UnknownSlot> {
         let slot = match &event {
-            SlotEvent::Output { slot, .. } | SlotEvent::Done { slot } | SlotEvent::Failed { slot, .. } => *slot,
+            SlotEvent::Output { slot, .. }
+            | SlotEvent::Done { slot }
+            | SlotEvent::Failed { slot, .. } => *slot,
         };
         let Some(Slot::Busy { seq, call }) = self.slots.get_mut(slot as usize) else {
             return Err(UnknownSlot(slot));
         };
-        let id = TaskId { worker: worker as u32, seq: *seq };
+        let id = TaskId {
+            worker: worker as u32,
+            seq: *seq,
+        };
         match event {
             SlotEvent::Output { value, .. } => match call {
-                Some(Call { reply: reply @ None, .. }) => {
+                Some(Call {
+                    reply: reply @ None,
+                    ..
+                }) => {
                     // A call's reply goes to its caller, not to the stream:
                     // the output window is free again at once.
                     *reply = Some(value);
@@ -362,17 +397,29 @@ impl<O> LaneState<O> {
                 _ => deliver(Delivered::Value { task: id, value }),
             },
             SlotEvent::Done { .. } => {
-                if let Slot::Busy { call: Some(call), .. } = std::mem::replace(&mut self.slots[slot as usize], Slot::Free) {
+                if let Slot::Busy {
+                    call: Some(call), ..
+                } = std::mem::replace(&mut self.slots[slot as usize], Slot::Free)
+                {
                     let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
                     let _ = call.tx.send(outcome);
                 }
                 self.free.push(slot);
                 *freed += 1;
             }
-            SlotEvent::Failed { message, panicked, .. } => {
-                let error = TaskError { worker, task: id, message, panicked };
+            SlotEvent::Failed {
+                message, panicked, ..
+            } => {
+                let error = TaskError {
+                    worker,
+                    task: id,
+                    message,
+                    panicked,
+                };
                 match std::mem::replace(&mut self.slots[slot as usize], Slot::Free) {
-                    Slot::Busy { call: Some(call), .. } => {
+                    Slot::Busy {
+                        call: Some(call), ..
+                    } => {
                         let _ = call.tx.send(CallOutcome::Failed(error));
                     }
                     _ => deliver(Delivered::Failed(error)),

@@ -106,13 +106,20 @@ pub struct Outputs<O> {
 
 impl<O> fmt::Debug for Outputs<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outputs").field("buffered", &self.current.len()).finish_non_exhaustive()
+        f.debug_struct("Outputs")
+            .field("buffered", &self.current.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl<O> Outputs<O> {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<Batch<O>>, lanes: Arc<[Arc<Lane<O>>]>) -> Self {
-        Outputs { rx, lanes, current: VecDeque::new(), pending: None }
+        Outputs {
+            rx,
+            lanes,
+            current: VecDeque::new(),
+            pending: None,
+        }
     }
 
     /// The next item, or `None` once the pool has shut down and every output

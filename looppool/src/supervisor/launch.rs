@@ -45,7 +45,9 @@ pub(crate) struct Launched {
 
 impl std::fmt::Debug for Launched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launched").field("pid", &self.pid).finish_non_exhaustive()
+        f.debug_struct("Launched")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +58,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The kernel delivers a worker's parent-death signal when the *thread* that
 /// forked it exits, not the process. Forking from a thread that lives as long
 /// as the process means workers die with the process, and only then.
-fn on_spawner_thread<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> oneshot::Receiver<R> {
+fn on_spawner_thread<R: Send + 'static>(
+    job: impl FnOnce() -> R + Send + 'static,
+) -> oneshot::Receiver<R> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -81,7 +85,9 @@ fn on_spawner_thread<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static
 
 fn program_path(spec: &LaunchSpec) -> PathBuf {
     // /proc/self/exe names the running image even if the file was replaced.
-    spec.program.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+    spec.program
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }
 
 /// The title `ps` shows: `<program>: <pool> worker <index>`.
@@ -129,7 +135,14 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
     let pid = child.id();
     let result = tokio::time::timeout(spec.start_timeout, handshake(spec, index, parent_end)).await;
     let failure = match result {
-        Ok(Ok((reader, writer))) => return Ok(Launched { child, pid, reader, writer }),
+        Ok(Ok((reader, writer))) => {
+            return Ok(Launched {
+                child,
+                pid,
+                reader,
+                writer,
+            })
+        }
         Ok(Err(e)) => e,
         Err(_) => StartError::Handshake {
             worker: index,
@@ -152,7 +165,11 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
 
 const EARLY_EOF: &str = "connection closed before the handshake";
 
-fn early_exit_reason(program: &std::path::Path, worker: &str, status: Option<crate::error::ExitStatus>) -> String {
+fn early_exit_reason(
+    program: &std::path::Path,
+    worker: &str,
+    status: Option<crate::error::ExitStatus>,
+) -> String {
     use crate::error::ExitStatus;
     use crate::worker::runtime::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
     let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
@@ -175,8 +192,12 @@ async fn handshake(
     index: usize,
     stream: std::os::unix::net::UnixStream,
 ) -> Result<(FrameReader, transport::WriteHalf), StartError> {
-    let fail = |reason: String| StartError::Handshake { worker: index, reason };
-    let Connection { reader, mut writer } = Connection::unix(stream).map_err(|e| fail(e.to_string()))?;
+    let fail = |reason: String| StartError::Handshake {
+        worker: index,
+        reason,
+    };
+    let Connection { reader, mut writer } =
+        Connection::unix(stream).map_err(|e| fail(e.to_string()))?;
     // The handshake frames are small: a low limit keeps a stray program
     // writing to descriptor 3 from making us buffer much.
     let mut reader = FrameReader::new(reader, DEFAULT_MAX_FRAME.min(spec.max_frame.max(64 * 1024)));
@@ -184,7 +205,10 @@ async fn handshake(
     loop {
         let msg = loop {
             match reader.next_frame() {
-                Ok(Some(body)) => break FromWorker::decode(body).map_err(|e| fail(format!("not a looppool worker: {e}")))?,
+                Ok(Some(body)) => {
+                    break FromWorker::decode(body)
+                        .map_err(|e| fail(format!("not a looppool worker: {e}")))?
+                }
                 Ok(None) => {}
                 Err(e) => return Err(fail(format!("not a looppool worker: {e}"))),
             }
@@ -235,8 +259,17 @@ async fn handshake(
                 reader.set_max_frame(spec.max_frame);
             }
             FromWorker::Ready if sent_init => return Ok((reader, writer)),
-            FromWorker::InitFailed(message) if sent_init => return Err(StartError::Init { worker: index, message }),
-            other => return Err(fail(format!("unexpected message during the handshake: {other:?}"))),
+            FromWorker::InitFailed(message) if sent_init => {
+                return Err(StartError::Init {
+                    worker: index,
+                    message,
+                })
+            }
+            other => {
+                return Err(fail(format!(
+                    "unexpected message during the handshake: {other:?}"
+                )))
+            }
         }
     }
 }

@@ -28,19 +28,29 @@ pub struct Emitter<O> {
 
 impl<O> Clone for Emitter<O> {
     fn clone(&self) -> Self {
-        Emitter { shared: self.shared.clone(), slot: self.slot, _output: PhantomData }
+        Emitter {
+            shared: self.shared.clone(),
+            slot: self.slot,
+            _output: PhantomData,
+        }
     }
 }
 
 impl<O> fmt::Debug for Emitter<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Emitter").field("task_slot", &self.slot).finish()
+        f.debug_struct("Emitter")
+            .field("task_slot", &self.slot)
+            .finish()
     }
 }
 
 impl<O: Serialize> Emitter<O> {
     pub(crate) fn new(shared: Rc<Shared>, slot: Option<u32>) -> Self {
-        Emitter { shared, slot, _output: PhantomData }
+        Emitter {
+            shared,
+            slot,
+            _output: PhantomData,
+        }
     }
 
     /// Emits `value`, waiting while the parent's output window is full.
@@ -74,7 +84,9 @@ pub struct InitContext<O> {
 
 impl<O> fmt::Debug for InitContext<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InitContext").field("worker", &self.shared.index).finish()
+        f.debug_struct("InitContext")
+            .field("worker", &self.shared.index)
+            .finish()
     }
 }
 
@@ -102,13 +114,17 @@ pub struct TaskContext<O> {
 
 impl<O> fmt::Debug for TaskContext<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskContext").field("worker", &self.emitter.shared.index).finish()
+        f.debug_struct("TaskContext")
+            .field("worker", &self.emitter.shared.index)
+            .finish()
     }
 }
 
 impl<O: Serialize> TaskContext<O> {
     pub(crate) fn new(shared: Rc<Shared>, slot: u32) -> Self {
-        TaskContext { emitter: Emitter::new(shared, Some(slot)) }
+        TaskContext {
+            emitter: Emitter::new(shared, Some(slot)),
+        }
     }
 
     /// Emits an output of this task. See [`Emitter::emit`].
