@@ -77,6 +77,8 @@ pub struct ProbeInit {
     pub unsolicited: u64,
     /// Added to every `Double` result, to check the init payload arrives.
     pub offset: u64,
+    /// Make the initialiser fail while this file exists.
+    pub fail_if_exists: Option<std::path::PathBuf>,
 }
 
 /// A worker that does whatever its task says; see [`Job`].
@@ -97,6 +99,11 @@ impl Worker for Probe {
     async fn init(init: ProbeInit, cx: InitContext<u64>) -> Result<Self, BoxError> {
         if init.fail_on == Some(cx.index()) {
             return Err(format!("refusing to start worker {}", cx.index()).into());
+        }
+        if let Some(path) = &init.fail_if_exists {
+            if path.exists() {
+                return Err(format!("{} exists", path.display()).into());
+            }
         }
         if init.unsolicited > 0 {
             let emitter = cx.emitter();
@@ -178,4 +185,32 @@ macro_rules! probe_pool {
             .program(env!("CARGO_BIN_EXE_test-worker"))
             .name("probe")
     };
+}
+
+/// The state of process `pid` from `/proc/<pid>/stat` (`'R'`, `'S'`, `'Z'`,
+/// ...), or `None` when no such process exists.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+}
+
+/// True when `pid` no longer runs (gone, or a zombie waiting for its reaper).
+pub fn process_gone(pid: u32) -> bool {
+    matches!(process_state(pid), None | Some('Z') | Some('X'))
+}
+
+/// Polls `condition` every few milliseconds until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
