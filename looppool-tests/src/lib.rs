@@ -64,6 +64,9 @@ pub enum Job {
     WhoAmI,
     /// Emit the worker's process id.
     Pid,
+    /// Keep this many bytes of (touched) memory for the rest of the worker's
+    /// life, then emit the total held.
+    Hold(u64),
     /// Emit an output of this many bytes' worth (a vector), exercising frame limits.
     Big(u64),
 }
@@ -87,6 +90,7 @@ pub struct Probe {
     index: usize,
     offset: u64,
     state: RefCell<HashMap<String, u64>>,
+    held: RefCell<Vec<Vec<u8>>>,
     shutdown_marker: Option<std::path::PathBuf>,
 }
 
@@ -121,6 +125,7 @@ impl Worker for Probe {
             index: cx.index(),
             offset: init.offset,
             state: RefCell::new(HashMap::new()),
+            held: RefCell::new(Vec::new()),
             shutdown_marker: std::env::var_os("PROBE_SHUTDOWN_MARKER").map(Into::into),
         })
     }
@@ -158,6 +163,14 @@ impl Worker for Probe {
             }
             Job::WhoAmI => cx.emit(self.index as u64).await?,
             Job::Pid => cx.emit(u64::from(std::process::id())).await?,
+            Job::Hold(bytes) => {
+                let total = {
+                    let mut held = self.held.borrow_mut();
+                    held.push(vec![1u8; bytes as usize]);
+                    held.iter().map(|b| b.len() as u64).sum()
+                };
+                cx.emit(total).await?;
+            }
             Job::Big(bytes) => {
                 // A u64 output cannot be big; report the size we were asked for.
                 let payload = vec![0u8; bytes as usize];

@@ -241,6 +241,8 @@ pub enum LossCause {
     ShutdownDeadline,
     /// The pool was dropped, or killed, while the task ran.
     PoolKilled,
+    /// The worker's loop stopped answering heartbeats and it was killed.
+    Unresponsive,
 }
 
 impl fmt::Display for LossCause {
@@ -250,6 +252,7 @@ impl fmt::Display for LossCause {
             LossCause::Protocol(e) => write!(f, "protocol violation: {e}"),
             LossCause::ShutdownDeadline => f.write_str("killed at the shutdown deadline"),
             LossCause::PoolKilled => f.write_str("pool killed"),
+            LossCause::Unresponsive => f.write_str("worker stopped answering heartbeats"),
         }
     }
 }

@@ -166,5 +166,5 @@ pub use error::{
     SubmitError, SubmitErrorKind, TaskError, WorkerLost,
 };
 pub use pool::{Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId};
-pub use supervisor::{RestartPolicy, WorkerEvent};
+pub use supervisor::{RecycleReason, RestartPolicy, WorkerEvent};
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

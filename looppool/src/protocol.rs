@@ -57,6 +57,8 @@ pub(crate) struct Init {
     pub(crate) report_interval_ms: u64,
     pub(crate) blocked_threshold_ms: u64,
     pub(crate) log_level: u8,
+    /// Fail tasks running longer than this (0: no limit).
+    pub(crate) task_timeout_ms: u64,
 }
 
 /// A task failure as the worker reports it.

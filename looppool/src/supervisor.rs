@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::error::{ExitStatus, LossCause, WorkerLost};
 use crate::pool::connection::{read_loop, write_loop, ReadEnd};
-use crate::pool::lane::{CallOutcome, Held, Lane};
+use crate::pool::lane::{CallOutcome, Held, Lane, Retry};
 use crate::pool::outputs::{Batch, BatchSender, Output};
 
 pub(crate) mod launch;
@@ -66,6 +66,24 @@ pub enum WorkerEvent {
         worker: usize,
         /// Why.
         error: String,
+    },
+    /// A worker was drained and replaced by the recycling policy.
+    Recycled {
+        /// Index of the worker.
+        worker: usize,
+        /// The pid of the process that was replaced.
+        pid: u32,
+        /// What triggered it.
+        reason: RecycleReason,
+    },
+    /// A worker's loop stopped answering heartbeats; it is being killed.
+    Unresponsive {
+        /// Index of the worker.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+        /// How long it had not answered.
+        silent_for: Duration,
     },
     /// Too many restarts in the policy's window: the pool stopped itself.
     PoolFailed {
@@ -133,6 +151,31 @@ impl RestartPolicy {
     }
 }
 
+/// Why a worker was recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecycleReason {
+    /// It completed its share of tasks.
+    Tasks {
+        /// Tasks it completed.
+        completed: u64,
+    },
+    /// Its resident memory passed the limit.
+    Memory {
+        /// Resident memory when sampled, in bytes.
+        rss_bytes: u64,
+    },
+}
+
+/// Supervision settings beyond the restart policy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tuning {
+    /// Ping interval and the silence after which a worker is replaced.
+    pub(crate) heartbeat: Option<(Duration, Duration)>,
+    /// Recycle a worker after about this many tasks.
+    pub(crate) recycle_tasks: Option<u64>,
+}
+
 pub(crate) type EventHook = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
 
 /// The current process of a worker index, shared so that a kill (from a
@@ -157,6 +200,7 @@ pub(crate) struct Supervisor<O> {
     pub(crate) lanes: Arc<[Arc<Lane<O>>]>,
     pub(crate) spec: LaunchSpec,
     pub(crate) policy: RestartPolicy,
+    pub(crate) tuning: Tuning,
     pub(crate) on_event: Option<EventHook>,
     children: Vec<Mutex<ChildSlot>>,
     stopping: AtomicBool,
@@ -190,6 +234,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         lanes: Arc<[Arc<Lane<O>>]>,
         spec: LaunchSpec,
         policy: RestartPolicy,
+        tuning: Tuning,
         on_event: Option<EventHook>,
     ) -> Self {
         let children = (0..lanes.len()).map(|_| Mutex::default()).collect();
@@ -197,6 +242,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             lanes,
             spec,
             policy,
+            tuning,
             on_event,
             children,
             stopping: AtomicBool::new(false),
@@ -262,7 +308,11 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .child = Some(child);
-        let generation = self.lanes[index].open(pid)?;
+        let recycle_at = self
+            .tuning
+            .recycle_tasks
+            .map(|n| jittered(n, pid.into()).max(1));
+        let generation = self.lanes[index].open(pid, recycle_at)?;
         if self.stopping.load(Ordering::SeqCst) {
             // A shutdown began while this worker was starting.
             self.lanes[index].stop();
@@ -314,20 +364,30 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 break;
             };
             let started = Instant::now();
-            self.emit(WorkerEvent::Started { worker: index, pid });
-
             let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer));
+            let heartbeat = self.tuning.heartbeat.map(|(interval, timeout)| {
+                tokio::spawn(
+                    self.clone()
+                        .heartbeat(index, pid, generation, interval, timeout),
+                )
+            });
             let end = read_loop(lane.clone(), generation, reader, outputs.clone()).await;
             writer_task.abort();
+            if let Some(heartbeat) = heartbeat {
+                heartbeat.abort();
+            }
             if let ReadEnd::Broken(why) = &end {
                 tracing::error!(pool = %self.spec.pool_name, worker = index, pid, error = %why, "closing the connection to a misbehaving worker");
                 self.kill(index);
             }
             let status = self.reap(index).await;
             let stopping = self.stopping.load(Ordering::SeqCst);
+            let recycled = lane.lock().recycle_reason.take();
             let held = lane.take_held(stopping);
             let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
+            let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
             let cause = match end {
+                _ if unresponsive => LossCause::Unresponsive,
                 ReadEnd::Broken(why) => LossCause::Protocol(why),
                 _ if self.dropped.load(Ordering::SeqCst) => LossCause::PoolKilled,
                 _ if self.deadline_hit.load(Ordering::SeqCst) => LossCause::ShutdownDeadline,
@@ -340,8 +400,16 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 cause: cause.clone(),
             };
             let lost_tasks = held.len();
-            report_lost(held, &lost, &outputs);
-            if clean {
+            self.report_lost(held, &lost, &outputs);
+            if let (true, Some(reason), false) = (clean, recycled, stopping) {
+                // A drained recycle: replace at once, outside the restart budget.
+                self.emit(WorkerEvent::Recycled {
+                    worker: index,
+                    pid,
+                    reason,
+                });
+                continue;
+            } else if clean {
                 self.emit(WorkerEvent::Exited { worker: index, pid });
             } else {
                 self.emit(WorkerEvent::Crashed {
@@ -375,8 +443,123 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 status: ExitStatus::Unknown,
                 cause: LossCause::PoolKilled,
             };
-            report_lost(held, &lost, &outputs);
+            self.report_lost(held, &lost, &outputs);
         }
+    }
+
+    /// Pings the worker every `interval`; kills it when it has not answered
+    /// for `timeout` (its loop is stuck), so that it is replaced.
+    async fn heartbeat(
+        self: Arc<Self>,
+        index: usize,
+        pid: u32,
+        generation: u64,
+        interval: Duration,
+        timeout: Duration,
+    ) {
+        let lane = self.lanes[index].clone();
+        let mut nonce = 0u64;
+        loop {
+            tokio::time::sleep(interval).await;
+            let silent_for = lane.silent_for();
+            if silent_for > timeout {
+                self.emit(WorkerEvent::Unresponsive {
+                    worker: index,
+                    pid,
+                    silent_for,
+                });
+                lane.unresponsive.store(true, Ordering::SeqCst);
+                self.kill(index);
+                return;
+            }
+            nonce += 1;
+            let mut st = lane.lock();
+            if st.generation != generation {
+                return;
+            }
+            lane.push_control(&mut st, crate::protocol::kind::PING, Some(nonce));
+        }
+    }
+
+    /// Reports every held task as lost (calls get the error, submitted tasks
+    /// become `Lost` items), or re-sends it to a live worker when the retry
+    /// policy allows.
+    fn report_lost(&self, held: Vec<Held<O>>, lost: &WorkerLost, outputs: &BatchSender<O>) {
+        let mut items = Vec::new();
+        for task in held {
+            match task.retry {
+                Some(retry)
+                    if retry.attempts < self.lanes[lost.worker].retries()
+                        && !self.stopping.load(Ordering::SeqCst) =>
+                {
+                    tracing::debug!(task = %task.id, attempt = retry.attempts + 1, "re-sending a lost task");
+                    let target = self.retry_target(lost.worker);
+                    tokio::spawn(resend(
+                        target,
+                        task.id,
+                        retry,
+                        task.call,
+                        lost.clone(),
+                        outputs.clone(),
+                    ));
+                }
+                _ => match task.call {
+                    Some(tx) => {
+                        let _ = tx.send(CallOutcome::Lost(lost.clone()));
+                    }
+                    None => items.push(Output::Lost {
+                        task: task.id,
+                        lost: lost.clone(),
+                    }),
+                },
+            }
+        }
+        if !items.is_empty() {
+            let _ = outputs.send(Batch {
+                worker: lost.worker,
+                generation: 0,
+                credits: 0,
+                items,
+            });
+        }
+    }
+
+    /// A live worker other than `dead` to re-send its tasks to (or the next
+    /// one, which will be waited for, when none is up).
+    fn retry_target(&self, dead: usize) -> Arc<Lane<O>> {
+        let n = self.lanes.len();
+        (1..=n)
+            .map(|step| &self.lanes[(dead + step) % n])
+            .find(|lane| lane.is_up())
+            .unwrap_or(&self.lanes[(dead + 1) % n])
+            .clone()
+    }
+
+    /// Samples each worker's resident memory and recycles those above the
+    /// limit (each with its own jitter, so they do not recycle together).
+    pub(crate) fn spawn_memory_watch(self: &Arc<Self>, limit: u64) {
+        let sup = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Some(sup) = sup.upgrade() else { return };
+                if sup.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                for (index, lane) in sup.lanes.iter().enumerate() {
+                    let Some(pid) = sup.pid(index) else { continue };
+                    let Some(rss) = crate::sys::resident_bytes(pid) else {
+                        continue;
+                    };
+                    if rss > jittered(limit, pid.into()) {
+                        let mut st = lane.lock();
+                        if lane.recycle(&mut st) {
+                            st.recycle_reason = Some(RecycleReason::Memory { rss_bytes: rss });
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Applies the restart policy; sleeps the back-off when a restart is allowed.
@@ -550,27 +733,52 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     }
 }
 
-/// Reports every held task as lost: calls get the error, submitted tasks
-/// become `Lost` items in the output stream.
-fn report_lost<O>(held: Vec<Held<O>>, lost: &WorkerLost, outputs: &BatchSender<O>) {
-    let mut items = Vec::new();
-    for task in held {
-        match task.call {
-            Some(tx) => {
-                let _ = tx.send(CallOutcome::Lost(lost.clone()));
+/// `value` moved by up to ±10 %, decided by `seed`.
+pub(crate) fn jittered(value: u64, seed: u64) -> u64 {
+    // A multiplicative hash spreads consecutive seeds (pids) apart.
+    let h = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    let permille = 900 + h % 201;
+    value / 1000 * permille + value % 1000 * permille / 1000
+}
+
+/// Re-sends a lost task to `lane`, waiting for room; reports it lost if the
+/// pool closes first.
+async fn resend<O>(
+    lane: Arc<Lane<O>>,
+    id: crate::pool::TaskId,
+    retry: Retry,
+    mut call: Option<crate::pool::lane::CallSender<O>>,
+    lost: WorkerLost,
+    outputs: BatchSender<O>,
+) {
+    use crate::pool::lane::PushError;
+    loop {
+        match lane.try_push_retry(id, &retry.payload, retry.attempts + 1, call) {
+            Ok(_) => return,
+            Err((PushError::Full | PushError::Down, back)) => {
+                call = back;
+                lane.wait_for_space().await;
             }
-            None => items.push(Output::Lost {
-                task: task.id,
-                lost: lost.clone(),
-            }),
+            Err((_, back)) => {
+                match back {
+                    Some(tx) => {
+                        let _ = tx.send(CallOutcome::Lost(lost));
+                    }
+                    None => {
+                        let items = vec![Output::Lost {
+                            task: id,
+                            lost: lost.clone(),
+                        }];
+                        let _ = outputs.send(Batch {
+                            worker: lost.worker,
+                            generation: 0,
+                            credits: 0,
+                            items,
+                        });
+                    }
+                }
+                return;
+            }
         }
-    }
-    if !items.is_empty() {
-        let _ = outputs.send(Batch {
-            worker: lost.worker,
-            generation: 0,
-            credits: 0,
-            items,
-        });
     }
 }

@@ -14,7 +14,9 @@ use super::outputs::Outputs;
 use super::Pool;
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::error::{BuildError, StartError};
-use crate::supervisor::{launch, EventHook, LaunchSpec, RestartPolicy, Supervisor, WorkerEvent};
+use crate::supervisor::{
+    launch, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning, WorkerEvent,
+};
 use crate::worker::{fingerprint, Worker};
 
 /// What workers do with SIGINT and SIGTERM.
@@ -68,6 +70,10 @@ pub struct PoolBuilder<W: Worker> {
     titles: bool,
     restart: RestartPolicy,
     on_event: Option<EventHook>,
+    retries: u32,
+    tuning: Tuning,
+    recycle_rss: Option<u64>,
+    task_timeout: Option<Duration>,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -103,6 +109,10 @@ impl<W: Worker> PoolBuilder<W> {
             titles: true,
             restart: RestartPolicy::default(),
             on_event: None,
+            retries: 0,
+            tuning: Tuning::default(),
+            recycle_rss: None,
+            task_timeout: None,
             _worker: PhantomData,
         }
     }
@@ -200,6 +210,50 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// Re-sends a task lost with its worker to a live worker, up to
+    /// `attempts` times, before reporting it lost (default: 0, never).
+    ///
+    /// Only for idempotent tasks: a lost task may have run partly, or
+    /// entirely, before its worker died. Each task's encoded bytes are kept
+    /// until it completes, which costs a copy per task.
+    pub fn retry_lost(mut self, attempts: u32) -> Self {
+        self.retries = attempts;
+        self
+    }
+
+    /// Replaces each worker after it has completed about `tasks` tasks
+    /// (±10 % per worker, so workers do not recycle together). The worker
+    /// drains first: it finishes what it holds, and tasks sent meanwhile
+    /// wait for its replacement, so recycling loses nothing.
+    pub fn recycle_after_tasks(mut self, tasks: u64) -> Self {
+        self.tuning.recycle_tasks = Some(tasks);
+        self
+    }
+
+    /// Replaces each worker, after draining it, once its resident memory
+    /// passes about `bytes` (±10 % per worker), sampled every 100 ms.
+    pub fn recycle_above_memory(mut self, bytes: u64) -> Self {
+        self.recycle_rss = Some(bytes);
+        self
+    }
+
+    /// Fails a task whose handler runs longer than `timeout`: the handler is
+    /// dropped at its next await and the task reported failed. A handler
+    /// that blocks its loop without awaiting cannot be stopped this way; see
+    /// [`heartbeat`](Self::heartbeat).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Pings every worker each `interval`, and kills (then replaces) a
+    /// worker whose loop has not answered for `timeout`: its tasks are
+    /// reported lost with [`LossCause::Unresponsive`](crate::LossCause::Unresponsive).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.tuning.heartbeat = Some((interval, timeout));
+        self
+    }
+
     fn validate(&self) -> Result<(usize, u32, u32), BuildError> {
         let workers = match self.workers {
             Some(0) => {
@@ -257,6 +311,23 @@ impl<W: Worker> PoolBuilder<W> {
                 )));
             }
         }
+        if let Some((interval, timeout)) = self.tuning.heartbeat {
+            if interval.is_zero() || timeout < interval {
+                return Err(BuildError::new(format!(
+                    "heartbeat({interval:?}, {timeout:?}) needs a non-zero interval and a timeout of at least one interval"
+                )));
+            }
+        }
+        if self.tuning.recycle_tasks == Some(0) {
+            return Err(BuildError::new(
+                "recycle_after_tasks(0) would recycle workers before any task; use at least 1",
+            ));
+        }
+        if self.task_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::new(
+                "task_timeout(0) would fail every task; use a positive duration",
+            ));
+        }
         Ok((workers, tasks, results))
     }
 
@@ -284,9 +355,10 @@ impl<W: Worker> PoolBuilder<W> {
             start_timeout: self.start_timeout,
             inherit_signals: self.signals == Signals::Default,
             title: self.titles,
+            task_timeout: self.task_timeout,
         };
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..workers)
-            .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame)))
+            .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))
             .collect();
 
         // Start all workers at once; they boot in parallel.
@@ -318,6 +390,7 @@ impl<W: Worker> PoolBuilder<W> {
             lanes.clone(),
             spec,
             self.restart,
+            self.tuning,
             self.on_event,
         ));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -328,6 +401,9 @@ impl<W: Worker> PoolBuilder<W> {
         }
         // Each driver holds a sender, so the stream ends when the last one ends.
         drop(tx);
+        if let Some(limit) = self.recycle_rss {
+            sup.spawn_memory_watch(limit);
+        }
         let outputs = Outputs::new(rx, lanes.clone());
         Ok((Pool::from_parts(lanes, sup), outputs))
     }

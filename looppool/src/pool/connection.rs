@@ -10,7 +10,7 @@ use super::lane::{Delivered, Lane, SlotEvent};
 use super::outputs::{Batch, BatchSender, Output};
 use crate::codec;
 use crate::protocol::{kind, FromWorker};
-use crate::transport::{self, FrameReader, WriteHalf};
+use crate::transport::{self, FrameReader, ReadError, WriteHalf};
 
 /// Writes the lane's queued frames, one `write` per batch, until aborted or
 /// the connection fails.
@@ -74,6 +74,11 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
         match reader.fill().await {
             Ok(true) => {}
             Ok(false) => return if bye { ReadEnd::Bye } else { ReadEnd::Eof },
+            // A peer that dies with unread input resets the connection:
+            // that is the end of a process, not a protocol violation.
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return ReadEnd::Eof
+            }
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
         // First decode everything in this read without the lane's lock ...
@@ -123,7 +128,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                     }))
                 }
                 FromWorker::Bye => bye = true,
-                FromWorker::Pong(_) | FromWorker::Report(_) | FromWorker::Log(_) => {}
+                FromWorker::Pong(_) => lane.pong(),
+                FromWorker::Report(_) | FromWorker::Log(_) => {}
                 FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
                     return ReadEnd::Broken("handshake message after the handshake".into())
                 }
@@ -173,6 +179,12 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                             break;
                         }
                     }
+                }
+            }
+            if st.recycle_at.is_some_and(|at| st.completed >= at) {
+                let completed = st.completed;
+                if lane.recycle(&mut st) {
+                    st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
                 }
             }
             if credits_back > 0 {

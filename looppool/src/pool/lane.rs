@@ -9,8 +9,9 @@
 //! buffer goes from empty to non-empty, so one `write` carries every frame
 //! queued meanwhile, and a lone call is still flushed at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
@@ -36,12 +37,25 @@ pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
 pub(crate) struct Held<O> {
     pub(crate) id: TaskId,
     pub(crate) call: Option<CallSender<O>>,
+    /// The encoded task, kept when lost tasks may be retried.
+    pub(crate) retry: Option<Retry>,
+}
+
+/// What a retry needs: the encoded task and how often it was already lost.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    pub(crate) payload: Box<[u8]>,
+    pub(crate) attempts: u32,
 }
 
 /// What a lane's slot holds.
 enum Slot<O> {
     Free,
-    Busy { seq: u64, call: Option<Call<O>> },
+    Busy {
+        id: TaskId,
+        call: Option<Call<O>>,
+        retry: Option<Retry>,
+    },
 }
 
 struct Call<O> {
@@ -57,6 +71,8 @@ pub(crate) enum Status {
     Open,
     /// Its worker was asked to stop; no more tasks.
     Stopping,
+    /// Its worker is draining to be replaced: tasks wait for the replacement.
+    Recycling,
     /// Its worker is gone and a replacement is being started.
     Down,
     /// It will never take tasks again (pool shut down, failed or dropped).
@@ -76,6 +92,12 @@ pub(crate) struct LaneState<O> {
     /// Tasks submitted since the submitter last yielded (see `YIELD_EVERY`).
     since_yield: u32,
     space_waiters: usize,
+    /// Tasks completed (or failed) by the current worker process.
+    pub(crate) completed: u64,
+    /// Recycle the current worker once `completed` reaches this.
+    pub(crate) recycle_at: Option<u64>,
+    /// Why the current worker is being recycled, if it is.
+    pub(crate) recycle_reason: Option<crate::supervisor::RecycleReason>,
 }
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
@@ -91,6 +113,16 @@ pub(crate) enum PushError {
     Down,
     Closed,
     Codec(CodecError),
+}
+
+/// Bytes a varint takes.
+fn varint_len(mut value: u64) -> usize {
+    let mut n = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        n += 1;
+    }
+    n
 }
 
 impl PushError {
@@ -116,6 +148,13 @@ pub(crate) struct Lane<O> {
     space: Notify,
     /// Mirrors `status == Open` for round-robin choice without the lock.
     up: AtomicBool,
+    /// Times a lost task may be re-sent (0: lost tasks are reported).
+    retries: u32,
+    /// Set by the heartbeat before it kills a silent worker.
+    pub(crate) unresponsive: AtomicBool,
+    /// When the worker last answered a ping, in ms since `epoch`.
+    pong_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl<O> std::fmt::Debug for Lane<O> {
@@ -133,7 +172,7 @@ pub(crate) struct Pushed {
 }
 
 impl<O> Lane<O> {
-    pub(crate) fn new(index: usize, credits: u32, max_frame: usize) -> Self {
+    pub(crate) fn new(index: usize, credits: u32, max_frame: usize, retries: u32) -> Self {
         let slots = (0..credits).map(|_| Slot::Free).collect();
         // Pop from the end: lowest slots first, so wire ids stay short.
         let free = (0..credits).rev().collect();
@@ -150,11 +189,35 @@ impl<O> Lane<O> {
                 next_seq: 0,
                 since_yield: 0,
                 space_waiters: 0,
+                completed: 0,
+                recycle_at: None,
+                recycle_reason: None,
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
             up: AtomicBool::new(false),
+            retries,
+            unresponsive: AtomicBool::new(false),
+            pong_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Records that the worker answered a ping.
+    pub(crate) fn pong(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.pong_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the worker last answered a ping (or opened).
+    pub(crate) fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.pong_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// How many times a lost task may be re-sent.
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// Whether the lane takes tasks (a relaxed hint for routing).
@@ -173,27 +236,75 @@ impl<O> Lane<O> {
         task: &T,
         call: Option<CallSender<O>>,
     ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+        self.push_with(call, None, |out, slot, max| {
+            protocol::put_tagged(out, kind::TASK, slot.into(), task, max)
+        })
+    }
+
+    /// Re-sends an already encoded task that was lost on another worker.
+    pub(crate) fn try_push_retry(
+        &self,
+        id: TaskId,
+        payload: &[u8],
+        attempts: u32,
+        call: Option<CallSender<O>>,
+    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+        self.push_with(call, Some((id, attempts)), |out, slot, max| {
+            let start = crate::codec::begin_frame(out, kind::TASK);
+            crate::codec::put_varint(out, slot.into());
+            out.extend_from_slice(payload);
+            crate::codec::finish_frame(out, start, max)
+        })
+    }
+
+    fn push_with(
+        &self,
+        call: Option<CallSender<O>>,
+        retried: Option<(TaskId, u32)>,
+        encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<(), CodecError>,
+    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
         let mut st = self.lock();
         match st.status {
             Status::Open => {}
-            Status::Down => return Err((PushError::Down, call)),
+            Status::Down | Status::Recycling => return Err((PushError::Down, call)),
             Status::Stopping | Status::Closed => return Err((PushError::Closed, call)),
         }
         let Some(&slot) = st.free.last() else {
             return Err((PushError::Full, call));
         };
         let was_empty = st.out.is_empty();
-        if let Err(e) =
-            protocol::put_tagged(&mut st.out, kind::TASK, slot.into(), task, self.max_frame)
-        {
+        let start = st.out.len();
+        if let Err(e) = encode(&mut st.out, slot, self.max_frame) {
             return Err((PushError::Codec(e), call));
         }
         st.free.pop();
-        let seq = st.next_seq;
-        st.next_seq += 1;
+        let (id, attempts) = match retried {
+            Some(r) => r,
+            None => {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                (
+                    TaskId {
+                        worker: self.index as u32,
+                        seq,
+                    },
+                    0,
+                )
+            }
+        };
+        // Keeping a copy of every task costs an allocation per task, so it
+        // is done only when lost tasks are to be retried.
+        let retry = (self.retries > 0).then(|| {
+            let payload_start = start + crate::codec::HEADER_LEN + 1 + varint_len(slot.into());
+            Retry {
+                payload: st.out[payload_start..].into(),
+                attempts,
+            }
+        });
         st.slots[slot as usize] = Slot::Busy {
-            seq,
+            id,
             call: call.map(|tx| Call { tx, reply: None }),
+            retry,
         };
         st.since_yield += 1;
         let yield_now = st.since_yield >= YIELD_EVERY;
@@ -204,13 +315,7 @@ impl<O> Lane<O> {
         if was_empty {
             self.writer_wake.notify_one();
         }
-        Ok(Pushed {
-            id: TaskId {
-                worker: self.index as u32,
-                seq,
-            },
-            yield_now,
-        })
+        Ok(Pushed { id, yield_now })
     }
 
     /// Waits until the lane may have room or has changed status.
@@ -220,7 +325,12 @@ impl<O> Lane<O> {
         notified.as_mut().enable();
         {
             let mut st = self.lock();
-            if st.status == Status::Open && st.free.is_empty() || st.status == Status::Down {
+            let waiting = match st.status {
+                Status::Open => st.free.is_empty(),
+                Status::Down | Status::Recycling => true,
+                Status::Stopping | Status::Closed => false,
+            };
+            if waiting {
                 st.space_waiters += 1;
             } else {
                 return;
@@ -256,7 +366,7 @@ impl<O> Lane<O> {
     }
 
     /// Opens the lane for a newly connected worker; returns its generation.
-    pub(crate) fn open(&self, pid: u32) -> Option<u64> {
+    pub(crate) fn open(&self, pid: u32, recycle_at: Option<u64>) -> Option<u64> {
         let mut st = self.lock();
         if st.status == Status::Closed {
             return None;
@@ -264,8 +374,12 @@ impl<O> Lane<O> {
         st.generation += 1;
         st.pid = pid;
         st.status = Status::Open;
+        st.completed = 0;
+        st.recycle_at = recycle_at;
+        st.recycle_reason = None;
         st.out.clear();
         self.up.store(true, Ordering::Relaxed);
+        self.pong();
         let generation = st.generation;
         drop(st);
         self.wake_waiters();
@@ -282,17 +396,32 @@ impl<O> Lane<O> {
                 self.push_control(&mut st, kind::STOP, None);
             }
             Status::Down => st.status = Status::Closed,
+            // The stop message is already queued.
+            Status::Recycling => st.status = Status::Stopping,
             Status::Stopping | Status::Closed => {}
         }
         drop(st);
         self.wake_waiters();
     }
 
+    /// Asks the worker to drain and exit so that it can be replaced; tasks
+    /// sent meanwhile wait for the replacement. Returns false if the lane was
+    /// not open.
+    pub(crate) fn recycle(&self, st: &mut LaneState<O>) -> bool {
+        if st.status != Status::Open {
+            return false;
+        }
+        st.status = Status::Recycling;
+        self.up.store(false, Ordering::Relaxed);
+        self.push_control(st, kind::STOP, None);
+        true
+    }
+
     /// Takes every task the lane holds, after its worker went away, and marks
     /// it down (or closed, when `closed`).
     pub(crate) fn take_held(&self, closed: bool) -> Vec<Held<O>> {
         let mut st = self.lock();
-        st.status = if closed || st.status == Status::Closed || st.status == Status::Stopping {
+        st.status = if closed || matches!(st.status, Status::Closed | Status::Stopping) {
             Status::Closed
         } else {
             Status::Down
@@ -303,15 +432,16 @@ impl<O> Lane<O> {
         let mut held = Vec::new();
         let LaneState { slots, free, .. } = &mut *st;
         for (slot, entry) in slots.iter_mut().enumerate() {
-            if let Slot::Busy { seq, call } = std::mem::replace(entry, Slot::Free) {
+            if let Slot::Busy { id, call, retry } = std::mem::replace(entry, Slot::Free) {
                 free.push(slot as u32);
                 held.push(Held {
-                    id: TaskId { worker: index, seq },
+                    id,
                     call: call.map(|c| c.tx),
+                    retry,
                 });
             }
         }
-        held.sort_by_key(|h| h.id.seq);
+        held.sort_by_key(|h| (h.id.worker != index, h.id));
         drop(st);
         self.wake_waiters();
         held
@@ -376,13 +506,10 @@ impl<O> LaneState<O> {
             | SlotEvent::Done { slot }
             | SlotEvent::Failed { slot, .. } => *slot,
         };
-        let Some(Slot::Busy { seq, call }) = self.slots.get_mut(slot as usize) else {
+        let Some(Slot::Busy { id, call, .. }) = self.slots.get_mut(slot as usize) else {
             return Err(UnknownSlot(slot));
         };
-        let id = TaskId {
-            worker: worker as u32,
-            seq: *seq,
-        };
+        let id = *id;
         match event {
             SlotEvent::Output { value, .. } => match call {
                 Some(Call {
@@ -405,6 +532,7 @@ impl<O> LaneState<O> {
                     let _ = call.tx.send(outcome);
                 }
                 self.free.push(slot);
+                self.completed += 1;
                 *freed += 1;
             }
             SlotEvent::Failed {
@@ -425,6 +553,7 @@ impl<O> LaneState<O> {
                     _ => deliver(Delivered::Failed(error)),
                 }
                 self.free.push(slot);
+                self.completed += 1;
                 *freed += 1;
             }
         }

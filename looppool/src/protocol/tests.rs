@@ -79,6 +79,7 @@ fn parent_messages_round_trip() {
         report_interval_ms: 0,
         blocked_threshold_ms: 0,
         log_level: 2,
+        task_timeout_ms: 0,
     };
     put_init(&mut buf, &init, b"xyz", DEFAULT_MAX_FRAME).unwrap();
     put_tagged(&mut buf, kind::TASK, 17, "hi", DEFAULT_MAX_FRAME).unwrap();

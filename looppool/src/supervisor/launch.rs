@@ -33,6 +33,7 @@ pub(crate) struct LaunchSpec {
     pub(crate) start_timeout: Duration,
     pub(crate) inherit_signals: bool,
     pub(crate) title: bool,
+    pub(crate) task_timeout: Option<Duration>,
 }
 
 /// A worker that completed its handshake and ran its initialiser.
@@ -247,6 +248,7 @@ async fn handshake(
                     report_interval_ms: 0,
                     blocked_threshold_ms: 0,
                     log_level: 0,
+                    task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
                 };
                 let mut buf = Vec::new();
                 protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)

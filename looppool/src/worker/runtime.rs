@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     stop_wake: Notify,
     /// Set once the last frame is queued: the writer returns when drained.
     closing: Cell<bool>,
+    /// Tasks running longer than this fail.
+    task_timeout: Option<std::time::Duration>,
 }
 
 /// Frames waiting to be written, and the output window.
@@ -261,6 +263,8 @@ async fn serve<W: Worker>() -> i32 {
         stop_requested: Cell::new(false),
         stop_wake: Notify::new(),
         closing: Cell::new(false),
+        task_timeout: (init.task_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(init.task_timeout_ms)),
     });
     let writer_task = tokio::task::spawn_local(write_loop(shared.clone(), writer));
 
@@ -383,7 +387,16 @@ type TaskFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>>>>;
 fn start_task<W: Worker>(worker: &Rc<W>, shared: &Rc<Shared>, slot: u32, task: W::Task) {
     shared.running.set(shared.running.get() + 1);
     let cx = TaskContext::new(shared.clone(), slot);
-    let mut fut: TaskFuture = Box::pin(worker.clone().handle(task, cx));
+    let handler = worker.clone().handle(task, cx);
+    let mut fut: TaskFuture = match shared.task_timeout {
+        None => Box::pin(handler),
+        Some(limit) => Box::pin(async move {
+            match tokio::time::timeout(limit, handler).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("task exceeded its deadline of {limit:?}").into()),
+            }
+        }),
+    };
     let mut noop = Context::from_waker(Waker::noop());
     // The handler is polled again by the spawned task (with a real waker) if
     // it is not ready now, so the no-op waker loses nothing.
