@@ -53,6 +53,8 @@ pub enum StartError {
         /// What went wrong, in words that say what to change.
         reason: String,
     },
+    /// The pool is shutting down or has failed (from `resize`).
+    Closed,
     /// The worker's initialiser returned an error or panicked.
     Init {
         /// Index of the worker that failed.
@@ -66,7 +68,7 @@ impl StartError {
     /// Index of the worker that failed to start, if one did.
     pub fn worker(&self) -> Option<usize> {
         match self {
-            StartError::Config(_) => None,
+            StartError::Config(_) | StartError::Closed => None,
             StartError::Spawn { worker, .. }
             | StartError::Handshake { worker, .. }
             | StartError::Init { worker, .. } => Some(*worker),
@@ -78,6 +80,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Config(e) => e.fmt(f),
+            StartError::Closed => f.write_str("pool is closed"),
             StartError::Spawn {
                 worker, program, ..
             } => {

@@ -110,7 +110,7 @@
 //! name = "my-workers"
 //! ```
 //!
-//! ```ignore
+//! ```text
 //! // src/bin/my-workers.rs
 //! fn main() {
 //!     looppool::worker_main!(my_crate::Doubler);
@@ -148,7 +148,7 @@
 //! # Platform support
 //!
 //! Linux. The parent-death signal and `/proc/self/exe` are Linux features.
-#![doc(test(attr(deny(warnings))))]
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
 #![deny(unsafe_code)]
 
 mod codec;

@@ -125,7 +125,7 @@ impl<W: Worker> Pool<W> {
 
     /// Number of workers.
     pub fn workers(&self) -> usize {
-        self.inner.lanes.len()
+        self.inner.sup.active.load(Ordering::Relaxed)
     }
 
     /// The pool's name.
@@ -140,7 +140,10 @@ impl<W: Worker> Pool<W> {
 
     /// Tasks queued or running on each worker.
     pub fn in_flight(&self) -> Vec<usize> {
-        self.inner.lanes.iter().map(|l| l.in_flight()).collect()
+        self.inner.lanes[..self.workers()]
+            .iter()
+            .map(|l| l.in_flight())
+            .collect()
     }
 
     /// The per-worker bound on queued plus running tasks.
@@ -154,19 +157,17 @@ impl<W: Worker> Pool<W> {
     }
 
     fn lane(&self, worker: usize) -> Result<&Arc<Lane<W::Output>>, SubmitErrorKind> {
-        self.inner
-            .lanes
-            .get(worker)
-            .ok_or(SubmitErrorKind::NoSuchWorker {
-                worker,
-                workers: self.inner.lanes.len(),
-            })
+        let workers = self.workers();
+        if worker >= workers {
+            return Err(SubmitErrorKind::NoSuchWorker { worker, workers });
+        }
+        Ok(&self.inner.lanes[worker])
     }
 
     /// Round-robin choice: the next worker in turn that is running. Workers
     /// being replaced are skipped, unless all are.
     fn pick(&self) -> usize {
-        let n = self.inner.lanes.len();
+        let n = self.workers().max(1);
         // A relaxed load and store, not a read-modify-write: two racing
         // submitters may pick the same worker, which only evens out later.
         let start = self.inner.next.load(Ordering::Relaxed);
@@ -195,8 +196,31 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: if the future is dropped before it completes, the task
     /// was not sent.
     pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        let worker = self.pick();
-        self.submit_to(worker, task).await
+        self.push_round_robin(&task, None)
+            .await
+            .map(|(id, _)| id)
+            .map_err(|(kind, _)| SubmitError::new(kind, task))
+    }
+
+    /// Pushes to the next worker in turn; if that worker was removed by a
+    /// concurrent shrink, picks again.
+    async fn push_round_robin(
+        &self,
+        task: &W::Task,
+        mut call: Option<lane::CallSender<W::Output>>,
+    ) -> Result<(TaskId, usize), (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
+        loop {
+            let worker = self.pick();
+            match self.push(worker, task, call).await {
+                Ok(id) => return Ok((id, worker)),
+                Err((SubmitErrorKind::Closed | SubmitErrorKind::NoSuchWorker { .. }, back))
+                    if worker >= self.workers() && !self.inner.sup.is_stopping() =>
+                {
+                    call = back;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends a task to the next worker in turn if its queue has room.
@@ -204,9 +228,16 @@ impl<W: Worker> Pool<W> {
     /// # Errors
     /// A [full](SubmitError::is_full) error, with the task inside, when the
     /// queue is at its bound; otherwise as [`submit`](Self::submit).
-    pub fn try_submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        let worker = self.pick();
-        self.try_submit_to(worker, task)
+    pub fn try_submit(&self, mut task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        loop {
+            let worker = self.pick();
+            match self.try_submit_to(worker, task) {
+                Err(e) if worker >= self.workers() && !self.inner.sup.is_stopping() => {
+                    task = e.into_inner()
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Sends a task to worker `worker`, waiting while its queue is full (or
@@ -305,8 +336,11 @@ impl<W: Worker> Pool<W> {
     /// Dropping the future after the task was sent does not cancel the task;
     /// its reply is discarded.
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
-        let worker = self.pick();
-        self.call_to(worker, task).await
+        let (tx, rx) = oneshot::channel();
+        match self.push_round_robin(&task, Some(tx)).await {
+            Ok((id, worker)) => Self::await_reply(rx, worker, id).await,
+            Err((kind, _)) => Err(CallError::Submit(SubmitError::new(kind, task))),
+        }
     }
 
     /// Like [`call`](Self::call), on worker `worker`.
@@ -326,6 +360,14 @@ impl<W: Worker> Pool<W> {
             Ok(id) => id,
             Err((kind, _)) => return Err(CallError::Submit(SubmitError::new(kind, task))),
         };
+        Self::await_reply(rx, worker, id).await
+    }
+
+    async fn await_reply(
+        rx: oneshot::Receiver<CallOutcome<W::Output>>,
+        worker: usize,
+        id: TaskId,
+    ) -> Result<W::Output, CallError<W::Task>> {
         match rx.await {
             Ok(CallOutcome::Reply(value)) => Ok(value),
             Ok(CallOutcome::Failed(e)) => Err(CallError::Task(e)),
@@ -372,6 +414,26 @@ impl<W: Worker> Pool<W> {
             drained,
             failure: self.failure(),
         }
+    }
+
+    /// Grows or shrinks the pool to `workers` while it runs.
+    ///
+    /// Growing starts the new workers (indices from the current count up)
+    /// and returns once they are ready. Shrinking removes the highest
+    /// indices: they stop taking tasks at once, drain what they hold, and
+    /// exit; it returns once they have. Each worker keeps the per-worker
+    /// bounds set at start. At most [`PoolBuilder::max_workers`] workers.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] for a count of 0 or above the maximum;
+    /// [`StartError::Closed`] when the pool is shutting down; any start error
+    /// of a new worker (the others started with it are stopped again).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future part-way may leave the pool at
+    /// an intermediate size.
+    pub async fn resize(&self, workers: usize) -> Result<(), crate::StartError> {
+        self.inner.sup.resize(workers).await
     }
 
     /// Kills worker `worker`'s process with SIGKILL, as a crash would. The

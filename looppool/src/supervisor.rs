@@ -5,11 +5,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{ExitStatus, LossCause, WorkerLost};
 use crate::pool::connection::{read_loop, write_loop, ReadEnd};
@@ -210,6 +210,15 @@ pub(crate) struct Supervisor<O> {
     restarts: Mutex<VecDeque<Instant>>,
     /// Number of driver tasks still running.
     alive: watch::Sender<usize>,
+    /// Which worker indices have a running driver.
+    running: Mutex<Vec<bool>>,
+    /// Workers in use: lanes from this index on are spare or retired.
+    pub(crate) active: AtomicUsize,
+    /// For the drivers of workers added later; weak, so that the output
+    /// stream still ends when the last driver ends.
+    outputs: Mutex<Option<mpsc::WeakUnboundedSender<Batch<O>>>>,
+    /// Serialises resizes.
+    resizing: tokio::sync::Mutex<()>,
 }
 
 impl<O> fmt::Debug for Supervisor<O> {
@@ -221,11 +230,15 @@ impl<O> fmt::Debug for Supervisor<O> {
 }
 
 /// Decrements the live driver count however the driver ends.
-struct AliveGuard(watch::Sender<usize>);
+struct AliveGuard<O: serde::de::DeserializeOwned + Send + 'static> {
+    sup: Arc<Supervisor<O>>,
+    index: usize,
+}
 
-impl Drop for AliveGuard {
+impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for AliveGuard<O> {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.sup.running.lock().unwrap_or_else(|e| e.into_inner())[self.index] = false;
+        self.sup.alive.send_modify(|n| *n -= 1);
     }
 }
 
@@ -237,7 +250,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         tuning: Tuning,
         on_event: Option<EventHook>,
     ) -> Self {
-        let children = (0..lanes.len()).map(|_| Mutex::default()).collect();
+        let children_len = lanes.len();
+        let children = (0..children_len).map(|_| Mutex::default()).collect();
         Supervisor {
             lanes,
             spec,
@@ -251,6 +265,10 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             failure: Mutex::new(None),
             restarts: Mutex::new(VecDeque::new()),
             alive: watch::Sender::new(0),
+            running: Mutex::new(vec![false; children_len]),
+            active: AtomicUsize::new(0),
+            outputs: Mutex::new(None),
+            resizing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -287,8 +305,16 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         outputs: BatchSender<O>,
     ) {
         let serving = self.install(index, launched);
+        self.outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| outputs.downgrade());
+        self.running.lock().unwrap_or_else(|e| e.into_inner())[index] = true;
         self.alive.send_modify(|n| *n += 1);
-        let guard = AliveGuard(self.alive.clone());
+        let guard = AliveGuard {
+            sup: self.clone(),
+            index,
+        };
         let sup = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -420,7 +446,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     lost_tasks,
                 });
             }
-            if stopping || self.stopping.load(Ordering::SeqCst) {
+            if stopping || self.stopping.load(Ordering::SeqCst) || lane.is_closed() {
+                // The pool is shutting down, or this worker was removed.
                 lane.take_held(true);
                 break;
             }
@@ -527,7 +554,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// A live worker other than `dead` to re-send its tasks to (or the next
     /// one, which will be waited for, when none is up).
     fn retry_target(&self, dead: usize) -> Arc<Lane<O>> {
-        let n = self.lanes.len();
+        let n = self.active.load(Ordering::Relaxed).max(1);
         (1..=n)
             .map(|step| &self.lanes[(dead + step) % n])
             .find(|lane| lane.is_up())
@@ -636,6 +663,11 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             .clone()
     }
 
+    /// True once a shutdown began or the pool failed.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// Sends SIGKILL to worker `index`'s current process, if any.
     pub(crate) fn kill(&self, index: usize) {
         let slot = self.children[index]
@@ -712,6 +744,75 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             let _ = alive.wait_for(|n| *n == 0).await;
         }
         in_time
+    }
+
+    /// Grows or shrinks the pool to `workers`. New workers start like the
+    /// first ones; removed ones (the highest indices) drain first.
+    pub(crate) async fn resize(self: &Arc<Self>, workers: usize) -> Result<(), crate::StartError> {
+        use crate::error::{BuildError, StartError};
+        let _resizing = self.resizing.lock().await;
+        if workers == 0 || workers > self.lanes.len() {
+            return Err(BuildError::new(format!(
+                "cannot resize to {workers} workers: the pool allows 1 to {} (raise max_workers)",
+                self.lanes.len()
+            ))
+            .into());
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(StartError::Closed);
+        }
+        let current = self.active.load(Ordering::SeqCst);
+        if workers > current {
+            let mut launching = tokio::task::JoinSet::new();
+            for index in current..workers {
+                self.lanes[index].reopen();
+                let spec = self.spec.clone();
+                launching.spawn(async move { (index, launch(&spec, index).await) });
+            }
+            let mut launched = Vec::new();
+            let mut failure = None;
+            while let Some(joined) = launching.join_next().await {
+                match joined {
+                    Ok((index, Ok(l))) => launched.push((index, l)),
+                    Ok((_, Err(e))) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }
+            let outputs = self
+                .outputs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|w| w.upgrade());
+            let (Some(outputs), None) = (outputs, &failure) else {
+                for (index, mut l) in launched {
+                    let _ = l.child.kill();
+                    let _ = l.child.wait();
+                    self.lanes[index].stop();
+                }
+                return Err(failure.unwrap_or(StartError::Closed));
+            };
+            for (index, l) in launched {
+                self.spawn_driver(index, l, outputs.clone());
+            }
+            self.active.store(workers, Ordering::SeqCst);
+        } else if workers < current {
+            // Routing stops first, then the removed workers drain.
+            self.active.store(workers, Ordering::SeqCst);
+            for lane in &self.lanes[workers..current] {
+                lane.stop();
+            }
+            let mut alive = self.alive.subscribe();
+            let _ = alive
+                .wait_for(|_| {
+                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                    running[workers..current].iter().all(|r| !r)
+                })
+                .await;
+        }
+        Ok(())
     }
 
     /// Kills and reaps every worker at once, without waiting for the

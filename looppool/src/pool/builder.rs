@@ -54,10 +54,13 @@ pub enum Signals {
 ///     .name("doublers")
 ///     .start()
 ///     .await?;
+/// pool.submit(1).await?;
+/// assert_eq!(outputs.next().await.and_then(|o| o.into_value()), Some(2));
 /// # Ok(()) }
 /// ```
 pub struct PoolBuilder<W: Worker> {
     workers: Option<usize>,
+    max_workers: Option<usize>,
     max_tasks: Option<usize>,
     max_results: Option<usize>,
     name: String,
@@ -97,6 +100,7 @@ impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
         PoolBuilder {
             workers: None,
+            max_workers: None,
             max_tasks: None,
             max_results: None,
             name: "pool".into(),
@@ -120,6 +124,13 @@ impl<W: Worker> PoolBuilder<W> {
     /// Number of worker processes (default: the available CPUs).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
+        self
+    }
+
+    /// The most workers [`Pool::resize`] may grow the pool to (default: 4
+    /// times the starting count, at least 16).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
         self
     }
 
@@ -254,7 +265,7 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
-    fn validate(&self) -> Result<(usize, u32, u32), BuildError> {
+    fn validate(&self) -> Result<(usize, usize, u32, u32), BuildError> {
         let workers = match self.workers {
             Some(0) => {
                 return Err(BuildError::new(
@@ -328,7 +339,13 @@ impl<W: Worker> PoolBuilder<W> {
                 "task_timeout(0) would fail every task; use a positive duration",
             ));
         }
-        Ok((workers, tasks, results))
+        let max_workers = self.max_workers.unwrap_or((workers * 4).max(16)).min(4096);
+        if max_workers < workers {
+            return Err(BuildError::new(format!(
+                "max_workers({max_workers}) is smaller than workers({workers}); raise max_workers"
+            )));
+        }
+        Ok((workers, max_workers, tasks, results))
     }
 
     /// Starts every worker and waits until each has completed its handshake
@@ -340,7 +357,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// A [`StartError`] when the settings are invalid, or any worker fails to
     /// start; the workers already started are then killed.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
-        let (workers, task_credits, output_credits) = self.validate()?;
+        let (workers, max_workers, task_credits, output_credits) = self.validate()?;
         let init_payload = launch::encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let spec = LaunchSpec {
@@ -357,7 +374,7 @@ impl<W: Worker> PoolBuilder<W> {
             title: self.titles,
             task_timeout: self.task_timeout,
         };
-        let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..workers)
+        let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
             .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))
             .collect();
 
@@ -399,6 +416,8 @@ impl<W: Worker> PoolBuilder<W> {
             let l = l.expect("every worker launched");
             sup.spawn_driver(index, l, tx.clone());
         }
+        sup.active
+            .store(workers, std::sync::atomic::Ordering::SeqCst);
         // Each driver holds a sender, so the stream ends when the last one ends.
         drop(tx);
         if let Some(limit) = self.recycle_rss {

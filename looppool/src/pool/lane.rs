@@ -140,6 +140,8 @@ impl PushError {
 
 pub(crate) struct Lane<O> {
     pub(crate) index: usize,
+    /// Slots, and so queued plus running tasks, per worker.
+    credits: u32,
     max_frame: usize,
     state: Mutex<LaneState<O>>,
     /// Wakes the connection's writer on the empty → non-empty transition.
@@ -173,16 +175,16 @@ pub(crate) struct Pushed {
 
 impl<O> Lane<O> {
     pub(crate) fn new(index: usize, credits: u32, max_frame: usize, retries: u32) -> Self {
-        let slots = (0..credits).map(|_| Slot::Free).collect();
-        // Pop from the end: lowest slots first, so wire ids stay short.
-        let free = (0..credits).rev().collect();
         Lane {
             index,
+            credits,
             max_frame,
             state: Mutex::new(LaneState {
                 out: Vec::new(),
-                slots,
-                free,
+                // Allocated when the lane first opens: a pool may keep
+                // spare lanes for growing.
+                slots: Vec::new(),
+                free: Vec::new(),
                 status: Status::Down,
                 generation: 0,
                 pid: 0,
@@ -371,6 +373,11 @@ impl<O> Lane<O> {
         if st.status == Status::Closed {
             return None;
         }
+        if st.slots.is_empty() {
+            st.slots = (0..self.credits).map(|_| Slot::Free).collect();
+            // Pop from the end: lowest slots first, so wire ids stay short.
+            st.free = (0..self.credits).rev().collect();
+        }
         st.generation += 1;
         st.pid = pid;
         st.status = Status::Open;
@@ -455,7 +462,20 @@ impl<O> Lane<O> {
 
     /// Number of slots (the per-worker task bound).
     pub(crate) fn capacity(&self) -> usize {
-        self.lock().slots.len()
+        self.credits as usize
+    }
+
+    /// Makes a closed lane startable again (when the pool grows).
+    pub(crate) fn reopen(&self) {
+        let mut st = self.lock();
+        if st.status == Status::Closed {
+            st.status = Status::Down;
+        }
+    }
+
+    /// True when the lane will take no more tasks.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().status == Status::Closed
     }
 }
 
