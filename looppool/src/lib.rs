@@ -85,6 +85,14 @@
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
+//! | the worker's loop stops answering heartbeats ([`PoolBuilder::heartbeat`]) | the worker is killed and replaced; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
+//! | the worker is recycled ([`PoolBuilder::recycle_after_tasks`], [`PoolBuilder::recycle_above_memory`]) or removed by [`Pool::resize`] | it drains first: every task it holds completes | completes |
+//!
+//! With [`PoolBuilder::retry_lost`]`(n)`, a task lost with its worker is
+//! first re-sent to a live worker, up to `n` times, under its original
+//! [`TaskId`]; only then is it reported lost. Use it for idempotent work only:
+//! a lost task may have run partly before its worker died.
 //!
 //! Every task accepted by `submit` ends in exactly one of: its outputs
 //! followed by completion (no item), a `Failed` item, or a `Lost` item. A
