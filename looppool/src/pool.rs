@@ -425,8 +425,8 @@ impl<W: Worker> Pool<W> {
     /// bounds set at start. At most [`PoolBuilder::max_workers`] workers.
     ///
     /// # Errors
-    /// [`StartError::Config`] for a count of 0 or above the maximum;
-    /// [`StartError::Closed`] when the pool is shutting down; any start error
+    /// [`StartError::Config`](crate::StartError::Config) for a count of 0 or above the maximum;
+    /// [`StartError::Closed`](crate::StartError::Closed) when the pool is shutting down; any start error
     /// of a new worker (the others started with it are stopped again).
     ///
     /// # Cancel safety
