@@ -246,6 +246,7 @@ async fn serve<W: Worker>() -> i32 {
         }
     };
     let max_frame = usize::try_from(init.max_frame).unwrap_or(usize::MAX);
+    reader.set_max_frame(max_frame);
     sys::set_thread_name(&format!("{}-w{}", init.pool, init.index));
     let shared = Rc::new(Shared {
         index: init.index as usize,
