@@ -227,3 +227,27 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Records a pool's lifecycle events, for assertions.
+pub type Events = std::sync::Arc<std::sync::Mutex<Vec<looppool::WorkerEvent>>>;
+
+/// An event log and the hook that fills it (for `PoolBuilder::on_event`).
+pub fn recorder() -> (
+    Events,
+    impl Fn(&looppool::WorkerEvent) + Send + Sync + 'static,
+) {
+    let events: Events = Default::default();
+    let sink = events.clone();
+    (events, move |e: &looppool::WorkerEvent| {
+        sink.lock().unwrap().push(e.clone())
+    })
+}
+
+/// The next output-stream item, failing the test if none comes within 20 s
+/// or the stream ends.
+pub async fn next_output<O>(outputs: &mut looppool::Outputs<O>) -> looppool::Output<O> {
+    tokio::time::timeout(Duration::from_secs(20), outputs.next())
+        .await
+        .expect("an output within 20 s")
+        .expect("the output stream goes on")
+}

@@ -2,21 +2,10 @@
 //! are replaced, and restarts are limited.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use looppool::{CallError, ExitStatus, LossCause, Output, RestartPolicy, WorkerEvent};
-use looppool_tests::{eventually, probe_pool, process_gone, Job, ProbeInit};
-
-type Events = Arc<Mutex<Vec<WorkerEvent>>>;
-
-fn recorder() -> (Events, impl Fn(&WorkerEvent) + Send + Sync + 'static) {
-    let events: Events = Arc::default();
-    let sink = events.clone();
-    (events, move |e: &WorkerEvent| {
-        sink.lock().unwrap().push(e.clone())
-    })
-}
+use looppool_tests::{eventually, probe_pool, process_gone, recorder, Job, ProbeInit};
 
 #[tokio::test]
 async fn an_aborting_worker_fails_its_call_and_is_replaced() {

@@ -1,28 +1,10 @@
 //! Supervision policies: retries, recycling, task deadlines, heartbeats.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use looppool::{CallError, LossCause, Output, RecycleReason, WorkerEvent};
-use looppool_tests::{probe_pool, Job};
-
-type Events = Arc<Mutex<Vec<WorkerEvent>>>;
-
-fn recorder() -> (Events, impl Fn(&WorkerEvent) + Send + Sync + 'static) {
-    let events: Events = Arc::default();
-    let sink = events.clone();
-    (events, move |e: &WorkerEvent| {
-        sink.lock().unwrap().push(e.clone())
-    })
-}
-
-async fn next_item(outputs: &mut looppool::Outputs<u64>) -> Output<u64> {
-    tokio::time::timeout(Duration::from_secs(20), outputs.next())
-        .await
-        .expect("an item in time")
-        .expect("the stream goes on")
-}
+use looppool_tests::{next_output, probe_pool, recorder, Job};
 
 #[tokio::test]
 async fn lost_tasks_are_retried_on_a_live_worker() {
@@ -45,7 +27,7 @@ async fn lost_tasks_are_retried_on_a_live_worker() {
     pool.kill_worker(0);
     let mut values = Vec::new();
     while values.len() < 10 {
-        match next_item(&mut outputs).await {
+        match next_output(&mut outputs).await {
             Output::Value {
                 task,
                 value,
@@ -96,7 +78,7 @@ async fn workers_are_recycled_after_their_share_of_tasks_and_nothing_is_lost() {
     };
     let mut seen = HashSet::new();
     for _ in 0..1000 {
-        let item = next_item(&mut outputs).await;
+        let item = next_output(&mut outputs).await;
         let value = item.into_value().expect("no task failed or was lost");
         assert!(seen.insert(value));
     }
@@ -145,7 +127,7 @@ async fn workers_are_recycled_when_their_memory_passes_the_limit() {
         ids.insert(pool.submit(Job::Sleep { ms: 5, value: i }).await.unwrap());
     }
     for _ in 0..20 {
-        let item = next_item(&mut outputs).await;
+        let item = next_output(&mut outputs).await;
         assert!(ids.remove(&item.task().unwrap()), "{item:?}");
         assert!(item.value().is_some(), "{item:?}");
     }
@@ -195,7 +177,7 @@ async fn a_task_past_its_deadline_is_reported_failed() {
         })
         .await
         .unwrap();
-    let Output::Failed(e) = next_item(&mut outputs).await else {
+    let Output::Failed(e) = next_output(&mut outputs).await else {
         panic!()
     };
     assert_eq!(e.task, id);
