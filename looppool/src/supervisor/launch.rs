@@ -134,7 +134,14 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
         source,
     })?;
     let pid = child.id();
-    let result = tokio::time::timeout(spec.start_timeout, handshake(spec, index, parent_end)).await;
+    let handshaken = async {
+        let conn = Connection::unix(parent_end).map_err(|e| StartError::Handshake {
+            worker: index,
+            reason: e.to_string(),
+        })?;
+        handshake(spec, index, conn).await
+    };
+    let result = tokio::time::timeout(spec.start_timeout, handshaken).await;
     let failure = match result {
         Ok(Ok((reader, writer))) => {
             return Ok(Launched {
@@ -188,17 +195,18 @@ fn early_exit_reason(
     }
 }
 
-async fn handshake(
+/// The parent's half of the handshake, over any transport: check the
+/// worker's hello, send its init, wait for its initialiser's verdict.
+pub(crate) async fn handshake(
     spec: &LaunchSpec,
     index: usize,
-    stream: std::os::unix::net::UnixStream,
+    conn: Connection,
 ) -> Result<(FrameReader, transport::WriteHalf), StartError> {
     let fail = |reason: String| StartError::Handshake {
         worker: index,
         reason,
     };
-    let Connection { reader, mut writer } =
-        Connection::unix(stream).map_err(|e| fail(e.to_string()))?;
+    let Connection { reader, mut writer } = conn;
     // The handshake frames are small: a low limit keeps a stray program
     // writing to descriptor 3 from making us buffer much.
     let mut reader = FrameReader::new(reader, DEFAULT_MAX_FRAME.min(spec.max_frame.max(64 * 1024)));

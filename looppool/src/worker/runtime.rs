@@ -199,13 +199,17 @@ pub(crate) fn main<W: Worker>() -> i32 {
 }
 
 async fn serve<W: Worker>() -> i32 {
-    let conn = match sys::inherited_stream().and_then(Connection::unix) {
-        Ok(conn) => conn,
+    match sys::inherited_stream().and_then(Connection::unix) {
+        Ok(conn) => serve_connection::<W>(conn).await,
         Err(e) => {
             eprintln!("looppool worker: {e}");
-            return 1;
+            1
         }
-    };
+    }
+}
+
+/// Serves worker `W` over `conn`, whatever carries it; returns the exit code.
+pub(crate) async fn serve_connection<W: Worker>(conn: Connection) -> i32 {
     let Connection { reader, mut writer } = conn;
 
     // Handshake: say who we are, then wait for our place in the pool.
