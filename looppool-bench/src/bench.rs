@@ -1,0 +1,363 @@
+//! The main mode: the raw limits first, then the pool workloads, each
+//! repeated and reported as its median, compared with its limit.
+
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Runtime};
+
+use crate::cli::{Options, Plan};
+use crate::raw;
+use crate::report::{self, Row, Target};
+use crate::stats::{median, Latency, Summary};
+use crate::sys::{self, Machine, Pinned};
+use crate::workers::{Bytes, Mixed, Sleeper};
+use crate::workloads::{self as wl, BenchResult};
+
+/// The raw figures the workloads are compared with.
+#[derive(Debug, Default)]
+struct Limits {
+    echo_1pair: Option<f64>,
+    echo_2pair: Option<f64>,
+    /// (p50, p99) in µs: as the kernel places the processes, and pinned.
+    ping: Option<(f64, f64)>,
+    ping_pinned: Option<(f64, f64)>,
+    bulk: Option<f64>,
+}
+
+/// Runs the benchmark and prints its rows.
+pub(crate) fn run(opts: &Options) -> BenchResult<()> {
+    let plan = Plan::new(opts.quick);
+    let machine = Machine::describe();
+    let header = format!(
+        "looppool-bench {} at {}: {} CPUs ({}), kernel {}, load average {}{}",
+        env!("CARGO_PKG_VERSION"),
+        sys::utc_now(),
+        machine.nproc,
+        machine.cpu_model,
+        machine.kernel,
+        machine.load,
+        if opts.quick { ", --quick" } else { "" }
+    );
+    if opts.json {
+        eprintln!("{header}");
+    } else {
+        println!("{header}\n");
+    }
+    let mut rows = Vec::new();
+    let limits = raw_limits(opts, &plan, &mut rows)?;
+    let rt = Builder::new_current_thread().enable_all().build()?;
+    if opts.runs("W1") {
+        w1(&plan, &limits, &rt, &mut rows)?;
+    }
+    if opts.runs("W2") {
+        w2(opts, &plan, &limits, &rt, &mut rows)?;
+    }
+    if opts.runs("W3") {
+        w3(&plan, &rt, &mut rows)?;
+    }
+    if opts.runs("W4") {
+        w4(&plan, &rt, &mut rows)?;
+    }
+    if opts.runs("W5") {
+        w5(&plan, &limits, &rt, &mut rows)?;
+    }
+    if opts.runs("W6") {
+        w6(&plan, &rt, &mut rows)?;
+    }
+    if opts.json {
+        for row in &rows {
+            println!("{}", report::json_line(row));
+        }
+    } else {
+        print!("{}", report::table(&rows));
+        println!("\nload average after the run: {}", sys::load_average());
+    }
+    Ok(())
+}
+
+fn progress(what: &str) {
+    eprintln!("[{}] {what}", sys::utc_now());
+}
+
+/// Runs `f` `reps` times and collects its results.
+fn repeat<T>(reps: usize, mut f: impl FnMut() -> BenchResult<T>) -> BenchResult<Vec<T>> {
+    (0..reps).map(|_| f()).collect()
+}
+
+fn raw_limits(opts: &Options, plan: &Plan, rows: &mut Vec<Row>) -> BenchResult<Limits> {
+    let all = opts.runs("raw");
+    let mut limits = Limits::default();
+    if all || opts.runs("W1") {
+        progress("raw: pipelined echo of 20-byte frames, 1 pair");
+        let v = repeat(plan.reps, || {
+            Ok(raw::echo_frames_per_sec(1, plan.echo_frames_1pair)?)
+        })?;
+        let s = Summary::of(&v);
+        limits.echo_1pair = Some(s.median);
+        rows.push(Row::new("raw-echo-1pair", s, "frames/s").with("frames", plan.echo_frames_1pair));
+        progress("raw: pipelined echo of 20-byte frames, 2 pairs");
+        let v = repeat(plan.reps, || {
+            Ok(raw::echo_frames_per_sec(
+                2,
+                plan.echo_frames_per_pair_2pair,
+            )?)
+        })?;
+        let s = Summary::of(&v);
+        limits.echo_2pair = Some(s.median);
+        rows.push(
+            Row::new("raw-echo-2pair", s, "frames/s")
+                .with("frames_per_pair", plan.echo_frames_per_pair_2pair),
+        );
+    }
+    if all || opts.runs("W2") {
+        progress("raw: blocking ping-pong of 20-byte frames");
+        let series = raw::ping_pong(plan.reps, plan.ping_warmup, plan.ping_n)?;
+        limits.ping = Some(latency_rows(rows, "raw-pingpong", &series, None));
+        progress(&format!(
+            "raw: ping-pong, everything pinned to CPU {}",
+            opts.pin_cpu
+        ));
+        let pinned = Pinned::all_threads_to(opts.pin_cpu)?;
+        let series = raw::ping_pong(plan.reps, plan.ping_warmup, plan.ping_n)?;
+        drop(pinned);
+        limits.ping_pinned = Some(latency_rows(rows, "raw-pingpong-pinned", &series, None));
+    }
+    if all || opts.runs("W5") {
+        progress("raw: echo of 1 MiB frames");
+        let v = repeat(plan.reps, || Ok(raw::bulk_mb_per_sec(plan.bulk_n)?))?;
+        let s = Summary::of(&v);
+        limits.bulk = Some(s.median);
+        rows.push(Row::new("raw-bulk-1MiB", s, "MB/s").with("frames", plan.bulk_n));
+    }
+    Ok(limits)
+}
+
+/// Pushes a p50 and a p99 row for a latency series (each the median over
+/// repetitions); with `limits`, judged against the raw (p50, p99) at 2× and
+/// 3×. Returns the medians (p50, p99).
+fn latency_rows(
+    rows: &mut Vec<Row>,
+    name: &str,
+    series: &[Latency],
+    limits: Option<(&str, (f64, f64))>,
+) -> (f64, f64) {
+    let p50 = Summary::of(&series.iter().map(|l| l.p50_us).collect::<Vec<_>>());
+    let p99 = Summary::of(&series.iter().map(|l| l.p99_us).collect::<Vec<_>>());
+    let mean = median(&series.iter().map(|l| l.mean_us).collect::<Vec<_>>());
+    let max = series.iter().map(|l| l.max_us).fold(0.0, f64::max);
+    let mut r50 = Row::new(format!("{name}-p50"), p50, "us").with("mean_us", mean);
+    let mut r99 = Row::new(format!("{name}-p99"), p99, "us").with("max_us", max);
+    if let Some((of, (l50, l99))) = limits {
+        r50 = r50.target(format!("{of}-p50"), l50, Target::AtMost(2.0));
+        r99 = r99.target(format!("{of}-p99"), l99, Target::AtMost(3.0));
+    }
+    rows.push(r50);
+    rows.push(r99);
+    (p50.median, p99.median)
+}
+
+fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    let warmup = Duration::from_millis(plan.w1_warmup_ms);
+    for (name, flavour) in [("W1", "current_thread"), ("W1-mt", "multi_thread")] {
+        progress(&format!(
+            "{name}: {} tiny tasks, {flavour} parent",
+            plan.w1_n
+        ));
+        let f = if flavour == "current_thread" {
+            rt.block_on(wl::w1_series(plan.reps, plan.w1_n, warmup))?
+        } else {
+            let mt = Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            mt.block_on(wl::w1_series(plan.reps, plan.w1_n, warmup))?
+        };
+        let s = Summary::of(&f.rates);
+        let diag = |row: Row| {
+            row.with("runtime", flavour)
+                .with("n", plan.w1_n)
+                .with("warmup_s", f.warmup.0.as_secs_f64())
+                .with("parent_cpu_ns_per_task", median(&f.parent_cpu_ns))
+                .with("worker_cpu_ns_per_task", median(&f.worker_cpu_ns))
+                .with("parent_switches_per_1k_tasks", median(&f.switches_per_k))
+        };
+        let mut row = diag(Row::new(name, s, "tasks/s"));
+        if let Some(echo1) = limits.echo_1pair {
+            row = if name == "W1" {
+                row.target("raw-echo-1pair", echo1, Target::AtLeast(0.15))
+            } else {
+                row.vs("raw-echo-1pair", echo1)
+            };
+        }
+        rows.push(row);
+        if let Some(echo2) = limits.echo_2pair {
+            rows.push(
+                Row::new(format!("{name}-vs-2pair"), s, "tasks/s").vs("raw-echo-2pair", echo2),
+            );
+        }
+        if name == "W1" {
+            let one = |kib: u64| Summary::of(&[kib as f64 / 1024.0]);
+            rows.push(Row::new(
+                "rss-parent-after-W1",
+                one(f.rss_parent_kib),
+                "MiB",
+            ));
+            let max = f.rss_workers_kib.iter().copied().max().unwrap_or(0);
+            rows.push(
+                Row::new("rss-worker-after-W1", one(max), "MiB")
+                    .with("each_kib", f.rss_workers_kib.clone()),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn w2(
+    opts: &Options,
+    plan: &Plan,
+    limits: &Limits,
+    rt: &Runtime,
+    rows: &mut Vec<Row>,
+) -> BenchResult<()> {
+    progress(&format!(
+        "W2: {} sequential calls, kernel placement",
+        plan.w2_n
+    ));
+    let (series, cpus) = rt.block_on(wl::w2_series(plan.reps, plan.w2_warmup, plan.w2_n))?;
+    let start = rows.len();
+    latency_rows(
+        rows,
+        "W2",
+        &series,
+        limits.ping.map(|l| ("raw-pingpong", l)),
+    );
+    for row in &mut rows[start..] {
+        row.extra.insert("workers_cpus".into(), cpus.clone().into());
+    }
+    progress(&format!("W2: pinned to CPU {}", opts.pin_cpu));
+    let pinned = Pinned::all_threads_to(opts.pin_cpu)?;
+    let result = rt.block_on(wl::w2_series(plan.reps, plan.w2_warmup, plan.w2_n));
+    drop(pinned);
+    let (series, cpus) = result?;
+    let start = rows.len();
+    latency_rows(
+        rows,
+        "W2-pinned",
+        &series,
+        limits.ping_pinned.map(|l| ("raw-pingpong-pinned", l)),
+    );
+    for row in &mut rows[start..] {
+        row.extra.insert("workers_cpus".into(), cpus.clone().into());
+    }
+    Ok(())
+}
+
+fn w3(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    progress(&format!("W3: {} tasks of a 50 ms sleep", plan.w3_n));
+    let walls = rt.block_on(async {
+        let (pool, mut outputs) = wl::start::<Sleeper>(wl::WORKERS, wl::W3_IN_FLIGHT).await?;
+        wl::probe_all(&pool, || 0).await?;
+        let mut walls = Vec::new();
+        for _ in 0..plan.reps {
+            walls.push(
+                wl::w3_once(&pool, &mut outputs, plan.w3_n)
+                    .await?
+                    .as_secs_f64(),
+            );
+        }
+        pool.shutdown().await;
+        BenchResult::Ok(walls)
+    })?;
+    let ideal = wl::w3_ideal(plan.w3_n, wl::WORKERS).as_secs_f64();
+    rows.push(
+        Row::new("W3", Summary::of(&walls), "s")
+            .target("ideal", ideal, Target::AtMost(1.05))
+            .with("n", plan.w3_n)
+            .with("in_flight_per_worker", wl::W3_IN_FLIGHT),
+    );
+    Ok(())
+}
+
+fn w4(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    progress(&format!(
+        "W4: {} tasks of 1 ms CPU + 10 ms sleep",
+        plan.w4_n
+    ));
+    let walls = rt.block_on(async {
+        let (pool, mut outputs) = wl::start::<Mixed>(wl::WORKERS, wl::W3_IN_FLIGHT).await?;
+        wl::probe_all(&pool, || crate::workers::MixedTask {
+            spin_us: 0,
+            sleep_ms: 0,
+        })
+        .await?;
+        let mut walls = Vec::new();
+        for _ in 0..plan.reps {
+            walls.push(
+                wl::w4_once(&pool, &mut outputs, plan.w4_n)
+                    .await?
+                    .as_secs_f64(),
+            );
+        }
+        pool.shutdown().await;
+        BenchResult::Ok(walls)
+    })?;
+    let ideal = wl::w4_ideal(plan.w4_n, wl::WORKERS).as_secs_f64();
+    rows.push(
+        Row::new("W4", Summary::of(&walls), "s")
+            .target("ideal", ideal, Target::AtMost(1.10))
+            .with("n", plan.w4_n)
+            .with("in_flight_per_worker", wl::W3_IN_FLIGHT),
+    );
+    Ok(())
+}
+
+fn w5(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    progress(&format!("W5: {} payloads of 1 MiB echoed", plan.w5_n));
+    let rates = rt.block_on(async {
+        let (pool, mut outputs) = wl::start::<Bytes>(wl::WORKERS, wl::W5_IN_FLIGHT).await?;
+        // Warm-up: the buffers grow to their working size.
+        wl::w5_once(&pool, &mut outputs, plan.w5_n.min(50)).await?;
+        let mut rates = Vec::new();
+        for _ in 0..plan.reps {
+            let wall = wl::w5_once(&pool, &mut outputs, plan.w5_n).await?;
+            rates.push((plan.w5_n as usize * wl::W5_SIZE) as f64 / wall.as_secs_f64() / 1e6);
+        }
+        pool.shutdown().await;
+        BenchResult::Ok(rates)
+    })?;
+    let mut row = Row::new("W5", Summary::of(&rates), "MB/s")
+        .with("n", plan.w5_n)
+        .with("in_flight_per_worker", wl::W5_IN_FLIGHT);
+    if let Some(bulk) = limits.bulk {
+        row = row.target("raw-bulk-1MiB", bulk, Target::AtLeast(0.5));
+    }
+    rows.push(row);
+    Ok(())
+}
+
+fn w6(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    for workers in [2, 8] {
+        progress(&format!("W6: start and stop a pool of {workers}"));
+        let times = repeat(plan.reps, || rt.block_on(wl::w6_once(workers)))?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let start: Vec<f64> = times.iter().map(|t| ms(t.0)).collect();
+        let stop: Vec<f64> = times.iter().map(|t| ms(t.1)).collect();
+        let total: Vec<f64> = times.iter().map(|t| ms(t.0 + t.1)).collect();
+        rows.push(Row::new(
+            format!("W6-{workers}-start"),
+            Summary::of(&start),
+            "ms",
+        ));
+        rows.push(Row::new(
+            format!("W6-{workers}-stop"),
+            Summary::of(&stop),
+            "ms",
+        ));
+        let mut row = Row::new(format!("W6-{workers}"), Summary::of(&total), "ms");
+        if workers == 8 {
+            row = row.target("budget", 20.0, Target::AtMost(1.0));
+        }
+        rows.push(row);
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Command-line options, and the sizes of each measurement.
+
+use std::collections::BTreeSet;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Mode {
+    /// The raw limits, then the pool workloads, as a table or JSON lines.
+    Bench,
+    /// Parent memory over a long W1 stream.
+    Soak { tasks: u64 },
+    /// One run of one workload, printed as the Python peer harness's record.
+    Peer {
+        workload: String,
+        workers: usize,
+        n: Option<u64>,
+    },
+    /// Print the usage and exit.
+    Help,
+}
+
+/// Parsed options.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) mode: Mode,
+    pub(crate) json: bool,
+    pub(crate) quick: bool,
+    /// Workloads to run (`W1`..`W6`, `raw`); all when `None`.
+    pub(crate) only: Option<BTreeSet<String>>,
+    /// The CPU that the pinned measurements use.
+    pub(crate) pin_cpu: usize,
+}
+
+pub(crate) const USAGE: &str = "\
+looppool-bench: the machine's socketpair limits, then looppool's workloads.
+
+USAGE:
+    looppool-bench [--quick] [--json] [--only W1,W2,...] [--pin-cpu N]
+    looppool-bench --soak [--tasks N] [--json]
+    looppool-bench --workload Wn [--workers N] [--n N]
+
+OPTIONS:
+    --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
+    --json           one JSON object per result line instead of a table
+    --only LIST      comma-separated subset of W1..W6 and raw (raw limits that the
+                     chosen workloads are compared with are always measured)
+    --pin-cpu N      the CPU for the pinned W2 and ping-pong figures (default 0)
+    --soak           parent memory over a long W1 stream (default 10,000,000 tasks)
+    --tasks N        tasks of the soak
+    --workload Wn    run one workload once and print one JSON line in the format of
+                     the Python peer harness (its run_all.py --extra-peer calls this)
+    --workers N      workers of that run (default 2)
+    --n N            tasks of that run (default: the workload's own count)
+    --extra-peer     accepted and ignored (the harness selects this mode by --workload)
+";
+
+/// Parses the arguments after the program name.
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut opts = Options {
+        mode: Mode::Bench,
+        json: false,
+        quick: false,
+        only: None,
+        pin_cpu: 0,
+    };
+    let mut soak = false;
+    let mut tasks = None;
+    let mut workload = None;
+    let mut workers = 2usize;
+    let mut n = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |name: &str, v: String| {
+            v.replace('_', "")
+                .parse::<u64>()
+                .map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => opts.mode = Mode::Help,
+            "--json" => opts.json = true,
+            "--quick" => opts.quick = true,
+            "--soak" => soak = true,
+            "--extra-peer" => {}
+            "--only" => {
+                let list = value("--only")?;
+                let mut set = BTreeSet::new();
+                for item in list.split(',').filter(|s| !s.is_empty()) {
+                    let item = normalise(item);
+                    if !is_workload(&item) && item != "raw" {
+                        return Err(format!("--only: unknown workload {item:?}"));
+                    }
+                    set.insert(item);
+                }
+                opts.only = Some(set);
+            }
+            "--pin-cpu" => opts.pin_cpu = number("--pin-cpu", value("--pin-cpu")?)? as usize,
+            "--tasks" => tasks = Some(number("--tasks", value("--tasks")?)?),
+            "--workload" => {
+                let w = normalise(&value("--workload")?);
+                if !is_workload(&w) {
+                    return Err(format!("--workload: unknown workload {w:?}"));
+                }
+                workload = Some(w);
+            }
+            "--workers" => {
+                workers = number("--workers", value("--workers")?)? as usize;
+                if workers == 0 {
+                    return Err("--workers must be at least 1".into());
+                }
+            }
+            "--n" => n = Some(number("--n", value("--n")?)?),
+            other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
+        }
+    }
+    if opts.mode == Mode::Help {
+        return Ok(opts);
+    }
+    if let Some(workload) = workload {
+        opts.mode = Mode::Peer {
+            workload,
+            workers,
+            n,
+        };
+    } else if soak {
+        opts.mode = Mode::Soak {
+            tasks: tasks.unwrap_or(if opts.quick { 1_000_000 } else { 10_000_000 }),
+        };
+    }
+    Ok(opts)
+}
+
+fn normalise(s: &str) -> String {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("raw") {
+        "raw".into()
+    } else {
+        s.to_ascii_uppercase()
+    }
+}
+
+fn is_workload(s: &str) -> bool {
+    matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W6")
+}
+
+impl Options {
+    /// Whether workload `w` (or `raw`) was chosen.
+    pub(crate) fn runs(&self, w: &str) -> bool {
+        self.only.as_ref().is_none_or(|set| set.contains(w))
+    }
+}
+
+/// How big and how often each measurement is.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Repetitions of each measurement (the median is reported).
+    pub(crate) reps: usize,
+    pub(crate) echo_frames_1pair: u64,
+    pub(crate) echo_frames_per_pair_2pair: u64,
+    pub(crate) ping_warmup: usize,
+    pub(crate) ping_n: usize,
+    pub(crate) bulk_n: u64,
+    pub(crate) w1_n: u64,
+    pub(crate) w1_warmup_ms: u64,
+    pub(crate) w2_warmup: usize,
+    pub(crate) w2_n: usize,
+    pub(crate) w3_n: u64,
+    pub(crate) w4_n: u64,
+    pub(crate) w5_n: u64,
+}
+
+impl Plan {
+    pub(crate) fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                reps: 2,
+                echo_frames_1pair: 1_000_000,
+                echo_frames_per_pair_2pair: 500_000,
+                ping_warmup: 200,
+                ping_n: 1_000,
+                bulk_n: 100,
+                w1_n: 50_000,
+                w1_warmup_ms: 100,
+                w2_warmup: 200,
+                w2_n: 1_000,
+                w3_n: 4_000,
+                w4_n: 400,
+                w5_n: 50,
+            }
+        } else {
+            Plan {
+                reps: 5,
+                echo_frames_1pair: 10_000_000,
+                echo_frames_per_pair_2pair: 5_000_000,
+                ping_warmup: 200,
+                ping_n: 5_000,
+                bulk_n: 1_000,
+                w1_n: 200_000,
+                w1_warmup_ms: 300,
+                w2_warmup: 200,
+                w2_n: 5_000,
+                w3_n: 20_000,
+                w4_n: 4_000,
+                w5_n: 1_000,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Options, String> {
+        parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn the_harness_call_selects_peer_mode() {
+        let o = parse_str("--workload W6 --workers 8").unwrap();
+        assert_eq!(
+            o.mode,
+            Mode::Peer {
+                workload: "W6".into(),
+                workers: 8,
+                n: None
+            }
+        );
+        let o = parse_str("--workload w1 --n 2000").unwrap();
+        assert_eq!(
+            o.mode,
+            Mode::Peer {
+                workload: "W1".into(),
+                workers: 2,
+                n: Some(2000)
+            }
+        );
+        assert!(matches!(
+            parse_str("--extra-peer --workload=W2").unwrap().mode,
+            Mode::Peer { .. }
+        ));
+    }
+
+    #[test]
+    fn only_picks_workloads() {
+        let o = parse_str("--quick --json --only W1,w2").unwrap();
+        assert!(o.quick && o.json && o.runs("W1") && o.runs("W2") && !o.runs("W3"));
+        assert!(parse_str("").unwrap().runs("W5"));
+        assert!(parse_str("--only W9").is_err());
+        assert!(parse_str("--bogus").is_err());
+    }
+
+    #[test]
+    fn soak_defaults_to_ten_million() {
+        assert_eq!(
+            parse_str("--soak").unwrap().mode,
+            Mode::Soak { tasks: 10_000_000 }
+        );
+        assert_eq!(
+            parse_str("--soak --tasks 1_000").unwrap().mode,
+            Mode::Soak { tasks: 1000 }
+        );
+    }
+}

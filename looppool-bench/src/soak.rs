@@ -1,0 +1,140 @@
+//! Soak mode: resident memory of the parent (and workers) over one long W1
+//! stream, sampled as the outputs arrive. Target: after a warm-up of the
+//! first tenth of the tasks, the parent's RSS stays within 5 %.
+
+use std::time::Instant;
+
+use crate::report::{self, Row, Target};
+use crate::stats::Summary;
+use crate::sys;
+use crate::workers::Echo;
+use crate::workloads::{self as wl, BenchResult};
+
+/// Samples taken over the run.
+const SAMPLES: u64 = 40;
+
+/// One sample: tasks done, seconds since the first submit, RSS in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    tasks: u64,
+    secs: f64,
+    parent_kib: u64,
+    workers_kib: u64,
+}
+
+/// Runs `tasks` W1 tasks through one pool and prints the memory rows.
+pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    eprintln!(
+        "soak: {tasks} W1 tasks on 2 workers at {}, load average {}",
+        sys::utc_now(),
+        sys::load_average()
+    );
+    let every = (tasks / SAMPLES).max(1);
+    let (samples, wall) = rt.block_on(async {
+        let (pool, mut outputs) = wl::start::<Echo>(wl::WORKERS, wl::W1_WINDOW).await?;
+        let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
+        let sample = |tasks, secs| Sample {
+            tasks,
+            secs,
+            parent_kib: sys::rss_kib(std::process::id()).unwrap_or(0),
+            workers_kib: pids
+                .iter()
+                .filter_map(|&p| sys::rss_kib(p))
+                .max()
+                .unwrap_or(0),
+        };
+        let mut samples = vec![sample(0, 0.0)];
+        let (mut done, mut sum) = (0u64, 0u64);
+        let t0 = Instant::now();
+        let wall = wl::stream(
+            &pool,
+            &mut outputs,
+            tasks,
+            |x| x,
+            |v| {
+                sum = sum.wrapping_add(v);
+                done += 1;
+                if done % every == 0 {
+                    samples.push(sample(done, t0.elapsed().as_secs_f64()));
+                }
+            },
+        )
+        .await?;
+        pool.shutdown().await;
+        if sum != tasks.wrapping_mul(tasks.wrapping_sub(1)) {
+            return Err("soak: checksum mismatch".into());
+        }
+        BenchResult::Ok((samples, wall))
+    })?;
+    // The first sample at or past a tenth of the run is the baseline.
+    let warm = samples
+        .iter()
+        .find(|s| s.tasks >= tasks / 10 && s.tasks > 0)
+        .copied()
+        .unwrap_or(samples[0]);
+    let last = *samples.last().expect("at least the first sample");
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.tasks >= warm.tasks).collect();
+    let peak_parent = after.iter().map(|s| s.parent_kib).max().unwrap_or(0);
+    let peak_workers = after.iter().map(|s| s.workers_kib).max().unwrap_or(0);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let one = |v: f64| Summary::of(&[v]);
+    let series: Vec<[f64; 3]> = samples
+        .iter()
+        .map(|s| [s.tasks as f64, mib(s.parent_kib), mib(s.workers_kib)])
+        .collect();
+    let rows = [
+        Row::new(
+            "soak-rate",
+            one(tasks as f64 / wall.as_secs_f64()),
+            "tasks/s",
+        )
+        .with("tasks", tasks),
+        Row::new("soak-rss-parent-final", one(mib(last.parent_kib)), "MiB")
+            .target(
+                "rss-after-warmup",
+                mib(warm.parent_kib),
+                Target::AtMost(1.05),
+            )
+            .with("warmup_tasks", warm.tasks)
+            .with("peak_mib", mib(peak_parent))
+            .with(
+                "peak_ratio",
+                peak_parent as f64 / warm.parent_kib.max(1) as f64,
+            )
+            .with("samples_tasks_parent_worker_mib", serde_json::json!(series)),
+        Row::new("soak-rss-parent-peak", one(mib(peak_parent)), "MiB").target(
+            "rss-after-warmup",
+            mib(warm.parent_kib),
+            Target::AtMost(1.05),
+        ),
+        Row::new("soak-rss-worker-final", one(mib(last.workers_kib)), "MiB")
+            .vs("rss-after-warmup", mib(warm.workers_kib))
+            .with("peak_mib", mib(peak_workers)),
+    ];
+    if json {
+        for row in &rows {
+            println!("{}", report::json_line(row));
+        }
+    } else {
+        println!("RSS over the soak (MiB; the worker column is the larger worker):");
+        println!(
+            "{:>12}  {:>8}  {:>8}  {:>8}",
+            "tasks", "secs", "parent", "worker"
+        );
+        for s in &samples {
+            println!(
+                "{:>12}  {:>8.2}  {:>8.2}  {:>8.2}",
+                s.tasks,
+                s.secs,
+                mib(s.parent_kib),
+                mib(s.workers_kib)
+            );
+        }
+        println!();
+        print!("{}", report::table(&rows));
+    }
+    Ok(())
+}

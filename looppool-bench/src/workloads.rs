@@ -1,0 +1,306 @@
+//! The pool workloads W1–W6: each function measures one repetition (or a
+//! series of them on one pool) and returns raw figures; `bench` and `peer`
+//! turn them into rows or records.
+
+use std::time::{Duration, Instant};
+
+use looppool::{Output, Outputs, Pool, Worker};
+use serde_bytes::ByteBuf;
+
+use crate::stats::Latency;
+use crate::sys;
+use crate::workers::{Bytes, Echo, Mixed, MixedTask, Sleeper};
+
+/// Any error of a bench run, as text for the person running it.
+pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Workers of the pool workloads unless said otherwise.
+pub(crate) const WORKERS: usize = 2;
+/// W1's task and output window per worker: large enough that the writers
+/// move big batches (see the reference notes on W1).
+pub(crate) const W1_WINDOW: usize = 4096;
+/// W3/W4: tasks in flight per worker.
+pub(crate) const W3_IN_FLIGHT: usize = 1000;
+/// W3: each task's sleep.
+pub(crate) const W3_SLEEP_MS: u64 = 50;
+/// W4: each task's busy loop, then its sleep.
+pub(crate) const W4_SPIN_US: u32 = 1000;
+pub(crate) const W4_SLEEP_MS: u32 = 10;
+/// W5: each task's payload.
+pub(crate) const W5_SIZE: usize = 1 << 20;
+/// W5: payloads in flight per worker (8 MiB each way per worker at most).
+pub(crate) const W5_IN_FLIGHT: usize = 8;
+
+/// Starts a pool of `workers` workers with `window` tasks and outputs per
+/// worker.
+pub(crate) async fn start<W: Worker>(
+    workers: usize,
+    window: usize,
+) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
+    Ok(Pool::<W>::builder()
+        .workers(workers)
+        .max_tasks(window * workers)
+        .max_results(window * workers)
+        .name("bench")
+        .start()
+        .await?)
+}
+
+/// Sends one trivial task to every worker and waits for each answer, as the
+/// peers' start-up figure requires.
+pub(crate) async fn probe_all<W: Worker>(
+    pool: &Pool<W>,
+    task: impl Fn() -> W::Task,
+) -> BenchResult<()> {
+    for i in 0..pool.workers() {
+        pool.call_to(i, task())
+            .await
+            .map_err(|e| format!("probe of worker {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Submits `n` tasks from a producer task while this task takes the `n`
+/// outputs from the stream; returns the time from the first submit to the
+/// last output.
+pub(crate) async fn stream<W>(
+    pool: &Pool<W>,
+    outputs: &mut Outputs<W::Output>,
+    n: u64,
+    make: impl Fn(u64) -> W::Task + Send + 'static,
+    mut on_value: impl FnMut(W::Output),
+) -> BenchResult<Duration>
+where
+    W: Worker,
+    W::Task: Send + Sync,
+{
+    let start = Instant::now();
+    let p = pool.clone();
+    let producer = tokio::spawn(async move {
+        for i in 0..n {
+            p.submit(make(i)).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    });
+    let mut got = 0;
+    let failure = loop {
+        if got == n {
+            break None;
+        }
+        match outputs.next().await {
+            Some(Output::Value { value, .. }) => {
+                on_value(value);
+                got += 1;
+            }
+            Some(Output::Failed(e)) => break Some(format!("a task failed: {e}")),
+            Some(Output::Lost { task, lost }) => break Some(format!("task {task} lost: {lost}")),
+            Some(_) => break Some("an unexpected output item".into()),
+            None => break Some(format!("the output stream ended after {got} of {n}")),
+        }
+    };
+    let took = start.elapsed();
+    if let Some(why) = failure {
+        producer.abort();
+        return Err(why.into());
+    }
+    producer.await??;
+    Ok(took)
+}
+
+/// One W1 repetition: `n` tiny tasks, every output summed and checked.
+pub(crate) async fn w1_once(
+    pool: &Pool<Echo>,
+    outputs: &mut Outputs<u64>,
+    n: u64,
+) -> BenchResult<Duration> {
+    let mut sum = 0u64;
+    let took = stream(pool, outputs, n, |x| x, |v| sum += v).await?;
+    let want = n * n.saturating_sub(1);
+    if sum != want {
+        return Err(format!("W1 checksum: got {sum}, want {want}").into());
+    }
+    Ok(took)
+}
+
+/// What a W1 series measured.
+#[derive(Debug, Clone)]
+pub(crate) struct W1Figures {
+    /// Tasks per second of each timed repetition.
+    pub(crate) rates: Vec<f64>,
+    /// Parent CPU (all threads) per task, per repetition.
+    pub(crate) parent_cpu_ns: Vec<f64>,
+    /// Workers' CPU together per task, per repetition (10 ms tick resolution).
+    pub(crate) worker_cpu_ns: Vec<f64>,
+    /// Parent context switches per 1,000 tasks, per repetition.
+    pub(crate) switches_per_k: Vec<f64>,
+    /// How long the warm-up ran, and how many tasks it took.
+    pub(crate) warmup: (Duration, u64),
+    /// Resident memory after the series: parent, then each worker (KiB).
+    pub(crate) rss_parent_kib: u64,
+    pub(crate) rss_workers_kib: Vec<u64>,
+}
+
+/// W1: warm up for at least `warmup`, then `reps` timed repetitions of `n`
+/// tasks on one pool of 2 workers.
+pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchResult<W1Figures> {
+    let (pool, mut outputs) = start::<Echo>(WORKERS, W1_WINDOW).await?;
+    let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
+    let began = Instant::now();
+    let mut warm_tasks = 0;
+    while began.elapsed() < warmup {
+        w1_once(&pool, &mut outputs, n).await?;
+        warm_tasks += n;
+    }
+    let warm = (began.elapsed(), warm_tasks);
+    let worker_cpu = || -> Duration { pids.iter().filter_map(|&p| sys::process_cpu_time(p)).sum() };
+    let mut f = W1Figures {
+        rates: vec![],
+        parent_cpu_ns: vec![],
+        worker_cpu_ns: vec![],
+        switches_per_k: vec![],
+        warmup: warm,
+        rss_parent_kib: 0,
+        rss_workers_kib: vec![],
+    };
+    for _ in 0..reps {
+        let (cpu0, wcpu0, sw0) = (sys::own_cpu_time(), worker_cpu(), sys::context_switches());
+        let took = w1_once(&pool, &mut outputs, n).await?;
+        let (cpu1, wcpu1, sw1) = (sys::own_cpu_time(), worker_cpu(), sys::context_switches());
+        f.rates.push(n as f64 / took.as_secs_f64());
+        f.parent_cpu_ns
+            .push((cpu1 - cpu0).as_nanos() as f64 / n as f64);
+        f.worker_cpu_ns
+            .push((wcpu1.saturating_sub(wcpu0)).as_nanos() as f64 / n as f64);
+        f.switches_per_k
+            .push((sw1 - sw0) as f64 * 1000.0 / n as f64);
+    }
+    f.rss_parent_kib = sys::rss_kib(std::process::id()).unwrap_or(0);
+    f.rss_workers_kib = pids.iter().filter_map(|&p| sys::rss_kib(p)).collect();
+    pool.shutdown().await;
+    Ok(f)
+}
+
+/// W2: `reps` series of `n` sequential calls, each series after `warmup`
+/// uncounted calls, on one pool. Also returns the workers' allowed CPUs.
+pub(crate) async fn w2_series(
+    reps: usize,
+    warmup: usize,
+    n: usize,
+) -> BenchResult<(Vec<Latency>, Vec<String>)> {
+    let (pool, _outputs) = start::<Echo>(WORKERS, W1_WINDOW).await?;
+    let cpus = pool
+        .pids()
+        .into_iter()
+        .flatten()
+        .filter_map(sys::cpus_allowed)
+        .collect();
+    let mut series = Vec::with_capacity(reps);
+    let mut x = 0u64;
+    for _ in 0..reps {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..warmup + n {
+            x += 1;
+            let t = Instant::now();
+            let y = pool.call(x).await.map_err(|e| e.to_string())?;
+            let ns = t.elapsed().as_nanos() as u64;
+            if y != 2 * x {
+                return Err(format!("W2: call({x}) answered {y}").into());
+            }
+            if i >= warmup {
+                samples.push(ns);
+            }
+        }
+        series.push(Latency::from_nanos(&samples));
+    }
+    pool.shutdown().await;
+    Ok((series, cpus))
+}
+
+/// W3 on a started pool: `n` tasks that each sleep 50 ms; wall time.
+pub(crate) async fn w3_once(
+    pool: &Pool<Sleeper>,
+    outputs: &mut Outputs<u64>,
+    n: u64,
+) -> BenchResult<Duration> {
+    stream(pool, outputs, n, |_| W3_SLEEP_MS, |_| {}).await
+}
+
+/// W3's ideal wall time: waves of `workers × 1,000` concurrent 50 ms sleeps.
+pub(crate) fn w3_ideal(n: u64, workers: usize) -> Duration {
+    let waves = n.div_ceil((workers * W3_IN_FLIGHT) as u64);
+    Duration::from_millis(waves * W3_SLEEP_MS)
+}
+
+/// W4 on a started pool: `n` tasks of 1 ms busy loop and a 10 ms sleep.
+pub(crate) async fn w4_once(
+    pool: &Pool<Mixed>,
+    outputs: &mut Outputs<u64>,
+    n: u64,
+) -> BenchResult<Duration> {
+    let task = MixedTask {
+        spin_us: W4_SPIN_US,
+        sleep_ms: W4_SLEEP_MS,
+    };
+    stream(pool, outputs, n, move |_| task, |_| {}).await
+}
+
+/// W4's ideal wall time: the busy loops shared evenly by the workers (each
+/// has a core of its own at best).
+pub(crate) fn w4_ideal(n: u64, workers: usize) -> Duration {
+    let cores = workers.min(std::thread::available_parallelism().map_or(1, usize::from));
+    Duration::from_micros(n * u64::from(W4_SPIN_US) / cores as u64)
+}
+
+/// The W5 payload: 1 MiB of the byte pattern the peers use.
+pub(crate) fn w5_payload() -> ByteBuf {
+    ByteBuf::from((0..W5_SIZE).map(|i| i as u8).collect::<Vec<u8>>())
+}
+
+/// W5 on a started pool: `n` payloads of 1 MiB echoed; wall time. Every
+/// echo's length and ends are checked.
+pub(crate) async fn w5_once(
+    pool: &Pool<Bytes>,
+    outputs: &mut Outputs<ByteBuf>,
+    n: u64,
+) -> BenchResult<Duration> {
+    let data = w5_payload();
+    let (first, last) = (data[0], data[W5_SIZE - 1]);
+    let mut bad = 0u64;
+    // `submit` takes the task by value, so each one is a copy of the payload,
+    // as in a program that sends a fresh buffer each time.
+    let took = stream(
+        pool,
+        outputs,
+        n,
+        move |_| data.clone(),
+        |b| {
+            if b.len() != W5_SIZE || b[0] != first || b[W5_SIZE - 1] != last {
+                bad += 1;
+            }
+        },
+    )
+    .await?;
+    if bad > 0 {
+        return Err(format!("W5: {bad} echoes differ from their task").into());
+    }
+    Ok(took)
+}
+
+/// W6: starts a pool of `workers` and shuts it down with no tasks; returns
+/// (start, stop).
+pub(crate) async fn w6_once(workers: usize) -> BenchResult<(Duration, Duration)> {
+    let t0 = Instant::now();
+    let (pool, outputs) = Pool::<Echo>::builder()
+        .workers(workers)
+        .name("bench")
+        .start()
+        .await?;
+    let t1 = Instant::now();
+    let report = pool.shutdown().await;
+    let t2 = Instant::now();
+    drop(outputs);
+    if !report.drained {
+        return Err("W6: the pool did not drain".into());
+    }
+    Ok((t1 - t0, t2 - t1))
+}
