@@ -180,6 +180,8 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
                 .with("parent_cpu_ns_per_task", median(&f.parent_cpu_ns))
                 .with("worker_cpu_ns_per_task", median(&f.worker_cpu_ns))
                 .with("parent_switches_per_1k_tasks", median(&f.switches_per_k))
+                .with("cpus_busy_machine", f.cpu.machine)
+                .with("cpus_bench", f.cpu.bench)
         };
         let mut row = diag(Row::new(name, s, "tasks/s"));
         if let Some(echo1) = limits.echo_1pair {
@@ -254,23 +256,20 @@ fn w2(
 
 fn w3(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
     progress(&format!("W3: {} tasks of a 50 ms sleep", plan.w3_n));
-    let walls = rt.block_on(async {
+    let (walls, cpu) = rt.block_on(async {
         let (pool, mut outputs) = wl::start::<Sleeper>(wl::WORKERS, wl::W3_IN_FLIGHT).await?;
         wl::probe_all(&pool, || 0).await?;
-        let mut walls = Vec::new();
-        for _ in 0..plan.reps {
-            walls.push(
-                wl::w3_once(&pool, &mut outputs, plan.w3_n)
-                    .await?
-                    .as_secs_f64(),
-            );
-        }
+        let n = plan.w3_n;
+        let r = wl::reps_on(&pool, &mut outputs, plan.reps, async |p, o| {
+            wl::w3_once(p, o, n).await
+        })
+        .await?;
         pool.shutdown().await;
-        BenchResult::Ok(walls)
+        BenchResult::Ok(r)
     })?;
     let ideal = wl::w3_ideal(plan.w3_n, wl::WORKERS).as_secs_f64();
     rows.push(
-        Row::new("W3", Summary::of(&walls), "s")
+        with_cpu(Row::new("W3", secs(&walls), "s"), cpu)
             .target("ideal", ideal, Target::AtMost(1.05))
             .with("n", plan.w3_n)
             .with("in_flight_per_worker", wl::W3_IN_FLIGHT),
@@ -283,27 +282,24 @@ fn w4(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
         "W4: {} tasks of 1 ms CPU + 10 ms sleep",
         plan.w4_n
     ));
-    let walls = rt.block_on(async {
+    let (walls, cpu) = rt.block_on(async {
         let (pool, mut outputs) = wl::start::<Mixed>(wl::WORKERS, wl::W3_IN_FLIGHT).await?;
         wl::probe_all(&pool, || crate::workers::MixedTask {
             spin_us: 0,
             sleep_ms: 0,
         })
         .await?;
-        let mut walls = Vec::new();
-        for _ in 0..plan.reps {
-            walls.push(
-                wl::w4_once(&pool, &mut outputs, plan.w4_n)
-                    .await?
-                    .as_secs_f64(),
-            );
-        }
+        let n = plan.w4_n;
+        let r = wl::reps_on(&pool, &mut outputs, plan.reps, async |p, o| {
+            wl::w4_once(p, o, n).await
+        })
+        .await?;
         pool.shutdown().await;
-        BenchResult::Ok(walls)
+        BenchResult::Ok(r)
     })?;
     let ideal = wl::w4_ideal(plan.w4_n, wl::WORKERS).as_secs_f64();
     rows.push(
-        Row::new("W4", Summary::of(&walls), "s")
+        with_cpu(Row::new("W4", secs(&walls), "s"), cpu)
             .target("ideal", ideal, Target::AtMost(1.10))
             .with("n", plan.w4_n)
             .with("in_flight_per_worker", wl::W3_IN_FLIGHT),
@@ -313,19 +309,24 @@ fn w4(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
 
 fn w5(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
     progress(&format!("W5: {} payloads of 1 MiB echoed", plan.w5_n));
-    let rates = rt.block_on(async {
+    let (walls, cpu) = rt.block_on(async {
         let (pool, mut outputs) = wl::start::<Bytes>(wl::WORKERS, wl::W5_IN_FLIGHT).await?;
         // Warm-up: the buffers grow to their working size.
         wl::w5_once(&pool, &mut outputs, plan.w5_n.min(50)).await?;
-        let mut rates = Vec::new();
-        for _ in 0..plan.reps {
-            let wall = wl::w5_once(&pool, &mut outputs, plan.w5_n).await?;
-            rates.push((plan.w5_n as usize * wl::W5_SIZE) as f64 / wall.as_secs_f64() / 1e6);
-        }
+        let n = plan.w5_n;
+        let r = wl::reps_on(&pool, &mut outputs, plan.reps, async |p, o| {
+            wl::w5_once(p, o, n).await
+        })
+        .await?;
         pool.shutdown().await;
-        BenchResult::Ok(rates)
+        BenchResult::Ok(r)
     })?;
-    let mut row = Row::new("W5", Summary::of(&rates), "MB/s")
+    let bytes = (plan.w5_n as usize * wl::W5_SIZE) as f64;
+    let rates: Vec<f64> = walls
+        .iter()
+        .map(|w| bytes / w.as_secs_f64() / 1e6)
+        .collect();
+    let mut row = with_cpu(Row::new("W5", Summary::of(&rates), "MB/s"), cpu)
         .with("n", plan.w5_n)
         .with("in_flight_per_worker", wl::W5_IN_FLIGHT);
     if let Some(bulk) = limits.bulk {
@@ -333,6 +334,17 @@ fn w5(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
     }
     rows.push(row);
     Ok(())
+}
+
+/// The median of wall times, in seconds.
+fn secs(walls: &[Duration]) -> Summary {
+    Summary::of(&walls.iter().map(Duration::as_secs_f64).collect::<Vec<_>>())
+}
+
+/// Adds how busy the machine and the bench were, in CPUs on average.
+fn with_cpu(row: Row, cpu: sys::CpuUse) -> Row {
+    row.with("cpus_busy_machine", cpu.machine)
+        .with("cpus_bench", cpu.bench)
 }
 
 fn w6(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {

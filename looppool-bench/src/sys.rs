@@ -5,7 +5,7 @@
 //! std does not wrap.
 
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The thread ids of this process.
 fn threads() -> io::Result<Vec<libc::pid_t>> {
@@ -126,6 +126,71 @@ pub(crate) fn process_cpu_time(pid: u32) -> Option<Duration> {
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// Busy time of the whole machine so far, all CPUs together, from
+/// `/proc/stat` (user, nice, system, irq, softirq, steal).
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// CPU use over an interval: the whole machine's, and the bench's own
+/// (this process and the given workers). Tells whether a figure was
+/// limited by other processes on a shared machine.
+#[derive(Debug)]
+pub(crate) struct CpuMeter {
+    t0: Instant,
+    machine0: Duration,
+    own0: Duration,
+    pids: Vec<u32>,
+    workers0: Duration,
+}
+
+/// What a [`CpuMeter`] saw, in CPUs busy on average over the interval.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuUse {
+    pub(crate) machine: f64,
+    pub(crate) bench: f64,
+}
+
+impl CpuMeter {
+    pub(crate) fn start(pids: &[u32]) -> CpuMeter {
+        let workers0 = pids.iter().filter_map(|&p| process_cpu_time(p)).sum();
+        CpuMeter {
+            t0: Instant::now(),
+            machine0: machine_busy(),
+            own0: own_cpu_time(),
+            pids: pids.to_vec(),
+            workers0,
+        }
+    }
+
+    pub(crate) fn stop(&self) -> CpuUse {
+        let wall = self.t0.elapsed().as_secs_f64().max(1e-9);
+        let workers: Duration = self.pids.iter().filter_map(|&p| process_cpu_time(p)).sum();
+        let bench = (own_cpu_time() - self.own0) + workers.saturating_sub(self.workers0);
+        CpuUse {
+            machine: (machine_busy().saturating_sub(self.machine0)).as_secs_f64() / wall,
+            bench: bench.as_secs_f64() / wall,
+        }
+    }
 }
 
 /// Voluntary and involuntary context switches of this process's main thread.

@@ -135,6 +135,8 @@ pub(crate) struct W1Figures {
     pub(crate) switches_per_k: Vec<f64>,
     /// How long the warm-up ran, and how many tasks it took.
     pub(crate) warmup: (Duration, u64),
+    /// CPU use over the timed repetitions.
+    pub(crate) cpu: sys::CpuUse,
     /// Resident memory after the series: parent, then each worker (KiB).
     pub(crate) rss_parent_kib: u64,
     pub(crate) rss_workers_kib: Vec<u64>,
@@ -159,9 +161,14 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
         worker_cpu_ns: vec![],
         switches_per_k: vec![],
         warmup: warm,
+        cpu: sys::CpuUse {
+            machine: 0.0,
+            bench: 0.0,
+        },
         rss_parent_kib: 0,
         rss_workers_kib: vec![],
     };
+    let meter = sys::CpuMeter::start(&pids);
     for _ in 0..reps {
         let (cpu0, wcpu0, sw0) = (sys::own_cpu_time(), worker_cpu(), sys::context_switches());
         let took = w1_once(&pool, &mut outputs, n).await?;
@@ -174,6 +181,7 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
         f.switches_per_k
             .push((sw1 - sw0) as f64 * 1000.0 / n as f64);
     }
+    f.cpu = meter.stop();
     f.rss_parent_kib = sys::rss_kib(std::process::id()).unwrap_or(0);
     f.rss_workers_kib = pids.iter().filter_map(|&p| sys::rss_kib(p)).collect();
     pool.shutdown().await;
@@ -214,6 +222,23 @@ pub(crate) async fn w2_series(
     }
     pool.shutdown().await;
     Ok((series, cpus))
+}
+
+/// Runs `once` `reps` times on a started pool; returns each wall time and
+/// the CPU use over all of them.
+pub(crate) async fn reps_on<W: Worker>(
+    pool: &Pool<W>,
+    outputs: &mut Outputs<W::Output>,
+    reps: usize,
+    mut once: impl AsyncFnMut(&Pool<W>, &mut Outputs<W::Output>) -> BenchResult<Duration>,
+) -> BenchResult<(Vec<Duration>, sys::CpuUse)> {
+    let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
+    let meter = sys::CpuMeter::start(&pids);
+    let mut walls = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        walls.push(once(pool, outputs).await?);
+    }
+    Ok((walls, meter.stop()))
 }
 
 /// W3 on a started pool: `n` tasks that each sleep 50 ms; wall time.
