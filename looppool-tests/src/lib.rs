@@ -69,6 +69,25 @@ pub enum Job {
     Hold(u64),
     /// Emit an output of this many bytes' worth (a vector), exercising frame limits.
     Big(u64),
+    /// Log `message` at `level` (1 error … 5 trace) with a field
+    /// `answer = 42`, inside a span `probe_task{job="log"}`; emit nothing.
+    Log {
+        /// 1 (error) to 5 (trace).
+        level: u8,
+        /// The message.
+        message: String,
+    },
+    /// Log `count` events of `bytes` bytes each at info, all in one poll;
+    /// then emit `count`.
+    LogFlood {
+        /// How many events.
+        count: u32,
+        /// Size of each message.
+        bytes: u32,
+    },
+    /// Panic with this message in a background task (outside any handler);
+    /// emit 0 at once.
+    PanicInBackground(String),
 }
 
 /// The init payload of a [`Probe`].
@@ -175,6 +194,31 @@ impl Worker for Probe {
                 // A u64 output cannot be big; report the size we were asked for.
                 let payload = vec![0u8; bytes as usize];
                 cx.emit(payload.len() as u64).await?;
+            }
+            Job::Log { level, message } => {
+                let span = tracing::info_span!("probe_task", job = "log");
+                let _entered = span.enter();
+                match level {
+                    1 => tracing::error!(answer = 42, "{message}"),
+                    2 => tracing::warn!(answer = 42, "{message}"),
+                    3 => tracing::info!(answer = 42, "{message}"),
+                    4 => tracing::debug!(answer = 42, "{message}"),
+                    _ => tracing::trace!(answer = 42, "{message}"),
+                }
+            }
+            Job::LogFlood { count, bytes } => {
+                let message = "x".repeat(bytes as usize);
+                for i in 0..count {
+                    tracing::info!(i, "{message}");
+                }
+                cx.emit(count.into()).await?;
+            }
+            Job::PanicInBackground(message) => {
+                tokio::task::spawn_local(async move {
+                    tokio::task::yield_now().await;
+                    panic!("{message}");
+                });
+                cx.emit(0).await?;
             }
         }
         Ok(())

@@ -152,6 +152,15 @@
 //!   for other transports.
 //! - `codec` and `protocol`: framing, and the wire messages.
 //! - `sys`: the only module with `unsafe` (parent-death signal, descriptors).
+//! - [`metrics`]: stats, resource reports, statsd and Prometheus, the
+//!   blocked-loop detector, and worker logs forwarded to the parent.
+//!
+//! # Feature flags
+//!
+//! - `statsd` (on by default): `PoolBuilder::statsd` sends reports to a
+//!   statsd server, with the `cadence` crate.
+//! - `prometheus`: `PoolBuilder::prometheus` serves the pool's figures at
+//!   `/metrics`, encoded with the `prometheus-client` crate.
 //!
 //! # Platform support
 //!
@@ -161,6 +170,7 @@
 
 mod codec;
 mod error;
+pub mod metrics;
 mod pool;
 mod protocol;
 mod supervisor;
@@ -173,6 +183,7 @@ pub use error::{
     BuildError, CallError, EmitError, EmitErrorKind, ExitStatus, LossCause, StartError,
     SubmitError, SubmitErrorKind, TaskError, WorkerLost,
 };
+pub use metrics::{PoolStats, WorkerReport, WorkerStats};
 pub use pool::{Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId};
 pub use supervisor::{RecycleReason, RestartPolicy, WorkerEvent};
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

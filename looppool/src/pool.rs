@@ -151,6 +151,33 @@ impl<W: Worker> Pool<W> {
         self.inner.lanes.first().map_or(0, |l| l.capacity())
     }
 
+    /// A snapshot of the pool's figures: per worker and in all, the tasks in
+    /// flight, done, failed and lost, restarts, blocked-loop episodes,
+    /// dropped log events, and each worker's last resource report (see
+    /// [`PoolBuilder::report_interval`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: looppool::Pool<impl looppool::Worker>) {
+    /// let stats = pool.stats();
+    /// for w in &stats.workers {
+    ///     if let Some(r) = &w.last_report {
+    ///         println!("worker {}: cpu {:.2}, rss {} bytes", w.worker, r.cpu, r.rss_bytes);
+    ///     }
+    /// }
+    /// println!("{} in flight, {} done, {} failed", stats.in_flight, stats.done, stats.failed);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> crate::metrics::PoolStats {
+        crate::metrics::collect(&self.inner.sup)
+    }
+
+    /// The address the Prometheus endpoint listens on (see
+    /// `PoolBuilder::prometheus`, with the `prometheus` feature), or `None`
+    /// when it is off.
+    pub fn prometheus_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.lanes[0].obs.hub()?.prometheus_addr()
+    }
+
     /// Why the pool failed (too many restarts), if it did.
     pub fn failure(&self) -> Option<String> {
         self.inner.sup.failure()

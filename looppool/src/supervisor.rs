@@ -513,6 +513,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// policy allows.
     fn report_lost(&self, held: Vec<Held<O>>, lost: &WorkerLost, outputs: &BatchSender<O>) {
         let mut items = Vec::new();
+        let mut reported = 0;
         for task in held {
             match task.retry {
                 Some(retry)
@@ -532,6 +533,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 }
                 _ => match task.call {
                     Some(tx) => {
+                        reported += 1;
                         let _ = tx.send(CallOutcome::Lost(lost.clone()));
                     }
                     None => items.push(Output::Lost {
@@ -540,6 +542,10 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     }),
                 },
             }
+        }
+        reported += items.len() as u64;
+        if reported > 0 {
+            self.lanes[lost.worker].obs.count_lost(reported);
         }
         if !items.is_empty() {
             let _ = outputs.send(Batch {

@@ -132,6 +132,21 @@ pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user plus system) this process has used, all threads.
+pub(crate) fn cpu_time() -> std::time::Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` through a valid pointer and
+    // touches nothing else; on failure the zeroed value stays.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 /// A short name for a signal number.
 pub(crate) fn signal_name(signal: i32) -> &'static str {
     match signal {

@@ -11,7 +11,11 @@ use serde::{de::DeserializeOwned, Serialize};
 
 mod context;
 pub(crate) mod entry;
+mod logging;
+mod observe;
+mod report;
 pub(crate) mod runtime;
+mod watchdog;
 
 pub use context::{Emitter, InitContext, TaskContext};
 pub use entry::{run_if_worker, WORKER_ENV};

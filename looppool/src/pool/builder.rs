@@ -77,6 +77,9 @@ pub struct PoolBuilder<W: Worker> {
     tuning: Tuning,
     recycle_rss: Option<u64>,
     task_timeout: Option<Duration>,
+    /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
+    /// the methods in `crate::metrics`.
+    pub(crate) observe: crate::metrics::Config,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -117,6 +120,7 @@ impl<W: Worker> PoolBuilder<W> {
             tuning: Tuning::default(),
             recycle_rss: None,
             task_timeout: None,
+            observe: Default::default(),
             _worker: PhantomData,
         }
     }
@@ -339,6 +343,7 @@ impl<W: Worker> PoolBuilder<W> {
                 "task_timeout(0) would fail every task; use a positive duration",
             ));
         }
+        self.observe.validate()?;
         let max_workers = self.max_workers.unwrap_or((workers * 4).max(16)).min(4096);
         if max_workers < workers {
             return Err(BuildError::new(format!(
@@ -360,6 +365,7 @@ impl<W: Worker> PoolBuilder<W> {
         let (workers, max_workers, task_credits, output_credits) = self.validate()?;
         let init_payload = launch::encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
+        let (observe, hub) = self.observe.prepare(&self.name).await?;
         let spec = LaunchSpec {
             program: self.program,
             args: self.args,
@@ -373,10 +379,12 @@ impl<W: Worker> PoolBuilder<W> {
             inherit_signals: self.signals == Signals::Default,
             title: self.titles,
             task_timeout: self.task_timeout,
+            observe,
         };
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
             .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))
             .collect();
+        hub.attach(&lanes);
 
         // Start all workers at once; they boot in parallel.
         let mut launching = tokio::task::JoinSet::new();
@@ -423,6 +431,7 @@ impl<W: Worker> PoolBuilder<W> {
         if let Some(limit) = self.recycle_rss {
             sup.spawn_memory_watch(limit);
         }
+        hub.spawn_tasks(&sup);
         let outputs = Outputs::new(rx, lanes.clone());
         Ok((Pool::from_parts(lanes, sup), outputs))
     }

@@ -68,6 +68,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     outputs: BatchSender<O>,
 ) -> ReadEnd {
     let worker = lane.index;
+    let pid = lane.lock().pid;
     let mut events: Vec<Event<O>> = Vec::new();
     let mut bye = false;
     loop {
@@ -120,7 +121,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 },
                 FromWorker::Done(slot) => events.push(Event::Slot(SlotEvent::Done { slot })),
                 FromWorker::Failed { slot, failure } => {
-                    tracing::warn!(worker, message = %failure.message, panicked = failure.panicked, "task failed");
+                    tracing::warn!(worker, pid, message = %failure.message, panicked = failure.panicked, "task failed");
                     events.push(Event::Slot(SlotEvent::Failed {
                         slot,
                         message: failure.message,
@@ -129,7 +130,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 }
                 FromWorker::Bye => bye = true,
                 FromWorker::Pong(_) => lane.pong(),
-                FromWorker::Report(_) | FromWorker::Log(_) => {}
+                FromWorker::Report(body) => crate::metrics::on_report(&lane, pid, body),
+                FromWorker::Log(body) => crate::metrics::on_log(&lane, pid, body),
                 FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
                     return ReadEnd::Broken("handshake message after the handshake".into())
                 }

@@ -98,6 +98,8 @@ pub(crate) struct LaneState<O> {
     pub(crate) recycle_at: Option<u64>,
     /// Why the current worker is being recycled, if it is.
     pub(crate) recycle_reason: Option<crate::supervisor::RecycleReason>,
+    /// Done, failed and started counts for stats, per worker index.
+    pub(crate) counters: crate::metrics::LaneCounters,
 }
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
@@ -157,6 +159,8 @@ pub(crate) struct Lane<O> {
     /// When the worker last answered a ping, in ms since `epoch`.
     pong_ms: AtomicU64,
     epoch: Instant,
+    /// Reports, blocked-loop episodes and other rare figures.
+    pub(crate) obs: crate::metrics::LaneObs,
 }
 
 impl<O> std::fmt::Debug for Lane<O> {
@@ -194,6 +198,7 @@ impl<O> Lane<O> {
                 completed: 0,
                 recycle_at: None,
                 recycle_reason: None,
+                counters: Default::default(),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -202,6 +207,7 @@ impl<O> Lane<O> {
             unresponsive: AtomicBool::new(false),
             pong_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            obs: Default::default(),
         }
     }
 
@@ -382,6 +388,7 @@ impl<O> Lane<O> {
         st.pid = pid;
         st.status = Status::Open;
         st.completed = 0;
+        st.counters.starts += 1;
         st.recycle_at = recycle_at;
         st.recycle_reason = None;
         st.out.clear();
@@ -506,6 +513,14 @@ pub(crate) enum Delivered<O> {
 pub(crate) struct UnknownSlot(pub(crate) u32);
 
 impl<O> LaneState<O> {
+    /// The task a slot holds, if it holds one.
+    pub(crate) fn task_in_slot(&self, slot: u32) -> Option<TaskId> {
+        match self.slots.get(slot as usize) {
+            Some(Slot::Busy { id, .. }) => Some(*id),
+            _ => None,
+        }
+    }
+
     /// True when some submitter waits for this lane.
     pub(crate) fn space_waiters_any(&self) -> bool {
         self.space_waiters > 0
@@ -553,6 +568,7 @@ impl<O> LaneState<O> {
                 }
                 self.free.push(slot);
                 self.completed += 1;
+                self.counters.done += 1;
                 *freed += 1;
             }
             SlotEvent::Failed {
@@ -574,6 +590,7 @@ impl<O> LaneState<O> {
                 }
                 self.free.push(slot);
                 self.completed += 1;
+                self.counters.failed += 1;
                 *freed += 1;
             }
         }

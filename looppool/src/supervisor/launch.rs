@@ -34,6 +34,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) inherit_signals: bool,
     pub(crate) title: bool,
     pub(crate) task_timeout: Option<Duration>,
+    /// Reports, blocked-loop watch and log forwarding.
+    pub(crate) observe: crate::metrics::WorkerSettings,
 }
 
 /// A worker that completed its handshake and ran its initialiser.
@@ -117,6 +119,9 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
         .stdin(Stdio::null());
     if spec.inherit_signals {
         cmd.env(SIGNALS_ENV, "inherit");
+    }
+    if let Some((addr, prefix)) = &spec.observe.statsd {
+        cmd.env(crate::metrics::STATSD_ENV, format!("{addr} {prefix}"));
     }
     if spec.title {
         cmd.arg0(title(spec, index));
@@ -211,6 +216,7 @@ pub(crate) async fn handshake(
     // writing to descriptor 3 from making us buffer much.
     let mut reader = FrameReader::new(reader, DEFAULT_MAX_FRAME.min(spec.max_frame.max(64 * 1024)));
     let mut sent_init = false;
+    let mut pid = 0;
     loop {
         let msg = loop {
             match reader.next_frame() {
@@ -253,9 +259,9 @@ pub(crate) async fn handshake(
                     pool: spec.pool_name.clone(),
                     output_credits: spec.output_credits,
                     max_frame: spec.max_frame as u64,
-                    report_interval_ms: 0,
-                    blocked_threshold_ms: 0,
-                    log_level: 0,
+                    report_interval_ms: spec.observe.report_interval_ms,
+                    blocked_threshold_ms: spec.observe.blocked_threshold_ms,
+                    log_level: spec.observe.log_level,
                     task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
                 };
                 let mut buf = Vec::new();
@@ -265,10 +271,15 @@ pub(crate) async fn handshake(
                     return Err(fail(format!("cannot send init: {e}")));
                 }
                 sent_init = true;
+                pid = hello.pid;
                 // From here on the worker may send frames up to the pool's limit.
                 reader.set_max_frame(spec.max_frame);
             }
             FromWorker::Ready if sent_init => return Ok((reader, writer)),
+            // The initialiser's log events.
+            FromWorker::Log(body) if sent_init => {
+                crate::metrics::relay_log(&spec.pool_name, index, pid, body);
+            }
             FromWorker::InitFailed(message) if sent_init => {
                 return Err(StartError::Init {
                     worker: index,

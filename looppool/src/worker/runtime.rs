@@ -30,14 +30,14 @@ pub(crate) const EXIT_PROTOCOL: i32 = 5;
 pub(crate) struct Shared {
     pub(crate) index: usize,
     pub(crate) pool_name: String,
-    max_frame: usize,
+    pub(crate) max_frame: usize,
     out: RefCell<OutBuf>,
     /// Woken on the empty → non-empty transition of `out.buf`.
     writer_wake: Notify,
     /// Woken when the parent returns output credits.
     credit_wake: Notify,
     /// Tasks started and not yet completed.
-    running: Cell<usize>,
+    pub(crate) running: Cell<usize>,
     /// Woken when `running` drops to zero.
     idle: Notify,
     /// Set when the parent asked the worker to stop.
@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     closing: Cell<bool>,
     /// Tasks running longer than this fail.
     task_timeout: Option<std::time::Duration>,
+    /// Counts for reports, and the blocked-loop watch.
+    pub(crate) obs: super::observe::Observe,
 }
 
 /// Frames waiting to be written, and the output window.
@@ -67,6 +69,26 @@ impl Shared {
         if was_empty && !out.buf.is_empty() {
             self.writer_wake.notify_one();
         }
+    }
+
+    /// Appends a frame that is not an output (a report or a log record)
+    /// unless the out buffer already holds `limit` bytes or is in use
+    /// further up this thread's stack; false when it did not.
+    pub(crate) fn try_push_frame(&self, limit: usize, f: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Ok(mut out) = self.out.try_borrow_mut() else {
+            return false;
+        };
+        if out.buf.len() >= limit {
+            return false;
+        }
+        let was_empty = out.buf.is_empty();
+        f(&mut out.buf);
+        out.last_output = None;
+        drop(out);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        true
     }
 
     pub(crate) fn try_emit<O: Serialize>(
@@ -93,6 +115,7 @@ impl Shared {
         }
         out.credits -= 1;
         out.last_output = slot.map(|s| (start, s));
+        self.obs.outputs.set(self.obs.outputs.get() + 1);
         drop(out);
         if was_empty {
             self.writer_wake.notify_one();
@@ -132,6 +155,7 @@ impl Shared {
             }
             out.last_output = None;
         });
+        self.obs.done.set(self.obs.done.get() + 1);
         let running = self.running.get() - 1;
         self.running.set(running);
         if running == 0 {
@@ -270,8 +294,10 @@ pub(crate) async fn serve_connection<W: Worker>(conn: Connection) -> i32 {
         closing: Cell::new(false),
         task_timeout: (init.task_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(init.task_timeout_ms)),
+        obs: super::observe::Observe::new(&init),
     });
     let writer_task = tokio::task::spawn_local(write_loop(shared.clone(), writer));
+    super::observe::begin(&shared);
 
     // The user's initialiser.
     let init_value = codec::get_serde::<W::Init>(&init_payload)
@@ -303,6 +329,7 @@ pub(crate) async fn serve_connection<W: Worker>(conn: Connection) -> i32 {
         }
     };
     shared.push_simple(kind::READY, None);
+    super::observe::start(&shared);
 
     tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader));
 
@@ -405,14 +432,20 @@ fn start_task<W: Worker>(worker: &Rc<W>, shared: &Rc<Shared>, slot: u32, task: W
     let mut noop = Context::from_waker(Waker::noop());
     // The handler is polled again by the spawned task (with a real waker) if
     // it is not ready now, so the no-op waker loses nothing.
-    let polled =
-        in_task(|| std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))));
+    let polled = shared.obs.polling(shared, slot, || {
+        in_task(|| std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))))
+    });
     match polled {
         Ok(Poll::Ready(result)) => shared.complete(slot, result.map_err(failure_of)),
         Ok(Poll::Pending) => {
             let shared = shared.clone();
             tokio::task::spawn_local(async move {
-                let result = match CatchUnwind(fut).await {
+                let polling = super::observe::Polling {
+                    shared: &shared,
+                    slot,
+                    fut: CatchUnwind(fut),
+                };
+                let result = match polling.await {
                     Ok(result) => result.map_err(failure_of),
                     Err(message) => Err(Failure {
                         message,
@@ -486,14 +519,15 @@ fn in_task<R>(f: impl FnOnce() -> R) -> R {
 
 /// Records each panic's location so the failure sent to the parent names it.
 /// Panics under a catcher are reported as task failures, which the parent
-/// logs; any other panic (in background work) is printed here.
+/// logs; any other panic (in background work) is forwarded to the parent's
+/// log, or printed here when forwarding is off.
 fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if IN_TASK.with(Cell::get) {
             let location = info.location().map(|l| l.to_string());
             PANIC_LOCATION.with(|cell| *cell.borrow_mut() = location);
-        } else {
+        } else if !super::logging::forward_panic(info) {
             default(info);
         }
     }));
