@@ -152,8 +152,9 @@ pub(crate) fn encode(stats: &PoolStats) -> String {
     text
 }
 
-/// Serves `GET /metrics` on `listener` until the pool is gone (`collect`
-/// returns `None`) or the task is aborted.
+/// Serves `GET /metrics` on `listener` until the task is aborted (when the
+/// pool is dropped); once the pool is gone (`collect` returns `None`) it
+/// answers 503.
 pub(crate) async fn serve<F>(listener: TcpListener, collect: F)
 where
     F: Fn() -> Option<PoolStats> + Send + Sync + Clone + 'static,
@@ -246,7 +247,7 @@ async fn reply(
     stream.shutdown().await
 }
 
-/// The address a listener for `addr` is bound to, for errors.
+/// Binds the endpoint's listener (port 0 picks a free port).
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
