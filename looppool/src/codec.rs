@@ -19,12 +19,19 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 pub(crate) enum CodecError {
     /// A frame's body is larger than the connection's limit.
     TooLarge { len: usize, max: usize },
-    /// A frame ended before one of its fields did.
+    /// A frame ended before one of its fields did, or the stream ended
+    /// inside a frame.
     Truncated,
+    /// A length prefix of zero: every frame has at least its kind byte.
+    EmptyFrame,
     /// A varint was longer than its type allows.
     BadVarint,
-    /// serde failed to encode or decode a payload.
+    /// Bytes were left over after the last field of a message or value.
+    Trailing(usize),
+    /// serde failed to encode a value.
     Serde(String),
+    /// A payload's bytes are not a valid encoding of the expected type.
+    Decode(String),
 }
 
 impl std::fmt::Display for CodecError {
@@ -34,8 +41,12 @@ impl std::fmt::Display for CodecError {
                 write!(f, "frame of {len} bytes exceeds the limit of {max} bytes")
             }
             CodecError::Truncated => f.write_str("frame truncated"),
+            CodecError::EmptyFrame => f.write_str("empty frame (a length prefix of 0)"),
             CodecError::BadVarint => f.write_str("malformed varint"),
-            CodecError::Serde(msg) => write!(f, "serialization failed: {msg}"),
+            CodecError::Trailing(1) => f.write_str("1 unexpected trailing byte"),
+            CodecError::Trailing(n) => write!(f, "{n} unexpected trailing bytes"),
+            CodecError::Serde(msg) => f.write_str(msg),
+            CodecError::Decode(msg) => write!(f, "payload does not decode: {msg}"),
         }
     }
 }
@@ -94,11 +105,8 @@ pub(crate) fn put_serde<T: Serialize + ?Sized>(
 pub(crate) fn get_serde<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(CodecError::Serde(format!(
-            "{} trailing bytes after the value",
-            rest.len()
-        ))),
-        Err(e) => Err(CodecError::Serde(e.to_string())),
+        Ok((_, rest)) => Err(CodecError::Trailing(rest.len())),
+        Err(e) => Err(CodecError::Decode(e.to_string())),
     }
 }
 
@@ -173,10 +181,7 @@ impl<'a> Fields<'a> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(CodecError::Serde(format!(
-                "{} unexpected trailing bytes",
-                self.rest.len()
-            )))
+            Err(CodecError::Trailing(self.rest.len()))
         }
     }
 }
@@ -214,7 +219,7 @@ impl FrameDecoder {
             return Err(CodecError::TooLarge { len, max: self.max });
         }
         if len == 0 {
-            return Err(CodecError::Truncated);
+            return Err(CodecError::EmptyFrame);
         }
         if avail.len() < HEADER_LEN + len {
             return Ok(None);
@@ -230,7 +235,8 @@ impl FrameDecoder {
             return HEADER_LEN - avail.len();
         }
         let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        (HEADER_LEN + len).saturating_sub(avail.len())
+        // An oversize frame is refused by `next_frame`: never ask for its bytes.
+        (HEADER_LEN + len.min(self.max)).saturating_sub(avail.len())
     }
 
     /// Drops the consumed frames from the front of `buf`.

@@ -111,6 +111,10 @@ pub(crate) enum FromWorker<'a> {
 pub(crate) enum ProtocolError {
     Codec(CodecError),
     UnknownKind(u8),
+    /// A hello that does not start with [`HELLO_MAGIC`].
+    NoMagic,
+    /// A message whose fields are well-formed but contradict each other.
+    Invalid(&'static str),
 }
 
 impl From<CodecError> for ProtocolError {
@@ -124,6 +128,8 @@ impl std::fmt::Display for ProtocolError {
         match self {
             ProtocolError::Codec(e) => e.fmt(f),
             ProtocolError::UnknownKind(k) => write!(f, "unknown message kind 0x{k:02x}"),
+            ProtocolError::NoMagic => f.write_str("a hello without the looppool magic bytes"),
+            ProtocolError::Invalid(what) => f.write_str(what),
         }
     }
 }
@@ -136,7 +142,7 @@ impl<'a> ToWorker<'a> {
         let msg = match f.u8()? {
             kind::INIT => {
                 let (init, rest) = postcard::take_from_bytes::<Init>(f.rest())
-                    .map_err(|e| CodecError::Serde(e.to_string()))?;
+                    .map_err(|e| CodecError::Decode(e.to_string()))?;
                 return Ok(ToWorker::Init(init, rest));
             }
             kind::TASK => {
@@ -163,7 +169,7 @@ impl<'a> FromWorker<'a> {
             kind::HELLO => {
                 let rest = f.rest();
                 if rest.len() < HELLO_MAGIC.len() || &rest[..4] != HELLO_MAGIC {
-                    return Err(CodecError::Serde("hello without the looppool magic".into()).into());
+                    return Err(ProtocolError::NoMagic);
                 }
                 let mut f = Fields::new(&rest[4..]);
                 let protocol = f.varint_u32()?;
@@ -184,7 +190,9 @@ impl<'a> FromWorker<'a> {
                 let slot = f
                     .varint_u32()?
                     .checked_sub(1)
-                    .ok_or(CodecError::Truncated)?;
+                    .ok_or(ProtocolError::Invalid(
+                        "a task's last output names no task (slot tag 0)",
+                    ))?;
                 return Ok(FromWorker::OutputDone {
                     slot,
                     payload: f.rest(),

@@ -80,6 +80,9 @@ impl std::fmt::Display for ReadError {
 /// hundreds of small frames.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// An empty read buffer larger than this is given back to the allocator.
+const SHRINK_ABOVE: usize = 4 * 1024 * 1024;
+
 impl FrameReader {
     pub(crate) fn new(io: ReadHalf, max_frame: usize) -> Self {
         FrameReader {
@@ -98,13 +101,20 @@ impl FrameReader {
     /// error if the stream ends inside a frame.
     pub(crate) async fn fill(&mut self) -> Result<bool, ReadError> {
         self.decoder.compact(&mut self.buf);
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            // One large frame must not pin its buffer for the connection's life.
+            self.buf = Vec::with_capacity(READ_CHUNK);
+        }
         let want = self.decoder.wanted(&self.buf).max(READ_CHUNK);
         self.buf.reserve(want);
-        let n = self
-            .io
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(ReadError::Io)?;
+        let n = match self.io.read_buf(&mut self.buf).await {
+            Ok(n) => n,
+            // A peer that exits with input it never read resets the
+            // connection rather than closing it: for us the stream ends
+            // there all the same, cleanly or inside a frame.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(ReadError::Io(e)),
+        };
         if n == 0 {
             return if self.buf.is_empty() {
                 Ok(false)
