@@ -116,3 +116,620 @@ fn wrong_direction_and_unknown_kinds_are_errors() {
     assert!(FromWorker::decode(&[kind::DONE]).is_err());
     assert!(FromWorker::decode(&[kind::BYE, 0]).is_err());
 }
+
+#[test]
+fn a_hello_without_magic_and_a_slotless_last_output_say_what_they_are() {
+    assert_eq!(
+        FromWorker::decode(&[kind::HELLO, b'X', b'Y', b'Z', b'W', 1]),
+        Err(ProtocolError::NoMagic)
+    );
+    let err = FromWorker::decode(&[kind::OUTPUT_DONE, 0, 5]).unwrap_err();
+    assert!(err.to_string().contains("names no task"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Property tests: every message survives encoding, re-chunking and decoding;
+// cut, mutated and random bodies are refused (or decode to something else)
+// and never panic; the parent's reader path ends cleanly on any stream.
+// ---------------------------------------------------------------------------
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use crate::pool::connection::{read_loop, ReadEnd};
+use crate::pool::lane::Lane;
+use crate::pool::outputs::Output;
+use crate::transport::FrameReader;
+
+const MANY: u32 = 400_000;
+const SOME: u32 = 100_000;
+const FEW: u32 = 40_000;
+
+/// A worker → parent message, owned, for generating and comparing.
+#[derive(Debug, Clone, PartialEq)]
+enum Up {
+    Hello(u64, String, u32),
+    Ready,
+    InitFailed(String),
+    Output(Option<u32>, u64),
+    OutputDone(u32, u64),
+    Done(u32),
+    Failed(u32, String, bool),
+    Bye,
+    Report(Vec<u8>),
+    Log(Vec<u8>),
+    Pong(u64),
+}
+
+/// A parent → worker message, owned. `Init` carries its encoded fields.
+#[derive(Debug, Clone, PartialEq)]
+enum Down {
+    Init(Vec<u8>),
+    Task(u32, String),
+    Credit(u32),
+    Stop,
+    Ping(u64),
+}
+
+fn text() -> impl Strategy<Value = String> {
+    vec(any::<char>(), 0..6).prop_map(|c| c.into_iter().collect())
+}
+
+fn up_strategy() -> impl Strategy<Value = Up> {
+    let slot = 0..u32::MAX;
+    prop_oneof![
+        (any::<u64>(), text(), any::<u32>()).prop_map(|(f, w, p)| Up::Hello(f, w, p)),
+        Just(Up::Ready),
+        text().prop_map(Up::InitFailed),
+        (proptest::option::of(slot.clone()), any::<u64>()).prop_map(|(s, v)| Up::Output(s, v)),
+        (slot.clone(), any::<u64>()).prop_map(|(s, v)| Up::OutputDone(s, v)),
+        any::<u32>().prop_map(Up::Done),
+        (any::<u32>(), text(), any::<bool>()).prop_map(|(s, m, p)| Up::Failed(s, m, p)),
+        Just(Up::Bye),
+        vec(any::<u8>(), 0..8).prop_map(Up::Report),
+        vec(any::<u8>(), 0..8).prop_map(Up::Log),
+        any::<u64>().prop_map(Up::Pong),
+    ]
+}
+
+/// The fields of an `Init` in postcard, in declaration order, plus more
+/// bytes behind them (the init payload, to the decoder). Written field by
+/// field so that the property does not depend on how many fields follow
+/// `log_level`.
+fn init_strategy() -> impl Strategy<Value = Down> {
+    (
+        any::<u32>(),
+        text(),
+        any::<u32>(),
+        any::<u64>(),
+        (any::<u64>(), any::<u64>(), any::<u8>(), any::<u64>()),
+        vec(any::<u8>(), 0..8),
+    )
+        .prop_map(
+            |(index, pool, credits, max_frame, (r, b, log, extra), payload)| {
+                let mut bytes = Vec::new();
+                codec::put_varint(&mut bytes, index.into());
+                codec::put_serde(&mut bytes, &pool).unwrap();
+                codec::put_varint(&mut bytes, credits.into());
+                codec::put_varint(&mut bytes, max_frame);
+                codec::put_varint(&mut bytes, r);
+                codec::put_varint(&mut bytes, b);
+                bytes.push(log);
+                codec::put_varint(&mut bytes, extra);
+                bytes.extend_from_slice(&payload);
+                Down::Init(bytes)
+            },
+        )
+}
+
+fn down_strategy() -> impl Strategy<Value = Down> {
+    prop_oneof![
+        init_strategy(),
+        (any::<u32>(), text()).prop_map(|(s, t)| Down::Task(s, t)),
+        any::<u32>().prop_map(Down::Credit),
+        Just(Down::Stop),
+        any::<u64>().prop_map(Down::Ping),
+    ]
+}
+
+fn encode_up(buf: &mut Vec<u8>, msg: &Up) {
+    let max = DEFAULT_MAX_FRAME;
+    match msg {
+        Up::Hello(fingerprint, worker, pid) => {
+            let hello = Hello {
+                fingerprint: *fingerprint,
+                worker: worker.clone(),
+                pid: *pid,
+            };
+            put_hello(buf, &hello, max).unwrap()
+        }
+        Up::Ready => put_simple(buf, kind::READY, None),
+        Up::InitFailed(m) => put_value(buf, kind::INIT_FAILED, m, max).unwrap(),
+        Up::Output(slot, v) => {
+            let tag = slot.map_or(0, |s| u64::from(s) + 1);
+            put_tagged(buf, kind::OUTPUT, tag, v, max).unwrap()
+        }
+        Up::OutputDone(slot, v) => {
+            put_tagged(buf, kind::OUTPUT_DONE, u64::from(*slot) + 1, v, max).unwrap()
+        }
+        Up::Done(slot) => put_simple(buf, kind::DONE, Some((*slot).into())),
+        Up::Failed(slot, message, panicked) => {
+            let failure = Failure {
+                message: message.clone(),
+                panicked: *panicked,
+            };
+            put_failed(buf, *slot, &failure, max)
+        }
+        Up::Bye => put_simple(buf, kind::BYE, None),
+        Up::Report(b) | Up::Log(b) => {
+            let k = if matches!(msg, Up::Report(_)) {
+                kind::REPORT
+            } else {
+                kind::LOG
+            };
+            let start = codec::begin_frame(buf, k);
+            buf.extend_from_slice(b);
+            codec::finish_frame(buf, start, max).unwrap()
+        }
+        Up::Pong(n) => put_simple(buf, kind::PONG, Some(*n)),
+    }
+}
+
+fn encode_down(buf: &mut Vec<u8>, msg: &Down) {
+    let max = DEFAULT_MAX_FRAME;
+    match msg {
+        Down::Init(bytes) => {
+            let start = codec::begin_frame(buf, kind::INIT);
+            buf.extend_from_slice(bytes);
+            codec::finish_frame(buf, start, max).unwrap()
+        }
+        Down::Task(slot, t) => put_tagged(buf, kind::TASK, (*slot).into(), t, max).unwrap(),
+        Down::Credit(n) => put_simple(buf, kind::CREDIT, Some((*n).into())),
+        Down::Stop => put_simple(buf, kind::STOP, None),
+        Down::Ping(n) => put_simple(buf, kind::PING, Some(*n)),
+    }
+}
+
+/// The owned form of a decoded message; payloads decoded as the generator's
+/// types. Errors when a payload does not decode.
+fn lift_up(msg: FromWorker<'_>) -> Result<Up, CodecError> {
+    Ok(match msg {
+        FromWorker::Hello { protocol, .. } if protocol != PROTOCOL_VERSION => {
+            return Err(CodecError::Decode(format!("protocol version {protocol}")))
+        }
+        FromWorker::Hello { hello, .. } => Up::Hello(hello.fingerprint, hello.worker, hello.pid),
+        FromWorker::Ready => Up::Ready,
+        FromWorker::InitFailed(m) => Up::InitFailed(m),
+        FromWorker::Output { slot, payload } => Up::Output(slot, codec::get_serde(payload)?),
+        FromWorker::OutputDone { slot, payload } => {
+            Up::OutputDone(slot, codec::get_serde(payload)?)
+        }
+        FromWorker::Done(slot) => Up::Done(slot),
+        FromWorker::Failed { slot, failure } => Up::Failed(slot, failure.message, failure.panicked),
+        FromWorker::Bye => Up::Bye,
+        FromWorker::Report(b) => Up::Report(b.to_vec()),
+        FromWorker::Log(b) => Up::Log(b.to_vec()),
+        FromWorker::Pong(n) => Up::Pong(n),
+    })
+}
+
+fn lift_down(msg: ToWorker<'_>) -> Result<Down, CodecError> {
+    Ok(match msg {
+        ToWorker::Init(init, payload) => {
+            // Re-encode: the bytes must come out as they went in.
+            let mut frame = Vec::new();
+            put_init(&mut frame, &init, payload, DEFAULT_MAX_FRAME).unwrap();
+            Down::Init(frame[codec::HEADER_LEN + 1..].to_vec())
+        }
+        ToWorker::Task { slot, payload } => Down::Task(slot, codec::get_serde(payload)?),
+        ToWorker::Credit(n) => Down::Credit(n),
+        ToWorker::Stop => Down::Stop,
+        ToWorker::Ping(n) => Down::Ping(n),
+    })
+}
+
+/// True for kinds whose body ends in a payload the decoder hands on as is.
+fn carries_payload(kind: u8) -> bool {
+    matches!(
+        kind,
+        kind::OUTPUT | kind::OUTPUT_DONE | kind::REPORT | kind::LOG | kind::TASK | kind::INIT
+    )
+}
+
+/// Splits `wire` into frame bodies, feeding it in the pieces `cuts` gives.
+fn split_frames(wire: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+    points.push(wire.len());
+    points.sort_unstable();
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for point in points {
+        buf.extend_from_slice(&wire[at..point]);
+        at = point;
+        while let Some(body) = decoder.next_frame(&buf).unwrap() {
+            out.push(body.to_vec());
+        }
+        decoder.compact(&mut buf);
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(SOME))]
+
+    #[test]
+    fn prop_worker_messages_round_trip(
+        msgs in vec(up_strategy(), 0..6),
+        cuts in vec(any::<usize>(), 0..4),
+    ) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            encode_up(&mut wire, m);
+        }
+        let decoded: Vec<Up> = split_frames(&wire, &cuts)
+            .iter()
+            .map(|b| lift_up(FromWorker::decode(b).unwrap()).unwrap())
+            .collect();
+        prop_assert_eq!(decoded, msgs);
+    }
+
+    #[test]
+    fn prop_parent_messages_round_trip(
+        msgs in vec(down_strategy(), 0..6),
+        cuts in vec(any::<usize>(), 0..4),
+    ) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            encode_down(&mut wire, m);
+        }
+        let decoded: Vec<Down> = split_frames(&wire, &cuts)
+            .iter()
+            .map(|b| lift_down(ToWorker::decode(b).unwrap()).unwrap())
+            .collect();
+        prop_assert_eq!(decoded, msgs);
+    }
+
+    #[test]
+    fn prop_a_cut_message_is_never_taken_for_the_whole(
+        up in up_strategy(),
+        down in down_strategy(),
+        cut in any::<usize>(),
+    ) {
+        // Cut each body anywhere after its kind byte: it must fail to decode,
+        // or (for kinds that end in a payload) its payload must.
+        let mut frame = Vec::new();
+        encode_up(&mut frame, &up);
+        let body = &frame[codec::HEADER_LEN..];
+        if body.len() > 1 {
+            let short = &body[..1 + cut % (body.len() - 1)];
+            match FromWorker::decode(short) {
+                Err(_) => {}
+                Ok(msg) => {
+                    prop_assert!(carries_payload(body[0]), "{up:?} cut to {short:?} decoded as {msg:?}");
+                    prop_assert_ne!(lift_up(msg).ok(), Some(up.clone()));
+                }
+            }
+        }
+        let mut frame = Vec::new();
+        encode_down(&mut frame, &down);
+        let body = &frame[codec::HEADER_LEN..];
+        if body.len() > 1 {
+            let short = &body[..1 + cut % (body.len() - 1)];
+            match ToWorker::decode(short) {
+                Err(_) => {}
+                Ok(msg) => {
+                    prop_assert!(carries_payload(body[0]), "{down:?} cut to {short:?} decoded as {msg:?}");
+                    prop_assert_ne!(lift_down(msg).ok(), Some(down.clone()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prop_mutated_messages_never_panic(
+        up in up_strategy(),
+        down in down_strategy(),
+        flips in vec((any::<usize>(), any::<u8>()), 1..3),
+    ) {
+        for mut body in [
+            { let mut f = Vec::new(); encode_up(&mut f, &up); f.split_off(codec::HEADER_LEN) },
+            { let mut f = Vec::new(); encode_down(&mut f, &down); f.split_off(codec::HEADER_LEN) },
+        ] {
+            for &(at, xor) in &flips {
+                let n = body.len();
+                body[at % n] ^= xor;
+            }
+            if let Ok(msg) = FromWorker::decode(&body) {
+                prop_assert!(body[0] >= 0x80, "a parent kind decoded as a worker message");
+                let _ = lift_up(msg);
+            }
+            if let Ok(msg) = ToWorker::decode(&body) {
+                prop_assert!(body[0] < 0x80, "a worker kind decoded as a parent message");
+                let _ = lift_down(msg);
+            }
+        }
+    }
+}
+
+/// A first byte that is usually a real kind, so that random bodies reach
+/// the field decoders rather than stop at an unknown kind.
+fn kind_strategy() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => prop::sample::select(vec![
+            kind::INIT, kind::TASK, kind::CREDIT, kind::STOP, kind::PING,
+            kind::HELLO, kind::READY, kind::INIT_FAILED, kind::OUTPUT, kind::DONE,
+            kind::OUTPUT_DONE, kind::FAILED, kind::BYE, kind::REPORT, kind::LOG, kind::PONG,
+        ]),
+        1 => any::<u8>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(MANY))]
+
+    #[test]
+    fn prop_random_bodies_never_panic_the_decoders(
+        first in kind_strategy(),
+        magic in any::<bool>(),
+        rest in vec(any::<u8>(), 0..24),
+    ) {
+        let mut body = vec![first];
+        if magic && first == kind::HELLO {
+            body.extend_from_slice(HELLO_MAGIC);
+        }
+        body.extend_from_slice(&rest);
+        match FromWorker::decode(&body) {
+            Ok(msg) => {
+                prop_assert!(first >= 0x80);
+                let _ = lift_up(msg);
+            }
+            Err(ProtocolError::UnknownKind(k)) => {
+                prop_assert_eq!(k, first);
+                prop_assert!(!(kind::HELLO..=kind::PONG).contains(&k));
+            }
+            Err(_) => prop_assert!((kind::HELLO..=kind::PONG).contains(&first)),
+        }
+        match ToWorker::decode(&body) {
+            Ok(msg) => {
+                prop_assert!(first < 0x80);
+                let _ = lift_down(msg);
+            }
+            Err(ProtocolError::UnknownKind(k)) => {
+                prop_assert_eq!(k, first);
+                prop_assert!(!(kind::INIT..=kind::PING).contains(&k));
+            }
+            Err(_) => prop_assert!((kind::INIT..=kind::PING).contains(&first)),
+        }
+    }
+}
+
+// ----- The parent's reader path -------------------------------------------
+
+/// An in-memory stream that hands out its bytes in the pieces `cuts` says,
+/// as a socket's reads would.
+struct Chunked {
+    data: Vec<u8>,
+    at: usize,
+    stops: Vec<usize>,
+}
+
+impl Chunked {
+    fn new(data: Vec<u8>, cuts: &[usize]) -> Self {
+        let mut stops: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        stops.push(data.len());
+        stops.sort_unstable();
+        stops.dedup();
+        stops.reverse();
+        Chunked { data, at: 0, stops }
+    }
+}
+
+impl tokio::io::AsyncRead for Chunked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.stops.last().is_some_and(|&s| s <= self.at) && self.stops.len() > 1 {
+            self.stops.pop();
+        }
+        let stop = self.stops.last().copied().unwrap_or(self.data.len());
+        let n = (stop - self.at).min(buf.remaining());
+        let at = self.at;
+        buf.put_slice(&self.data[at..at + n]);
+        self.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Runs a future whose IO is all in memory, so it never waits for a wake-up.
+fn run_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    for _ in 0..10_000 {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+    panic!("the reader waited on an in-memory stream");
+}
+
+/// What the parent's reader made of a stream.
+struct Read {
+    end: ReadEnd,
+    items: Vec<Output<u64>>,
+    in_flight: usize,
+}
+
+/// Feeds `wire` to the parent's real reader (`read_loop`) for a lane that
+/// holds `tasks` submitted tasks, in slots `0..tasks`.
+fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -> Read {
+    let lane = Arc::new(Lane::<u64>::new(0, 8, max_frame, 0));
+    let generation = lane.open(1, None).unwrap();
+    for _ in 0..tasks {
+        lane.try_push(&(), None).map_err(|_| ()).unwrap();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = FrameReader::new(Box::pin(Chunked::new(wire, cuts)), max_frame);
+    let end = run_ready(read_loop(lane.clone(), generation, reader, tx));
+    let mut items = Vec::new();
+    while let Ok(batch) = rx.try_recv() {
+        items.extend(batch.items);
+    }
+    Read {
+        end,
+        items,
+        in_flight: lane.in_flight(),
+    }
+}
+
+/// A well-behaved worker's stream for tasks in slots `0..n`: each gets
+/// `outputs[i]` values, then completes, fails, or completes with its last
+/// output; unsolicited outputs, pongs and logs are mixed in.
+fn worker_stream_strategy() -> impl Strategy<Value = (u32, Vec<Up>)> {
+    (1u32..8).prop_flat_map(|n| {
+        let per_task = vec((vec(any::<u64>(), 0..3), 0u8..3), n as usize);
+        let extras = vec(
+            prop_oneof![
+                any::<u64>().prop_map(|v| Up::Output(None, v)),
+                any::<u64>().prop_map(Up::Pong),
+                vec(any::<u8>(), 0..4).prop_map(Up::Log),
+            ],
+            0..3,
+        );
+        (per_task, extras, any::<bool>()).prop_map(move |(per_task, extras, bye)| {
+            let mut msgs = extras;
+            for (slot, (values, end)) in per_task.into_iter().enumerate() {
+                let slot = slot as u32;
+                let last = values.last().copied();
+                let body = values
+                    .len()
+                    .saturating_sub(usize::from(end == 2 && last.is_some()));
+                for &v in &values[..body] {
+                    msgs.push(Up::Output(Some(slot), v));
+                }
+                msgs.push(match (end, last) {
+                    (2, Some(v)) => Up::OutputDone(slot, v),
+                    (1, _) => Up::Failed(slot, format!("task {slot} failed"), false),
+                    _ => Up::Done(slot),
+                });
+            }
+            if bye {
+                msgs.push(Up::Bye);
+            }
+            (n, msgs)
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(FEW))]
+
+    #[test]
+    fn prop_the_reader_delivers_a_valid_stream_whole(
+        (tasks, msgs) in worker_stream_strategy(),
+        cuts in vec(any::<usize>(), 0..6),
+    ) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            encode_up(&mut wire, m);
+        }
+        let read = read_as_parent(wire, &cuts, tasks, DEFAULT_MAX_FRAME);
+        let bye = msgs.last() == Some(&Up::Bye);
+        prop_assert!(matches!((&read.end, bye), (ReadEnd::Bye, true) | (ReadEnd::Eof, false)), "{:?}", read.end);
+        prop_assert_eq!(read.in_flight, 0, "every task completed");
+        // Every value and failure arrives, in the worker's order.
+        let mut want = Vec::new();
+        for m in &msgs {
+            match m {
+                Up::Output(slot, v) => want.push(format!("value {slot:?} {v}")),
+                Up::OutputDone(slot, v) => want.push(format!("value {:?} {v}", Some(*slot))),
+                Up::Failed(slot, message, _) => want.push(format!("failed {slot} {message}")),
+                _ => {}
+            }
+        }
+        let got: Vec<String> = read
+            .items
+            .iter()
+            .map(|item| match item {
+                Output::Value { task, value, .. } => {
+                    format!("value {:?} {value}", task.map(|t| t.seq() as u32))
+                }
+                Output::Failed(e) => format!("failed {} {}", e.task.seq(), e.message),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn prop_the_reader_reports_a_cut_stream_as_broken(
+        (tasks, msgs) in worker_stream_strategy(),
+        cut in any::<usize>(),
+        cuts in vec(any::<usize>(), 0..4),
+    ) {
+        let mut wire = Vec::new();
+        let mut boundaries = vec![0];
+        for m in &msgs {
+            encode_up(&mut wire, m);
+            boundaries.push(wire.len());
+        }
+        let cut = cut % wire.len();
+        wire.truncate(cut);
+        let read = read_as_parent(wire, &cuts, tasks, DEFAULT_MAX_FRAME);
+        if boundaries.contains(&cut) {
+            // Cut between frames: a clean end, as far as the bytes tell.
+            prop_assert!(matches!(read.end, ReadEnd::Eof | ReadEnd::Bye), "{:?}", read.end);
+        } else {
+            prop_assert!(
+                matches!(&read.end, ReadEnd::Broken(why) if why.contains("truncated")),
+                "{:?}", read.end
+            );
+        }
+    }
+
+    #[test]
+    fn prop_the_reader_ends_cleanly_on_any_bytes(
+        (tasks, msgs) in worker_stream_strategy(),
+        flips in vec((any::<usize>(), any::<u8>()), 0..3),
+        garbage in vec(any::<u8>(), 0..16),
+        cuts in vec(any::<usize>(), 0..4),
+        max_frame in prop_oneof![Just(16usize), Just(DEFAULT_MAX_FRAME)],
+    ) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            encode_up(&mut wire, m);
+        }
+        for &(at, xor) in &flips {
+            let n = wire.len();
+            wire[at % n] ^= xor;
+        }
+        if !flips.is_empty() {
+            // Mutated streams also get random bytes spliced in.
+            let at = flips[0].0 % (wire.len() + 1);
+            wire.splice(at..at, garbage);
+        }
+        let intact = flips.is_empty();
+        let read = read_as_parent(wire, &cuts, tasks, max_frame);
+        if intact && max_frame == DEFAULT_MAX_FRAME {
+            prop_assert!(!matches!(read.end, ReadEnd::Broken(_)), "{:?}", read.end);
+        }
+        // No task is reported twice, and a broken stream leaves the
+        // remaining tasks held, for the supervisor to report lost.
+        let mut seen = std::collections::HashSet::new();
+        for item in &read.items {
+            if let Output::Failed(e) = item {
+                prop_assert!(seen.insert(e.task), "task {} failed twice", e.task);
+            }
+        }
+        prop_assert!(read.in_flight <= tasks as usize);
+    }
+}
