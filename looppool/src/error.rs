@@ -189,7 +189,8 @@ impl<T> fmt::Display for SubmitError<T> {
             SubmitErrorKind::TooLarge { len, max } => {
                 write!(
                     f,
-                    "task of {len} bytes exceeds the frame limit of {max} bytes"
+                    "task of {len} bytes exceeds the frame limit of {max} bytes \
+                     (raise PoolBuilder::max_frame, or send smaller tasks)"
                 )
             }
             SubmitErrorKind::Encode(msg) => write!(f, "cannot serialize task: {msg}"),
@@ -252,7 +253,11 @@ impl fmt::Display for LossCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LossCause::Crashed => f.write_str("worker crashed"),
-            LossCause::Protocol(e) => write!(f, "protocol violation: {e}"),
+            LossCause::Protocol(e) => write!(
+                f,
+                "protocol violation: {e} (are parent and worker built from the same \
+                 sources? does something in the worker write to descriptor 3?)"
+            ),
             LossCause::ShutdownDeadline => f.write_str("killed at the shutdown deadline"),
             LossCause::PoolKilled => f.write_str("pool killed"),
             LossCause::Unresponsive => f.write_str("worker stopped answering heartbeats"),
@@ -417,7 +422,8 @@ impl<O> fmt::Display for EmitError<O> {
             EmitErrorKind::TooLarge { len, max } => {
                 write!(
                     f,
-                    "output of {len} bytes exceeds the frame limit of {max} bytes"
+                    "output of {len} bytes exceeds the frame limit of {max} bytes \
+                     (raise PoolBuilder::max_frame, or emit smaller outputs)"
                 )
             }
             EmitErrorKind::Encode(msg) => write!(f, "cannot serialize output: {msg}"),

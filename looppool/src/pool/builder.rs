@@ -281,7 +281,7 @@ impl<W: Worker> PoolBuilder<W> {
         };
         if workers > 4096 {
             return Err(BuildError::new(format!(
-                "workers({workers}) is more than the 4096 a pool supports"
+                "workers({workers}) is more than the 4096 a pool supports; use at most 4096"
             )));
         }
         let per_worker = |what: &str, total: Option<usize>| -> Result<u32, BuildError> {
@@ -296,21 +296,24 @@ impl<W: Worker> PoolBuilder<W> {
                 .ok()
                 .filter(|&n| n <= 1 << 24)
                 .ok_or_else(|| {
-                    BuildError::new(format!("{what}({total}) allows more than 2^24 per worker"))
+                    BuildError::new(format!(
+                        "{what}({total}) allows more than 2^24 per worker; lower {what} or raise workers"
+                    ))
                 })
         };
         let tasks = per_worker("max_tasks", self.max_tasks)?;
         let results = per_worker("max_results", self.max_results)?;
         if self.max_frame < 1024 {
             return Err(BuildError::new(format!(
-                "max_frame({}) is below the 1024-byte minimum",
+                "max_frame({}) is below the 1024-byte minimum; use at least 1024",
                 self.max_frame
             )));
         }
         if self.max_frame > u32::MAX as usize {
             return Err(BuildError::new(format!(
-                "max_frame({}) is above 4 GiB - 1",
-                self.max_frame
+                "max_frame({}) is above 4 GiB - 1; use at most {}",
+                self.max_frame,
+                u32::MAX
             )));
         }
         if self.name.is_empty() || self.name.contains('\0') {
@@ -321,8 +324,11 @@ impl<W: Worker> PoolBuilder<W> {
         if let Some(program) = &self.program {
             if !program.is_file() {
                 return Err(BuildError::new(format!(
-                    "worker program {} does not exist or is not a file",
-                    program.display()
+                    "worker program {} does not exist or is not a file; pass the path of a \
+                     program whose main starts with looppool::worker_main!({}) (in tests, \
+                     env!(\"CARGO_BIN_EXE_<name>\") names a binary of the package)",
+                    program.display(),
+                    W::NAME
                 )));
             }
         }
@@ -336,6 +342,11 @@ impl<W: Worker> PoolBuilder<W> {
         if self.tuning.recycle_tasks == Some(0) {
             return Err(BuildError::new(
                 "recycle_after_tasks(0) would recycle workers before any task; use at least 1",
+            ));
+        }
+        if self.start_timeout.is_zero() {
+            return Err(BuildError::new(
+                "start_timeout(0) leaves no time for a worker to start; use a positive duration",
             ));
         }
         if self.task_timeout.is_some_and(|t| t.is_zero()) {

@@ -5,12 +5,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::codec::{self, DEFAULT_MAX_FRAME};
+use crate::codec;
 use crate::error::StartError;
 use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
 use crate::sys;
@@ -139,12 +140,13 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
         source,
     })?;
     let pid = child.id();
+    let hello_seen = AtomicBool::new(false);
     let handshaken = async {
         let conn = Connection::unix(parent_end).map_err(|e| StartError::Handshake {
             worker: index,
             reason: e.to_string(),
         })?;
-        handshake(spec, index, conn).await
+        handshake_tracked(spec, index, conn, &hello_seen).await
     };
     let result = tokio::time::timeout(spec.start_timeout, handshaken).await;
     let failure = match result {
@@ -157,10 +159,22 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
             })
         }
         Ok(Err(e)) => e,
+        Err(_) if !hello_seen.load(Ordering::Relaxed) => StartError::Handshake {
+            worker: index,
+            reason: format!(
+                "{} sent no hello within {:?}: is it a looppool worker program, with \
+                 looppool::worker_main!({}) as the first line of main? (If it starts \
+                 slowly, raise start_timeout.)",
+                program.display(),
+                spec.start_timeout,
+                spec.worker_name,
+            ),
+        },
         Err(_) => StartError::Handshake {
             worker: index,
             reason: format!(
-                "no ready message within {:?} (a slow initialiser? raise start_timeout)",
+                "no ready message within {:?}: the initialiser is still running \
+                 (raise start_timeout, or make init faster)",
                 spec.start_timeout
             ),
         },
@@ -200,32 +214,60 @@ fn early_exit_reason(
     }
 }
 
+/// The largest hello accepted: a stray program writing to descriptor 3
+/// must not make the parent buffer much before it is recognised.
+const HELLO_LIMIT: usize = 64 * 1024;
+
 /// The parent's half of the handshake, over any transport: check the
 /// worker's hello, send its init, wait for its initialiser's verdict.
+/// (The local transport uses [`handshake_tracked`] directly.)
+#[allow(dead_code)]
 pub(crate) async fn handshake(
     spec: &LaunchSpec,
     index: usize,
     conn: Connection,
 ) -> Result<(FrameReader, transport::WriteHalf), StartError> {
+    handshake_tracked(spec, index, conn, &AtomicBool::new(false)).await
+}
+
+/// [`handshake`], setting `hello_seen` once the worker's hello arrived, so
+/// that a timeout can tell a silent program from a slow initialiser.
+async fn handshake_tracked(
+    spec: &LaunchSpec,
+    index: usize,
+    conn: Connection,
+    hello_seen: &AtomicBool,
+) -> Result<(FrameReader, transport::WriteHalf), StartError> {
     let fail = |reason: String| StartError::Handshake {
         worker: index,
         reason,
     };
+    let not_a_worker = |e: &dyn std::fmt::Display| {
+        fail(format!(
+            "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
+             looppool hello ({e}); use a program whose main starts with \
+             looppool::worker_main!({})",
+            program_path(spec).display(),
+            spec.worker_name
+        ))
+    };
     let Connection { reader, mut writer } = conn;
-    // The handshake frames are small: a low limit keeps a stray program
-    // writing to descriptor 3 from making us buffer much.
-    let mut reader = FrameReader::new(reader, DEFAULT_MAX_FRAME.min(spec.max_frame.max(64 * 1024)));
+    let mut reader = FrameReader::new(reader, HELLO_LIMIT);
     let mut sent_init = false;
     let mut pid = 0;
     loop {
         let msg = loop {
             match reader.next_frame() {
+                Ok(Some(body)) if !sent_init => {
+                    break FromWorker::decode(body).map_err(|e| not_a_worker(&e))?
+                }
                 Ok(Some(body)) => {
                     break FromWorker::decode(body)
-                        .map_err(|e| fail(format!("not a looppool worker: {e}")))?
+                        .map_err(|e| fail(format!("broke the protocol after its hello: {e}")))?
                 }
                 Ok(None) => {}
-                Err(e) => return Err(fail(format!("not a looppool worker: {e}"))),
+                Err(e) if !sent_init => return Err(not_a_worker(&e)),
+                Err(e) => return Err(fail(format!("broke the protocol after its hello: {e}"))),
             }
             match reader.fill().await {
                 Ok(true) => {}
@@ -235,10 +277,12 @@ pub(crate) async fn handshake(
         };
         match msg {
             FromWorker::Hello { protocol, hello } if !sent_init => {
+                hello_seen.store(true, Ordering::Relaxed);
                 if protocol != PROTOCOL_VERSION {
                     return Err(fail(format!(
-                        "the worker speaks protocol version {protocol}, this pool speaks {PROTOCOL_VERSION}: \
-                         build both from the same looppool version"
+                        "{} speaks looppool protocol version {protocol}, this pool speaks \
+                         {PROTOCOL_VERSION}: build both from the same looppool version",
+                        program_path(spec).display()
                     )));
                 }
                 if hello.worker != spec.worker_name {
@@ -249,9 +293,12 @@ pub(crate) async fn handshake(
                 }
                 if hello.fingerprint != spec.fingerprint {
                     return Err(fail(format!(
-                        "worker {:?} was built with different message types (fingerprint {:016x}, expected {:016x}): \
-                         rebuild the worker program from the same sources as the parent",
-                        spec.worker_name, hello.fingerprint, spec.fingerprint
+                        "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
+                         expected {:016x}): rebuild the worker program from the same sources as the parent",
+                        spec.worker_name,
+                        program_path(spec).display(),
+                        hello.fingerprint,
+                        spec.fingerprint
                     )));
                 }
                 let init = Init {
