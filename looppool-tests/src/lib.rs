@@ -88,6 +88,18 @@ pub enum Job {
     /// Panic with this message in a background task (outside any handler);
     /// emit 0 at once.
     PanicInBackground(String),
+    /// Write these bytes straight to the connection (fd 3), bypassing the
+    /// runtime, then complete normally: a worker that breaks the protocol.
+    WriteRaw(Vec<u8>),
+    /// Write these bytes straight to the connection, block the loop for
+    /// `linger_ms` (so that what the parent sends meanwhile stays unread),
+    /// then exit with code 0: a frame cut short by a dying worker, say.
+    WriteRawThenExit {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Milliseconds to block between the write and the exit.
+        linger_ms: u64,
+    },
 }
 
 /// The init payload of a [`Probe`].
@@ -220,6 +232,12 @@ impl Worker for Probe {
                 });
                 cx.emit(0).await?;
             }
+            Job::WriteRaw(bytes) => write_connection(&bytes)?,
+            Job::WriteRawThenExit { bytes, linger_ms } => {
+                write_connection(&bytes)?;
+                std::thread::sleep(Duration::from_millis(linger_ms));
+                std::process::exit(0);
+            }
         }
         Ok(())
     }
@@ -228,6 +246,79 @@ impl Worker for Probe {
         if let Some(path) = &self.shutdown_marker {
             let _ = std::fs::write(path.join(format!("worker-{}", self.index)), b"bye");
         }
+    }
+}
+
+/// Writes `bytes` to the worker's connection to its parent (descriptor 3),
+/// behind the runtime's back. Safe on the worker's single-threaded loop
+/// while its writer is idle; the descriptor is non-blocking, so a full
+/// socket is waited out.
+fn write_connection(mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live buffer to a descriptor this process
+        // owns; it touches no memory of ours.
+        let n = unsafe { libc::write(3, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            return Err(err);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// What a [`Blob`] worker is asked to do: byte payloads, to exercise the
+/// frame limit in both directions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlobJob {
+    /// Emit the bytes back.
+    Echo(serde_bytes::ByteBuf),
+    /// Emit the number of bytes received, as 8 little-endian bytes.
+    Len(serde_bytes::ByteBuf),
+    /// Emit an output of this many bytes. If it is refused, fail the task
+    /// with the refusal and the size of the value `emit` gave back.
+    Make(u64),
+}
+
+/// A worker whose tasks and outputs are byte vectors; see [`BlobJob`].
+#[derive(Debug)]
+pub struct Blob;
+
+impl Worker for Blob {
+    const NAME: &'static str = "blob";
+    type Init = ();
+    type Task = BlobJob;
+    type Output = serde_bytes::ByteBuf;
+
+    async fn init(_: (), _: InitContext<serde_bytes::ByteBuf>) -> Result<Self, BoxError> {
+        Ok(Blob)
+    }
+
+    async fn handle(
+        self: Rc<Self>,
+        job: BlobJob,
+        cx: TaskContext<serde_bytes::ByteBuf>,
+    ) -> Result<(), BoxError> {
+        use serde_bytes::ByteBuf;
+        match job {
+            BlobJob::Echo(bytes) => cx.emit(bytes).await?,
+            BlobJob::Len(bytes) => {
+                let len = bytes.len() as u64;
+                cx.emit(ByteBuf::from(len.to_le_bytes().to_vec())).await?;
+            }
+            BlobJob::Make(n) => {
+                if let Err(e) = cx.emit(ByteBuf::from(vec![0x5a; n as usize])).await {
+                    let kind = e.kind().clone();
+                    let back = e.into_inner();
+                    return Err(format!("{kind:?}: given back {} bytes", back.len()).into());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -241,6 +332,16 @@ macro_rules! probe_pool {
         looppool::Pool::<$crate::Probe>::builder()
             .program(env!("CARGO_BIN_EXE_test-worker"))
             .name("probe")
+    };
+}
+
+/// A builder for a pool of [`Blob`]s run by the test worker program.
+#[macro_export]
+macro_rules! blob_pool {
+    () => {
+        looppool::Pool::<$crate::Blob>::builder()
+            .program(env!("CARGO_BIN_EXE_test-worker"))
+            .name("blob")
     };
 }
 
@@ -294,4 +395,38 @@ pub async fn next_output<O>(outputs: &mut looppool::Outputs<O>) -> looppool::Out
         .await
         .expect("an output within 20 s")
         .expect("the output stream goes on")
+}
+
+/// Open file descriptors of this process (entries of `/proc/self/fd`).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// This process's children: `(pid, state)` for every process whose parent
+/// is this one (`'Z'` is a zombie nobody reaped).
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the name in parentheses: state, then the parent's pid.
+        let mut rest = stat.rsplit_once(") ")?.1.split(' ');
+        let state = rest.next()?.chars().next()?;
+        let ppid: u32 = rest.next()?.parse().ok()?;
+        (ppid == me).then_some((pid, state))
+    })
+    .collect()
+}
+
+/// This process's resident memory in bytes (VmRSS).
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
