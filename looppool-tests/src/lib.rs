@@ -285,16 +285,30 @@ pub enum BlobJob {
 }
 
 /// A worker whose tasks and outputs are byte vectors; see [`BlobJob`].
+///
+/// Its init value is a number of outputs to emit from the initialiser
+/// (`[0]`, `[1]`, ...), which then waits a little, as an initialiser that
+/// announces itself and goes on setting up would.
 #[derive(Debug)]
 pub struct Blob;
 
 impl Worker for Blob {
     const NAME: &'static str = "blob";
-    type Init = ();
+    type Init = u8;
     type Task = BlobJob;
     type Output = serde_bytes::ByteBuf;
 
-    async fn init(_: (), _: InitContext<serde_bytes::ByteBuf>) -> Result<Self, BoxError> {
+    async fn init(announce: u8, cx: InitContext<serde_bytes::ByteBuf>) -> Result<Self, BoxError> {
+        if announce > 0 {
+            let emitter = cx.emitter();
+            for i in 0..announce {
+                emitter
+                    .emit(serde_bytes::ByteBuf::from(vec![i]))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(Blob)
     }
 

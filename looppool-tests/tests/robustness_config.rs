@@ -334,3 +334,41 @@ async fn contradictory_settings_fail_fast_and_say_what_to_change() {
         }
     }
 }
+
+/// Not a mistake: an initialiser may emit (its `InitContext::emitter` is
+/// for that). Those outputs must not reach the parent before the ready
+/// message, which would fail the handshake ("unexpected message during
+/// the handshake"); they arrive once the worker is up.
+#[tokio::test]
+async fn an_initialiser_that_emits_starts_and_its_outputs_arrive() {
+    let (pool, mut outputs) = looppool_tests::blob_pool!()
+        .workers(2)
+        .init(3)
+        .start()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        match looppool_tests::next_output(&mut outputs).await {
+            looppool::Output::Value {
+                worker,
+                task: None,
+                value,
+            } => seen.push((worker, value.into_vec())),
+            other => panic!("{other:?}"),
+        }
+    }
+    seen.sort();
+    let want: Vec<(usize, Vec<u8>)> = (0..2)
+        .flat_map(|w| (0..3u8).map(move |i| (w, vec![i])))
+        .collect();
+    assert_eq!(seen, want);
+    let echo = looppool_tests::BlobJob::Echo(vec![9u8; 3].into());
+    for w in 0..2 {
+        assert_eq!(
+            pool.call_to(w, echo.clone()).await.unwrap().into_vec(),
+            vec![9; 3]
+        );
+    }
+    pool.shutdown().await;
+}

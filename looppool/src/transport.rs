@@ -101,6 +101,12 @@ impl FrameReader {
     /// error if the stream ends inside a frame.
     pub(crate) async fn fill(&mut self) -> Result<bool, ReadError> {
         self.decoder.compact(&mut self.buf);
+        if self.decoder.wanted(&self.buf) == 0 {
+            // A whole frame is already here (read along with the last one a
+            // previous owner took, such as the handshake's ready message):
+            // hand it out before waiting for more bytes.
+            return Ok(true);
+        }
         if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
             // One large frame must not pin its buffer for the connection's life.
             self.buf = Vec::with_capacity(READ_CHUNK);

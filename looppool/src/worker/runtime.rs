@@ -59,6 +59,10 @@ struct OutBuf {
     /// Where the last frame in `buf` starts, when it is an output of a task
     /// (start offset, slot): a completion right behind it is folded into it.
     last_output: Option<(usize, u32)>,
+    /// Outputs emitted before the ready message (by the initialiser or its
+    /// background work): the parent reads only handshake messages until
+    /// then, so they are held here and queued right behind it.
+    early: Option<Vec<u8>>,
 }
 
 impl Shared {
@@ -104,9 +108,14 @@ impl Shared {
             return Err(EmitError::new(EmitErrorKind::Full, value));
         }
         let was_empty = out.buf.is_empty();
-        let start = out.buf.len();
+        let early = out.early.is_some();
+        let OutBuf {
+            buf, early: held, ..
+        } = &mut *out;
+        let target = held.as_mut().unwrap_or(buf);
+        let start = target.len();
         let tag = slot.map_or(0, |s| u64::from(s) + 1);
-        match protocol::put_tagged(&mut out.buf, kind::OUTPUT, tag, &value, self.max_frame) {
+        match protocol::put_tagged(target, kind::OUTPUT, tag, &value, self.max_frame) {
             Ok(()) => {}
             Err(CodecError::TooLarge { len, max }) => {
                 return Err(EmitError::new(EmitErrorKind::TooLarge { len, max }, value))
@@ -114,10 +123,12 @@ impl Shared {
             Err(e) => return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value)),
         }
         out.credits -= 1;
-        out.last_output = slot.map(|s| (start, s));
+        if !early {
+            out.last_output = slot.map(|s| (start, s));
+        }
         self.obs.outputs.set(self.obs.outputs.get() + 1);
         drop(out);
-        if was_empty {
+        if was_empty && !early {
             self.writer_wake.notify_one();
         }
         Ok(())
@@ -284,6 +295,7 @@ pub(crate) async fn serve_connection<W: Worker>(conn: Connection) -> i32 {
             buf: Vec::with_capacity(64 * 1024),
             credits: init.output_credits,
             last_output: None,
+            early: Some(Vec::new()),
         }),
         writer_wake: Notify::new(),
         credit_wake: Notify::new(),
@@ -328,7 +340,13 @@ pub(crate) async fn serve_connection<W: Worker>(conn: Connection) -> i32 {
             return EXIT_INIT_FAILED;
         }
     };
-    shared.push_simple(kind::READY, None);
+    shared.push_with(|out| {
+        protocol::put_simple(&mut out.buf, kind::READY, None);
+        if let Some(early) = out.early.take() {
+            out.buf.extend_from_slice(&early);
+        }
+        out.last_output = None;
+    });
     super::observe::start(&shared);
 
     tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader));
