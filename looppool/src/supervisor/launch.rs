@@ -179,6 +179,14 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
             ),
         },
     };
+    if matches!(&failure, StartError::Handshake { reason, .. } if reason == EARLY_EOF) {
+        // It closed its end, so it is exiting: let it, so that its own exit
+        // status (not our kill) tells what happened.
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     let _ = child.kill();
     let status = child.wait().ok().map(crate::error::ExitStatus::from);
     Err(match failure {
