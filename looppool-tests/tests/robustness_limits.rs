@@ -159,3 +159,41 @@ async fn a_frame_limit_below_the_minimum_is_a_configuration_error() {
         "{text}"
     );
 }
+
+/// The output window (`max_results`) holds while a worker drains to be
+/// recycled: the credits its outputs free go back to it, so that its last
+/// tasks can finish (they used not to, and the pool hung).
+#[tokio::test]
+async fn a_worker_draining_for_recycling_gets_its_output_credits_back() {
+    let (pool, mut outputs) = looppool_tests::probe_pool!()
+        .workers(1)
+        .max_results(2)
+        .recycle_after_tasks(1)
+        .start()
+        .await
+        .unwrap();
+    let first_pid = pool.pids()[0];
+    // The repeat completes first and starts the recycling; the sleep still
+    // runs, and its output needs a credit the repeat's outputs used.
+    let sleep = looppool_tests::Job::Sleep { ms: 100, value: 1 };
+    let slow = pool.submit(sleep).await.unwrap();
+    let repeat = looppool_tests::Job::Repeat {
+        value: 7,
+        times: 20,
+    };
+    pool.submit(repeat).await.unwrap();
+    let mut sevens = 0;
+    let mut slow_done = false;
+    while sevens < 20 || !slow_done {
+        match next_output(&mut outputs).await {
+            Output::Value { value: 7, .. } => sevens += 1,
+            Output::Value { task, value: 1, .. } if task == Some(slow) => slow_done = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Drained and replaced, and the replacement serves.
+    let job = looppool_tests::Job::WhoAmI;
+    assert_eq!(pool.call(job).await.unwrap(), 0);
+    assert_ne!(pool.pids()[0], first_pid);
+    pool.shutdown().await;
+}

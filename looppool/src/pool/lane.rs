@@ -368,7 +368,14 @@ impl<O> Lane<O> {
             return;
         }
         let mut st = self.lock();
-        if st.generation == generation && matches!(st.status, Status::Open | Status::Stopping) {
+        // A worker that stops or drains for recycling still runs its tasks,
+        // which may still emit: it needs its credits back to finish.
+        if st.generation == generation
+            && matches!(
+                st.status,
+                Status::Open | Status::Stopping | Status::Recycling
+            )
+        {
             self.push_control(&mut st, kind::CREDIT, Some(n.into()));
         }
     }
