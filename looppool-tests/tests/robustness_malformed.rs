@@ -346,3 +346,52 @@ async fn a_frame_cut_short_by_a_worker_dying_with_unread_input_is_a_protocol_los
     assert_eq!(pool.call(Job::WhoAmI).await.unwrap(), 0);
     pool.shutdown().await;
 }
+
+/// A worker that sends outputs without waiting for credits would fill the
+/// parent's memory: past its window it is cut off like any other
+/// protocol breaker, and the tasks it held are lost.
+#[tokio::test]
+async fn outputs_beyond_the_credit_window_are_a_protocol_loss() {
+    let (pool, mut outputs) = probe_pool!()
+        .workers(1)
+        .max_results(4)
+        .start()
+        .await
+        .unwrap();
+    let old_pid = pool.pids()[0].unwrap();
+    let sleep = Job::Sleep {
+        ms: 60_000,
+        value: 0,
+    };
+    let held = pool.submit(sleep).await.unwrap();
+    // Ten unsolicited outputs (tag 0, values 100..110) where the window
+    // allows four.
+    let flood: Vec<u8> = (100..110u8).flat_map(|v| frame(OUTPUT, &[0, v])).collect();
+    let flooder = pool.submit(Job::WriteRaw(flood)).await.unwrap();
+    let mut unsolicited = 0;
+    loop {
+        match next_output(&mut outputs).await {
+            Output::Value {
+                task: None, value, ..
+            } => {
+                assert!((100..110).contains(&value));
+                unsolicited += 1;
+            }
+            Output::Lost { task, lost } if task == held => {
+                assert_eq!(lost.pid, old_pid);
+                assert!(
+                    matches!(&lost.cause, LossCause::Protocol(w) if w.contains("exceeded its output credit window")),
+                    "{lost}"
+                );
+                break;
+            }
+            // It may complete in the same read as its flood, or be lost.
+            Output::Lost { task, .. } if task == flooder => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(unsolicited <= 10);
+    assert_eq!(pool.call(Job::Double(4)).await.unwrap(), 8);
+    assert_ne!(pool.pids()[0], Some(old_pid));
+    pool.shutdown().await;
+}

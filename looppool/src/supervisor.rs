@@ -338,7 +338,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             .tuning
             .recycle_tasks
             .map(|n| jittered(n, pid.into()).max(1));
-        let generation = self.lanes[index].open(pid, recycle_at)?;
+        let generation = self.lanes[index].open(pid, recycle_at, self.spec.output_credits)?;
         if self.stopping.load(Ordering::SeqCst) {
             // A shutdown began while this worker was starting.
             self.lanes[index].stop();

@@ -146,6 +146,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
         let mut credits_back = 0u32;
         let mut freed = 0usize;
         let mut bad_slot = None;
+        let mut overdrawn = None;
         let waiters;
         {
             let mut st = lane.lock();
@@ -189,6 +190,11 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                     st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
                 }
             }
+            // Every output spends one of the worker's credits.
+            st.output_window -= i64::from(credits_held) + i64::from(credits_back);
+            if st.output_window < 0 {
+                overdrawn = Some(-st.output_window);
+            }
             if credits_back > 0 {
                 lane.push_control(&mut st, kind::CREDIT, Some(credits_back.into()));
             }
@@ -209,6 +215,11 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 // Nobody consumes outputs: hand the credits straight back.
                 lane.return_output_credits(generation, returned.0.credits);
             }
+        }
+        if let Some(excess) = overdrawn {
+            return ReadEnd::Broken(format!(
+                "the worker exceeded its output credit window by {excess}: it does not wait for credits"
+            ));
         }
         if let Some(slot) = bad_slot {
             return ReadEnd::Broken(format!("message for slot {slot}, which holds no task"));

@@ -100,6 +100,11 @@ pub(crate) struct LaneState<O> {
     pub(crate) recycle_reason: Option<crate::supervisor::RecycleReason>,
     /// Done, failed and started counts for stats, per worker index.
     pub(crate) counters: crate::metrics::LaneCounters,
+    /// Outputs the current worker may still send: its initial credits plus
+    /// those sent back since, less the outputs received. A worker that
+    /// drives it below zero ignores its credits, and is cut off before it
+    /// can fill the parent's memory.
+    pub(crate) output_window: i64,
 }
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
@@ -199,6 +204,7 @@ impl<O> Lane<O> {
                 recycle_at: None,
                 recycle_reason: None,
                 counters: Default::default(),
+                output_window: 0,
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -355,6 +361,9 @@ impl<O> Lane<O> {
 
     /// Appends a control frame (credit, stop, ping).
     pub(crate) fn push_control(&self, st: &mut LaneState<O>, kind: u8, value: Option<u64>) {
+        if kind == kind::CREDIT {
+            st.output_window += value.unwrap_or(0) as i64;
+        }
         let was_empty = st.out.is_empty();
         protocol::put_simple(&mut st.out, kind, value);
         if was_empty {
@@ -381,7 +390,12 @@ impl<O> Lane<O> {
     }
 
     /// Opens the lane for a newly connected worker; returns its generation.
-    pub(crate) fn open(&self, pid: u32, recycle_at: Option<u64>) -> Option<u64> {
+    pub(crate) fn open(
+        &self,
+        pid: u32,
+        recycle_at: Option<u64>,
+        output_credits: u32,
+    ) -> Option<u64> {
         let mut st = self.lock();
         if st.status == Status::Closed {
             return None;
@@ -398,6 +412,7 @@ impl<O> Lane<O> {
         st.counters.starts += 1;
         st.recycle_at = recycle_at;
         st.recycle_reason = None;
+        st.output_window = output_credits.into();
         st.out.clear();
         self.up.store(true, Ordering::Relaxed);
         self.pong();

@@ -573,7 +573,7 @@ struct Read {
 /// holds `tasks` submitted tasks, in slots `0..tasks`.
 fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -> Read {
     let lane = Arc::new(Lane::<u64>::new(0, 8, max_frame, 0));
-    let generation = lane.open(1, None).unwrap();
+    let generation = lane.open(1, None, 1_000).unwrap();
     for _ in 0..tasks {
         lane.try_push(&(), None).map_err(|_| ()).unwrap();
     }
