@@ -10,7 +10,7 @@ use super::lane::{Delivered, Lane, SlotEvent};
 use super::outputs::{Batch, BatchSender, Output};
 use crate::codec;
 use crate::protocol::{kind, FromWorker};
-use crate::transport::{self, FrameReader, ReadError, WriteHalf};
+use crate::transport::{self, FrameReader, WriteHalf};
 
 /// Writes the lane's queued frames, one `write` per batch, until aborted or
 /// the connection fails.
@@ -74,12 +74,9 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     loop {
         match reader.fill().await {
             Ok(true) => {}
+            // (A peer that dies with unread input resets the connection;
+            // `fill` reports that as the end of the stream too.)
             Ok(false) => return if bye { ReadEnd::Bye } else { ReadEnd::Eof },
-            // A peer that dies with unread input resets the connection:
-            // that is the end of a process, not a protocol violation.
-            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return ReadEnd::Eof
-            }
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
         // First decode everything in this read without the lane's lock ...
