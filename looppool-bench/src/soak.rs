@@ -11,7 +11,7 @@ use crate::workers::Echo;
 use crate::workloads::{self as wl, BenchResult};
 
 /// Samples taken over the run.
-const SAMPLES: u64 = 40;
+const SAMPLES: u64 = 100;
 
 /// One sample: tasks done, seconds since the first submit, RSS in KiB.
 #[derive(Debug, Clone, Copy)]
@@ -76,11 +76,32 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
         .copied()
         .unwrap_or(samples[0]);
     let last = *samples.last().expect("at least the first sample");
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.tasks >= warm.tasks).collect();
-    let peak_parent = after.iter().map(|s| s.parent_kib).max().unwrap_or(0);
-    let peak_workers = after.iter().map(|s| s.workers_kib).max().unwrap_or(0);
+    let after: Vec<Sample> = samples
+        .iter()
+        .filter(|s| s.tasks >= warm.tasks)
+        .copied()
+        .collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
     let one = |v: f64| Summary::of(&[v]);
+    // RSS moves up and down by a few hundred KiB as buffers are swapped and
+    // freed, so single samples make a poor baseline: judge the trend, a
+    // least-squares line through every sample after the warm-up, from its
+    // value at the warm-up's end to its value at the last task.
+    let trend = |rss: fn(&Sample) -> u64| {
+        let pts: Vec<(f64, f64)> = after
+            .iter()
+            .map(|s| (s.tasks as f64, mib(rss(s))))
+            .collect();
+        let (a, b) = least_squares(&pts);
+        (a + b * warm.tasks as f64, a + b * last.tasks as f64)
+    };
+    let (p0, p1) = trend(|s| s.parent_kib);
+    let (w0, w1) = trend(|s| s.workers_kib);
+    let spread = |rss: fn(&Sample) -> u64| {
+        let v: Vec<f64> = after.iter().map(|s| mib(rss(s))).collect();
+        Summary::of(&v)
+    };
+    let (ps, ws) = (spread(|s| s.parent_kib), spread(|s| s.workers_kib));
     let series: Vec<[f64; 3]> = samples
         .iter()
         .map(|s| [s.tasks as f64, mib(s.parent_kib), mib(s.workers_kib)])
@@ -91,28 +112,30 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
             one(tasks as f64 / wall.as_secs_f64()),
             "tasks/s",
         )
-        .with("tasks", tasks),
-        Row::new("soak-rss-parent-final", one(mib(last.parent_kib)), "MiB")
-            .target(
-                "rss-after-warmup",
-                mib(warm.parent_kib),
-                Target::AtMost(1.05),
-            )
-            .with("warmup_tasks", warm.tasks)
-            .with("peak_mib", mib(peak_parent))
-            .with(
-                "peak_ratio",
-                peak_parent as f64 / warm.parent_kib.max(1) as f64,
-            )
+        .with("tasks", tasks)
+        .with("warmup_tasks", warm.tasks),
+        Row::new("soak-rss-parent-trend", one(p1), "MiB")
+            .target("trend-after-warmup", p0, Target::AtMost(1.05))
             .with("samples_tasks_parent_worker_mib", serde_json::json!(series)),
-        Row::new("soak-rss-parent-peak", one(mib(peak_parent)), "MiB").target(
-            "rss-after-warmup",
-            mib(warm.parent_kib),
+        Row {
+            min: ps.min,
+            max: ps.max,
+            runs: ps.runs,
+            ..Row::new("soak-rss-parent-final", one(mib(last.parent_kib)), "MiB")
+                .vs("rss-after-warmup", mib(warm.parent_kib))
+        },
+        Row::new("soak-rss-worker-trend", one(w1), "MiB").target(
+            "trend-after-warmup",
+            w0,
             Target::AtMost(1.05),
         ),
-        Row::new("soak-rss-worker-final", one(mib(last.workers_kib)), "MiB")
-            .vs("rss-after-warmup", mib(warm.workers_kib))
-            .with("peak_mib", mib(peak_workers)),
+        Row {
+            min: ws.min,
+            max: ws.max,
+            runs: ws.runs,
+            ..Row::new("soak-rss-worker-final", one(mib(last.workers_kib)), "MiB")
+                .vs("rss-after-warmup", mib(warm.workers_kib))
+        },
     ];
     if json {
         for row in &rows {
@@ -137,4 +160,37 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
         print!("{}", report::table(&rows));
     }
     Ok(())
+}
+
+/// The line `y = a + b x` closest to the points in least squares: (a, b).
+fn least_squares(pts: &[(f64, f64)]) -> (f64, f64) {
+    let n = pts.len() as f64;
+    if pts.len() < 2 {
+        return (pts.first().map_or(0.0, |p| p.1), 0.0);
+    }
+    let (sx, sy) = pts
+        .iter()
+        .fold((0.0, 0.0), |(sx, sy), &(x, y)| (sx + x, sy + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (sxy, sxx) = pts.iter().fold((0.0, 0.0), |(sxy, sxx), &(x, y)| {
+        (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx))
+    });
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_squares;
+
+    #[test]
+    fn a_flat_but_noisy_series_has_no_slope() {
+        let pts: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64, if i % 2 == 0 { 5.0 } else { 6.0 }))
+            .collect();
+        let (a, b) = least_squares(&pts);
+        assert!(b.abs() < 0.1 && (a - 5.5).abs() < 0.5, "{a} {b}");
+        let (a, b) = least_squares(&[(0.0, 1.0), (2.0, 5.0)]);
+        assert_eq!((a, b), (1.0, 2.0));
+    }
 }
