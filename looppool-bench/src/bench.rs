@@ -43,14 +43,18 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     } else {
         println!("{header}\n");
     }
+    let pin_cpu = match opts.pin_cpu {
+        Some(cpu) => cpu,
+        None => sys::first_allowed_cpu()?,
+    };
     let mut rows = Vec::new();
-    let limits = raw_limits(opts, &plan, &mut rows)?;
+    let limits = raw_limits(opts, &plan, pin_cpu, &mut rows)?;
     let rt = Builder::new_current_thread().enable_all().build()?;
     if opts.runs("W1") {
         w1(&plan, &limits, &rt, &mut rows)?;
     }
     if opts.runs("W2") {
-        w2(opts, &plan, &limits, &rt, &mut rows)?;
+        w2(&plan, pin_cpu, &limits, &rt, &mut rows)?;
     }
     if opts.runs("W3") {
         w3(&plan, &rt, &mut rows)?;
@@ -84,7 +88,12 @@ fn repeat<T>(reps: usize, mut f: impl FnMut() -> BenchResult<T>) -> BenchResult<
     (0..reps).map(|_| f()).collect()
 }
 
-fn raw_limits(opts: &Options, plan: &Plan, rows: &mut Vec<Row>) -> BenchResult<Limits> {
+fn raw_limits(
+    opts: &Options,
+    plan: &Plan,
+    pin_cpu: usize,
+    rows: &mut Vec<Row>,
+) -> BenchResult<Limits> {
     let all = opts.runs("raw");
     let mut limits = Limits::default();
     if all || opts.runs("W1") {
@@ -115,9 +124,9 @@ fn raw_limits(opts: &Options, plan: &Plan, rows: &mut Vec<Row>) -> BenchResult<L
         limits.ping = Some(latency_rows(rows, "raw-pingpong", &series, None));
         progress(&format!(
             "raw: ping-pong, everything pinned to CPU {}",
-            opts.pin_cpu
+            pin_cpu
         ));
-        let pinned = Pinned::all_threads_to(opts.pin_cpu)?;
+        let pinned = Pinned::all_threads_to(pin_cpu)?;
         let series = raw::ping_pong(plan.reps, plan.ping_warmup, plan.ping_n)?;
         drop(pinned);
         limits.ping_pinned = Some(latency_rows(rows, "raw-pingpong-pinned", &series, None));
@@ -215,8 +224,8 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
 }
 
 fn w2(
-    opts: &Options,
     plan: &Plan,
+    pin_cpu: usize,
     limits: &Limits,
     rt: &Runtime,
     rows: &mut Vec<Row>,
@@ -236,8 +245,8 @@ fn w2(
     for row in &mut rows[start..] {
         row.extra.insert("workers_cpus".into(), cpus.clone().into());
     }
-    progress(&format!("W2: pinned to CPU {}", opts.pin_cpu));
-    let pinned = Pinned::all_threads_to(opts.pin_cpu)?;
+    progress(&format!("W2: pinned to CPU {}", pin_cpu));
+    let pinned = Pinned::all_threads_to(pin_cpu)?;
     let result = rt.block_on(wl::w2_series(plan.reps, plan.w2_warmup, plan.w2_n));
     drop(pinned);
     let (series, cpus) = result?;

@@ -27,8 +27,9 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     /// Workloads to run (`W1`..`W6`, `raw`); all when `None`.
     pub(crate) only: Option<BTreeSet<String>>,
-    /// The CPU that the pinned measurements use.
-    pub(crate) pin_cpu: usize,
+    /// The CPU that the pinned measurements use (default: the first this
+    /// process may run on).
+    pub(crate) pin_cpu: Option<usize>,
 }
 
 pub(crate) const USAGE: &str = "\
@@ -44,7 +45,8 @@ OPTIONS:
     --json           one JSON object per result line instead of a table
     --only LIST      comma-separated subset of W1..W6 and raw (raw limits that the
                      chosen workloads are compared with are always measured)
-    --pin-cpu N      the CPU for the pinned W2 and ping-pong figures (default 0)
+    --pin-cpu N      the CPU for the pinned W2 and ping-pong figures (default: the
+                     first CPU this process may run on)
     --soak           parent memory over a long W1 stream (default 10,000,000 tasks)
     --tasks N        tasks of the soak
     --workload Wn    run one workload once and print one JSON line in the format of
@@ -61,7 +63,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
         json: false,
         quick: false,
         only: None,
-        pin_cpu: 0,
+        pin_cpu: None,
     };
     let mut soak = false;
     let mut tasks = None;
@@ -104,7 +106,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
                 }
                 opts.only = Some(set);
             }
-            "--pin-cpu" => opts.pin_cpu = number("--pin-cpu", value("--pin-cpu")?)? as usize,
+            "--pin-cpu" => opts.pin_cpu = Some(number("--pin-cpu", value("--pin-cpu")?)? as usize),
             "--tasks" => tasks = Some(number("--tasks", value("--tasks")?)?),
             "--workload" => {
                 let w = normalise(&value("--workload")?);

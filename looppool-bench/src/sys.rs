@@ -82,6 +82,15 @@ impl Drop for Pinned {
     }
 }
 
+/// The first CPU this thread may run on.
+pub(crate) fn first_allowed_cpu() -> io::Result<usize> {
+    let set = get_affinity(0)?;
+    (0..8 * std::mem::size_of::<libc::cpu_set_t>())
+        // SAFETY: reading bits of a valid set, inside its size.
+        .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .ok_or_else(|| io::Error::other("no CPU in this thread's affinity mask"))
+}
+
 /// The CPUs a process may run on, as the kernel lists them (`0-1`).
 pub(crate) fn cpus_allowed(pid: u32) -> Option<String> {
     status_field(pid, "Cpus_allowed_list:")
@@ -297,11 +306,12 @@ mod tests {
         });
         let tid = ready_rx.recv().unwrap();
         {
-            let _pinned = Pinned::all_threads_to(0).unwrap();
+            let cpu = first_allowed_cpu().unwrap();
+            let _pinned = Pinned::all_threads_to(cpu).unwrap();
             let set = get_affinity(tid).unwrap();
             // SAFETY: reading bits of a valid set.
             unsafe {
-                assert!(libc::CPU_ISSET(0, &set));
+                assert!(libc::CPU_ISSET(cpu, &set));
                 assert_eq!(libc::CPU_COUNT(&set), 1);
             }
         }
