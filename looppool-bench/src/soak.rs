@@ -2,7 +2,7 @@
 //! stream, sampled as the outputs arrive. Target: after a warm-up of the
 //! first tenth of the tasks, the parent's RSS stays within 5 %.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::report::{self, Row, Target};
 use crate::stats::Summary;
@@ -33,7 +33,7 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
         sys::load_average()
     );
     let every = (tasks / SAMPLES).max(1);
-    let (samples, wall) = rt.block_on(async {
+    let (samples, wall, parent_cpu, workers_cpu) = rt.block_on(async {
         let (pool, mut outputs) = wl::start::<Echo>(wl::WORKERS, wl::W1_WINDOW).await?;
         let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
         let sample = |tasks, secs| Sample {
@@ -48,6 +48,8 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
         };
         let mut samples = vec![sample(0, 0.0)];
         let (mut done, mut sum) = (0u64, 0u64);
+        let cpu0 = sys::own_cpu_time();
+        let workers0: Duration = pids.iter().filter_map(|&p| sys::process_cpu_time(p)).sum();
         let t0 = Instant::now();
         let wall = wl::stream(
             &pool,
@@ -63,11 +65,17 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
             },
         )
         .await?;
+        let parent_cpu = sys::own_cpu_time() - cpu0;
+        let workers_cpu = pids
+            .iter()
+            .filter_map(|&p| sys::process_cpu_time(p))
+            .sum::<Duration>()
+            .saturating_sub(workers0);
         pool.shutdown().await;
         if sum != tasks.wrapping_mul(tasks.wrapping_sub(1)) {
             return Err("soak: checksum mismatch".into());
         }
-        BenchResult::Ok((samples, wall))
+        BenchResult::Ok((samples, wall, parent_cpu, workers_cpu))
     })?;
     // The first sample at or past a tenth of the run is the baseline.
     let warm = samples
@@ -83,6 +91,7 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
         .collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
     let one = |v: f64| Summary::of(&[v]);
+    let per_task = |d: Duration| d.as_nanos() as f64 / tasks.max(1) as f64;
     // RSS moves up and down by a few hundred KiB as buffers are swapped and
     // freed, so single samples make a poor baseline: judge the trend, a
     // least-squares line through every sample after the warm-up, from its
@@ -113,7 +122,9 @@ pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
             "tasks/s",
         )
         .with("tasks", tasks)
-        .with("warmup_tasks", warm.tasks),
+        .with("warmup_tasks", warm.tasks)
+        .with("parent_cpu_ns_per_task", per_task(parent_cpu))
+        .with("worker_cpu_ns_per_task", per_task(workers_cpu)),
         Row::new("soak-rss-parent-trend", one(p1), "MiB")
             .target("trend-after-warmup", p0, Target::AtMost(1.05))
             .with("samples_tasks_parent_worker_mib", serde_json::json!(series)),
