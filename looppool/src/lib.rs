@@ -175,7 +175,7 @@ mod pool;
 mod protocol;
 mod supervisor;
 mod sys;
-mod transport;
+pub mod transport;
 pub mod worker;
 
 /// Entry points for the fuzz targets in `fuzz/`: thin wrappers around the

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,10 +14,11 @@ use crate::error::{ExitStatus, LossCause, WorkerLost};
 use crate::pool::connection::{read_loop, write_loop, ReadEnd};
 use crate::pool::lane::{CallOutcome, Held, Lane, Retry};
 use crate::pool::outputs::{Batch, BatchSender, Output};
+use crate::transport::Peer;
 
 pub(crate) mod launch;
 
-pub(crate) use launch::{launch, LaunchSpec, Launched};
+pub(crate) use launch::{launch, ConnectorRef, LaunchSpec, Launched};
 
 /// What happened to a worker process, as data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,9 +180,10 @@ pub(crate) type EventHook = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
 
 /// The current process of a worker index, shared so that a kill (from a
 /// shutdown deadline or a dropped pool) can reach it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct ChildSlot {
-    child: Option<Child>,
+    child: Option<Box<dyn Peer>>,
+    pid: u32,
     /// Set when someone else reaped the child.
     reaped: Option<ExitStatus>,
 }
@@ -325,15 +326,18 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// Records a started worker's process and opens its lane.
     fn install(&self, index: usize, launched: Launched) -> Option<Serving> {
         let Launched {
-            child,
+            peer,
             pid,
             reader,
             writer,
         } = launched;
-        self.children[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .child = Some(child);
+        {
+            let mut slot = self.children[index]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            slot.child = Some(peer);
+            slot.pid = pid;
+        }
         let recycle_at = self
             .tuning
             .recycle_tasks
@@ -676,11 +680,11 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// Sends SIGKILL to worker `index`'s current process, if any.
     pub(crate) fn kill(&self, index: usize) {
-        let slot = self.children[index]
+        let mut slot = self.children[index]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(child) = &slot.child {
-            let _ = crate::sys::kill(child.id(), libc::SIGKILL);
+        if let Some(child) = &mut slot.child {
+            child.kill();
         }
     }
 
@@ -689,7 +693,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         let slot = self.children[index]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        slot.child.as_ref().map(Child::id)
+        slot.child.as_ref().map(|_| slot.pid)
     }
 
     /// Waits for worker `index`'s process to end and collects its status. A
@@ -709,10 +713,10 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 match child.try_wait() {
                     Ok(Some(status)) => {
                         slot.child = None;
-                        return status.into();
+                        return status;
                     }
                     Ok(None) if Instant::now() > grace => {
-                        let _ = child.kill();
+                        child.kill();
                     }
                     Ok(None) => {}
                     Err(_) => {
@@ -794,8 +798,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 .and_then(|w| w.upgrade());
             let (Some(outputs), None) = (outputs, &failure) else {
                 for (index, mut l) in launched {
-                    let _ = l.child.kill();
-                    let _ = l.child.wait();
+                    l.peer.kill();
+                    let _ = l.peer.wait();
                     self.lanes[index].stop();
                 }
                 return Err(failure.unwrap_or(StartError::Closed));
@@ -832,9 +836,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         for slot in &self.children {
             let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(mut child) = slot.child.take() {
-                let _ = child.kill();
+                child.kill();
                 // Reap at once, so no zombie outlives the pool.
-                slot.reaped = child.wait().ok().map(ExitStatus::from);
+                slot.reaped = child.wait().ok();
             }
         }
     }

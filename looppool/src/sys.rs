@@ -109,15 +109,6 @@ pub(crate) fn set_thread_name(name: &str) {
     }
 }
 
-/// Sends `signal` to process `pid`.
-pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill has no memory effects.
-    if unsafe { libc::kill(pid as libc::pid_t, signal) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// This process's id as the kernel's type.
 pub(crate) fn getpid() -> libc::pid_t {
     // SAFETY: getpid cannot fail.

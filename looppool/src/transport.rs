@@ -1,10 +1,13 @@
 //! Frames over a byte stream: the seam between the pool and how it reaches a worker.
 //!
 //! The pool and the worker never touch sockets directly. They see a
-//! [`Connection`]: a pair of byte streams that carry the frames of
-//! [`crate::codec`]. The local transport is a Unix socketpair created per worker
-//! (no filesystem path); another transport (a message broker, later) provides
-//! the same pair of streams, and the `Worker` trait does not change.
+//! [`Connection`]: a pair of byte streams that carry looppool's frames. The
+//! local transport is a Unix socketpair created per worker (no filesystem
+//! path). Another transport (a message broker) implements a [`Connector`]
+//! that hands the pool the same pair of streams, and runs
+//! [`crate::worker::serve`] at the worker's end; the `Worker` trait does not
+//! change. [`frame`] tells such a transport where frames end and which ones
+//! start or complete a task.
 
 use std::io;
 use std::pin::Pin;
@@ -13,15 +16,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{CodecError, FrameDecoder};
 
+mod connector;
+pub mod frame;
+
+pub use connector::{ConnectFuture, Connector, Link, Peer};
+
 /// The reading half of a connection.
-pub(crate) type ReadHalf = Pin<Box<dyn AsyncRead + Send>>;
+pub type ReadHalf = Pin<Box<dyn AsyncRead + Send>>;
 /// The writing half of a connection.
-pub(crate) type WriteHalf = Pin<Box<dyn AsyncWrite + Send>>;
+pub type WriteHalf = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// One full-duplex connection to a peer, split so that reading and writing
 /// run as separate tasks (a single task that writes then reads deadlocks once
 /// both directions fill their kernel buffers).
-pub(crate) struct Connection {
+pub struct Connection {
     pub(crate) reader: ReadHalf,
     pub(crate) writer: WriteHalf,
 }
@@ -33,6 +41,33 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// A connection over any pair of byte streams.
+    pub fn new(
+        reader: impl AsyncRead + Send + 'static,
+        writer: impl AsyncWrite + Send + 'static,
+    ) -> Self {
+        Connection {
+            reader: Box::pin(reader),
+            writer: Box::pin(writer),
+        }
+    }
+
+    /// Two connected in-memory ends, each buffering up to `capacity` bytes
+    /// per direction: one for the pool (returned by a [`Connector`]) and one
+    /// for [`crate::worker::serve`], or for a transport that relays the
+    /// frames elsewhere.
+    pub fn pair(capacity: usize) -> (Connection, Connection) {
+        let (a, b) = tokio::io::duplex(capacity);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        (Connection::new(ar, aw), Connection::new(br, bw))
+    }
+
+    /// Splits the connection into its reading and writing halves.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        (self.reader, self.writer)
+    }
+
     /// A connection over a connected Unix socket.
     pub(crate) fn unix(stream: std::os::unix::net::UnixStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;

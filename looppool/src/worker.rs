@@ -19,6 +19,7 @@ mod watchdog;
 
 pub use context::{Emitter, InitContext, TaskContext};
 pub use entry::{run_if_worker, WORKER_ENV};
+pub use runtime::{run_worker_runtime, serve};
 
 #[doc(hidden)]
 pub mod __private {

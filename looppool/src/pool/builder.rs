@@ -15,7 +15,7 @@ use super::Pool;
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::error::{BuildError, StartError};
 use crate::supervisor::{
-    launch, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning, WorkerEvent,
+    launch, ConnectorRef, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning, WorkerEvent,
 };
 use crate::worker::{fingerprint, Worker};
 
@@ -77,6 +77,7 @@ pub struct PoolBuilder<W: Worker> {
     tuning: Tuning,
     recycle_rss: Option<u64>,
     task_timeout: Option<Duration>,
+    connector: Option<ConnectorRef>,
     /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
     /// the methods in `crate::metrics`.
     pub(crate) observe: crate::metrics::Config,
@@ -110,6 +111,7 @@ impl<W: Worker> PoolBuilder<W> {
             init: Default::default(),
             program: None,
             args: Vec::new(),
+            connector: None,
             max_frame: DEFAULT_MAX_FRAME,
             start_timeout: Duration::from_secs(30),
             signals: Signals::Ignore,
@@ -182,6 +184,20 @@ impl<W: Worker> PoolBuilder<W> {
         S: Into<OsString>,
     {
         self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Reaches workers through `connector` instead of starting child
+    /// processes over socketpairs: a broker transport, for example.
+    ///
+    /// The program, its arguments, the signal disposition and process titles
+    /// are then the connector's business, and `recycle_above_memory` is
+    /// refused (it samples local processes by pid). Everything else (the
+    /// handshake, bounds, supervision, retries, events, statistics, shutdown)
+    /// works as with local processes. See [`Connector`](crate::transport::Connector)
+    /// for an example.
+    pub fn connector(mut self, connector: impl crate::transport::Connector) -> Self {
+        self.connector = Some(ConnectorRef(Arc::new(connector)));
         self
     }
 
@@ -344,6 +360,13 @@ impl<W: Worker> PoolBuilder<W> {
                 "recycle_after_tasks(0) would recycle workers before any task; use at least 1",
             ));
         }
+        if self.connector.is_some() && self.recycle_rss.is_some() {
+            return Err(BuildError::new(
+                "recycle_above_memory samples local processes by pid and cannot watch workers \
+                 reached through a connector; recycle them by task count \
+                 (recycle_after_tasks) instead",
+            ));
+        }
         if self.start_timeout.is_zero() {
             return Err(BuildError::new(
                 "start_timeout(0) leaves no time for a worker to start; use a positive duration",
@@ -391,6 +414,7 @@ impl<W: Worker> PoolBuilder<W> {
             title: self.titles,
             task_timeout: self.task_timeout,
             observe,
+            connector: self.connector,
         };
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
             .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))
@@ -416,8 +440,8 @@ impl<W: Worker> PoolBuilder<W> {
         }
         if let Some(error) = first_error {
             for mut l in launched.into_iter().flatten() {
-                let _ = l.child.kill();
-                let _ = l.child.wait();
+                l.peer.kill();
+                let _ = l.peer.wait();
             }
             return Err(error);
         }

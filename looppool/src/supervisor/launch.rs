@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::codec;
 use crate::error::StartError;
 use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
 use crate::sys;
-use crate::transport::{self, Connection, FrameReader};
+use crate::transport::{self, Connection, Connector, FrameReader, Link, Peer};
 use crate::worker::entry::SIGNALS_ENV;
 use crate::worker::WORKER_ENV;
 
@@ -37,11 +37,23 @@ pub(crate) struct LaunchSpec {
     pub(crate) task_timeout: Option<Duration>,
     /// Reports, blocked-loop watch and log forwarding.
     pub(crate) observe: crate::metrics::WorkerSettings,
+    /// Reaches workers instead of starting child processes.
+    pub(crate) connector: Option<ConnectorRef>,
+}
+
+/// A shared [`Connector`], printable.
+#[derive(Clone)]
+pub(crate) struct ConnectorRef(pub(crate) std::sync::Arc<dyn Connector>);
+
+impl std::fmt::Debug for ConnectorRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.describe())
+    }
 }
 
 /// A worker that completed its handshake and ran its initialiser.
 pub(crate) struct Launched {
-    pub(crate) child: Child,
+    pub(crate) peer: Box<dyn Peer>,
     pub(crate) pid: u32,
     pub(crate) reader: FrameReader,
     pub(crate) writer: transport::WriteHalf,
@@ -94,6 +106,15 @@ fn program_path(spec: &LaunchSpec) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }
 
+/// What error messages name as the worker's origin: the program, or the
+/// connector that reached it.
+fn origin(spec: &LaunchSpec) -> String {
+    match &spec.connector {
+        Some(c) => c.0.describe(),
+        None => program_path(spec).display().to_string(),
+    }
+}
+
 /// The title `ps` shows: `<program>: <pool> worker <index>`.
 fn title(spec: &LaunchSpec, index: usize) -> String {
     let program = match &spec.program {
@@ -108,6 +129,9 @@ fn title(spec: &LaunchSpec, index: usize) -> String {
 
 /// Starts worker `index` and completes its handshake and initialiser.
 pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, StartError> {
+    if let Some(connector) = &spec.connector {
+        return launch_connected(spec, &connector.0, index).await;
+    }
     let program = program_path(spec);
     let (parent_end, child_end) = transport::socketpair().map_err(|source| StartError::Spawn {
         worker: index,
@@ -150,9 +174,9 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
     };
     let result = tokio::time::timeout(spec.start_timeout, handshaken).await;
     let failure = match result {
-        Ok(Ok((reader, writer))) => {
+        Ok(Ok((reader, writer, _))) => {
             return Ok(Launched {
-                child,
+                peer: Box::new(child),
                 pid,
                 reader,
                 writer,
@@ -226,16 +250,72 @@ fn early_exit_reason(
 /// must not make the parent buffer much before it is recognised.
 const HELLO_LIMIT: usize = 64 * 1024;
 
-/// The parent's half of the handshake, over any transport: check the
-/// worker's hello, send its init, wait for its initialiser's verdict.
-/// (The local transport uses [`handshake_tracked`] directly.)
-#[allow(dead_code)]
-pub(crate) async fn handshake(
+/// Reaches worker `index` through `connector` and completes its handshake
+/// and initialiser, all within the start timeout.
+async fn launch_connected(
     spec: &LaunchSpec,
+    connector: &std::sync::Arc<dyn Connector>,
     index: usize,
-    conn: Connection,
-) -> Result<(FrameReader, transport::WriteHalf), StartError> {
-    handshake_tracked(spec, index, conn, &AtomicBool::new(false)).await
+) -> Result<Launched, StartError> {
+    let hello_seen = AtomicBool::new(false);
+    let peer = std::sync::Mutex::new(None::<Box<dyn Peer>>);
+    let connected = async {
+        let Link {
+            connection,
+            peer: p,
+        } = connector
+            .connect(index)
+            .await
+            .map_err(|source| StartError::Spawn {
+                worker: index,
+                program: connector.describe(),
+                source,
+            })?;
+        *peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        handshake_tracked(spec, index, connection, &hello_seen).await
+    };
+    let result = tokio::time::timeout(spec.start_timeout, connected).await;
+    let mut peer = peer.into_inner().unwrap_or_else(|e| e.into_inner());
+    let failure = match result {
+        Ok(Ok((reader, writer, pid))) => {
+            return Ok(Launched {
+                peer: peer.expect("a handshake follows the link"),
+                pid,
+                reader,
+                writer,
+            })
+        }
+        Ok(Err(e)) => e,
+        Err(_) if peer.is_none() => StartError::Handshake {
+            worker: index,
+            reason: format!(
+                "{} reached no worker within {:?} (raise start_timeout if workers join slowly)",
+                connector.describe(),
+                spec.start_timeout
+            ),
+        },
+        Err(_) if !hello_seen.load(Ordering::Relaxed) => StartError::Handshake {
+            worker: index,
+            reason: format!(
+                "the worker reached through {} sent no hello within {:?}",
+                connector.describe(),
+                spec.start_timeout
+            ),
+        },
+        Err(_) => StartError::Handshake {
+            worker: index,
+            reason: format!(
+                "no ready message within {:?}: the initialiser is still running \
+                 (raise start_timeout, or make init faster)",
+                spec.start_timeout
+            ),
+        },
+    };
+    if let Some(p) = &mut peer {
+        p.kill();
+        let _ = p.wait();
+    }
+    Err(failure)
 }
 
 /// [`handshake`], setting `hello_seen` once the worker's hello arrived, so
@@ -245,7 +325,7 @@ async fn handshake_tracked(
     index: usize,
     conn: Connection,
     hello_seen: &AtomicBool,
-) -> Result<(FrameReader, transport::WriteHalf), StartError> {
+) -> Result<(FrameReader, transport::WriteHalf, u32), StartError> {
     let fail = |reason: String| StartError::Handshake {
         worker: index,
         reason,
@@ -255,7 +335,7 @@ async fn handshake_tracked(
             "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
              looppool hello ({e}); use a program whose main starts with \
              looppool::worker_main!({})",
-            program_path(spec).display(),
+            origin(spec),
             spec.worker_name
         ))
     };
@@ -290,7 +370,7 @@ async fn handshake_tracked(
                     return Err(fail(format!(
                         "{} speaks looppool protocol version {protocol}, this pool speaks \
                          {PROTOCOL_VERSION}: build both from the same looppool version",
-                        program_path(spec).display()
+                        origin(spec)
                     )));
                 }
                 if hello.worker != spec.worker_name {
@@ -304,7 +384,7 @@ async fn handshake_tracked(
                         "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
                          expected {:016x}): rebuild the worker program from the same sources as the parent",
                         spec.worker_name,
-                        program_path(spec).display(),
+                        origin(spec),
                         hello.fingerprint,
                         spec.fingerprint
                     )));
@@ -330,7 +410,7 @@ async fn handshake_tracked(
                 // From here on the worker may send frames up to the pool's limit.
                 reader.set_max_frame(spec.max_frame);
             }
-            FromWorker::Ready if sent_init => return Ok((reader, writer)),
+            FromWorker::Ready if sent_init => return Ok((reader, writer, pid)),
             // The initialiser's log events.
             FromWorker::Log(body) if sent_init => {
                 crate::metrics::relay_log(&spec.pool_name, index, pid, body);

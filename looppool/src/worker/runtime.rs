@@ -212,6 +212,13 @@ async fn write_loop(shared: Rc<Shared>, mut io: WriteHalf) {
 
 /// The worker's whole life: handshake, init, serve, drain. Returns the exit code.
 pub(crate) fn main<W: Worker>() -> i32 {
+    run_worker_runtime(serve_inherited::<W>())
+}
+
+/// Runs `body` the way a worker process runs: the termination signals as the
+/// pool asked, the panic hook that reports panics to the parent, and one
+/// current-thread tokio runtime with a `LocalSet`. Returns `body`'s exit code.
+pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
     if std::env::var_os(SIGNALS_ENV).is_some_and(|v| v == "inherit") {
         sys::default_termination_signals();
     } else {
@@ -230,12 +237,12 @@ pub(crate) fn main<W: Worker>() -> i32 {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve::<W>())
+    local.block_on(&runtime, body)
 }
 
-async fn serve<W: Worker>() -> i32 {
+async fn serve_inherited<W: Worker>() -> i32 {
     match sys::inherited_stream().and_then(Connection::unix) {
-        Ok(conn) => serve_connection::<W>(conn).await,
+        Ok(conn) => serve::<W>(conn).await,
         Err(e) => {
             eprintln!("looppool worker: {e}");
             1
@@ -243,8 +250,15 @@ async fn serve<W: Worker>() -> i32 {
     }
 }
 
-/// Serves worker `W` over `conn`, whatever carries it; returns the exit code.
-pub(crate) async fn serve_connection<W: Worker>(conn: Connection) -> i32 {
+/// Serves worker `W` over `conn`, whatever carries it, until the pool stops
+/// it or the connection ends; returns the exit code the process should exit
+/// with (0 after a clean stop).
+///
+/// This is what a worker process runs on the connection its pool gave it. A
+/// [`Connector`](crate::transport::Connector) runs it at the far end of the
+/// connections it makes. It must run inside a tokio `LocalSet` on a
+/// current-thread runtime, such as the one [`run_worker_runtime`] provides.
+pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     let Connection { reader, mut writer } = conn;
 
     // Handshake: say who we are, then wait for our place in the pool.
