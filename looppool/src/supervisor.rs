@@ -18,7 +18,7 @@ use crate::transport::Peer;
 
 pub(crate) mod launch;
 
-pub(crate) use launch::{launch, ConnectorRef, LaunchSpec, Launched};
+pub(crate) use launch::{launch, spawn_guarded, ConnectorRef, LaunchSpec, Launched};
 
 /// What happened to a worker process, as data.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,43 @@ pub(crate) fn arm_child(cmd: &mut std::process::Command, conn_fd: RawFd) {
     }
 }
 
+/// Makes `cmd`'s child die with this process, as a worker does, without
+/// handing it a connection.
+pub(crate) fn arm_death_signal(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent_pid = getpid();
+    // SAFETY: `prepare_orphan_guard` makes only async-signal-safe system
+    // calls and allocates nothing, as a pre_exec hook must.
+    unsafe {
+        cmd.pre_exec(move || prepare_orphan_guard(parent_pid));
+    }
+}
+
+/// Runs in the forked child, between `fork` and `exec`: arranges for the
+/// child to die with its parent.
+///
+/// # Safety
+/// Must only be called from a `pre_exec` hook.
+unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: plain system calls that touch no memory.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent_pid {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
 /// Runs in the forked child, between `fork` and `exec`: moves the connection to
 /// [`WORKER_FD`] and arranges for the child to die with its parent.
 ///

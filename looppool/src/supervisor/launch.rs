@@ -99,6 +99,15 @@ fn on_spawner_thread<R: Send + 'static>(
     rx
 }
 
+/// Spawns `cmd` as a child that dies with this process (see
+/// [`crate::transport::spawn_child`]).
+pub(crate) async fn spawn_guarded(mut cmd: Command) -> std::io::Result<std::process::Child> {
+    sys::arm_death_signal(&mut cmd);
+    on_spawner_thread(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")))
+}
+
 fn program_path(spec: &LaunchSpec) -> PathBuf {
     // /proc/self/exe names the running image even if the file was replaced.
     spec.program

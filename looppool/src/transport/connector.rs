@@ -146,3 +146,13 @@ impl Peer for std::process::Child {
         std::process::Child::wait(self).map(ExitStatus::from)
     }
 }
+
+/// Spawns `cmd` as a worker process is spawned: it receives SIGKILL when
+/// this process dies, however it dies, so it never outlives its parent. For
+/// connectors that start local processes.
+///
+/// # Errors
+/// The operating system's error when the program cannot be executed.
+pub async fn spawn_child(cmd: std::process::Command) -> io::Result<std::process::Child> {
+    crate::supervisor::spawn_guarded(cmd).await
+}
