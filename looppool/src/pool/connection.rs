@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use super::lane::{Delivered, Lane, SlotEvent};
 use super::outputs::{Batch, BatchSender, Output};
 use crate::codec;
-use crate::protocol::{kind, FromWorker};
+use crate::protocol::FromWorker;
 use crate::transport::{self, FrameReader, WriteHalf};
 
 /// Writes the lane's queued frames, one `write` per batch, until aborted or
@@ -192,9 +192,9 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             if st.output_window < 0 {
                 overdrawn = Some(-st.output_window);
             }
-            if credits_back > 0 {
-                lane.push_control(&mut st, kind::CREDIT, Some(credits_back.into()));
-            }
+            // Replies to calls free their credits at once; owed credits go
+            // out if the window ran low.
+            lane.owe_credits(&mut st, credits_back);
             waiters = st.space_waiters_any();
         }
         events.clear();

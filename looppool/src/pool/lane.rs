@@ -105,6 +105,11 @@ pub(crate) struct LaneState<O> {
     /// drives it below zero ignores its credits, and is cut off before it
     /// can fill the parent's memory.
     pub(crate) output_window: i64,
+    /// The current worker's whole output window, as set at the handshake.
+    output_credits: u32,
+    /// Output credits due to the worker but not yet sent (see
+    /// [`Lane::owe_credits`]).
+    credits_owed: u32,
 }
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
@@ -205,6 +210,8 @@ impl<O> Lane<O> {
                 recycle_reason: None,
                 counters: Default::default(),
                 output_window: 0,
+                output_credits: 0,
+                credits_owed: 0,
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -287,8 +294,16 @@ impl<O> Lane<O> {
             return Err((PushError::Full, call));
         };
         let was_empty = st.out.is_empty();
+        // Credits owed to the worker ride in front of the task: no frame,
+        // write or wake-up of their own.
+        Self::send_owed(&mut st);
         let start = st.out.len();
         if let Err(e) = encode(&mut st.out, slot, self.max_frame) {
+            drop(st);
+            if was_empty {
+                // The owed credits, if any, still go out.
+                self.writer_wake.notify_one();
+            }
             return Err((PushError::Codec(e), call));
         }
         st.free.pop();
@@ -359,12 +374,13 @@ impl<O> Lane<O> {
         self.space.notify_waiters();
     }
 
-    /// Appends a control frame (credit, stop, ping).
+    /// Appends a control frame (stop, ping), behind any owed credits.
     pub(crate) fn push_control(&self, st: &mut LaneState<O>, kind: u8, value: Option<u64>) {
         if kind == kind::CREDIT {
             st.output_window += value.unwrap_or(0) as i64;
         }
         let was_empty = st.out.is_empty();
+        Self::send_owed(st);
         protocol::put_simple(&mut st.out, kind, value);
         if was_empty {
             self.writer_wake.notify_one();
@@ -385,7 +401,44 @@ impl<O> Lane<O> {
                 Status::Open | Status::Stopping | Status::Recycling
             )
         {
-            self.push_control(&mut st, kind::CREDIT, Some(n.into()));
+            self.owe_credits(&mut st, n);
+        }
+    }
+
+    /// Gives `n` output credits back to the worker (`n` may be 0: the reader
+    /// calls this after every batch, as the window may have shrunk).
+    ///
+    /// A credit frame of its own costs the parent a `write` and the worker a
+    /// wake-up, a read and an `epoll_wait`: after every `call` that doubled
+    /// the system calls of a round trip. So credits are owed, and sent in
+    /// front of the next task frame, while the worker provably does not need
+    /// them yet: it still holds at least half its window as far as the
+    /// parent knows, so it cannot be waiting for credits. Once the window
+    /// falls below half (the reader sees every output that spends it, and
+    /// calls this after each), or when a frame is queued anyway, or when no
+    /// more tasks will carry them (the lane is not open), they go at once.
+    pub(crate) fn owe_credits(&self, st: &mut LaneState<O>, n: u32) {
+        st.credits_owed += n;
+        if st.credits_owed == 0 {
+            return;
+        }
+        let low = i64::from(st.output_credits / 2).max(1);
+        if !st.out.is_empty() || st.status != Status::Open || st.output_window < low {
+            let was_empty = st.out.is_empty();
+            Self::send_owed(st);
+            if was_empty {
+                self.writer_wake.notify_one();
+            }
+        }
+    }
+
+    /// Appends the owed credits, if any, as one credit frame (the caller
+    /// wakes the writer).
+    fn send_owed(st: &mut LaneState<O>) {
+        if st.credits_owed > 0 {
+            let n = std::mem::take(&mut st.credits_owed);
+            st.output_window += i64::from(n);
+            protocol::put_simple(&mut st.out, kind::CREDIT, Some(n.into()));
         }
     }
 
@@ -413,6 +466,8 @@ impl<O> Lane<O> {
         st.recycle_at = recycle_at;
         st.recycle_reason = None;
         st.output_window = output_credits.into();
+        st.output_credits = output_credits;
+        st.credits_owed = 0;
         st.out.clear();
         self.up.store(true, Ordering::Relaxed);
         self.pong();
@@ -619,3 +674,6 @@ impl<O> LaneState<O> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! Output credits owed to a worker: when they ride on a task frame, when they
+//! go at once, and that the window the parent keeps counts them when sent.
+
+use super::*;
+use crate::codec::FrameDecoder;
+use crate::protocol::ToWorker;
+
+/// The frames queued for the writer, decoded, as (kind, value).
+fn queued(lane: &Lane<u64>) -> Vec<(u8, u32)> {
+    let out = std::mem::take(&mut lane.lock().out);
+    let mut frames = FrameDecoder::new(usize::MAX);
+    let mut seen = Vec::new();
+    while let Some(body) = frames.next_frame(&out).unwrap() {
+        seen.push(match ToWorker::decode(body).unwrap() {
+            ToWorker::Credit(n) => (kind::CREDIT, n),
+            ToWorker::Task { slot, .. } => (kind::TASK, slot),
+            ToWorker::Stop => (kind::STOP, 0),
+            other => panic!("unexpected frame {other:?}"),
+        });
+    }
+    seen
+}
+
+/// A lane open to a worker with an output window of `window`.
+fn open_lane(window: u32) -> (Lane<u64>, u64) {
+    let lane = Lane::new(0, 8, 1 << 20, 0);
+    let generation = lane.open(1, None, window).unwrap();
+    (lane, generation)
+}
+
+/// What the reader does for a read that held `replies` call replies.
+fn replies(lane: &Lane<u64>, replies: u32) {
+    let mut st = lane.lock();
+    st.output_window -= i64::from(replies);
+    lane.owe_credits(&mut st, replies);
+}
+
+#[test]
+fn credits_for_call_replies_ride_on_the_next_task() {
+    let (lane, _) = open_lane(8);
+    replies(&lane, 1);
+    assert_eq!(queued(&lane), []);
+    assert_eq!(lane.lock().output_window, 7);
+    lane.try_push(&5u64, None).map_err(|_| ()).unwrap();
+    assert_eq!(
+        queued(&lane),
+        [(kind::CREDIT, 1), (kind::TASK, 0)],
+        "the credit goes in front of the task"
+    );
+    assert_eq!(lane.lock().output_window, 8);
+}
+
+#[test]
+fn owed_credits_go_at_once_when_the_window_runs_low() {
+    let (lane, _) = open_lane(8);
+    replies(&lane, 3);
+    assert_eq!(queued(&lane), [], "5 of 8 left: nothing to send yet");
+    replies(&lane, 2);
+    assert_eq!(
+        queued(&lane),
+        [(kind::CREDIT, 5)],
+        "3 of 8 left, below half: the worker may soon wait for them"
+    );
+    assert_eq!(lane.lock().output_window, 8);
+}
+
+#[test]
+fn owed_credits_go_when_the_window_shrinks_without_replies() {
+    let (lane, _) = open_lane(8);
+    replies(&lane, 1);
+    assert_eq!(queued(&lane), []);
+    // Outputs for the stream spend the window too; the reader settles
+    // after every read, even one that frees no credit.
+    let mut st = lane.lock();
+    st.output_window -= 4;
+    lane.owe_credits(&mut st, 0);
+    drop(st);
+    assert_eq!(queued(&lane), [(kind::CREDIT, 1)]);
+    assert_eq!(lane.lock().output_window, 4);
+}
+
+#[test]
+fn owed_credits_join_a_frame_that_is_queued_anyway() {
+    let (lane, generation) = open_lane(8);
+    replies(&lane, 1);
+    lane.stop();
+    assert_eq!(queued(&lane), [(kind::CREDIT, 1), (kind::STOP, 0)]);
+    // A stopping worker gets no more tasks to carry its credits.
+    lane.return_output_credits(generation, 2);
+    assert_eq!(queued(&lane), [(kind::CREDIT, 2)]);
+}
+
+#[test]
+fn a_new_worker_is_owed_nothing() {
+    let (lane, _) = open_lane(8);
+    replies(&lane, 1);
+    let _ = lane.take_held(false);
+    lane.open(2, None, 8).unwrap();
+    lane.try_push(&5u64, None).map_err(|_| ()).unwrap();
+    assert_eq!(queued(&lane), [(kind::TASK, 0)]);
+    assert_eq!(lane.lock().output_window, 8);
+}
