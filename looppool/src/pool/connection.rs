@@ -16,6 +16,12 @@ use crate::transport::{self, FrameReader, WriteHalf};
 /// the connection fails.
 pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: WriteHalf) {
     let mut batch = Vec::with_capacity(64 * 1024);
+    // On a current_thread runtime nobody runs while the writer does: the
+    // submitters have queued what they had before it was polled. A yield
+    // there only defers the write behind a poll of the I/O driver (one more
+    // `epoll_wait` per `call`).
+    let yield_after_wake = tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::CurrentThread;
     loop {
         let took = {
             let mut st = lane.lock();
@@ -27,9 +33,11 @@ pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: W
         };
         if !took {
             lane.writer_wake.notified().await;
-            // Let submitters that were woken with us add to the batch
-            // before it is taken (matters on a multi-thread runtime).
-            tokio::task::yield_now().await;
+            if yield_after_wake {
+                // Let submitters that were woken with us add to the batch
+                // before it is taken.
+                tokio::task::yield_now().await;
+            }
             continue;
         }
         if transport::write_batch(&mut io, &batch).await.is_err() {
