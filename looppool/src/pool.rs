@@ -223,27 +223,49 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: if the future is dropped before it completes, the task
     /// was not sent.
     pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        self.push_round_robin(&task, None)
+        let worker = self.pick();
+        // The common case without the waiting machinery: the worker has a
+        // free slot, and the task is pushed synchronously. Going through
+        // the nested futures of `push_round_robin` and `push` (their moves,
+        // state dispatch and drops) cost the parent about a tenth of its
+        // per-task instructions in the W1 benchmark.
+        if let Ok(lane) = self.lane(worker) {
+            match lane.try_push(&task, None) {
+                Ok(pushed) => {
+                    if pushed.yield_now {
+                        tokio::task::yield_now().await;
+                    }
+                    return Ok(pushed.id);
+                }
+                Err((e @ PushError::Codec(_), _)) => {
+                    return Err(SubmitError::new(e.into_kind(), task))
+                }
+                // Full, restarting or closed: the waiting path decides.
+                Err(_) => {}
+            }
+        }
+        self.push_round_robin(worker, &task, None)
             .await
             .map(|(id, _)| id)
             .map_err(|(kind, _)| SubmitError::new(kind, task))
     }
 
-    /// Pushes to the next worker in turn; if that worker was removed by a
-    /// concurrent shrink, picks again.
+    /// Pushes to `worker`, the one picked in turn; if that worker was
+    /// removed by a concurrent shrink, picks again.
     async fn push_round_robin(
         &self,
+        mut worker: usize,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
     ) -> Result<(TaskId, usize), (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
         loop {
-            let worker = self.pick();
             match self.push(worker, task, call).await {
                 Ok(id) => return Ok((id, worker)),
                 Err((SubmitErrorKind::Closed | SubmitErrorKind::NoSuchWorker { .. }, back))
                     if worker >= self.workers() && !self.inner.sup.is_stopping() =>
                 {
                     call = back;
+                    worker = self.pick();
                 }
                 Err(e) => return Err(e),
             }
@@ -364,7 +386,7 @@ impl<W: Worker> Pool<W> {
     /// its reply is discarded.
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
-        match self.push_round_robin(&task, Some(tx)).await {
+        match self.push_round_robin(self.pick(), &task, Some(tx)).await {
             Ok((id, worker)) => Self::await_reply(rx, worker, id).await,
             Err((kind, _)) => Err(CallError::Submit(SubmitError::new(kind, task))),
         }
