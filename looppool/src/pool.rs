@@ -197,13 +197,21 @@ impl<W: Worker> Pool<W> {
         let n = self.workers().max(1);
         // A relaxed load and store, not a read-modify-write: two racing
         // submitters may pick the same worker, which only evens out later.
+        // `next` is the last pick plus one, so at most `n` unless the pool
+        // shrank: it wraps by comparison, as a division per task costs tens
+        // of cycles.
         let start = self.inner.next.load(Ordering::Relaxed);
-        let mut index = start % n;
-        for step in 0..n {
-            let candidate = (start + step) % n;
+        let start = if start < n { start } else { 0 };
+        let mut index = start;
+        let mut candidate = start;
+        for _ in 0..n {
             if self.inner.lanes[candidate].is_up() {
                 index = candidate;
                 break;
+            }
+            candidate += 1;
+            if candidate == n {
+                candidate = 0;
             }
         }
         self.inner.next.store(index + 1, Ordering::Relaxed);
