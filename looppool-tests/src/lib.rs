@@ -4,6 +4,8 @@
 //! `tests/` start pools of it with `env!("CARGO_BIN_EXE_test-worker")`,
 //! which is how users test their own workers under `cargo test`.
 
+pub mod nats;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -16,7 +16,10 @@ pub struct BuildError {
 }
 
 impl BuildError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    /// An invalid-configuration error with `message`, which should say what
+    /// to change (for transports and wrappers that validate settings of
+    /// their own).
+    pub fn new(message: impl Into<String>) -> Self {
         BuildError {
             message: message.into(),
         }
@@ -82,9 +85,11 @@ impl fmt::Display for StartError {
             StartError::Config(e) => e.fmt(f),
             StartError::Closed => f.write_str("pool is closed"),
             StartError::Spawn {
-                worker, program, ..
+                worker,
+                program,
+                source,
             } => {
-                write!(f, "cannot execute worker {worker} program {program:?}")
+                write!(f, "cannot start worker {worker} with {program}: {source}")
             }
             StartError::Handshake { worker, reason } => {
                 write!(f, "worker {worker} failed the handshake: {reason}")

@@ -1,0 +1,178 @@
+//! The pool's streams and consumers: created by the parent, bound by workers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+
+use crate::names::Names;
+
+/// Output messages a worker may have in the broker before its publishes are
+/// refused (the parent's credits bound them far lower in normal operation).
+const OUTPUT_BACKLOG: i64 = 100_000;
+
+/// The parent's handle on the pool's objects in the broker.
+#[derive(Debug, Clone)]
+pub(crate) struct Broker {
+    pub(crate) js: jetstream::Context,
+    pub(crate) names: Names,
+    tasks: stream::Stream,
+    outputs: stream::Stream,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Creates `config`'s stream, or brings an existing one to `config`.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, String> {
+    let name = config.name.clone();
+    match js.create_stream(config.clone()).await {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            js.update_stream(config)
+                .await
+                .map_err(|e| err(&format!("cannot create or update stream {name}"), e))?;
+            js.get_stream(&name)
+                .await
+                .map_err(|e| err(&format!("cannot open stream {name}"), e))
+        }
+    }
+}
+
+impl Broker {
+    /// Creates (or updates) the pool's task and output streams. Each worker
+    /// subject holds at most `per_worker` messages: a publish beyond is
+    /// refused by the broker.
+    pub(crate) async fn setup(
+        js: jetstream::Context,
+        names: Names,
+        per_worker: usize,
+        storage: stream::StorageType,
+    ) -> Result<Self, String> {
+        let tasks = ensure_stream(
+            &js,
+            stream::Config {
+                name: names.task_stream(),
+                subjects: vec![names.task_subjects()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                // Tasks in flight, plus the init and stop messages.
+                max_messages_per_subject: per_worker as i64 + 8,
+                storage,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let outputs = ensure_stream(
+            &js,
+            stream::Config {
+                name: names.output_stream(),
+                subjects: vec![names.output_subjects()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                max_messages_per_subject: OUTPUT_BACKLOG,
+                storage,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Broker {
+            js,
+            names,
+            tasks,
+            outputs,
+        })
+    }
+
+    /// Gives worker `n` a clean slate for incarnation `inc`: the consumers
+    /// of earlier incarnations are deleted (so that a worker declared dead
+    /// receives nothing more), what they left in the worker's subjects is
+    /// purged (the pool already reported or re-sent it), and new consumers
+    /// are created. `max_running` is the broker's bound on the tasks the
+    /// worker holds unacknowledged.
+    pub(crate) async fn reset_worker(
+        &self,
+        n: usize,
+        inc: u64,
+        max_running: usize,
+        ack_wait: Duration,
+    ) -> Result<(), String> {
+        self.retire_worker(n).await?;
+        self.tasks
+            .purge()
+            .filter(self.names.task_subject(n))
+            .await
+            .map_err(|e| err("cannot purge a worker's task subject", e))?;
+        self.outputs
+            .purge()
+            .filter(self.names.output_subject(n))
+            .await
+            .map_err(|e| err("cannot purge a worker's output subject", e))?;
+        self.tasks
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(self.names.task_consumer(n, inc)),
+                filter_subject: self.names.task_subject(n),
+                ack_policy: consumer::AckPolicy::Explicit,
+                // The init and stop messages are acknowledged on receipt.
+                max_ack_pending: max_running as i64 + 2,
+                ack_wait,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("cannot create a worker's task consumer", e))?;
+        self.outputs
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(self.names.output_consumer(n, inc)),
+                filter_subject: self.names.output_subject(n),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 4096,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("cannot create a worker's output consumer", e))?;
+        Ok(())
+    }
+
+    /// Deletes every consumer of worker `n`, whatever its incarnation.
+    pub(crate) async fn retire_worker(&self, n: usize) -> Result<(), String> {
+        for (stream, prefix) in [
+            (&self.tasks, format!("w{n}-")),
+            (&self.outputs, format!("o{n}-")),
+        ] {
+            let mut names = stream.consumer_names();
+            let mut doomed = Vec::new();
+            while let Some(name) = names.next().await {
+                let name = name.map_err(|e| err("cannot list consumers", e))?;
+                if name.starts_with(&prefix) {
+                    doomed.push(name);
+                }
+            }
+            for name in doomed {
+                // Already gone is fine.
+                let _ = stream.delete_consumer(&name).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parent's consumer of worker `n`'s outputs.
+    pub(crate) async fn output_consumer(
+        &self,
+        n: usize,
+        inc: u64,
+    ) -> Result<consumer::PullConsumer, String> {
+        self.outputs
+            .get_consumer(&self.names.output_consumer(n, inc))
+            .await
+            .map_err(|e| err("cannot open a worker's output consumer", e))
+    }
+}

@@ -1,0 +1,157 @@
+//! A private NATS server with JetStream for one test: a free loopback port,
+//! a temporary store, stopped by its pid.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A running `nats-server -js`, stopped and its store removed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+/// The `nats-server` binary: `$NATS_SERVER`, the `PATH`, or Debian's
+/// `/usr/sbin` (not on every user's `PATH`).
+pub fn server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into(), "/sbin".into()])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+impl NatsServer {
+    /// Starts a server, or returns `None` (after saying so) when no
+    /// `nats-server` is installed. Under `CI=true` a missing server fails
+    /// the test instead: CI must install it.
+    pub fn start() -> Option<Self> {
+        let Some(binary) = server_binary() else {
+            if std::env::var_os("CI").is_some_and(|v| v == "true") {
+                panic!("nats-server is not installed, and CI=true: .ci/run must install it");
+            }
+            eprintln!("skipping: nats-server not found (install Debian's nats-server, or set NATS_SERVER)");
+            return None;
+        };
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "looppool-nats-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let mut server = NatsServer {
+            child: None,
+            binary,
+            dir,
+            port: 0,
+            url: String::new(),
+        };
+        server.launch(None);
+        Some(server)
+    }
+
+    fn launch(&mut self, port: Option<u16>) {
+        let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(self.dir.join("js"))
+            .arg("--ports_file_dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start nats-server");
+        let ports = self.dir.join(format!("nats-server_{}.ports", child.id()));
+        self.child = Some(child);
+        let url = wait_for_ports(&ports);
+        self.port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the ports file");
+        self.url = format!("nats://127.0.0.1:{}", self.port);
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch(Some(self.port));
+    }
+}
+
+fn wait_for_ports(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            // {"nats":["nats://127.0.0.1:PORT"], ...}
+            if let Some(url) = text
+                .split('"')
+                .find(|s| s.starts_with("nats://"))
+                .map(str::to_owned)
+            {
+                return url;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!(
+        "nats-server wrote no ports file {} within 10 s",
+        path.display()
+    );
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts worker `program` (the test worker) as a remote worker of pool
+/// `pool`, running worker type `worker`, joining as `index` when given.
+pub fn remote_worker(
+    program: &str,
+    url: &str,
+    pool: &str,
+    worker: &str,
+    index: Option<usize>,
+) -> Child {
+    let mut cmd = Command::new(program);
+    cmd.env("LOOPPOOL_NATS_URL", url)
+        .env("LOOPPOOL_NATS_POOL", pool)
+        .env("LOOPPOOL_NATS_WORKER", worker)
+        .stdin(Stdio::null());
+    if let Some(i) = index {
+        cmd.env("LOOPPOOL_NATS_INDEX", i.to_string());
+    }
+    cmd.spawn().expect("cannot start the test worker")
+}
