@@ -119,11 +119,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                     Err(e) => return ReadEnd::Broken(e),
                 },
                 FromWorker::OutputDone { slot, payload } => match decode(payload) {
-                    Ok(value) => {
-                        events.push(Event::Slot(SlotEvent::Output { slot, value }));
-                        events.push(Event::Slot(SlotEvent::Done { slot }));
-                        dones += 1;
-                    }
+                    Ok(value) => events.push(Event::Slot(SlotEvent::OutputDone { slot, value })),
                     Err(e) => return ReadEnd::Broken(e),
                 },
                 FromWorker::Done(slot) => {
@@ -151,8 +147,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             continue;
         }
         // ... then apply it all under one lock.
-        // Sized once, for every event but completions: grown one push at a
-        // time, its reallocations and copies cost the reader about 30
+        // Sized once, for every event but bare completions: grown one push
+        // at a time, its reallocations and copies cost the reader about 30
         // instructions per output.
         let mut items = Vec::with_capacity(events.len() - dones);
         let mut credits_held = 0u32;

@@ -572,6 +572,12 @@ pub(crate) enum SlotEvent<O> {
     Done {
         slot: u32,
     },
+    /// A task's last output and its completion, from one frame: applied
+    /// in one step, as most tasks end this way.
+    OutputDone {
+        slot: u32,
+        value: O,
+    },
     Failed {
         slot: u32,
         message: String,
@@ -598,6 +604,21 @@ impl<O> LaneState<O> {
         }
     }
 
+    /// Frees the slot of a task that completed, answering its caller.
+    fn complete(&mut self, slot: u32, freed: &mut usize) {
+        if let Slot::Busy {
+            call: Some(call), ..
+        } = std::mem::replace(&mut self.slots[slot as usize], Slot::Free)
+        {
+            let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
+            let _ = call.tx.send(outcome);
+        }
+        self.free.push(slot);
+        self.completed += 1;
+        self.counters.done += 1;
+        *freed += 1;
+    }
+
     /// True when some submitter waits for this lane.
     pub(crate) fn space_waiters_any(&self) -> bool {
         self.space_waiters > 0
@@ -616,37 +637,31 @@ impl<O> LaneState<O> {
         let slot = match &event {
             SlotEvent::Output { slot, .. }
             | SlotEvent::Done { slot }
+            | SlotEvent::OutputDone { slot, .. }
             | SlotEvent::Failed { slot, .. } => *slot,
         };
         let Some(Slot::Busy { id, call, .. }) = self.slots.get_mut(slot as usize) else {
             return Err(UnknownSlot(slot));
         };
         let id = *id;
+        let mut output = |call: &mut Option<Call<O>>, value, credits_back: &mut u32| match call {
+            Some(Call {
+                reply: reply @ None,
+                ..
+            }) => {
+                // A call's reply goes to its caller, not to the stream:
+                // the output window is free again at once.
+                *reply = Some(value);
+                *credits_back += 1;
+            }
+            _ => deliver(Delivered::Value { task: id, value }),
+        };
         match event {
-            SlotEvent::Output { value, .. } => match call {
-                Some(Call {
-                    reply: reply @ None,
-                    ..
-                }) => {
-                    // A call's reply goes to its caller, not to the stream:
-                    // the output window is free again at once.
-                    *reply = Some(value);
-                    *credits_back += 1;
-                }
-                _ => deliver(Delivered::Value { task: id, value }),
-            },
-            SlotEvent::Done { .. } => {
-                if let Slot::Busy {
-                    call: Some(call), ..
-                } = std::mem::replace(&mut self.slots[slot as usize], Slot::Free)
-                {
-                    let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
-                    let _ = call.tx.send(outcome);
-                }
-                self.free.push(slot);
-                self.completed += 1;
-                self.counters.done += 1;
-                *freed += 1;
+            SlotEvent::Output { value, .. } => output(call, value, credits_back),
+            SlotEvent::Done { .. } => self.complete(slot, freed),
+            SlotEvent::OutputDone { value, .. } => {
+                output(call, value, credits_back);
+                self.complete(slot, freed);
             }
             SlotEvent::Failed {
                 message, panicked, ..
