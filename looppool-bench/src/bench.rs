@@ -68,6 +68,9 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     if opts.runs("W6") {
         w6(&plan, &rt, &mut rows)?;
     }
+    if crate::broker::chosen(opts) {
+        crate::broker::run(opts, &rt, &mut rows)?;
+    }
     if opts.json {
         for row in &rows {
             println!("{}", report::json_line(row));

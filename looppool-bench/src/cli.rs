@@ -25,7 +25,11 @@ pub(crate) struct Options {
     pub(crate) mode: Mode,
     pub(crate) json: bool,
     pub(crate) quick: bool,
-    /// Workloads to run (`W1`..`W6`, `raw`); all when `None`.
+    /// `--broker`: only the broker workloads, and a missing `nats-server`
+    /// is an error rather than a skip.
+    pub(crate) broker: bool,
+    /// Workloads to run (`W1`..`W6`, `raw`, `W1-broker`, `W2-broker`,
+    /// `raw-js`); all when `None`.
     pub(crate) only: Option<BTreeSet<String>>,
     /// The CPU that the pinned measurements use (default: the first this
     /// process may run on).
@@ -37,14 +41,19 @@ looppool-bench: the machine's socketpair limits, then looppool's workloads.
 
 USAGE:
     looppool-bench [--quick] [--json] [--only W1,W2,...] [--pin-cpu N]
+    looppool-bench --broker [--quick] [--json]
     looppool-bench --soak [--tasks N] [--json]
     looppool-bench --workload Wn [--workers N] [--n N]
 
 OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
-    --only LIST      comma-separated subset of W1..W6 and raw (raw limits that the
-                     chosen workloads are compared with are always measured)
+    --only LIST      comma-separated subset of W1..W6, raw, W1-broker, W2-broker and
+                     raw-js (raw limits that the chosen workloads are compared with
+                     are always measured)
+    --broker         only the broker workloads (W1-broker, W2-broker and their raw
+                     JetStream limit) through a private nats-server, which must be
+                     installed; a full run skips them when it is not
     --pin-cpu N      the CPU for the pinned W2 and ping-pong figures (default: the
                      first CPU this process may run on)
     --soak           parent memory over a long W1 stream (default 10,000,000 tasks)
@@ -62,6 +71,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
         mode: Mode::Bench,
         json: false,
         quick: false,
+        broker: false,
         only: None,
         pin_cpu: None,
     };
@@ -93,13 +103,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
             "--json" => opts.json = true,
             "--quick" => opts.quick = true,
             "--soak" => soak = true,
+            "--broker" => opts.broker = true,
             "--extra-peer" => {}
             "--only" => {
                 let list = value("--only")?;
                 let mut set = BTreeSet::new();
                 for item in list.split(',').filter(|s| !s.is_empty()) {
                     let item = normalise(item);
-                    if !is_workload(&item) && item != "raw" {
+                    if !is_workload(&item) && !is_broker_workload(&item) && item != "raw" {
                         return Err(format!("--only: unknown workload {item:?}"));
                     }
                     set.insert(item);
@@ -128,6 +139,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
     if opts.mode == Mode::Help {
         return Ok(opts);
     }
+    if opts.broker && opts.only.is_none() {
+        opts.only = Some(
+            ["raw-js", "W1-broker", "W2-broker"]
+                .map(String::from)
+                .into(),
+        );
+    }
     if let Some(workload) = workload {
         opts.mode = Mode::Peer {
             workload,
@@ -146,6 +164,10 @@ fn normalise(s: &str) -> String {
     let s = s.trim();
     if s.eq_ignore_ascii_case("raw") {
         "raw".into()
+    } else if s.eq_ignore_ascii_case("raw-js") {
+        "raw-js".into()
+    } else if s.len() > 7 && s[s.len() - 7..].eq_ignore_ascii_case("-broker") {
+        format!("{}-broker", s[..s.len() - 7].to_ascii_uppercase())
     } else {
         s.to_ascii_uppercase()
     }
@@ -153,6 +175,10 @@ fn normalise(s: &str) -> String {
 
 fn is_workload(s: &str) -> bool {
     matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W6")
+}
+
+fn is_broker_workload(s: &str) -> bool {
+    matches!(s, "W1-broker" | "W2-broker" | "raw-js")
 }
 
 impl Options {
@@ -259,6 +285,10 @@ mod tests {
         assert!(o.quick && o.json && o.runs("W1") && o.runs("W2") && !o.runs("W3"));
         assert!(parse_str("").unwrap().runs("W5"));
         assert!(parse_str("--only W9").is_err());
+        let b = parse_str("--only w1-BROKER,raw-js").unwrap();
+        assert!(b.runs("W1-broker") && b.runs("raw-js") && !b.runs("W1") && !b.broker);
+        let b = parse_str("--broker").unwrap();
+        assert!(b.broker && b.runs("W2-broker") && !b.runs("W1") && !b.runs("raw"));
         assert!(parse_str("--bogus").is_err());
     }
 

@@ -6,6 +6,7 @@
 //! cargo run --release -p looppool-bench -- --quick       # smoke run, a few seconds
 //! cargo run --release -p looppool-bench -- --json --only W1,W2
 //! cargo run --release -p looppool-bench -- --soak        # parent RSS over 10 M tasks
+//! cargo run --release -p looppool-bench -- --broker      # W1, W2 through a NATS broker
 //! looppool-bench --workload W1 [--workers N] [--n N]     # one record for the Python peer harness
 //! ```
 //!
@@ -26,6 +27,8 @@
 //!
 //! - [`cli`]: options and the size of each measurement;
 //! - [`raw`]: the machine's limits over plain socketpairs;
+//! - [`broker`]: W1 and W2 through NATS JetStream beside a raw JetStream
+//!   round trip;
 //! - [`workers`]: the worker types; [`workloads`]: W1–W6;
 //! - [`bench`](mod@bench): the main mode; [`soak`]: the memory soak; [`peer`]: the
 //!   peer harness's record;
@@ -35,6 +38,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod broker;
 mod cli;
 mod peer;
 mod raw;
@@ -46,6 +50,9 @@ mod workers;
 mod workloads;
 
 fn main() -> ExitCode {
+    // A worker the broker pool (`--broker`) started joins it here and never
+    // returns.
+    looppool_nats::run_if_remote::<workers::Echo>();
     // A process the pool started runs its worker here and never returns.
     looppool::worker_main!(
         workers::Echo,
@@ -55,6 +62,8 @@ fn main() -> ExitCode {
     );
     // A raw-limit child echoes here and never returns.
     raw::child_main_if_requested();
+    // A raw JetStream worker of the broker limit, likewise.
+    broker::child_main_if_requested();
 
     let opts = match cli::parse(std::env::args().skip(1)) {
         Ok(opts) => opts,
