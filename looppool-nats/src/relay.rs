@@ -4,6 +4,7 @@
 //! them run unchanged.
 
 pub(crate) mod parent;
+mod publish;
 pub(crate) mod worker;
 
 /// Splits the whole frames at the start of `buf` off, returning them as one

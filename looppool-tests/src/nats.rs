@@ -101,9 +101,11 @@ impl NatsServer {
         }
     }
 
-    /// Stops the server and starts it again on the same port and store.
-    pub fn restart(&mut self) {
+    /// Stops the server and starts it again on the same port and store,
+    /// after `downtime`.
+    pub fn restart(&mut self, downtime: Duration) {
         self.stop();
+        std::thread::sleep(downtime);
         self.launch(Some(self.port));
     }
 }

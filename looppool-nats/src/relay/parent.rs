@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::{HeaderMap, HeaderValue};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -30,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::broker::Broker;
 use crate::names::{self, header_u64};
+use crate::relay::publish::{self, Pending};
 use crate::settings::Settings;
 
 /// What the relay knows of how its worker ended.
@@ -124,7 +124,11 @@ impl ParentRelay {
         let (reader, mut writer) = conn.into_split();
         let credit = Arc::new(AtomicU64::new(0));
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
-        let confirmer = tokio::spawn(confirm(broker.js.clone(), confirm_rx));
+        let confirmer = tokio::spawn(publish::confirm(
+            broker.js.clone(),
+            confirm_rx,
+            |()| async {},
+        ));
         let stop = {
             let down = down(&broker, &client, &settings, reader, &credit, confirm_tx);
             let up = up(&broker, &settings, &hello, &mut writer);
@@ -174,38 +178,6 @@ pub(crate) async fn kill_message(client: &async_nats::Client, broker: &Broker, n
     let _ = client.flush().await;
 }
 
-/// A publish waiting for the broker's acknowledgement, with what it takes
-/// to send it again.
-struct Pending {
-    ack: PublishAckFuture,
-    subject: String,
-    headers: HeaderMap,
-    payload: Bytes,
-}
-
-/// Awaits acknowledgements in order; a publish that was not stored (a broker
-/// outage, a timeout) is sent again with the same message id until it is.
-async fn confirm(js: async_nats::jetstream::Context, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(p) = rx.recv().await {
-        if p.ack.await.is_ok() {
-            continue;
-        }
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let sent = js
-                .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
-                .await;
-            if let Ok(ack) = sent {
-                if ack.await.is_ok() {
-                    break;
-                }
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-        }
-    }
-}
-
 /// Pool → worker.
 async fn down(
     broker: &Broker,
@@ -213,7 +185,7 @@ async fn down(
     settings: &Settings,
     mut reader: ReadHalf,
     credit: &AtomicU64,
-    confirm: mpsc::UnboundedSender<Pending>,
+    confirm: mpsc::UnboundedSender<Pending<()>>,
 ) -> Stop {
     let n = settings.index;
     let inc = settings.incarnation;
@@ -249,6 +221,7 @@ async fn down(
                                 subject: subject.clone(),
                                 headers,
                                 payload: f,
+                                then: (),
                             });
                         }
                         Err(e) => return Stop::Broken(format!("cannot publish a task: {e}")),

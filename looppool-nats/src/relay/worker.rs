@@ -24,17 +24,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::names::{self, header_u64, Names};
+use crate::relay::publish::{self, Pending};
 use crate::settings::Settings;
 
 /// Completed task messages remembered, so that a late redelivery of one is
 /// acknowledged again rather than run again.
 const REMEMBERED: usize = 65_536;
 
+/// A task's stream sequence and, at least once, its pending acknowledgement.
+type Held = (u64, Option<Acker>);
+
 /// Which task messages this incarnation has seen.
 #[derive(Default)]
 struct Tracking {
     /// Running tasks by slot: their stream sequence and acknowledgement.
-    running: HashMap<u32, (u64, Option<Acker>)>,
+    running: HashMap<u32, Held>,
     /// Stream sequences of running tasks.
     running_seqs: HashSet<u64>,
     /// Stream sequences of recently completed tasks, oldest first.
@@ -43,7 +47,7 @@ struct Tracking {
 }
 
 impl Tracking {
-    fn complete(&mut self, slot: u32) -> Option<(u64, Option<Acker>)> {
+    fn complete(&mut self, slot: u32) -> Option<Held> {
         let (seq, acker) = self.running.remove(&slot)?;
         self.running_seqs.remove(&seq);
         Some((seq, acker))
@@ -114,7 +118,23 @@ impl WorkerRelay {
             settings.clone(),
         ));
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
-        let confirmer = tokio::task::spawn_local(confirm(js.clone(), confirm_rx, tracking.clone()));
+        let done = tracking.clone();
+        let confirmer = tokio::task::spawn_local(publish::confirm(
+            js.clone(),
+            confirm_rx,
+            move |completed: Vec<Held>| {
+                let done = done.clone();
+                async move {
+                    // The completing output is stored: the tasks are done.
+                    for (seq, acker) in completed {
+                        if let Some(acker) = acker {
+                            let _ = acker.ack().await;
+                        }
+                        done.borrow_mut().remember_done(seq);
+                    }
+                }
+            },
+        ));
         let out = Outbox {
             js,
             subject: names.output_subject(n),
@@ -138,7 +158,7 @@ struct Outbox {
     subject: String,
     inc: u64,
     seq: u64,
-    confirm: mpsc::UnboundedSender<Pending>,
+    confirm: mpsc::UnboundedSender<Pending<Vec<Held>>>,
 }
 
 impl Outbox {
@@ -169,51 +189,9 @@ impl Outbox {
             subject: self.subject.clone(),
             headers,
             payload,
-            completed,
+            then: completed,
         });
         Ok(())
-    }
-}
-
-struct Pending {
-    ack: async_nats::jetstream::context::PublishAckFuture,
-    subject: String,
-    headers: HeaderMap,
-    payload: Bytes,
-    /// Task messages to acknowledge once this output message is stored.
-    completed: Vec<(u64, Option<Acker>)>,
-}
-
-/// Awaits the broker's acknowledgement of each output message in order
-/// (publishing again with the same id until stored), then acknowledges the
-/// task messages it completes.
-async fn confirm(
-    js: jetstream::Context,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    tracking: Rc<RefCell<Tracking>>,
-) {
-    while let Some(p) = rx.recv().await {
-        if p.ack.await.is_err() {
-            let mut pause = Duration::from_millis(50);
-            loop {
-                let sent = js
-                    .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
-                    .await;
-                if let Ok(ack) = sent {
-                    if ack.await.is_ok() {
-                        break;
-                    }
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-        }
-        for (seq, acker) in p.completed {
-            if let Some(acker) = acker {
-                let _ = acker.ack().await;
-            }
-            tracking.borrow_mut().remember_done(seq);
-        }
     }
 }
 

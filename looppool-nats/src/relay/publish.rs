@@ -1,0 +1,66 @@
+//! Publishing to a stream until the broker has stored the message.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+/// A published message waiting for the broker's acknowledgement, with what
+/// it takes to send it again, and `then`: what to do once it is stored.
+pub(crate) struct Pending<T> {
+    pub(crate) ack: PublishAckFuture,
+    pub(crate) subject: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
+    pub(crate) then: T,
+}
+
+/// Waits until `p` is stored, publishing it again (same message id, so the
+/// broker stores it once) after a failed or timed-out acknowledgement.
+async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> T {
+    if p.ack.await.is_ok() {
+        return p.then;
+    }
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let sent = js
+            .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
+            .await;
+        if let Ok(ack) = sent {
+            if ack.await.is_ok() {
+                return p.then;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Confirms every message sent on `rx`, all at once rather than one after
+/// the other (a broker outage times out many acknowledgements together),
+/// and runs `on_stored` for each as it is stored. Returns once `rx` is
+/// closed and every message is stored.
+pub(crate) async fn confirm<T, F, Fut>(
+    js: jetstream::Context,
+    mut rx: mpsc::UnboundedReceiver<Pending<T>>,
+    mut on_stored: F,
+) where
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut waiting = FuturesUnordered::new();
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        tokio::select! {
+            p = rx.recv(), if open => match p {
+                Some(p) => waiting.push(stored(js.clone(), p)),
+                None => open = false,
+            },
+            Some(then) = waiting.next(), if !waiting.is_empty() => on_stored(then).await,
+        }
+    }
+}
