@@ -229,3 +229,57 @@ async fn a_broker_restart_under_load_loses_nothing() {
     let report = pool.shutdown().await;
     assert!(report.drained, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_silent_remote_worker_is_declared_lost_and_leaves_when_it_wakes() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut remote = remote_worker(WORKER, &server.url, "silent", "probe", Some(1));
+    let (events, hook) = recorder();
+    let (pool, mut outputs) = pool(&server.url, "silent")
+        .local_workers(1)
+        .remote_workers(1)
+        .configure(move |b| b.on_event(hook))
+        .start()
+        .await
+        .unwrap();
+    let pid = remote.id() as libc::pid_t;
+    for i in 0..200 {
+        pool.submit(Job::Sleep { ms: 10, value: i }).await.unwrap();
+    }
+    // Frozen, not dead: its connection stays open, only its heartbeats stop.
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (values, lost) = settle(&mut outputs, 200, |_| {}).await;
+    assert!(lost.is_empty(), "{lost:?}");
+    assert_eq!(values.len(), 200);
+    assert!(values.values().all(|&c| c == 1), "each task ended once");
+    let declared = events.lock().unwrap().iter().find_map(|e| match e {
+        WorkerEvent::Crashed {
+            worker: 1, status, ..
+        } => Some(*status),
+        _ => None,
+    });
+    assert_eq!(declared, Some(looppool::ExitStatus::Unknown));
+    // Woken up, it finds itself replaced and exits without taking tasks.
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let woke = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = remote.try_wait().unwrap() {
+            break s;
+        }
+        assert!(woke.elapsed() < Duration::from_secs(10), "the zombie stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "{status:?}");
+    // Nothing more arrives from it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), outputs.next())
+            .await
+            .is_err(),
+        "no output after every task ended"
+    );
+    pool.shutdown().await;
+}

@@ -38,3 +38,52 @@ fn sigkilled_parent_takes_its_workers_down_within_a_second() {
         }
     }
 }
+
+#[test]
+fn through_a_broker_local_workers_die_with_the_parent_and_remote_ones_soon_after() {
+    let Some(server) = looppool_tests::nats::NatsServer::start() else {
+        return;
+    };
+    let worker = env!("CARGO_BIN_EXE_test-worker");
+    let mut remote =
+        looppool_tests::nats::remote_worker(worker, &server.url, "orphans", "probe", None);
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_orphan-parent"))
+        .args([worker, "3", &server.url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{line:?}");
+    assert_eq!(pids[2], remote.id(), "the remote worker joined as worker 2");
+
+    parent.kill().unwrap(); // SIGKILL: no goodbye reaches anyone
+    let killed = Instant::now();
+    parent.wait().unwrap();
+    // Local workers receive the parent-death signal.
+    while !pids[..2].iter().all(|&p| process_gone(p)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "local workers {pids:?} outlived their parent"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The remote one notices the parent's heartbeats stopped (1 s of silence).
+    loop {
+        if let Some(status) = remote.try_wait().unwrap() {
+            assert!(!status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "the remote worker outlived its parent by 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

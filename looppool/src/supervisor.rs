@@ -205,6 +205,9 @@ pub(crate) struct Supervisor<O> {
     pub(crate) on_event: Option<EventHook>,
     children: Vec<Mutex<ChildSlot>>,
     stopping: AtomicBool,
+    /// Becomes true with `stopping`, for starts to wait on: a connector
+    /// may wait long for a worker to join.
+    stopped: watch::Sender<bool>,
     deadline_hit: AtomicBool,
     dropped: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -261,6 +264,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             on_event,
             children,
             stopping: AtomicBool::new(false),
+            stopped: watch::Sender::new(false),
             deadline_hit: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -364,9 +368,10 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         loop {
             let installed = match next.take() {
                 Some(s) => s,
-                None => match launch(&self.spec, index).await {
-                    Ok(l) => self.install(index, l),
-                    Err(e) => {
+                None => match self.launch_unless_stopped(index).await {
+                    None => break,
+                    Some(Ok(l)) => self.install(index, l),
+                    Some(Err(e)) => {
                         self.emit(WorkerEvent::StartFailed {
                             worker: index,
                             error: e.to_string(),
@@ -475,6 +480,18 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 cause: LossCause::PoolKilled,
             };
             self.report_lost(held, &lost, &outputs);
+        }
+    }
+
+    /// Starts worker `index`, unless the pool stops first (then `None`).
+    async fn launch_unless_stopped(
+        &self,
+        index: usize,
+    ) -> Option<Result<Launched, crate::StartError>> {
+        let mut stopped = self.stopped.subscribe();
+        tokio::select! {
+            launched = launch(&self.spec, index) => Some(launched),
+            _ = stopped.wait_for(|s| *s) => None,
         }
     }
 
@@ -657,6 +674,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         }
         self.emit(WorkerEvent::PoolFailed { reason });
         self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.send_replace(true);
         for lane in self.lanes.iter() {
             lane.stop();
         }
@@ -734,6 +752,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// have exited; after `deadline`, kills those still running.
     pub(crate) async fn shutdown(&self, deadline: Option<Duration>) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.send_replace(true);
         for lane in self.lanes.iter() {
             lane.stop();
         }
@@ -830,6 +849,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     pub(crate) fn kill_all_now(&self) {
         self.dropped.store(true, Ordering::SeqCst);
         self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.send_replace(true);
         for lane in self.lanes.iter() {
             lane.stop();
         }

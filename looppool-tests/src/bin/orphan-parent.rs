@@ -1,6 +1,8 @@
-//! A parent program for the no-orphans test: starts a pool of the test
+//! A parent program for the no-orphans tests: starts a pool of the test
 //! worker program given as its first argument, prints the workers' pids on
-//! one line, then waits to be killed.
+//! one line, then waits to be killed. With a broker URL as third argument,
+//! its workers are local ones connected through that NATS broker plus one
+//! remote worker (pool `orphans`), which must already be trying to join.
 
 fn main() {
     let program = std::env::args()
@@ -13,14 +15,28 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let broker = std::env::args().nth(3);
     runtime.block_on(async {
-        let (pool, _outputs) = looppool::Pool::<looppool_tests::Probe>::builder()
-            .program(program)
-            .workers(workers)
-            .name("orphans")
-            .start()
-            .await
-            .expect("pool starts");
+        let (pool, _outputs) = match broker {
+            None => looppool::Pool::<looppool_tests::Probe>::builder()
+                .program(program)
+                .workers(workers)
+                .name("orphans")
+                .start()
+                .await
+                .expect("pool starts"),
+            Some(url) => looppool_nats::NatsPool::<looppool_tests::Probe>::builder(url, "orphans")
+                .program(program)
+                .local_workers(workers - 1)
+                .remote_workers(1)
+                .liveness(
+                    std::time::Duration::from_millis(200),
+                    std::time::Duration::from_millis(1000),
+                )
+                .start()
+                .await
+                .expect("pool starts"),
+        };
         // Keep the workers busy, so they are not merely waiting for input.
         for w in 0..workers {
             pool.submit_to(
