@@ -255,3 +255,75 @@ async fn a_program_that_never_joins_is_a_start_error() {
         .unwrap_err();
     assert!(err.to_string().contains("pool id"), "{err}");
 }
+
+#[tokio::test]
+async fn resize_stats_reports_and_init_failures_work_through_the_broker() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    // An initialiser that fails is a start error naming the worker.
+    let err = pool(&server.url, "initfail")
+        .local_workers(2)
+        .configure(|b| {
+            b.init(ProbeInit {
+                fail_on: Some(1),
+                ..Default::default()
+            })
+            .restart_policy(looppool::RestartPolicy::never())
+        })
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, looppool::StartError::Init { worker: 1, .. }),
+        "{err}"
+    );
+
+    let (pool, mut outputs) = pool(&server.url, "grow")
+        .local_workers(1)
+        .configure(|b| b.max_workers(3).report_interval(Duration::from_millis(100)))
+        .start()
+        .await
+        .unwrap();
+    // Growing adds places for remote workers, which join them.
+    let grow = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.resize(3).await })
+    };
+    let mut joiners = vec![
+        remote_worker(WORKER, &server.url, "grow", "probe", None),
+        remote_worker(WORKER, &server.url, "grow", "probe", None),
+    ];
+    grow.await.unwrap().unwrap();
+    assert_eq!(pool.workers(), 3);
+    for x in 0..300 {
+        pool.submit(Job::Double(x)).await.unwrap();
+    }
+    let got = take(&mut outputs, 300).await;
+    let mut per_worker = HashMap::new();
+    for o in got {
+        let Output::Value { worker, .. } = o else {
+            panic!("{o:?}")
+        };
+        *per_worker.entry(worker).or_insert(0) += 1;
+    }
+    assert_eq!(per_worker.len(), 3, "{per_worker:?}");
+    // Statistics and resource reports arrive as in local mode.
+    assert!(
+        looppool_tests::eventually(Duration::from_secs(5), || {
+            let s = pool.stats();
+            s.done >= 300 && s.workers.iter().take(3).all(|w| w.last_report.is_some())
+        })
+        .await,
+        "{:?}",
+        pool.stats()
+    );
+    // Shrinking drains the removed remote workers, which exit cleanly.
+    pool.resize(1).await.unwrap();
+    assert_eq!(pool.workers(), 1);
+    for j in &mut joiners {
+        assert_eq!(j.wait().unwrap().code(), Some(0));
+    }
+    assert_eq!(pool.call(Job::WhoAmI).await.unwrap(), 0);
+    pool.shutdown().await;
+}
