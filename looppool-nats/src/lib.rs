@@ -1,4 +1,4 @@
-//! Run [looppool](looppool) workers on many machines through a NATS
+//! Run [`looppool`] workers on many machines through a NATS
 //! JetStream broker.
 //!
 //! The same [`Worker`](looppool::Worker) implementation that runs as a local
