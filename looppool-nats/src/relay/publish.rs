@@ -19,36 +19,50 @@ pub(crate) struct Pending<T> {
     pub(crate) then: T,
 }
 
+/// How long a message is published again before the link is given up as
+/// broken (the broker refuses it for good, or stays away).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+
 /// Waits until `p` is stored, publishing it again (same message id, so the
 /// broker stores it once) after a failed or timed-out acknowledgement.
-async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> T {
-    if p.ack.await.is_ok() {
-        return p.then;
-    }
+async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> Result<T, String> {
+    let mut last = match p.ack.await {
+        Ok(_) => return Ok(p.then),
+        Err(e) => e.to_string(),
+    };
+    let since = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
-    loop {
+    while since.elapsed() < GIVE_UP_AFTER {
         let sent = js
             .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
             .await;
-        if let Ok(ack) = sent {
-            if ack.await.is_ok() {
-                return p.then;
-            }
+        match sent {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(p.then),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+    Err(format!(
+        "the broker did not store a message to {} within {GIVE_UP_AFTER:?}: {last}",
+        p.subject
+    ))
 }
 
 /// Confirms every message sent on `rx`, all at once rather than one after
 /// the other (a broker outage times out many acknowledgements together),
 /// and runs `on_stored` for each as it is stored. Returns once `rx` is
-/// closed and every message is stored.
+/// closed and every message is stored, or with the first message the broker
+/// would not store.
 pub(crate) async fn confirm<T, F, Fut>(
     js: jetstream::Context,
     mut rx: mpsc::UnboundedReceiver<Pending<T>>,
     mut on_stored: F,
-) where
+) -> Result<(), String>
+where
     F: FnMut(T) -> Fut,
     Fut: Future<Output = ()>,
 {
@@ -60,7 +74,8 @@ pub(crate) async fn confirm<T, F, Fut>(
                 Some(p) => waiting.push(stored(js.clone(), p)),
                 None => open = false,
             },
-            Some(then) = waiting.next(), if !waiting.is_empty() => on_stored(then).await,
+            Some(stored) = waiting.next(), if !waiting.is_empty() => on_stored(stored?).await,
         }
     }
+    Ok(())
 }

@@ -119,22 +119,25 @@ impl WorkerRelay {
         ));
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let done = tracking.clone();
-        let confirmer = tokio::task::spawn_local(publish::confirm(
-            js.clone(),
-            confirm_rx,
-            move |completed: Vec<Held>| {
-                let done = done.clone();
-                async move {
-                    // The completing output is stored: the tasks are done.
-                    for (seq, acker) in completed {
-                        if let Some(acker) = acker {
-                            let _ = acker.ack().await;
-                        }
-                        done.borrow_mut().remember_done(seq);
+        let confirming = publish::confirm(js.clone(), confirm_rx, move |completed: Vec<Held>| {
+            let done = done.clone();
+            async move {
+                // The completing output is stored: the tasks are done.
+                for (seq, acker) in completed {
+                    if let Some(acker) = acker {
+                        let _ = acker.ack().await;
                     }
+                    done.borrow_mut().remember_done(seq);
                 }
-            },
-        ));
+            }
+        });
+        let confirmer = tokio::task::spawn_local(async move {
+            if let Err(why) = confirming.await {
+                // Outputs that cannot be stored would be lost silently:
+                // leave, so that the pool sees this worker gone.
+                leave(&why);
+            }
+        });
         let out = Outbox {
             js,
             subject: names.output_subject(n),
