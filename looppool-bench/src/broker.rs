@@ -101,6 +101,34 @@ pub(crate) fn chosen(opts: &Options) -> bool {
 /// Runs the chosen broker workloads and pushes their rows. Without
 /// `nats-server` it says so and returns, unless `--broker` asked for them.
 pub(crate) fn run(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    match run_all(opts, rt, rows) {
+        Err(e) if !opts.broker => {
+            // The full run keeps the other workloads' rows.
+            progress(&format!("broker workloads failed, rows skipped: {e}"));
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// How long one broker measurement (a series of repetitions) may take
+/// before it counts as hung.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `f` on `rt`, failing after [`DEADLINE`].
+fn within<T>(
+    rt: &Runtime,
+    what: &str,
+    f: impl std::future::Future<Output = BenchResult<T>>,
+) -> BenchResult<T> {
+    rt.block_on(async {
+        tokio::time::timeout(DEADLINE, f)
+            .await
+            .map_err(|_| format!("{what} did not finish within {DEADLINE:?}"))?
+    })
+}
+
+fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
     let Some(binary) = server_binary() else {
         let why = "nats-server not found (install Debian's nats-server, or set NATS_SERVER)";
         if opts.broker {
@@ -122,7 +150,7 @@ pub(crate) fn run(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchRes
         "raw-js-roundtrip: {} tasks through JetStream, {WORKERS} worker processes",
         sizes.n
     ));
-    let raw = rt.block_on(raw_series(&server, sizes))?;
+    let raw = within(rt, "raw-js-roundtrip", raw_series(&server, sizes))?;
     let raw_rate = Summary::of(&raw.rates);
     rows.push(
         cpu_fields(Row::new("raw-js-roundtrip", raw_rate, "tasks/s"), &raw.cpu)
@@ -139,7 +167,7 @@ pub(crate) fn run(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchRes
             "W1-broker: {} tiny tasks through NatsPool, {WORKERS} local workers",
             sizes.n
         ));
-        let f = rt.block_on(w1_broker(&server, sizes))?;
+        let f = within(rt, "W1-broker", w1_broker(&server, sizes))?;
         rows.push(
             cpu_fields(
                 Row::new("W1-broker", Summary::of(&f.rates), "tasks/s"),
@@ -154,7 +182,7 @@ pub(crate) fn run(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchRes
             "W2-broker: {} sequential calls through NatsPool",
             sizes.calls
         ));
-        let series = rt.block_on(w2_broker(&server, sizes))?;
+        let series = within(rt, "W2-broker", w2_broker(&server, sizes))?;
         let (_, _, mean, max) = latency_medians(&series);
         rows.push(
             latency_row("W2-broker-p50", &series, |l| l.p50_us)
