@@ -159,8 +159,15 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
             .with("window_per_worker", WINDOW as u64),
     );
     let raw_lat = latency_medians(&raw.latency);
-    rows.push(latency_row("raw-js-seq-p50", &raw.latency, |l| l.p50_us).with("mean_us", raw_lat.2));
-    rows.push(latency_row("raw-js-seq-p99", &raw.latency, |l| l.p99_us).with("max_us", raw_lat.3));
+    rows.push(cpu_fields(
+        latency_row("raw-js-seq-p50", &raw.latency, |l| l.p50_us, sizes.calls)
+            .with("mean_us", raw_lat.2),
+        &raw.seq_cpu,
+    ));
+    rows.push(
+        latency_row("raw-js-seq-p99", &raw.latency, |l| l.p99_us, sizes.calls)
+            .with("max_us", raw_lat.3),
+    );
 
     if opts.runs("W1-broker") {
         progress(&format!(
@@ -182,15 +189,16 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
             "W2-broker: {} sequential calls through NatsPool",
             sizes.calls
         ));
-        let series = within(rt, "W2-broker", w2_broker(&server, sizes))?;
+        let (series, cpu) = within(rt, "W2-broker", w2_broker(&server, sizes))?;
         let (_, _, mean, max) = latency_medians(&series);
-        rows.push(
-            latency_row("W2-broker-p50", &series, |l| l.p50_us)
+        rows.push(cpu_fields(
+            latency_row("W2-broker-p50", &series, |l| l.p50_us, sizes.calls)
                 .target("raw-js-seq-p50", raw_lat.0, Target::AtMost(1.25))
                 .with("mean_us", mean),
-        );
+            &cpu,
+        ));
         rows.push(
-            latency_row("W2-broker-p99", &series, |l| l.p99_us)
+            latency_row("W2-broker-p99", &series, |l| l.p99_us, sizes.calls)
                 .target("raw-js-seq-p99", raw_lat.1, Target::AtMost(2.0))
                 .with("max_us", max),
         );
@@ -214,13 +222,13 @@ fn latency_medians(series: &[Latency]) -> (f64, f64, f64, f64) {
     )
 }
 
-fn latency_row(name: &str, series: &[Latency], f: fn(&Latency) -> f64) -> Row {
+fn latency_row(name: &str, series: &[Latency], f: fn(&Latency) -> f64, calls: usize) -> Row {
     Row::new(
         name,
         Summary::of(&series.iter().map(f).collect::<Vec<_>>()),
         "us",
     )
-    .with("calls", series.len() as u64)
+    .with("calls_per_series", calls as u64)
 }
 
 /// CPU per task of each party, medians over the repetitions, in µs.
@@ -651,6 +659,8 @@ struct RawFigures {
     rates: Vec<f64>,
     cpu: CpuPerTask,
     latency: Vec<Latency>,
+    /// CPU per sequential round trip.
+    seq_cpu: CpuPerTask,
 }
 
 async fn raw_series(server: &Server, s: Sizes) -> BenchResult<RawFigures> {
@@ -662,6 +672,7 @@ async fn raw_series(server: &Server, s: Sizes) -> BenchResult<RawFigures> {
         rates: vec![],
         cpu: CpuPerTask::default(),
         latency: vec![],
+        seq_cpu: CpuPerTask::default(),
     };
     for _ in 0..s.reps {
         let probe = CpuProbe::start(&pids, server.pid());
@@ -670,7 +681,10 @@ async fn raw_series(server: &Server, s: Sizes) -> BenchResult<RawFigures> {
         f.rates.push(s.n as f64 / took.as_secs_f64());
     }
     for _ in 0..s.reps {
+        let probe = CpuProbe::start(&pids, server.pid());
         f.latency.push(rig.sequential(s.warmup, s.calls).await?);
+        let trips = (s.warmup + s.calls) as u64;
+        probe.stop(&pids, server.pid(), trips, &mut f.seq_cpu);
     }
     rig.stop().await?;
     Ok(f)
@@ -717,11 +731,14 @@ async fn w1_broker(server: &Server, s: Sizes) -> BenchResult<W1Broker> {
     Ok(f)
 }
 
-async fn w2_broker(server: &Server, s: Sizes) -> BenchResult<Vec<Latency>> {
+async fn w2_broker(server: &Server, s: Sizes) -> BenchResult<(Vec<Latency>, CpuPerTask)> {
     let (pool, _outputs) = start_pool(server, "bench-w2").await?;
+    let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
+    let mut cpu = CpuPerTask::default();
     let mut series = Vec::with_capacity(s.reps);
     let mut x = 0u64;
     for _ in 0..s.reps {
+        let probe = CpuProbe::start(&pids, server.pid());
         let mut samples = Vec::with_capacity(s.calls);
         for i in 0..s.warmup + s.calls {
             x += 1;
@@ -735,8 +752,9 @@ async fn w2_broker(server: &Server, s: Sizes) -> BenchResult<Vec<Latency>> {
                 samples.push(ns);
             }
         }
+        probe.stop(&pids, server.pid(), (s.warmup + s.calls) as u64, &mut cpu);
         series.push(Latency::from_nanos(&samples));
     }
     pool.shutdown().await;
-    Ok(series)
+    Ok((series, cpu))
 }
