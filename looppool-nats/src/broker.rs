@@ -61,8 +61,13 @@ impl Broker {
                 retention: stream::RetentionPolicy::WorkQueue,
                 discard: stream::DiscardPolicy::New,
                 discard_new_per_subject: true,
-                // Tasks in flight, plus the init and stop messages.
-                max_messages_per_subject: per_worker as i64 + 8,
+                // A work-queue subject counts delivered messages until they
+                // are acknowledged, and a worker acknowledges a task only
+                // once its completing output is stored, by which time the
+                // pool may have sent the next task in its place: room for
+                // two windows, plus the init and stop messages. The pool's
+                // own bound (`max_tasks`) is what gives Full errors.
+                max_messages_per_subject: 2 * per_worker as i64 + 8,
                 storage,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()

@@ -7,6 +7,9 @@ pub(crate) const INCARNATION: &str = "Lp-Inc";
 pub(crate) const SEQUENCE: &str = "Lp-Seq";
 /// Header: the worker's exit code, on its last output message.
 pub(crate) const EXIT: &str = "Lp-Exit";
+/// Header: on a task message, the parent's output credit total so far (as
+/// on control messages).
+pub(crate) const CREDIT: &str = "Lp-Credit";
 /// Header: on a control message, stop this incarnation at once.
 pub(crate) const KILL: &str = "Lp-Kill";
 /// Header: on a join request, the worker index asked for.

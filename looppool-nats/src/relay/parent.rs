@@ -210,6 +210,13 @@ async fn down(
                         async_nats::header::NATS_MESSAGE_ID,
                         HeaderValue::from(format!("{inc:x}.{seq}").as_str()),
                     );
+                    if credited {
+                        // Credits returned just before a task ride with it
+                        // (a call's reply frees one before the next call).
+                        let total = credit.load(Ordering::Relaxed);
+                        headers.insert(names::CREDIT, total.to_string().as_str());
+                        credited = false;
+                    }
                     let sent = broker
                         .js
                         .publish_with_headers(subject.clone(), headers.clone(), f.clone())

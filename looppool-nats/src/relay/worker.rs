@@ -295,10 +295,13 @@ async fn intake(
         tokio::select! {
             m = stream.next() => match m {
                 Some(Ok(message)) => {
+                    let credit = header_u64(message.headers.as_ref(), names::CREDIT);
+                    let mut frames = credit_frame(credit, &mut credit_seen);
                     if let Some(bytes) = accept(message, &settings, &tracking).await {
-                        if writer.write_all(&bytes).await.is_err() {
-                            return;
-                        }
+                        frames.extend_from_slice(&bytes);
+                    }
+                    if !frames.is_empty() && writer.write_all(&frames).await.is_err() {
+                        return;
                     }
                 }
                 Some(Err(e)) => {
@@ -320,12 +323,7 @@ async fn intake(
                 let Some(total) = c.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else {
                     continue;
                 };
-                let mut frames = Vec::new();
-                if total > credit_seen {
-                    let delta = u32::try_from(total - credit_seen).unwrap_or(u32::MAX);
-                    credit_seen += u64::from(delta);
-                    frame::put_credit(&mut frames, delta);
-                }
+                let mut frames = credit_frame(Some(total), &mut credit_seen);
                 frames.extend_from_slice(&c.payload[8..]);
                 if !frames.is_empty() && writer.write_all(&frames).await.is_err() {
                     return;
@@ -346,6 +344,17 @@ async fn intake(
             }
         }
     }
+}
+
+/// A credit frame for what `total` adds to the credits already passed on.
+fn credit_frame(total: Option<u64>, seen: &mut u64) -> Vec<u8> {
+    let mut frames = Vec::new();
+    if let Some(total) = total.filter(|t| t > seen) {
+        let delta = u32::try_from(total - *seen).unwrap_or(u32::MAX);
+        *seen += u64::from(delta);
+        frame::put_credit(&mut frames, delta);
+    }
+    frames
 }
 
 /// Takes one task message in: the frame to hand to the runtime, or `None`
