@@ -312,23 +312,29 @@ async fn up(broker: &Broker, settings: &Settings, hello: &[u8], writer: &mut Wri
             let seq = header_u64(headers, names::SEQUENCE);
             let exit = header_u64(headers, names::EXIT).map(|c| c as i32);
             let payload = message.payload.clone();
-            let _ = message.ack().await;
             let (Some(theirs), Some(seq)) = (theirs, seq) else {
+                let _ = message.ack().await;
                 return Stop::Broken("an output message without incarnation or sequence".into());
             };
-            if theirs != inc || seq < next {
-                // Another life's leftover, or a redelivery already handed on.
-                continue;
+            if theirs == inc && seq >= next {
+                early.insert(seq, (payload, exit));
             }
-            early.insert(seq, (payload, exit));
+            // Otherwise another life's leftover, or a redelivery already
+            // handed on. The pool gets what is due before the broker its ack.
+            let mut exited = None;
             while let Some((payload, exit)) = early.remove(&next) {
                 next += 1;
                 if writer.write_all(&payload).await.is_err() {
                     return Stop::PoolClosed;
                 }
                 if let Some(code) = exit {
-                    return Stop::Exited(code);
+                    exited = Some(code);
+                    break;
                 }
+            }
+            let _ = message.ack().await;
+            if let Some(code) = exited {
+                return Stop::Exited(code);
             }
         }
     }
