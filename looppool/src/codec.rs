@@ -239,7 +239,18 @@ impl FrameDecoder {
         (HEADER_LEN + len.min(self.max)).saturating_sub(avail.len())
     }
 
+    /// Moves the bytes after the consumed frames to the front of `buf` and
+    /// returns how many there are.
+    pub(crate) fn compact_within(&mut self, buf: &mut [u8]) -> usize {
+        let pos = std::mem::take(&mut self.pos);
+        if pos > 0 {
+            buf.copy_within(pos.., 0);
+        }
+        buf.len() - pos
+    }
+
     /// Drops the consumed frames from the front of `buf`.
+    #[cfg(test)]
     pub(crate) fn compact(&mut self, buf: &mut Vec<u8>) {
         if self.pos > 0 {
             buf.drain(..self.pos);

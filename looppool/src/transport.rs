@@ -9,10 +9,13 @@
 //! change. [`frame`] tells such a transport where frames end and which ones
 //! start or complete a task.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 
 use crate::codec::{CodecError, FrameDecoder};
 
@@ -69,29 +72,169 @@ impl Connection {
     }
 
     /// A connection over a connected Unix socket.
-    pub(crate) fn unix(stream: std::os::unix::net::UnixStream) -> io::Result<Self> {
+    ///
+    /// The two halves use two descriptors of the socket, and only the
+    /// reading one is watched by the runtime all the time. A socket watched
+    /// for writing too (as `tokio::net::UnixStream` is) turns writable again
+    /// each time the peer reads, and that edge wakes this process for
+    /// nothing: on one CPU, a context switch there and back per message.
+    pub(crate) fn unix(stream: UnixStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(stream)?;
-        let (reader, writer) = stream.into_split();
+        let write_end = stream.try_clone()?;
         Ok(Connection {
-            reader: Box::pin(reader),
-            writer: Box::pin(writer),
+            reader: Box::pin(UnixReader {
+                fd: watch(stream, Interest::READABLE)?,
+            }),
+            writer: Box::pin(UnixWriter {
+                idle: Some(write_end),
+                blocked: None,
+            }),
         })
     }
 }
 
+/// Registers a socket with the runtime's I/O driver for `interest` only.
+fn watch(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+    // Deprecated since tokio 1.52 because a type's `as_raw_fd` may hand out
+    // a descriptor it does not own, or a different one later. A
+    // `UnixStream` owns its descriptor and returns the same one for its
+    // whole life, which is exactly what the replacement,
+    // `unsafe AsyncFd::register_with_interest`, asks of its caller; this
+    // crate keeps `unsafe` out of this module.
+    #[allow(deprecated)]
+    AsyncFd::with_interest(stream, interest)
+}
+
+/// The reading half of a Unix socket, watched for readability only.
+struct UnixReader {
+    fd: AsyncFd<UnixStream>,
+}
+
+impl AsyncRead for UnixReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            // `FrameReader` hands in initialized bytes, so this is free.
+            let unfilled = buf.initialize_unfilled();
+            let len = unfilled.len();
+            match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
+                Ok(Ok(n)) => {
+                    if n > 0 && n < len {
+                        // Drained: the next read waits for the next edge
+                        // instead of trying a read that would block.
+                        guard.clear_ready();
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The writing half of a Unix socket. It writes straight to the socket and
+/// registers it with the runtime, for writability, only while a write would
+/// block (the kernel's buffer is full), so the peer's reads do not wake us.
+struct UnixWriter {
+    /// The socket while writes go through.
+    idle: Option<UnixStream>,
+    /// The socket while waiting for room in the kernel's buffer.
+    blocked: Option<AsyncFd<UnixStream>>,
+}
+
+impl UnixWriter {
+    fn stream(&self) -> Option<&UnixStream> {
+        self.idle
+            .as_ref()
+            .or_else(|| self.blocked.as_ref().map(AsyncFd::get_ref))
+    }
+}
+
+impl AsyncWrite for UnixWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        loop {
+            if let Some(fd) = &this.blocked {
+                let mut guard = ready!(fd.poll_write_ready(cx))?;
+                match guard.try_io(|fd| fd.get_ref().write(buf)) {
+                    Err(_would_block) => continue,
+                    Ok(result) => {
+                        // Room again: stop watching until the next time.
+                        if let Some(fd) = this.blocked.take() {
+                            this.idle = Some(fd.into_inner());
+                        }
+                        return Poll::Ready(result);
+                    }
+                }
+            }
+            let Some(stream) = this.idle.as_ref() else {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            };
+            match (&*stream).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let Some(stream) = this.idle.take() else {
+                        unreachable!("checked above")
+                    };
+                    // Registering reports the socket writable at once if room
+                    // appeared since the failed write.
+                    this.blocked = Some(watch(stream, Interest::WRITABLE)?);
+                }
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.shutdown_write())
+    }
+}
+
+impl UnixWriter {
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self.stream() {
+            Some(stream) => match stream.shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                result => result,
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for UnixWriter {
+    fn drop(&mut self) {
+        // The reading half keeps the socket open: say end of stream to the
+        // peer now, as a dropped `tokio::net::unix::OwnedWriteHalf` does.
+        let _ = self.shutdown_write();
+    }
+}
+
 /// Creates the two ends of a local connection: the parent's and the child's.
-pub(crate) fn socketpair() -> io::Result<(
-    std::os::unix::net::UnixStream,
-    std::os::unix::net::UnixStream,
-)> {
-    std::os::unix::net::UnixStream::pair()
+pub(crate) fn socketpair() -> io::Result<(UnixStream, UnixStream)> {
+    UnixStream::pair()
 }
 
 /// Reads bytes in large chunks and splits them into frames.
 pub(crate) struct FrameReader {
     io: ReadHalf,
+    /// Initialized bytes: those read are `buf[..end]`, the rest is room
+    /// zeroed once, so a read never has to initialize what it reads into.
     buf: Vec<u8>,
+    end: usize,
     decoder: FrameDecoder,
 }
 
@@ -122,7 +265,8 @@ impl FrameReader {
     pub(crate) fn new(io: ReadHalf, max_frame: usize) -> Self {
         FrameReader {
             io,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: Vec::new(),
+            end: 0,
             decoder: FrameDecoder::new(max_frame),
         }
     }
@@ -135,21 +279,25 @@ impl FrameReader {
     /// Reads more bytes. Returns `Ok(false)` at a clean end of stream and an
     /// error if the stream ends inside a frame.
     pub(crate) async fn fill(&mut self) -> Result<bool, ReadError> {
-        self.decoder.compact(&mut self.buf);
-        if self.decoder.wanted(&self.buf) == 0 {
+        self.end = self.decoder.compact_within(&mut self.buf[..self.end]);
+        if self.decoder.wanted(&self.buf[..self.end]) == 0 {
             // A whole frame is already here (read along with the last one a
             // previous owner took, such as the handshake's ready message):
             // hand it out before waiting for more bytes.
             return Ok(true);
         }
-        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+        if self.end == 0 && self.buf.len() > SHRINK_ABOVE {
             // One large frame must not pin its buffer for the connection's life.
-            self.buf = Vec::with_capacity(READ_CHUNK);
+            self.buf = Vec::new();
         }
-        let want = self.decoder.wanted(&self.buf).max(READ_CHUNK);
-        self.buf.reserve(want);
-        let n = match self.io.read_buf(&mut self.buf).await {
-            Ok(n) => n,
+        let want = self.decoder.wanted(&self.buf[..self.end]).max(READ_CHUNK);
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
+        }
+        let mut room = ReadBuf::new(&mut self.buf[self.end..]);
+        let io = &mut self.io;
+        let n = match std::future::poll_fn(|cx| io.as_mut().poll_read(cx, &mut room)).await {
+            Ok(()) => room.filled().len(),
             // A peer that exits with input it never read resets the
             // connection rather than closing it: for us the stream ends
             // there all the same, cleanly or inside a frame.
@@ -157,18 +305,21 @@ impl FrameReader {
             Err(e) => return Err(ReadError::Io(e)),
         };
         if n == 0 {
-            return if self.buf.is_empty() {
+            return if self.end == 0 {
                 Ok(false)
             } else {
                 Err(ReadError::Codec(CodecError::Truncated))
             };
         }
+        self.end += n;
         Ok(true)
     }
 
     /// The next complete frame body already read, if any.
     pub(crate) fn next_frame(&mut self) -> Result<Option<&[u8]>, ReadError> {
-        self.decoder.next_frame(&self.buf).map_err(ReadError::Codec)
+        self.decoder
+            .next_frame(&self.buf[..self.end])
+            .map_err(ReadError::Codec)
     }
 }
 
