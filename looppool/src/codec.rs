@@ -92,7 +92,10 @@ pub(crate) fn put_serde<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(), CodecError> {
     let mark = buf.len();
-    match postcard::serialize_with_flavor(value, AppendFlavor(buf)) {
+    let mut serializer = postcard::Serializer {
+        output: AppendFlavor(buf),
+    };
+    match value.serialize(Top(&mut serializer)) {
         Ok(()) => Ok(()),
         Err(e) => {
             buf.truncate(mark);
@@ -131,6 +134,131 @@ impl postcard::ser_flavors::Flavor for AppendFlavor<'_> {
 
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
+    }
+}
+
+type Postcard<'a, 'b> = &'a mut postcard::Serializer<AppendFlavor<'b>>;
+
+/// Postcard's serializer for the value at the top of a payload, with its
+/// integers written by [`put_varint`] instead of postcard's varint path
+/// (a stack buffer handed to the output as a slice of unknown length: a
+/// `memcpy` call per integer). The bytes are postcard's own; whatever a
+/// value holds inside goes through postcard unchanged.
+struct Top<'a, 'b>(Postcard<'a, 'b>);
+
+/// Forwards serializer methods to postcard's.
+macro_rules! forward {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
+        #[inline]
+        fn $name(self, $($arg: $ty),*) -> Result<$ret, postcard::Error> {
+            serde::Serializer::$name(self.0, $($arg),*)
+        }
+    )*};
+}
+
+impl<'a, 'b> serde::Serializer for Top<'a, 'b> {
+    type Ok = ();
+    type Error = postcard::Error;
+    type SerializeSeq = Postcard<'a, 'b>;
+    type SerializeTuple = Postcard<'a, 'b>;
+    type SerializeTupleStruct = Postcard<'a, 'b>;
+    type SerializeTupleVariant = Postcard<'a, 'b>;
+    type SerializeMap = Postcard<'a, 'b>;
+    type SerializeStruct = Postcard<'a, 'b>;
+    type SerializeStructVariant = Postcard<'a, 'b>;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn serialize_u16(self, v: u16) -> postcard::Result<()> {
+        put_varint(self.0.output.0, v.into());
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_u32(self, v: u32) -> postcard::Result<()> {
+        put_varint(self.0.output.0, v.into());
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_u64(self, v: u64) -> postcard::Result<()> {
+        put_varint(self.0.output.0, v);
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_i16(self, v: i16) -> postcard::Result<()> {
+        self.serialize_i64(v.into())
+    }
+
+    #[inline]
+    fn serialize_i32(self, v: i32) -> postcard::Result<()> {
+        self.serialize_i64(v.into())
+    }
+
+    #[inline]
+    fn serialize_i64(self, v: i64) -> postcard::Result<()> {
+        // Zigzag, as postcard does: small magnitudes of either sign stay short.
+        put_varint(self.0.output.0, ((v << 1) ^ (v >> 63)) as u64);
+        Ok(())
+    }
+
+    forward! {
+        serialize_bool(v: bool) -> ();
+        serialize_i8(v: i8) -> ();
+        serialize_i128(v: i128) -> ();
+        serialize_u8(v: u8) -> ();
+        serialize_u128(v: u128) -> ();
+        serialize_f32(v: f32) -> ();
+        serialize_f64(v: f64) -> ();
+        serialize_char(v: char) -> ();
+        serialize_str(v: &str) -> ();
+        serialize_bytes(v: &[u8]) -> ();
+        serialize_none() -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(name: &'static str) -> ();
+        serialize_unit_variant(name: &'static str, index: u32, variant: &'static str) -> ();
+        serialize_seq(len: Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(len: usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(name: &'static str, len: usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(name: &'static str, index: u32, variant: &'static str, len: usize) -> Self::SerializeTupleVariant;
+        serialize_map(len: Option<usize>) -> Self::SerializeMap;
+        serialize_struct(name: &'static str, len: usize) -> Self::SerializeStruct;
+        serialize_struct_variant(name: &'static str, index: u32, variant: &'static str, len: usize) -> Self::SerializeStructVariant;
+    }
+
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> postcard::Result<()> {
+        self.0.serialize_some(value)
+    }
+
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> postcard::Result<()> {
+        // Postcard writes a newtype as its content: keep the fast path.
+        value.serialize(self)
+    }
+
+    #[inline]
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> postcard::Result<()> {
+        self.0
+            .serialize_newtype_variant(name, index, variant, value)
+    }
+
+    fn collect_str<T: std::fmt::Display + ?Sized>(self, value: &T) -> postcard::Result<()> {
+        self.0.collect_str(value)
     }
 }
 

@@ -398,3 +398,37 @@ fn an_oversize_header_asks_for_no_more_than_the_limit() {
     let decoder = FrameDecoder::new(16);
     assert_eq!(decoder.wanted(&u32::MAX.to_le_bytes()), 16);
 }
+
+/// `put_serde` writes exactly postcard's bytes, integers at the top included.
+fn same_as_postcard<T: serde::Serialize>(value: &T) -> Result<(), TestCaseError> {
+    let mut buf = vec![7];
+    put_serde(&mut buf, value).unwrap();
+    prop_assert_eq!(&buf[1..], &postcard::to_stdvec(value).unwrap()[..]);
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Newtype(i32);
+
+proptest! {
+    #[test]
+    fn prop_payloads_are_postcards_bytes(
+        u in any::<u64>(),
+        i in any::<i64>(),
+        h in any::<i16>(),
+        w in any::<u32>(),
+        s in ".{0,8}",
+    ) {
+        same_as_postcard(&u)?;
+        same_as_postcard(&(u as u16))?;
+        same_as_postcard(&w)?;
+        same_as_postcard(&i)?;
+        same_as_postcard(&(i as i32))?;
+        same_as_postcard(&h)?;
+        same_as_postcard(&Newtype(i as i32))?;
+        same_as_postcard(&Some(u))?;
+        same_as_postcard(&(u, i, s.clone()))?;
+        same_as_postcard(&vec![w, w / 3])?;
+        same_as_postcard(&s)?;
+    }
+}
