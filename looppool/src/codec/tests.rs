@@ -400,15 +400,20 @@ fn an_oversize_header_asks_for_no_more_than_the_limit() {
 }
 
 /// `put_serde` writes exactly postcard's bytes, integers at the top included.
-fn same_as_postcard<T: serde::Serialize>(value: &T) -> Result<(), TestCaseError> {
+/// and `get_serde` reads them back.
+fn same_as_postcard<T>(value: &T) -> Result<(), TestCaseError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
     let mut buf = vec![7];
     put_serde(&mut buf, value).unwrap();
     prop_assert_eq!(&buf[1..], &postcard::to_stdvec(value).unwrap()[..]);
+    prop_assert_eq!(&get_serde::<T>(&buf[1..]).unwrap(), value);
     Ok(())
 }
 
-#[derive(serde::Serialize)]
-struct Newtype(i32);
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct Newtype(i64);
 
 proptest! {
     #[test]
@@ -425,10 +430,33 @@ proptest! {
         same_as_postcard(&i)?;
         same_as_postcard(&(i as i32))?;
         same_as_postcard(&h)?;
-        same_as_postcard(&Newtype(i as i32))?;
+        same_as_postcard(&Newtype(i))?;
         same_as_postcard(&Some(u))?;
         same_as_postcard(&(u, i, s.clone()))?;
         same_as_postcard(&vec![w, w / 3])?;
         same_as_postcard(&s)?;
+    }
+}
+
+proptest! {
+    #[test]
+    fn prop_integer_payloads_decode_as_postcard_does(bytes in vec(any::<u8>(), 0..12)) {
+        fn same<T>(bytes: &[u8]) -> Result<(), TestCaseError>
+        where
+            T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        {
+            let ours = get_serde::<T>(bytes);
+            match postcard::take_from_bytes::<T>(bytes) {
+                Ok((value, [])) => prop_assert_eq!(ours, Ok(value)),
+                Ok((_, rest)) => prop_assert_eq!(ours, Err(CodecError::Trailing(rest.len()))),
+                Err(e) => prop_assert_eq!(ours, Err(CodecError::Decode(e.to_string()))),
+            }
+            Ok(())
+        }
+        same::<u64>(&bytes)?;
+        same::<i64>(&bytes)?;
+        same::<Newtype>(&bytes)?;
+        same::<(u64, u8)>(&bytes)?;
+        same::<Option<u64>>(&bytes)?;
     }
 }
