@@ -163,6 +163,7 @@ impl<'a> ToWorker<'a> {
 }
 
 impl<'a> FromWorker<'a> {
+    #[inline(always)]
     pub(crate) fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
         let mut f = Fields::new(body);
         let msg = match f.u8()? {
