@@ -192,3 +192,16 @@ pub(crate) fn signal_name(signal: i32) -> &'static str {
         _ => "other signal",
     }
 }
+
+/// Registers `stream` with the current runtime's I/O driver for `interest`
+/// only (tokio's `UnixStream` always asks for both directions).
+pub(crate) fn register_unix(
+    stream: std::os::unix::net::UnixStream,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::os::unix::net::UnixStream>> {
+    // SAFETY: a `UnixStream` owns its descriptor, keeps it open, and returns
+    // the same one from `as_raw_fd` for its whole life, which is what
+    // registration asks of its caller.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
+        .map_err(|e| e.into_parts().1)
+}

@@ -95,14 +95,7 @@ impl Connection {
 
 /// Registers a socket with the runtime's I/O driver for `interest` only.
 fn watch(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
-    // Deprecated since tokio 1.52 because a type's `as_raw_fd` may hand out
-    // a descriptor it does not own, or a different one later. A
-    // `UnixStream` owns its descriptor and returns the same one for its
-    // whole life, which is exactly what the replacement,
-    // `unsafe AsyncFd::register_with_interest`, asks of its caller; this
-    // crate keeps `unsafe` out of this module.
-    #[allow(deprecated)]
-    AsyncFd::with_interest(stream, interest)
+    crate::sys::register_unix(stream, interest)
 }
 
 /// The reading half of a Unix socket, watched for readability only.
