@@ -35,10 +35,14 @@ pub(crate) fn arm_death_signal(cmd: &mut std::process::Command) {
 /// child to die with its parent.
 ///
 /// # Safety
-/// Must only be called from a `pre_exec` hook.
+/// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
+/// calls and allocates nothing.
 unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
     // SAFETY: plain system calls that touch no memory.
     unsafe {
+        // Parent-death signal: the kernel kills the child when the thread
+        // that forked it ends, so workers are forked from a thread that lives
+        // as long as the process (see `supervisor::launch`).
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -49,6 +53,8 @@ unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
         {
             return Err(io::Error::last_os_error());
         }
+        // The parent may have died before prctl took effect: then no signal
+        // will ever come, so leave at once.
         if libc::getppid() != parent_pid {
             libc::_exit(1);
         }
@@ -74,26 +80,8 @@ unsafe fn prepare_child(conn_fd: RawFd, parent_pid: libc::pid_t) -> io::Result<(
         } else if libc::dup2(conn_fd, WORKER_FD) == -1 {
             return Err(io::Error::last_os_error());
         }
-        // Parent-death signal: the kernel kills the worker when the thread
-        // that forked it ends, so workers are forked from a thread that lives
-        // as long as the process (see `supervisor::launch`).
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) == -1
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // The parent may have died before prctl took effect: then no signal
-        // will ever come, so leave at once.
-        if libc::getppid() != parent_pid {
-            libc::_exit(1);
-        }
+        prepare_orphan_guard(parent_pid)
     }
-    Ok(())
 }
 
 /// Takes ownership of the connection descriptor the parent passed in.
