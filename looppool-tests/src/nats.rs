@@ -157,3 +157,17 @@ pub fn remote_worker(
     }
     cmd.spawn().expect("cannot start the test worker")
 }
+
+/// A builder for a pool of [`crate::Probe`]s run by worker `program` (the
+/// test worker) through the broker at `url`, with the short liveness and
+/// ack-wait periods the tests use.
+pub fn probe_pool(
+    program: &str,
+    url: &str,
+    pool: &str,
+) -> looppool_nats::NatsPoolBuilder<crate::Probe> {
+    looppool_nats::NatsPool::<crate::Probe>::builder(url, pool)
+        .program(program)
+        .liveness(Duration::from_millis(200), Duration::from_millis(1000))
+        .ack_wait(Duration::from_secs(2))
+}

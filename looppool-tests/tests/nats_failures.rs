@@ -6,17 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use looppool::{Output, WorkerEvent};
-use looppool_nats::{Delivery, NatsPool};
+use looppool_nats::Delivery;
 use looppool_tests::nats::{remote_worker, NatsServer};
 use looppool_tests::{recorder, Job, Probe};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
 
 fn pool(url: &str, name: &str) -> looppool_nats::NatsPoolBuilder<Probe> {
-    NatsPool::<Probe>::builder(url, name)
-        .program(WORKER)
-        .liveness(Duration::from_millis(200), Duration::from_millis(1000))
-        .ack_wait(Duration::from_secs(2))
+    looppool_tests::nats::probe_pool(WORKER, url, name)
 }
 
 /// Takes outputs until `n` tasks have ended, keyed by task value.

@@ -13,10 +13,7 @@ use looppool_tests::{Job, Probe, ProbeInit};
 const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
 
 fn pool(url: &str, name: &str) -> looppool_nats::NatsPoolBuilder<Probe> {
-    NatsPool::<Probe>::builder(url, name)
-        .program(WORKER)
-        .liveness(Duration::from_millis(200), Duration::from_millis(1000))
-        .ack_wait(Duration::from_secs(2))
+    looppool_tests::nats::probe_pool(WORKER, url, name)
 }
 
 async fn take(outputs: &mut looppool::Outputs<u64>, n: usize) -> Vec<Output<u64>> {

@@ -6,23 +6,29 @@ use std::time::{Duration, Instant};
 
 use looppool_tests::process_gone;
 
+/// Starts the orphan-parent program with `args`; returns it, the worker
+/// pids it printed, and the line they came on.
+fn start_parent(args: &[&str]) -> (std::process::Child, Vec<u32>, String) {
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_orphan-parent"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    (parent, pids, line)
+}
+
 #[test]
 fn sigkilled_parent_takes_its_workers_down_within_a_second() {
     for round in 0..20 {
-        let mut parent = Command::new(env!("CARGO_BIN_EXE_orphan-parent"))
-            .arg(env!("CARGO_BIN_EXE_test-worker"))
-            .arg("3")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(parent.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pids: Vec<u32> = line
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let (mut parent, pids, line) = start_parent(&[env!("CARGO_BIN_EXE_test-worker"), "3"]);
         assert_eq!(pids.len(), 3, "round {round}: {line:?}");
         assert!(pids.iter().all(|&p| !process_gone(p)));
 
@@ -47,19 +53,7 @@ fn through_a_broker_local_workers_die_with_the_parent_and_remote_ones_soon_after
     let worker = env!("CARGO_BIN_EXE_test-worker");
     let mut remote =
         looppool_tests::nats::remote_worker(worker, &server.url, "orphans", "probe", None);
-    let mut parent = Command::new(env!("CARGO_BIN_EXE_orphan-parent"))
-        .args([worker, "3", &server.url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(parent.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pids: Vec<u32> = line
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let (mut parent, pids, line) = start_parent(&[worker, "3", &server.url]);
     assert_eq!(pids.len(), 3, "{line:?}");
     assert_eq!(pids[2], remote.id(), "the remote worker joined as worker 2");
 
