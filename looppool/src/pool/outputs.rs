@@ -100,9 +100,19 @@ pub struct Outputs<O> {
     rx: mpsc::UnboundedReceiver<Batch<O>>,
     lanes: Arc<[Arc<Lane<O>>]>,
     current: VecDeque<Output<O>>,
-    /// Credits of the batch being consumed: (worker, generation, credits).
+    /// Credits of the batch being consumed not yet given back:
+    /// (worker, generation, credits).
     pending: Option<(usize, u64, u32)>,
+    /// Values taken from the current batch since credits were last given back.
+    taken: u32,
 }
+
+/// Values taken from a batch between two returns of their credits. A batch
+/// can hold a worker's whole output window (one read of 64 KiB carries
+/// thousands of small outputs); returned only at its end, the credits came
+/// back after the tasks whose slots the same read freed were already sent
+/// again, and the worker, out of credits, had to park every one of them.
+const RETURN_EVERY: u32 = 256;
 
 impl<O> fmt::Debug for Outputs<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,6 +129,7 @@ impl<O> Outputs<O> {
             lanes,
             current: VecDeque::new(),
             pending: None,
+            taken: 0,
         }
     }
 
@@ -150,11 +161,18 @@ impl<O> Outputs<O> {
             if let Some(item) = self.current.pop_front() {
                 if self.current.is_empty() {
                     self.give_back_credits();
+                } else if matches!(item, Output::Value { .. }) {
+                    // Each value spent one credit.
+                    self.taken += 1;
+                    if self.taken == RETURN_EVERY {
+                        self.give_back_some();
+                    }
                 }
                 return Poll::Ready(Some(item));
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => {
+                    self.taken = 0;
                     self.pending = Some((batch.worker, batch.generation, batch.credits));
                     self.current = batch.items.into();
                 }
@@ -164,10 +182,25 @@ impl<O> Outputs<O> {
         }
     }
 
+    /// Gives back every credit of the current batch not given back yet.
     fn give_back_credits(&mut self) {
+        self.taken = 0;
         if let Some((worker, generation, credits)) = self.pending.take() {
             if let Some(lane) = self.lanes.get(worker) {
                 lane.return_output_credits(generation, credits);
+            }
+        }
+    }
+
+    /// Gives back the credits of the values taken so far from the current
+    /// batch.
+    fn give_back_some(&mut self) {
+        let taken = std::mem::take(&mut self.taken);
+        if let Some((worker, generation, credits)) = &mut self.pending {
+            let n = taken.min(*credits);
+            *credits -= n;
+            if let Some(lane) = self.lanes.get(*worker) {
+                lane.return_output_credits(*generation, n);
             }
         }
     }
