@@ -76,17 +76,32 @@ pub(crate) fn finish_frame(buf: &mut Vec<u8>, start: usize, max: usize) -> Resul
 }
 
 /// Appends `value` as a LEB128 varint.
-#[inline]
+#[inline(always)]
 pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        buf.push((value as u8) | 0x80);
-        value >>= 7;
+    // Slots and small values take one to three bytes: each size is appended
+    // as one fixed-size slice (one capacity check and one store), not a
+    // `push` with its own check per byte.
+    if value < 1 << 7 {
+        buf.push(value as u8);
+    } else if value < 1 << 14 {
+        buf.extend_from_slice(&[value as u8 | 0x80, (value >> 7) as u8]);
+    } else if value < 1 << 21 {
+        buf.extend_from_slice(&[
+            value as u8 | 0x80,
+            (value >> 7) as u8 | 0x80,
+            (value >> 14) as u8,
+        ]);
+    } else {
+        while value >= 0x80 {
+            buf.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        buf.push(value as u8);
     }
-    buf.push(value as u8);
 }
 
 /// Serializes `value` with postcard, appending to `buf` in place.
-#[inline]
+#[inline(always)]
 pub(crate) fn put_serde<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &T,
@@ -105,6 +120,7 @@ pub(crate) fn put_serde<T: Serialize + ?Sized>(
 }
 
 /// Decodes a postcard payload that must fill `bytes` exactly.
+#[inline(always)]
 pub(crate) fn get_serde<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let mut rest = bytes;
     match T::deserialize(TopDe(&mut rest)) {
@@ -377,22 +393,31 @@ impl<'a> Fields<'a> {
         Ok(first)
     }
 
+    #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, CodecError> {
+        // One pass over at most ten bytes, without a bounds check and an
+        // early-end check per byte.
+        let bytes = self.rest;
         let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = self.u8()?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(CodecError::BadVarint);
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
+        for (i, &byte) in bytes.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                // The tenth byte carries the top bit only.
+                if i == 9 && byte > 1 {
+                    return Err(CodecError::BadVarint);
+                }
+                self.rest = &bytes[i + 1..];
                 return Ok(value);
             }
         }
-        Err(CodecError::BadVarint)
+        if bytes.len() < 10 {
+            Err(CodecError::Truncated)
+        } else {
+            Err(CodecError::BadVarint)
+        }
     }
 
+    #[inline(always)]
     pub(crate) fn varint_u32(&mut self) -> Result<u32, CodecError> {
         u32::try_from(self.varint()?).map_err(|_| CodecError::BadVarint)
     }

@@ -137,6 +137,7 @@ impl std::fmt::Display for ProtocolError {
 impl std::error::Error for ProtocolError {}
 
 impl<'a> ToWorker<'a> {
+    #[inline(always)]
     pub(crate) fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
         let mut f = Fields::new(body);
         let msg = match f.u8()? {

@@ -1,6 +1,7 @@
 //! What a worker's code sees of the pool: its index and a way to emit outputs.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -62,8 +63,8 @@ impl<O: Serialize> Emitter<O> {
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before it completes, nothing
     /// was emitted.
-    pub async fn emit(&self, value: O) -> Result<(), EmitError<O>> {
-        self.shared.emit(self.slot, value).await
+    pub fn emit(&self, value: O) -> impl Future<Output = Result<(), EmitError<O>>> + '_ {
+        self.shared.emit(self.slot, value)
     }
 
     /// Emits `value` if the output window has room, without waiting.
@@ -134,8 +135,8 @@ impl<O: Serialize> TaskContext<O> {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`Emitter::emit`].
-    pub async fn emit(&self, value: O) -> Result<(), EmitError<O>> {
-        self.emitter.emit(value).await
+    pub fn emit(&self, value: O) -> impl Future<Output = Result<(), EmitError<O>>> + '_ {
+        self.emitter.emit(value)
     }
 
     /// Emits an output of this task without waiting. See [`Emitter::try_emit`].
