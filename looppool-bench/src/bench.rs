@@ -190,6 +190,7 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
                 .with("n", plan.w1_n)
                 .with("warmup_s", f.warmup.0.as_secs_f64())
                 .with("parent_cpu_ns_per_task", median(&f.parent_cpu_ns))
+                .with("parent_sys_ns_per_task", median(&f.parent_sys_ns))
                 .with("worker_cpu_ns_per_task", median(&f.worker_cpu_ns))
                 .with("parent_switches_per_1k_tasks", median(&f.switches_per_k))
                 .with("cpus_busy_machine", f.cpu.machine)

@@ -113,6 +113,12 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 
 /// CPU time (user + system) this process has used so far, all threads.
 pub(crate) fn own_cpu_time() -> Duration {
+    let (user, system) = own_cpu_times();
+    user + system
+}
+
+/// CPU time this process has used so far, all threads: (user, system).
+pub(crate) fn own_cpu_times() -> (Duration, Duration) {
     // SAFETY: getrusage fills the struct it is given; zeroed is a valid value.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -120,7 +126,7 @@ pub(crate) fn own_cpu_time() -> Duration {
         usage
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
 /// CPU time (user + system) of process `pid` from `/proc/<pid>/stat`, at

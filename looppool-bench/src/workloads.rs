@@ -155,6 +155,8 @@ pub(crate) struct W1Figures {
     pub(crate) rates: Vec<f64>,
     /// Parent CPU (all threads) per task, per repetition.
     pub(crate) parent_cpu_ns: Vec<f64>,
+    /// The part of it spent in the kernel, per task, per repetition.
+    pub(crate) parent_sys_ns: Vec<f64>,
     /// Workers' CPU together per task, per repetition (10 ms tick resolution).
     pub(crate) worker_cpu_ns: Vec<f64>,
     /// Parent context switches per 1,000 tasks, per repetition.
@@ -184,6 +186,7 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
     let mut f = W1Figures {
         rates: vec![],
         parent_cpu_ns: vec![],
+        parent_sys_ns: vec![],
         worker_cpu_ns: vec![],
         switches_per_k: vec![],
         warmup: warm,
@@ -196,12 +199,14 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
     };
     let meter = sys::CpuMeter::start(&pids);
     for _ in 0..reps {
-        let (cpu0, wcpu0, sw0) = (sys::own_cpu_time(), worker_cpu(), sys::context_switches());
+        let (cpu0, wcpu0, sw0) = (sys::own_cpu_times(), worker_cpu(), sys::context_switches());
         let took = w1_once(&pool, &mut outputs, n).await?;
-        let (cpu1, wcpu1, sw1) = (sys::own_cpu_time(), worker_cpu(), sys::context_switches());
+        let (cpu1, wcpu1, sw1) = (sys::own_cpu_times(), worker_cpu(), sys::context_switches());
         f.rates.push(n as f64 / took.as_secs_f64());
+        let (user, system) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
         f.parent_cpu_ns
-            .push((cpu1 - cpu0).as_nanos() as f64 / n as f64);
+            .push((user + system).as_nanos() as f64 / n as f64);
+        f.parent_sys_ns.push(system.as_nanos() as f64 / n as f64);
         f.worker_cpu_ns
             .push((wcpu1.saturating_sub(wcpu0)).as_nanos() as f64 / n as f64);
         f.switches_per_k
