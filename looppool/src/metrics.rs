@@ -594,7 +594,10 @@ pub(crate) fn on_report<O>(lane: &Lane<O>, pid: u32, body: &[u8]) {
             // names, so each slot still holds the task it ran.
             let tasks: Vec<TaskId> = {
                 let st = lane.lock();
-                b.slots.iter().filter_map(|&s| st.task_in_slot(s)).collect()
+                b.slots
+                    .iter()
+                    .filter_map(|&s| st.task_in_slot(s, lane.index as u32))
+                    .collect()
             };
             lock(&lane.obs.state).blocked += 1;
             let tasks = if tasks.is_empty() {

@@ -48,14 +48,61 @@ pub(crate) struct Retry {
     pub(crate) attempts: u32,
 }
 
-/// What a lane's slot holds.
-enum Slot<O> {
-    Free,
-    Busy {
-        id: TaskId,
-        call: Option<Call<O>>,
-        retry: Option<Retry>,
-    },
+/// What a lane's slot holds: 16 bytes, so that a worker's thousands of
+/// slots stay small in the cache and a submit writes little. What only some
+/// tasks have (a caller, a retry copy, an id from another worker) is boxed
+/// beside it.
+struct Slot<O> {
+    /// The task's sequence number, or [`FREE`].
+    seq: u64,
+    more: Option<Box<SlotMore<O>>>,
+}
+
+/// The `seq` of a free slot (a lane's sequence numbers never reach it).
+const FREE: u64 = u64::MAX;
+
+struct SlotMore<O> {
+    /// The task's id, when it is not (this lane, `seq`): a task lost with
+    /// another worker and retried here keeps the id it was given.
+    id: Option<TaskId>,
+    call: Option<Call<O>>,
+    retry: Option<Retry>,
+}
+
+impl<O> Slot<O> {
+    const EMPTY: Self = Slot {
+        seq: FREE,
+        more: None,
+    };
+
+    fn is_busy(&self) -> bool {
+        self.seq != FREE
+    }
+
+    /// The id of the task the slot holds, in lane `lane`.
+    fn id(&self, lane: u32) -> TaskId {
+        match self.more.as_deref() {
+            Some(SlotMore { id: Some(id), .. }) => *id,
+            _ => TaskId {
+                worker: lane,
+                seq: self.seq,
+            },
+        }
+    }
+
+    /// The caller waiting for the task, if it is a call.
+    fn call(&mut self) -> Option<&mut Call<O>> {
+        self.more.as_deref_mut()?.call.as_mut()
+    }
+
+    /// Empties the slot; returns its task's caller and retry copy.
+    fn take(&mut self) -> (Option<Call<O>>, Option<Retry>) {
+        self.seq = FREE;
+        match self.more.take() {
+            Some(more) => (more.call, more.retry),
+            None => (None, None),
+        }
+    }
 }
 
 struct Call<O> {
@@ -330,11 +377,16 @@ impl<O> Lane<O> {
                 attempts,
             }
         });
-        st.slots[slot as usize] = Slot::Busy {
-            id,
-            call: call.map(|tx| Call { tx, reply: None }),
-            retry,
-        };
+        let call = call.map(|tx| Call { tx, reply: None });
+        let foreign = id.worker != self.index as u32;
+        let more = (call.is_some() || retry.is_some() || foreign).then(|| {
+            Box::new(SlotMore {
+                id: foreign.then_some(id),
+                call,
+                retry,
+            })
+        });
+        st.slots[slot as usize] = Slot { seq: id.seq, more };
         st.since_yield += 1;
         let yield_now = st.since_yield >= YIELD_EVERY;
         if yield_now {
@@ -454,7 +506,7 @@ impl<O> Lane<O> {
             return None;
         }
         if st.slots.is_empty() {
-            st.slots = (0..self.credits).map(|_| Slot::Free).collect();
+            st.slots = (0..self.credits).map(|_| Slot::EMPTY).collect();
             // Pop from the end: lowest slots first, so wire ids stay short.
             st.free = (0..self.credits).rev().collect();
         }
@@ -523,7 +575,9 @@ impl<O> Lane<O> {
         let mut held = Vec::new();
         let LaneState { slots, free, .. } = &mut *st;
         for (slot, entry) in slots.iter_mut().enumerate() {
-            if let Slot::Busy { id, call, retry } = std::mem::replace(entry, Slot::Free) {
+            if entry.is_busy() {
+                let id = entry.id(index);
+                let (call, retry) = entry.take();
                 free.push(slot as u32);
                 held.push(Held {
                     id,
@@ -597,19 +651,16 @@ pub(crate) struct UnknownSlot(pub(crate) u32);
 
 impl<O> LaneState<O> {
     /// The task a slot holds, if it holds one.
-    pub(crate) fn task_in_slot(&self, slot: u32) -> Option<TaskId> {
+    pub(crate) fn task_in_slot(&self, slot: u32, lane: u32) -> Option<TaskId> {
         match self.slots.get(slot as usize) {
-            Some(Slot::Busy { id, .. }) => Some(*id),
+            Some(entry) if entry.is_busy() => Some(entry.id(lane)),
             _ => None,
         }
     }
 
     /// Frees the slot of a task that completed, answering its caller.
     fn complete(&mut self, slot: u32, freed: &mut usize) {
-        if let Slot::Busy {
-            call: Some(call), ..
-        } = std::mem::replace(&mut self.slots[slot as usize], Slot::Free)
-        {
+        if let (Some(call), _) = self.slots[slot as usize].take() {
             let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
             let _ = call.tx.send(outcome);
         }
@@ -640,11 +691,12 @@ impl<O> LaneState<O> {
             | SlotEvent::OutputDone { slot, .. }
             | SlotEvent::Failed { slot, .. } => *slot,
         };
-        let Some(Slot::Busy { id, call, .. }) = self.slots.get_mut(slot as usize) else {
+        let Some(entry) = self.slots.get_mut(slot as usize).filter(|e| e.is_busy()) else {
             return Err(UnknownSlot(slot));
         };
-        let id = *id;
-        let mut output = |call: &mut Option<Call<O>>, value, credits_back: &mut u32| match call {
+        let id = entry.id(worker as u32);
+        let call = entry.call();
+        let mut output = |call: Option<&mut Call<O>>, value, credits_back: &mut u32| match call {
             Some(Call {
                 reply: reply @ None,
                 ..
@@ -672,10 +724,8 @@ impl<O> LaneState<O> {
                     message,
                     panicked,
                 };
-                match std::mem::replace(&mut self.slots[slot as usize], Slot::Free) {
-                    Slot::Busy {
-                        call: Some(call), ..
-                    } => {
+                match self.slots[slot as usize].take() {
+                    (Some(call), _) => {
                         let _ = call.tx.send(CallOutcome::Failed(error));
                     }
                     _ => deliver(Delivered::Failed(error)),
