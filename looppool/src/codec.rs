@@ -395,8 +395,25 @@ impl<'a> Fields<'a> {
 
     #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, CodecError> {
-        // One pass over at most ten bytes, without a bounds check and an
-        // early-end check per byte.
+        // Slots and small values take one to three bytes: those are read
+        // without the loop (each arm knows the bytes before it carry the
+        // continuation bit, as the arms before it did not match).
+        match *self.rest {
+            [b0, ref rest @ ..] if b0 < 0x80 => {
+                self.rest = rest;
+                return Ok(b0.into());
+            }
+            [b0, b1, ref rest @ ..] if b1 < 0x80 => {
+                self.rest = rest;
+                return Ok(u64::from(b0 & 0x7f) | u64::from(b1) << 7);
+            }
+            [b0, b1, b2, ref rest @ ..] if b2 < 0x80 => {
+                self.rest = rest;
+                return Ok(u64::from(b0 & 0x7f) | u64::from(b1 & 0x7f) << 7 | u64::from(b2) << 14);
+            }
+            _ => {}
+        }
+        // Longer ones: one pass over at most ten bytes.
         let bytes = self.rest;
         let mut value: u64 = 0;
         for (i, &byte) in bytes.iter().take(10).enumerate() {

@@ -81,9 +81,11 @@ pub(crate) enum ToWorker<'a> {
 /// A message from a worker, borrowing its payload from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FromWorker<'a> {
+    // The rare large variants are boxed: every message read is moved
+    // at least once, and the hot ones are a few words.
     Hello {
         protocol: u32,
-        hello: Hello,
+        hello: Box<Hello>,
     },
     Ready,
     InitFailed(String),
@@ -98,7 +100,7 @@ pub(crate) enum FromWorker<'a> {
     },
     Failed {
         slot: u32,
-        failure: Failure,
+        failure: Box<Failure>,
     },
     Bye,
     Report(&'a [u8]),
@@ -175,7 +177,7 @@ impl<'a> FromWorker<'a> {
                 }
                 let mut f = Fields::new(&rest[4..]);
                 let protocol = f.varint_u32()?;
-                let hello = codec::get_serde(f.rest())?;
+                let hello = Box::new(codec::get_serde(f.rest())?);
                 return Ok(FromWorker::Hello { protocol, hello });
             }
             kind::READY => FromWorker::Ready,
@@ -203,7 +205,7 @@ impl<'a> FromWorker<'a> {
             kind::DONE => FromWorker::Done(f.varint_u32()?),
             kind::FAILED => {
                 let slot = f.varint_u32()?;
-                let failure = codec::get_serde(f.rest())?;
+                let failure = Box::new(codec::get_serde(f.rest())?);
                 return Ok(FromWorker::Failed { slot, failure });
             }
             kind::BYE => FromWorker::Bye,

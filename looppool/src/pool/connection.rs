@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::lane::{Delivered, Lane, SlotEvent};
 use super::outputs::{Batch, BatchSender, Output};
+use super::TaskId;
 use crate::codec;
 use crate::protocol::FromWorker;
 use crate::transport::{self, FrameReader, WriteHalf};
@@ -62,13 +63,37 @@ pub(crate) enum ReadEnd {
     Broken(String),
 }
 
-/// A decoded message that concerns the lane.
-enum Event<O> {
-    Slot(SlotEvent<O>),
-    Unsolicited(O),
+/// What one read hands to the output stream.
+struct Collected<O> {
+    items: Vec<Output<O>>,
+    /// Output credits the items spent (one per value).
+    credits: u32,
+}
+
+impl<O> Collected<O> {
+    fn deliver(&mut self, worker: usize, delivered: Delivered<O>) {
+        match delivered {
+            Delivered::Value { task, value } => self.value(worker, Some(task), value),
+            Delivered::Failed(error) => self.items.push(Output::Failed(error)),
+        }
+    }
+
+    fn value(&mut self, worker: usize, task: Option<TaskId>, value: O) {
+        self.credits += 1;
+        self.items.push(Output::Value {
+            worker,
+            task,
+            value,
+        });
+    }
 }
 
 /// Reads the worker's frames until the connection ends.
+///
+/// Each read's frames are decoded and applied to the lane in one pass under
+/// one lock (a first pass that decoded into a vector of events, applied in a
+/// second, cost the parent a move of every output twice). Messages that
+/// need the lane's lock themselves (reports) are handled with it released.
 pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     lane: Arc<Lane<O>>,
     generation: u64,
@@ -77,8 +102,10 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
 ) -> ReadEnd {
     let worker = lane.index;
     let pid = lane.lock().pid;
-    let mut events: Vec<Event<O>> = Vec::new();
     let mut bye = false;
+    // Capacity carried from one read to the next: how many items the last
+    // read had (a read of 64 KiB holds thousands of small outputs).
+    let mut capacity = 0;
     loop {
         match reader.fill().await {
             Ok(true) => {}
@@ -87,138 +114,140 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             Ok(false) => return if bye { ReadEnd::Bye } else { ReadEnd::Eof },
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
-        // First decode everything in this read without the lane's lock ...
-        let mut dones = 0;
+        let mut got = Collected {
+            items: Vec::with_capacity(capacity),
+            credits: 0,
+        };
+        let mut credits_back = 0u32;
+        let mut freed = 0usize;
+        let mut failures = Vec::new();
+        // Set when the connection must end after what was read is delivered.
+        let mut end = None;
+        let mut st = lane.lock();
+        if st.generation != generation {
+            return ReadEnd::Broken("connection replaced".into());
+        }
         loop {
             let body = match reader.next_frame() {
                 Ok(Some(body)) => body,
                 Ok(None) => break,
-                Err(e) => return ReadEnd::Broken(e.to_string()),
+                Err(e) => {
+                    end = Some(e.to_string());
+                    break;
+                }
             };
             let msg = match FromWorker::decode(body) {
                 Ok(msg) => msg,
-                Err(e) => return ReadEnd::Broken(e.to_string()),
+                Err(e) => {
+                    end = Some(e.to_string());
+                    break;
+                }
             };
             let decode = |payload: &[u8]| {
                 codec::get_serde::<O>(payload)
                     .map_err(|e| format!("cannot deserialize an output: {e}"))
             };
-            match msg {
-                FromWorker::Output {
-                    slot: None,
-                    payload,
-                } => match decode(payload) {
-                    Ok(value) => events.push(Event::Unsolicited(value)),
-                    Err(e) => return ReadEnd::Broken(e),
+            let event = match msg {
+                FromWorker::OutputDone { slot, payload } => match decode(payload) {
+                    Ok(value) => SlotEvent::OutputDone { slot, value },
+                    Err(e) => {
+                        end = Some(e);
+                        break;
+                    }
                 },
                 FromWorker::Output {
                     slot: Some(slot),
                     payload,
                 } => match decode(payload) {
-                    Ok(value) => events.push(Event::Slot(SlotEvent::Output { slot, value })),
-                    Err(e) => return ReadEnd::Broken(e),
+                    Ok(value) => SlotEvent::Output { slot, value },
+                    Err(e) => {
+                        end = Some(e);
+                        break;
+                    }
                 },
-                FromWorker::OutputDone { slot, payload } => match decode(payload) {
-                    Ok(value) => events.push(Event::Slot(SlotEvent::OutputDone { slot, value })),
-                    Err(e) => return ReadEnd::Broken(e),
+                FromWorker::Output {
+                    slot: None,
+                    payload,
+                } => match decode(payload) {
+                    Ok(value) => {
+                        got.value(worker, None, value);
+                        continue;
+                    }
+                    Err(e) => {
+                        end = Some(e);
+                        break;
+                    }
                 },
-                FromWorker::Done(slot) => {
-                    events.push(Event::Slot(SlotEvent::Done { slot }));
-                    dones += 1;
-                }
+                FromWorker::Done(slot) => SlotEvent::Done { slot },
                 FromWorker::Failed { slot, failure } => {
-                    tracing::warn!(worker, pid, message = %failure.message, panicked = failure.panicked, "task failed");
-                    events.push(Event::Slot(SlotEvent::Failed {
+                    failures.push((failure.message.clone(), failure.panicked));
+                    SlotEvent::Failed {
                         slot,
                         message: failure.message,
                         panicked: failure.panicked,
-                    }))
+                    }
                 }
-                FromWorker::Bye => bye = true,
-                FromWorker::Pong(_) => lane.pong(),
-                FromWorker::Report(body) => crate::metrics::on_report(&lane, pid, body),
-                FromWorker::Log(body) => crate::metrics::on_log(&lane, pid, body),
+                FromWorker::Bye => {
+                    bye = true;
+                    continue;
+                }
+                FromWorker::Pong(_) => {
+                    lane.pong();
+                    continue;
+                }
+                FromWorker::Report(_) | FromWorker::Log(_) => {
+                    // These take the lane's lock themselves.
+                    drop(st);
+                    match msg {
+                        FromWorker::Report(body) => crate::metrics::on_report(&lane, pid, body),
+                        FromWorker::Log(body) => crate::metrics::on_log(&lane, pid, body),
+                        _ => unreachable!("matched above"),
+                    }
+                    st = lane.lock();
+                    if st.generation != generation {
+                        end = Some("connection replaced".into());
+                        break;
+                    }
+                    continue;
+                }
                 FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
-                    return ReadEnd::Broken("handshake message after the handshake".into())
+                    end = Some("handshake message after the handshake".into());
+                    break;
                 }
+            };
+            let deliver = &mut |d| got.deliver(worker, d);
+            if let Err(e) = st.apply(worker, event, deliver, &mut credits_back, &mut freed) {
+                end = Some(format!("message for slot {}, which holds no task", e.0));
+                break;
             }
         }
-        if events.is_empty() {
-            continue;
+        if st.recycle_at.is_some_and(|at| st.completed >= at) {
+            let completed = st.completed;
+            if lane.recycle(&mut st) {
+                st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
+            }
         }
-        // ... then apply it all under one lock.
-        // Sized once, for every event but bare completions: grown one push
-        // at a time, its reallocations and copies cost the reader about 30
-        // instructions per output.
-        let mut items = Vec::with_capacity(events.len() - dones);
-        let mut credits_held = 0u32;
-        let mut credits_back = 0u32;
-        let mut freed = 0usize;
-        let mut bad_slot = None;
-        let mut overdrawn = None;
-        let waiters;
-        {
-            let mut st = lane.lock();
-            if st.generation != generation {
-                return ReadEnd::Broken("connection replaced".into());
-            }
-            for event in events.drain(..) {
-                match event {
-                    Event::Unsolicited(value) => {
-                        credits_held += 1;
-                        items.push(Output::Value {
-                            worker,
-                            task: None,
-                            value,
-                        });
-                    }
-                    Event::Slot(event) => {
-                        let mut deliver = |d: Delivered<O>| match d {
-                            Delivered::Value { task, value } => {
-                                credits_held += 1;
-                                items.push(Output::Value {
-                                    worker,
-                                    task: Some(task),
-                                    value,
-                                });
-                            }
-                            Delivered::Failed(error) => items.push(Output::Failed(error)),
-                        };
-                        if let Err(e) =
-                            st.apply(worker, event, &mut deliver, &mut credits_back, &mut freed)
-                        {
-                            bad_slot = Some(e.0);
-                            break;
-                        }
-                    }
-                }
-            }
-            if st.recycle_at.is_some_and(|at| st.completed >= at) {
-                let completed = st.completed;
-                if lane.recycle(&mut st) {
-                    st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
-                }
-            }
-            // Every output spends one of the worker's credits.
-            st.output_window -= i64::from(credits_held) + i64::from(credits_back);
-            if st.output_window < 0 {
-                overdrawn = Some(-st.output_window);
-            }
-            // Replies to calls free their credits at once; owed credits go
-            // out if the window ran low.
-            lane.owe_credits(&mut st, credits_back);
-            waiters = st.space_waiters_any();
+        // Every output spends one of the worker's credits.
+        st.output_window -= i64::from(got.credits) + i64::from(credits_back);
+        let overdrawn = (st.output_window < 0).then(|| -st.output_window);
+        // Replies to calls free their credits at once; owed credits go out
+        // if the window ran low.
+        lane.owe_credits(&mut st, credits_back);
+        let waiters = st.space_waiters_any();
+        drop(st);
+        for (message, panicked) in failures {
+            tracing::warn!(worker, pid, message = %message, panicked, "task failed");
         }
-        events.clear();
         if freed > 0 && waiters {
             lane.wake_waiters();
         }
-        if !items.is_empty() {
+        capacity = got.items.len();
+        if !got.items.is_empty() {
             let batch = Batch {
                 worker,
                 generation,
-                credits: credits_held,
-                items,
+                credits: got.credits,
+                items: got.items,
             };
             if let Err(returned) = outputs.send(batch) {
                 // Nobody consumes outputs: hand the credits straight back.
@@ -230,8 +259,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 "the worker exceeded its output credit window by {excess}: it does not wait for credits"
             ));
         }
-        if let Some(slot) = bad_slot {
-            return ReadEnd::Broken(format!("message for slot {slot}, which holds no task"));
+        if let Some(why) = end {
+            return ReadEnd::Broken(why);
         }
     }
 }

@@ -368,24 +368,29 @@ impl<O> Lane<O> {
                 )
             }
         };
-        // Keeping a copy of every task costs an allocation per task, so it
-        // is done only when lost tasks are to be retried.
-        let retry = (self.retries > 0).then(|| {
-            let payload_start = start + crate::codec::HEADER_LEN + 1 + varint_len(slot.into());
-            Retry {
-                payload: st.out[payload_start..].into(),
-                attempts,
-            }
-        });
-        let call = call.map(|tx| Call { tx, reply: None });
         let foreign = id.worker != self.index as u32;
-        let more = (call.is_some() || retry.is_some() || foreign).then(|| {
-            Box::new(SlotMore {
-                id: foreign.then_some(id),
-                call,
+        // Written without closures: ones that captured `call` cost a drop
+        // check per task even when not called.
+        let more = if call.is_some() || self.retries > 0 || foreign {
+            // Keeping a copy of every task costs an allocation per task, so
+            // it is done only when lost tasks are to be retried.
+            let retry = if self.retries > 0 {
+                let payload_start = start + crate::codec::HEADER_LEN + 1 + varint_len(slot.into());
+                Some(Retry {
+                    payload: st.out[payload_start..].into(),
+                    attempts,
+                })
+            } else {
+                None
+            };
+            Some(Box::new(SlotMore {
+                id: if foreign { Some(id) } else { None },
+                call: call.map(|tx| Call { tx, reply: None }),
                 retry,
-            })
-        });
+            }))
+        } else {
+            None
+        };
         st.slots[slot as usize] = Slot { seq: id.seq, more };
         st.since_yield += 1;
         let yield_now = st.since_yield >= YIELD_EVERY;

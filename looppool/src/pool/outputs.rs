@@ -1,6 +1,5 @@
 //! The stream of outputs from every worker, with end-to-end backpressure.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -99,7 +98,8 @@ pub(crate) type BatchSender<O> = mpsc::UnboundedSender<Batch<O>>;
 pub struct Outputs<O> {
     rx: mpsc::UnboundedReceiver<Batch<O>>,
     lanes: Arc<[Arc<Lane<O>>]>,
-    current: VecDeque<Output<O>>,
+    /// The rest of the batch being consumed.
+    current: std::vec::IntoIter<Output<O>>,
     /// Credits of the batch being consumed not yet given back:
     /// (worker, generation, credits).
     pending: Option<(usize, u64, u32)>,
@@ -127,7 +127,7 @@ impl<O> Outputs<O> {
         Outputs {
             rx,
             lanes,
-            current: VecDeque::new(),
+            current: Vec::new().into_iter(),
             pending: None,
             taken: 0,
         }
@@ -158,8 +158,8 @@ impl<O> Outputs<O> {
 
     fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output<O>>> {
         loop {
-            if let Some(item) = self.current.pop_front() {
-                if self.current.is_empty() {
+            if let Some(item) = self.current.next() {
+                if self.current.len() == 0 {
                     self.give_back_credits();
                 } else if matches!(item, Output::Value { .. }) {
                     // Each value spent one credit.
@@ -174,7 +174,7 @@ impl<O> Outputs<O> {
                 Poll::Ready(Some(batch)) => {
                     self.taken = 0;
                     self.pending = Some((batch.worker, batch.generation, batch.credits));
-                    self.current = batch.items.into();
+                    self.current = batch.items.into_iter();
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -221,7 +221,7 @@ impl<O> Drop for Outputs<O> {
     fn drop(&mut self) {
         // Give back the credits of everything not taken, so workers that
         // still emit are not left waiting.
-        self.current.clear();
+        self.current = Vec::new().into_iter();
         self.give_back_credits();
         self.rx.close();
         while let Ok(batch) = self.rx.try_recv() {

@@ -39,7 +39,7 @@ fn worker_messages_round_trip() {
         msgs[0],
         FromWorker::Hello {
             protocol: PROTOCOL_VERSION,
-            hello
+            hello: Box::new(hello)
         }
     );
     assert_eq!(
@@ -64,7 +64,13 @@ fn worker_messages_round_trip() {
         }
     );
     assert_eq!(msgs[4], FromWorker::Done(4));
-    assert_eq!(msgs[5], FromWorker::Failed { slot: 2, failure });
+    assert_eq!(
+        msgs[5],
+        FromWorker::Failed {
+            slot: 2,
+            failure: Box::new(failure)
+        }
+    );
     assert_eq!(msgs[6], FromWorker::Bye);
 }
 

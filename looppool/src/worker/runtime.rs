@@ -569,18 +569,13 @@ where
 }
 
 /// A task's future bounded by the pool's task timeout.
-fn with_deadline<F>(
-    handler: F,
-    limit: std::time::Duration,
-) -> impl Future<Output = Result<(), BoxError>>
+async fn with_deadline<F>(handler: F, limit: std::time::Duration) -> Result<(), BoxError>
 where
     F: Future<Output = Result<(), BoxError>>,
 {
-    async move {
-        match tokio::time::timeout(limit, handler).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("task exceeded its deadline of {limit:?}").into()),
-        }
+    match tokio::time::timeout(limit, handler).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("task exceeded its deadline of {limit:?}").into()),
     }
 }
 
