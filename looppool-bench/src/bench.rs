@@ -193,6 +193,7 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
                 .with("parent_sys_ns_per_task", median(&f.parent_sys_ns))
                 .with("worker_cpu_ns_per_task", median(&f.worker_cpu_ns))
                 .with("parent_switches_per_1k_tasks", median(&f.switches_per_k))
+                .with("parent_preempted_per_1k_tasks", median(&f.preempted_per_k))
                 .with("cpus_busy_machine", f.cpu.machine)
                 .with("cpus_bench", f.cpu.bench)
         };

@@ -208,14 +208,18 @@ impl CpuMeter {
     }
 }
 
-/// Voluntary and involuntary context switches of this process's main thread.
-pub(crate) fn context_switches() -> u64 {
+/// Context switches of this process's main thread: (voluntary, when it
+/// waited; involuntary, when it was preempted).
+pub(crate) fn context_switches() -> (u64, u64) {
     let get = |name| {
         status_field(std::process::id(), name)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    get("voluntary_ctxt_switches:") + get("nonvoluntary_ctxt_switches:")
+    (
+        get("voluntary_ctxt_switches:"),
+        get("nonvoluntary_ctxt_switches:"),
+    )
 }
 
 /// The machine, in one line: CPUs, CPU model, load average.

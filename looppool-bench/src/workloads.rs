@@ -161,6 +161,8 @@ pub(crate) struct W1Figures {
     pub(crate) worker_cpu_ns: Vec<f64>,
     /// Parent context switches per 1,000 tasks, per repetition.
     pub(crate) switches_per_k: Vec<f64>,
+    /// The involuntary part of them (preemptions), per repetition.
+    pub(crate) preempted_per_k: Vec<f64>,
     /// How long the warm-up ran, and how many tasks it took.
     pub(crate) warmup: (Duration, u64),
     /// CPU use over the timed repetitions.
@@ -189,6 +191,7 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
         parent_sys_ns: vec![],
         worker_cpu_ns: vec![],
         switches_per_k: vec![],
+        preempted_per_k: vec![],
         warmup: warm,
         cpu: sys::CpuUse {
             machine: 0.0,
@@ -209,8 +212,10 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
         f.parent_sys_ns.push(system.as_nanos() as f64 / n as f64);
         f.worker_cpu_ns
             .push((wcpu1.saturating_sub(wcpu0)).as_nanos() as f64 / n as f64);
+        let per_k = |count: u64| count as f64 * 1000.0 / n as f64;
         f.switches_per_k
-            .push((sw1 - sw0) as f64 * 1000.0 / n as f64);
+            .push(per_k((sw1.0 + sw1.1) - (sw0.0 + sw0.1)));
+        f.preempted_per_k.push(per_k(sw1.1 - sw0.1));
     }
     f.cpu = meter.stop();
     f.rss_parent_kib = sys::rss_kib(std::process::id()).unwrap_or(0);
