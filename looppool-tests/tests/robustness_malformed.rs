@@ -5,7 +5,8 @@
 //! by the worker's death. Each time the parent logs the worker by index,
 //! closes its connection, kills and replaces it, reports its tasks lost with
 //! `LossCause::Protocol`, and leaves the other workers alone; the pool then
-//! serves on every worker.
+//! serves on every worker. Outputs that arrived complete before the bad
+//! bytes are delivered, not reported lost.
 //!
 //! The bad bytes are written by the real test worker (`Job::WriteRaw`)
 //! straight to its connection, so they travel a real socket.
@@ -26,6 +27,7 @@ const HELLO: u8 = 0x81;
 const READY: u8 = 0x82;
 const OUTPUT: u8 = 0x84;
 const DONE: u8 = 0x85;
+const OUTPUT_DONE: u8 = 0x86;
 const BYE: u8 = 0x88;
 
 /// A frame: the body's length (4 bytes, little-endian), then the body.
@@ -257,6 +259,53 @@ async fn an_output_of_another_type_is_a_protocol_loss() {
         lost.to_string().contains("2 unexpected trailing bytes"),
         "{lost}"
     );
+}
+
+#[tokio::test]
+async fn outputs_read_before_a_bad_frame_are_delivered() {
+    let (pool, mut outputs) = probe_pool!()
+        .workers(1)
+        .max_frame(MAX_FRAME)
+        .start()
+        .await
+        .unwrap();
+    // The first task takes slot 0 (slots are handed out lowest first).
+    let first = pool
+        .submit_to(
+            0,
+            Job::Sleep {
+                ms: 60_000,
+                value: 1,
+            },
+        )
+        .await
+        .unwrap();
+    // One write: the first task's last output (slot tag 1, value 41), then
+    // garbage. The parent reads both at once; the output was complete, so
+    // it is delivered, and only the tasks still held are reported lost.
+    let mut bytes = frame(OUTPUT_DONE, &[1, 41]);
+    bytes.extend_from_slice(b"not a looppool frame at all");
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        pool.call_to(0, Job::WriteRaw(bytes)),
+    )
+    .await
+    .expect("the call ends")
+    .unwrap_err();
+    assert!(matches!(err, CallError::WorkerLost(_)), "{err:?}");
+    match next_output(&mut outputs).await {
+        Output::Value { task, value, .. } => assert_eq!((task, value), (Some(first), 41)),
+        other => panic!("expected the first task's output, got {other:?}"),
+    }
+    // Nothing else: the first task is not also reported lost.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), outputs.next())
+            .await
+            .is_err(),
+        "an item after the delivered output"
+    );
+    assert_eq!(pool.call_to(0, Job::WhoAmI).await.unwrap(), 0);
+    pool.shutdown().await;
 }
 
 #[tokio::test]

@@ -123,6 +123,9 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
         let mut failures = Vec::new();
         // Set when the connection must end after what was read is delivered.
         let mut end = None;
+        // Set when the lane passed to another connection while its lock was
+        // released (a report): its state is then no longer ours to update.
+        let mut replaced = false;
         let mut st = lane.lock();
         if st.generation != generation {
             return ReadEnd::Broken("connection replaced".into());
@@ -205,6 +208,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                     }
                     st = lane.lock();
                     if st.generation != generation {
+                        replaced = true;
                         end = Some("connection replaced".into());
                         break;
                     }
@@ -221,19 +225,23 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 break;
             }
         }
-        if st.recycle_at.is_some_and(|at| st.completed >= at) {
-            let completed = st.completed;
-            if lane.recycle(&mut st) {
-                st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
+        let mut overdrawn = None;
+        let mut waiters = false;
+        if !replaced {
+            if st.recycle_at.is_some_and(|at| st.completed >= at) {
+                let completed = st.completed;
+                if lane.recycle(&mut st) {
+                    st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
+                }
             }
+            // Every output spends one of the worker's credits.
+            st.output_window -= i64::from(got.credits) + i64::from(credits_back);
+            overdrawn = (st.output_window < 0).then(|| -st.output_window);
+            // Replies to calls free their credits at once; owed credits go
+            // out if the window ran low.
+            lane.owe_credits(&mut st, credits_back);
+            waiters = st.space_waiters_any();
         }
-        // Every output spends one of the worker's credits.
-        st.output_window -= i64::from(got.credits) + i64::from(credits_back);
-        let overdrawn = (st.output_window < 0).then(|| -st.output_window);
-        // Replies to calls free their credits at once; owed credits go out
-        // if the window ran low.
-        lane.owe_credits(&mut st, credits_back);
-        let waiters = st.space_waiters_any();
         drop(st);
         for (message, panicked) in failures {
             tracing::warn!(worker, pid, message = %message, panicked, "task failed");
