@@ -507,7 +507,7 @@ fn protocol_exit(shared: &Shared, what: &str) -> ! {
 type TaskCell<F> = Pin<Box<Option<F>>>;
 
 /// Starts a task: polls its future once in place, and spawns it only if it
-/// has to wait. `cell` is the spare cell for futures of this type.
+/// has to wait. `spare` is the spare cell for futures of this type.
 fn run_task<F>(shared: &Rc<Shared>, slot: u32, fut: F, spare: &mut Option<TaskCell<F>>)
 where
     F: Future<Output = Result<(), BoxError>> + 'static,
