@@ -261,14 +261,22 @@ async fn an_output_of_another_type_is_a_protocol_loss() {
     );
 }
 
-#[tokio::test]
-async fn outputs_read_before_a_bad_frame_are_delivered() {
-    let (pool, mut outputs) = probe_pool!()
+/// A pool of one worker with this file's frame limit.
+async fn one_worker_pool() -> (
+    looppool::Pool<looppool_tests::Probe>,
+    looppool::Outputs<u64>,
+) {
+    probe_pool!()
         .workers(1)
         .max_frame(MAX_FRAME)
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn outputs_read_before_a_bad_frame_are_delivered() {
+    let (pool, mut outputs) = one_worker_pool().await;
     // The first task takes slot 0 (slots are handed out lowest first).
     let first = pool
         .submit_to(
@@ -354,12 +362,7 @@ async fn a_frame_cut_short_by_the_workers_exit_is_a_protocol_loss() {
 /// not mistaken for a plain crash.
 #[tokio::test]
 async fn a_frame_cut_short_by_a_worker_dying_with_unread_input_is_a_protocol_loss() {
-    let (pool, mut outputs) = probe_pool!()
-        .workers(1)
-        .max_frame(MAX_FRAME)
-        .start()
-        .await
-        .unwrap();
+    let (pool, mut outputs) = one_worker_pool().await;
     let old_pid = pool.pids()[0].unwrap();
     // A whole unsolicited output (tag 0, value 77) as a marker, then the cut
     // frame; the worker then blocks its loop before it exits, so the next
