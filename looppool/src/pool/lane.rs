@@ -136,7 +136,7 @@ pub(crate) struct LaneState<O> {
     pub(crate) generation: u64,
     pub(crate) pid: u32,
     next_seq: u64,
-    /// Tasks submitted since the submitter last yielded (see `YIELD_EVERY`).
+    /// Tasks submitted since the submitter last yielded (see `Lane::yield_every`).
     since_yield: u32,
     space_waiters: usize,
     /// Tasks completed (or failed) by the current worker process.
@@ -161,8 +161,16 @@ pub(crate) struct LaneState<O> {
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
 /// the writer can flush a large batch: batch size is set here, not by
-/// tokio's per-operation budget.
-const YIELD_EVERY: u32 = 512;
+/// tokio's per-operation budget. An eighth of the lane's window, so that
+/// several batches are in flight at once, but never fewer than 512 (the
+/// size every window up to 4,096 tasks gets) nor more than 8,192.
+fn yield_every(credits: u32) -> u32 {
+    (credits / 8).clamp(512, 8192)
+}
+
+/// Buffered bytes after which a submitter yields whatever the task count:
+/// large tasks are flushed in batches of a bounded size.
+const YIELD_BYTES: usize = 256 * 1024;
 
 /// Why a task could not be pushed; the caller owns the task and builds the
 /// public error.
@@ -201,6 +209,8 @@ pub(crate) struct Lane<O> {
     pub(crate) index: usize,
     /// Slots, and so queued plus running tasks, per worker.
     credits: u32,
+    /// Tasks pushed between two yields of a submitter (see [`yield_every`]).
+    yield_every: u32,
     max_frame: usize,
     state: Mutex<LaneState<O>>,
     /// Wakes the connection's writer on the empty → non-empty transition.
@@ -239,6 +249,7 @@ impl<O> Lane<O> {
         Lane {
             index,
             credits,
+            yield_every: yield_every(credits),
             max_frame,
             state: Mutex::new(LaneState {
                 out: Vec::new(),
@@ -393,7 +404,7 @@ impl<O> Lane<O> {
         };
         st.slots[slot as usize] = Slot { seq: id.seq, more };
         st.since_yield += 1;
-        let yield_now = st.since_yield >= YIELD_EVERY;
+        let yield_now = st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES;
         if yield_now {
             st.since_yield = 0;
         }
