@@ -115,7 +115,9 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
         let mut got = Collected {
-            items: Vec::with_capacity(capacity),
+            items: lane
+                .spare_batch()
+                .unwrap_or_else(|| Vec::with_capacity(capacity)),
             credits: 0,
         };
         let mut credits_back = 0u32;
@@ -260,6 +262,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             if let Err(returned) = outputs.send(batch) {
                 // Nobody consumes outputs: hand the credits straight back.
                 lane.return_output_credits(generation, returned.0.credits);
+                lane.keep_batch(returned.0.items);
             }
         }
         if let Some(excess) = overdrawn {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
+use super::outputs::Output;
 use super::TaskId;
 use crate::codec::CodecError;
 use crate::error::{SubmitErrorKind, TaskError, WorkerLost};
@@ -228,7 +229,18 @@ pub(crate) struct Lane<O> {
     epoch: Instant,
     /// Reports, blocked-loop episodes and other rare figures.
     pub(crate) obs: crate::metrics::LaneObs,
+    /// Emptied output batches, kept for the reader to fill again.
+    spare_batches: Mutex<Vec<Vec<Output<O>>>>,
 }
+
+/// Emptied batches a lane keeps, and the largest it keeps (in items): the
+/// reader fills one per read, the consumer empties them one after another.
+/// Allocated afresh per read, a batch of thousands of outputs is a large
+/// allocation that glibc served from `mmap` or a growing heap, and handed
+/// back as the consumer finished it: RSS moved by megabytes and the parent
+/// took thousands of page faults per second with deep windows.
+const SPARE_BATCHES: usize = 4;
+const SPARE_BATCH_ITEMS: usize = 16 * 1024;
 
 impl<O> std::fmt::Debug for Lane<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -279,6 +291,27 @@ impl<O> Lane<O> {
             pong_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             obs: Default::default(),
+            spare_batches: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An emptied batch vector to fill, if one was kept.
+    pub(crate) fn spare_batch(&self) -> Option<Vec<Output<O>>> {
+        self.spare_batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+    }
+
+    /// Keeps an emptied batch vector for the reader (a few, of bounded size).
+    pub(crate) fn keep_batch(&self, mut batch: Vec<Output<O>>) {
+        batch.clear();
+        if batch.capacity() == 0 || batch.capacity() > SPARE_BATCH_ITEMS {
+            return;
+        }
+        let mut spare = self.spare_batches.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_BATCHES {
+            spare.push(batch);
         }
     }
 

@@ -98,8 +98,11 @@ pub(crate) type BatchSender<O> = mpsc::UnboundedSender<Batch<O>>;
 pub struct Outputs<O> {
     rx: mpsc::UnboundedReceiver<Batch<O>>,
     lanes: Arc<[Arc<Lane<O>>]>,
-    /// The rest of the batch being consumed.
-    current: std::vec::IntoIter<Output<O>>,
+    /// The rest of the batch being consumed, last item first (taken with
+    /// `pop`), and the worker it came from: the emptied vector goes back to
+    /// that worker's reader, which fills it again (see [`Lane::keep_batch`]).
+    current: Vec<Output<O>>,
+    current_from: usize,
     /// Credits of the batch being consumed not yet given back:
     /// (worker, generation, credits).
     pending: Option<(usize, u64, u32)>,
@@ -127,7 +130,8 @@ impl<O> Outputs<O> {
         Outputs {
             rx,
             lanes,
-            current: Vec::new().into_iter(),
+            current: Vec::new(),
+            current_from: 0,
             pending: None,
             taken: 0,
         }
@@ -158,9 +162,12 @@ impl<O> Outputs<O> {
 
     fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output<O>>> {
         loop {
-            if let Some(item) = self.current.next() {
-                if self.current.len() == 0 {
+            if let Some(item) = self.current.pop() {
+                if self.current.is_empty() {
                     self.give_back_credits();
+                    if let Some(lane) = self.lanes.get(self.current_from) {
+                        lane.keep_batch(std::mem::take(&mut self.current));
+                    }
                 } else if matches!(item, Output::Value { .. }) {
                     // Each value spent one credit.
                     self.taken += 1;
@@ -174,7 +181,10 @@ impl<O> Outputs<O> {
                 Poll::Ready(Some(batch)) => {
                     self.taken = 0;
                     self.pending = Some((batch.worker, batch.generation, batch.credits));
-                    self.current = batch.items.into_iter();
+                    let mut items = batch.items;
+                    items.reverse();
+                    self.current = items;
+                    self.current_from = batch.worker;
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -221,7 +231,7 @@ impl<O> Drop for Outputs<O> {
     fn drop(&mut self) {
         // Give back the credits of everything not taken, so workers that
         // still emit are not left waiting.
-        self.current = Vec::new().into_iter();
+        self.current.clear();
         self.give_back_credits();
         self.rx.close();
         while let Ok(batch) = self.rx.try_recv() {
