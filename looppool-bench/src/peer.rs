@@ -202,6 +202,7 @@ async fn measure(workload: &str, workers: usize, n: Option<u64>) -> BenchResult<
 
 fn window(params: &mut Map<String, Value>, per_worker: usize, workers: usize) {
     params.insert("max_tasks".into(), (per_worker * workers).into());
+    params.insert("max_results".into(), (2 * per_worker * workers).into());
     params.insert("in_flight_per_worker".into(), per_worker.into());
 }
 

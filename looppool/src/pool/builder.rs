@@ -150,6 +150,11 @@ impl<W: Worker> PoolBuilder<W> {
     /// Bound on outputs emitted by workers and not yet taken from the
     /// [`Outputs`] stream, split evenly between workers (default 2048 per
     /// worker). Workers wait in `emit` beyond it.
+    ///
+    /// For throughput, make it about twice `max_tasks`: a task's slot is
+    /// freed when its output reaches the parent, before the consumer takes
+    /// it, so with equal bounds a consumer one batch behind leaves a worker
+    /// with new tasks and no output credits, and each such task waits.
     pub fn max_results(mut self, n: usize) -> Self {
         self.max_results = Some(n);
         self
