@@ -104,6 +104,15 @@ pub enum Job {
     },
 }
 
+impl Job {
+    /// A task that outlives any test: it sleeps a minute on the worker's
+    /// loop (then emits `value`), so it is still held when the test kills
+    /// or stops its worker.
+    pub fn hold(value: u64) -> Job {
+        Job::Sleep { ms: 60_000, value }
+    }
+}
+
 /// The init payload of a [`Probe`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProbeInit {

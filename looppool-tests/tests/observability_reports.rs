@@ -289,15 +289,7 @@ async fn stats_count_done_failed_lost_and_restarts() {
 
     // A worker killed holding two tasks: both lost, one restart.
     for _ in 0..2 {
-        pool.submit_to(
-            1,
-            Job::Sleep {
-                ms: 60_000,
-                value: 0,
-            },
-        )
-        .await
-        .unwrap();
+        pool.submit_to(1, Job::hold(0)).await.unwrap();
     }
     assert!(eventually(Duration::from_secs(20), || pool.stats().in_flight == 2).await);
     let old_pid = pool.pids()[1];

@@ -354,13 +354,7 @@ async fn start_stop_with_pending_tasks_never_hangs() {
 #[tokio::test]
 async fn shutdown_with_deadline_kills_stragglers_and_reports_their_tasks() {
     let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
-    let id = pool
-        .submit(Job::Sleep {
-            ms: 60_000,
-            value: 1,
-        })
-        .await
-        .unwrap();
+    let id = pool.submit(Job::hold(1)).await.unwrap();
     let report = pool.shutdown_timeout(Duration::from_millis(200)).await;
     assert!(!report.drained);
     let item = take(&mut outputs, 1).await.pop().unwrap();

@@ -73,10 +73,7 @@ async fn end_worker(pool: &Pool<Probe>, w: usize, how: usize) -> LossCause {
                 }
                 pool.kill_worker(w);
             };
-            let sleep = Job::Sleep {
-                ms: 60_000,
-                value: 0,
-            };
+            let sleep = Job::hold(0);
             tokio::join!(pool.call_to(w, sleep), killer).0
         }
         2 => {

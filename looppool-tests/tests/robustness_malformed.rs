@@ -88,10 +88,7 @@ async fn misbehave(job: Job, expect: &str) -> WorkerLost {
     let old_pid = pool.pids()[0].unwrap();
     let mut held = Vec::new();
     for i in 0..3 {
-        let sleep = Job::Sleep {
-            ms: 60_000,
-            value: i,
-        };
+        let sleep = Job::hold(i);
         held.push(pool.submit_to(0, sleep).await.unwrap());
     }
     let spared = pool
@@ -278,16 +275,7 @@ async fn one_worker_pool() -> (
 async fn outputs_read_before_a_bad_frame_are_delivered() {
     let (pool, mut outputs) = one_worker_pool().await;
     // The first task takes slot 0 (slots are handed out lowest first).
-    let first = pool
-        .submit_to(
-            0,
-            Job::Sleep {
-                ms: 60_000,
-                value: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let first = pool.submit_to(0, Job::hold(1)).await.unwrap();
     // One write: the first task's last output (slot tag 1, value 41), then
     // garbage. The parent reads both at once; the output was complete, so
     // it is delivered, and only the tasks still held are reported lost.
@@ -411,10 +399,7 @@ async fn outputs_beyond_the_credit_window_are_a_protocol_loss() {
         .await
         .unwrap();
     let old_pid = pool.pids()[0].unwrap();
-    let sleep = Job::Sleep {
-        ms: 60_000,
-        value: 0,
-    };
+    let sleep = Job::hold(0);
     let held = pool.submit(sleep).await.unwrap();
     // Ten unsolicited outputs (tag 0, values 100..110) where the window
     // allows four.

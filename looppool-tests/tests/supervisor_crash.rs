@@ -310,16 +310,7 @@ async fn a_failing_initialiser_on_restart_is_a_start_failure_not_a_loop() {
 #[tokio::test]
 async fn dropping_the_pool_kills_and_reaps_its_workers() {
     let (pool, mut outputs) = probe_pool!().workers(3).start().await.unwrap();
-    let id = pool
-        .submit_to(
-            2,
-            Job::Sleep {
-                ms: 60_000,
-                value: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let id = pool.submit_to(2, Job::hold(1)).await.unwrap();
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     assert_eq!(pids.len(), 3);
     drop(pool);
