@@ -35,7 +35,7 @@ async fn settle(
             .expect("the stream goes on");
         match item {
             Output::Value { value, .. } => *values.entry(value).or_default() += 1,
-            Output::Lost { task, lost: why } => lost.push((task, why)),
+            Output::Lost { task, lost: why } => lost.push((task, *why)),
             other => panic!("no task fails here: {other:?}"),
         }
         ended += 1;

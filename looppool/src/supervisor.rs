@@ -559,7 +559,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     }
                     None => items.push(Output::Lost {
                         task: task.id,
-                        lost: lost.clone(),
+                        lost: Box::new(lost.clone()),
                     }),
                 },
             }
@@ -898,7 +898,7 @@ async fn resend<O>(
                     None => {
                         let items = vec![Output::Lost {
                             task: id,
-                            lost: lost.clone(),
+                            lost: Box::new(lost.clone()),
                         }];
                         let _ = outputs.send(Batch {
                             worker: lost.worker,

@@ -74,7 +74,7 @@ impl<O> Collected<O> {
     fn deliver(&mut self, worker: usize, delivered: Delivered<O>) {
         match delivered {
             Delivered::Value { task, value } => self.value(worker, Some(task), value),
-            Delivered::Failed(error) => self.items.push(Output::Failed(error)),
+            Delivered::Failed(error) => self.items.push(Output::Failed(Box::new(error))),
         }
     }
 

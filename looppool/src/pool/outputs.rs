@@ -25,13 +25,17 @@ pub enum Output<O> {
         value: O,
     },
     /// A task sent with `submit` failed: its handler returned an error or panicked.
-    Failed(TaskError),
+    ///
+    /// Boxed, as is [`Lost`](Self::Lost)'s cause: failures are rare, and an
+    /// unboxed one would make every item of the stream, values included,
+    /// 64 bytes instead of 40 (for `u64` values).
+    Failed(Box<TaskError>),
     /// A task sent with `submit` was lost with its worker.
     Lost {
         /// The task.
         task: TaskId,
         /// Which worker was lost, and how.
-        lost: WorkerLost,
+        lost: Box<WorkerLost>,
     },
 }
 
