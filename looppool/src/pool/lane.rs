@@ -343,6 +343,10 @@ impl<O> Lane<O> {
     }
 
     /// Encodes `task` into the lane if it has a free slot.
+    ///
+    /// Inlined into `submit`, as is `push_with`: returned through memory,
+    /// the result was reloaded by a caller stalled behind the unlock.
+    #[inline(always)]
     pub(crate) fn try_push<T: Serialize + ?Sized>(
         &self,
         task: &T,
@@ -369,6 +373,7 @@ impl<O> Lane<O> {
         })
     }
 
+    #[inline(always)]
     fn push_with(
         &self,
         call: Option<CallSender<O>>,
