@@ -22,6 +22,9 @@ use crate::codec::CodecError;
 use crate::error::{SubmitErrorKind, TaskError, WorkerLost};
 use crate::protocol::{self, kind};
 
+mod slots;
+use slots::{Call, SlotMore, Slots};
+
 /// How a `call` ends, before the task value is known to the error type.
 #[derive(Debug)]
 pub(crate) enum CallOutcome<O> {
@@ -49,69 +52,6 @@ pub(crate) struct Retry {
     pub(crate) attempts: u32,
 }
 
-/// What a lane's slot holds: 16 bytes, so that a worker's thousands of
-/// slots stay small in the cache and a submit writes little. What only some
-/// tasks have (a caller, a retry copy, an id from another worker) is boxed
-/// beside it.
-struct Slot<O> {
-    /// The task's sequence number, or [`FREE`].
-    seq: u64,
-    more: Option<Box<SlotMore<O>>>,
-}
-
-/// The `seq` of a free slot (a lane's sequence numbers never reach it).
-const FREE: u64 = u64::MAX;
-
-struct SlotMore<O> {
-    /// The task's id, when it is not (this lane, `seq`): a task lost with
-    /// another worker and retried here keeps the id it was given.
-    id: Option<TaskId>,
-    call: Option<Call<O>>,
-    retry: Option<Retry>,
-}
-
-impl<O> Slot<O> {
-    const EMPTY: Self = Slot {
-        seq: FREE,
-        more: None,
-    };
-
-    fn is_busy(&self) -> bool {
-        self.seq != FREE
-    }
-
-    /// The id of the task the slot holds, in lane `lane`.
-    fn id(&self, lane: u32) -> TaskId {
-        match self.more.as_deref() {
-            Some(SlotMore { id: Some(id), .. }) => *id,
-            _ => TaskId {
-                worker: lane,
-                seq: self.seq,
-            },
-        }
-    }
-
-    /// The caller waiting for the task, if it is a call.
-    fn call(&mut self) -> Option<&mut Call<O>> {
-        self.more.as_deref_mut()?.call.as_mut()
-    }
-
-    /// Empties the slot; returns its task's caller and retry copy.
-    fn take(&mut self) -> (Option<Call<O>>, Option<Retry>) {
-        self.seq = FREE;
-        match self.more.take() {
-            Some(more) => (more.call, more.retry),
-            None => (None, None),
-        }
-    }
-}
-
-struct Call<O> {
-    tx: CallSender<O>,
-    /// The first output of the called task: its reply.
-    reply: Option<O>,
-}
-
 /// Whether a lane takes tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -130,7 +70,7 @@ pub(crate) enum Status {
 pub(crate) struct LaneState<O> {
     /// Encoded frames not yet handed to the writer.
     pub(crate) out: Vec<u8>,
-    slots: Vec<Slot<O>>,
+    slots: Slots<O>,
     free: Vec<u32>,
     pub(crate) status: Status,
     /// Counts connections: a late message for an old one is ignored.
@@ -267,7 +207,7 @@ impl<O> Lane<O> {
                 out: Vec::new(),
                 // Allocated when the lane first opens: a pool may keep
                 // spare lanes for growing.
-                slots: Vec::new(),
+                slots: Slots::none(),
                 free: Vec::new(),
                 status: Status::Down,
                 generation: 0,
@@ -440,7 +380,7 @@ impl<O> Lane<O> {
         } else {
             None
         };
-        st.slots[slot as usize] = Slot { seq: id.seq, more };
+        st.slots.fill(slot, id.seq, more);
         st.since_yield += 1;
         let yield_now = st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES;
         if yield_now {
@@ -560,7 +500,7 @@ impl<O> Lane<O> {
             return None;
         }
         if st.slots.is_empty() {
-            st.slots = (0..self.credits).map(|_| Slot::EMPTY).collect();
+            st.slots = Slots::new(self.credits as usize);
             // Pop from the end: lowest slots first, so wire ids stay short.
             st.free = (0..self.credits).rev().collect();
         }
@@ -628,17 +568,16 @@ impl<O> Lane<O> {
         let index = self.index as u32;
         let mut held = Vec::new();
         let LaneState { slots, free, .. } = &mut *st;
-        for (slot, entry) in slots.iter_mut().enumerate() {
-            if entry.is_busy() {
-                let id = entry.id(index);
-                let (call, retry) = entry.take();
-                free.push(slot as u32);
-                held.push(Held {
-                    id,
-                    call: call.map(|c| c.tx),
-                    retry,
-                });
-            }
+        let busy: Vec<u32> = slots.busy().collect();
+        for slot in busy {
+            let id = slots.id(slot, index);
+            let (call, retry) = slots.take(slot);
+            free.push(slot);
+            held.push(Held {
+                id,
+                call: call.map(|c| c.tx),
+                retry,
+            });
         }
         held.sort_by_key(|h| (h.id.worker != index, h.id));
         drop(st);
@@ -706,15 +645,14 @@ pub(crate) struct UnknownSlot(pub(crate) u32);
 impl<O> LaneState<O> {
     /// The task a slot holds, if it holds one.
     pub(crate) fn task_in_slot(&self, slot: u32, lane: u32) -> Option<TaskId> {
-        match self.slots.get(slot as usize) {
-            Some(entry) if entry.is_busy() => Some(entry.id(lane)),
-            _ => None,
-        }
+        self.slots
+            .is_busy(slot)
+            .then(|| self.slots.id(slot, lane))
     }
 
     /// Frees the slot of a task that completed, answering its caller.
     fn complete(&mut self, slot: u32, freed: &mut usize) {
-        if let (Some(call), _) = self.slots[slot as usize].take() {
+        if let (Some(call), _) = self.slots.take(slot) {
             let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
             let _ = call.tx.send(outcome);
         }
@@ -745,11 +683,11 @@ impl<O> LaneState<O> {
             | SlotEvent::OutputDone { slot, .. }
             | SlotEvent::Failed { slot, .. } => *slot,
         };
-        let Some(entry) = self.slots.get_mut(slot as usize).filter(|e| e.is_busy()) else {
+        if !self.slots.is_busy(slot) {
             return Err(UnknownSlot(slot));
-        };
-        let id = entry.id(worker as u32);
-        let call = entry.call();
+        }
+        let id = self.slots.id(slot, worker as u32);
+        let call = self.slots.call(slot);
         let mut output = |call: Option<&mut Call<O>>, value, credits_back: &mut u32| match call {
             Some(Call {
                 reply: reply @ None,
@@ -778,7 +716,7 @@ impl<O> LaneState<O> {
                     message,
                     panicked,
                 };
-                match self.slots[slot as usize].take() {
+                match self.slots.take(slot) {
                     (Some(call), _) => {
                         let _ = call.tx.send(CallOutcome::Failed(error));
                     }

@@ -1,0 +1,125 @@
+//! A lane's task slots: the record of which tasks its worker holds.
+//!
+//! A slot is both a task's credit and its wire id. Every submit writes one
+//! and every completion reads and frees one, in no particular order, so a
+//! worker's thousands of slots are touched all over: each takes 8 bytes (the
+//! task's sequence number) to keep them few cache lines. What only some
+//! tasks have (a caller, a retry copy, an id from another worker) is boxed
+//! in a parallel array that the common path never reads.
+
+use super::{CallSender, Retry};
+use crate::pool::TaskId;
+
+/// The `seq` of a free slot (a lane's sequence numbers never reach it).
+const FREE: u64 = u64::MAX;
+/// Set in a busy slot's `seq` when `more` holds the task's extras.
+const MORE: u64 = 1 << 63;
+
+/// What only some tasks have.
+pub(super) struct SlotMore<O> {
+    /// The task's id, when it is not (this lane, `seq`): a task lost with
+    /// another worker and retried here keeps the id it was given.
+    pub(super) id: Option<TaskId>,
+    pub(super) call: Option<Call<O>>,
+    pub(super) retry: Option<Retry>,
+}
+
+/// A `call` waiting for its task.
+pub(super) struct Call<O> {
+    pub(super) tx: CallSender<O>,
+    /// The first output of the called task: its reply.
+    pub(super) reply: Option<O>,
+}
+
+/// The slots of one lane; none until its first worker connects.
+pub(super) struct Slots<O> {
+    /// Each slot's task sequence number, with [`MORE`] set when the task
+    /// has extras, or [`FREE`].
+    seq: Vec<u64>,
+    more: Vec<Option<Box<SlotMore<O>>>>,
+}
+
+impl<O> Slots<O> {
+    pub(super) const fn none() -> Self {
+        Slots {
+            seq: Vec::new(),
+            more: Vec::new(),
+        }
+    }
+
+    pub(super) fn new(n: usize) -> Self {
+        Slots {
+            seq: vec![FREE; n],
+            more: std::iter::repeat_with(|| None).take(n).collect(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
+    /// Whether `slot` exists and holds a task.
+    #[inline]
+    pub(super) fn is_busy(&self, slot: u32) -> bool {
+        self.seq.get(slot as usize).is_some_and(|&s| s != FREE)
+    }
+
+    /// Records task `seq` (with its extras, if any) in the free `slot`.
+    #[inline]
+    pub(super) fn fill(&mut self, slot: u32, seq: u64, more: Option<Box<SlotMore<O>>>) {
+        let i = slot as usize;
+        debug_assert!(seq < MORE - 1, "sequence numbers stay below 2^63 - 1");
+        self.seq[i] = match more {
+            Some(more) => {
+                self.more[i] = Some(more);
+                seq | MORE
+            }
+            None => seq,
+        };
+    }
+
+    /// The id of the task in busy `slot`, in lane `lane`.
+    #[inline]
+    pub(super) fn id(&self, slot: u32, lane: u32) -> TaskId {
+        let seq = self.seq[slot as usize];
+        if seq & MORE != 0 {
+            if let Some(SlotMore { id: Some(id), .. }) = self.more[slot as usize].as_deref() {
+                return *id;
+            }
+        }
+        TaskId {
+            worker: lane,
+            seq: seq & !MORE,
+        }
+    }
+
+    /// The caller waiting for the task in busy `slot`, if it is a call.
+    #[inline]
+    pub(super) fn call(&mut self, slot: u32) -> Option<&mut Call<O>> {
+        if self.seq[slot as usize] & MORE == 0 {
+            return None;
+        }
+        self.more[slot as usize].as_deref_mut()?.call.as_mut()
+    }
+
+    /// Frees busy `slot`; returns its task's caller and retry copy.
+    #[inline]
+    pub(super) fn take(&mut self, slot: u32) -> (Option<Call<O>>, Option<Retry>) {
+        let i = slot as usize;
+        let had_more = self.seq[i] & MORE != 0;
+        self.seq[i] = FREE;
+        match had_more.then(|| self.more[i].take()).flatten() {
+            Some(more) => (more.call, more.retry),
+            None => (None, None),
+        }
+    }
+
+    /// The busy slots, in slot order.
+    pub(super) fn busy(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.seq.len() as u32).filter(|&s| self.seq[s as usize] != FREE)
+    }
+}
