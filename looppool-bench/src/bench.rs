@@ -188,14 +188,18 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
         let diag = |row: Row| {
             row.with("runtime", flavour)
                 .with("n", plan.w1_n)
-                .with("warmup_s", f.warmup.0.as_secs_f64())
+                .with(
+                    "warmup_s_per_pool",
+                    f.warmup.0.as_secs_f64() / f.rates.len().max(1) as f64,
+                )
                 .with("parent_cpu_ns_per_task", median(&f.parent_cpu_ns))
                 .with("parent_sys_ns_per_task", median(&f.parent_sys_ns))
                 .with("worker_cpu_ns_per_task", median(&f.worker_cpu_ns))
                 .with("parent_switches_per_1k_tasks", median(&f.switches_per_k))
                 .with("parent_preempted_per_1k_tasks", median(&f.preempted_per_k))
-                .with("cpus_busy_machine", f.cpu.machine)
-                .with("cpus_bench", f.cpu.bench)
+                .with("cpus_busy_machine", median(&f.cpu_machine))
+                .with("cpus_bench", median(&f.cpu_bench))
+                .with("rates_per_pool", f.rates.clone())
         };
         let mut row = diag(Row::new(name, s, "tasks/s"));
         if let Some(echo1) = limits.echo_1pair {

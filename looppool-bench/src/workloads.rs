@@ -175,18 +175,47 @@ pub(crate) struct W1Figures {
     pub(crate) switches_per_k: Vec<f64>,
     /// The involuntary part of them (preemptions), per repetition.
     pub(crate) preempted_per_k: Vec<f64>,
-    /// How long the warm-up ran, and how many tasks it took.
+    /// How long the warm-ups ran together, and how many tasks they took.
     pub(crate) warmup: (Duration, u64),
-    /// CPU use over the timed repetitions.
-    pub(crate) cpu: sys::CpuUse,
-    /// Resident memory after the series: parent, then each worker (KiB).
+    /// CPUs busy on the machine, and in the bench's processes, during
+    /// each timed repetition.
+    pub(crate) cpu_machine: Vec<f64>,
+    pub(crate) cpu_bench: Vec<f64>,
+    /// Resident memory after the last repetition: parent, then each worker (KiB).
     pub(crate) rss_parent_kib: u64,
     pub(crate) rss_workers_kib: Vec<u64>,
 }
 
-/// W1: warm up for at least `warmup`, then `reps` timed repetitions of `n`
-/// tasks on one pool of 2 workers.
+/// W1: `reps` timed repetitions of `n` tasks, each on a fresh pool of 2
+/// workers warmed up for at least `warmup` first.
+///
+/// A fresh pool per repetition, as the raw echo spawns a fresh child per
+/// repetition: where the kernel places the parent and its workers on the
+/// machine's CPUs is settled when the pool starts and then lasts the pool's
+/// life, so repetitions on one pool would measure one placement `reps`
+/// times, and its median would be one draw, not a median.
 pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchResult<W1Figures> {
+    let mut f = W1Figures {
+        rates: vec![],
+        parent_cpu_ns: vec![],
+        parent_sys_ns: vec![],
+        worker_cpu_ns: vec![],
+        switches_per_k: vec![],
+        preempted_per_k: vec![],
+        warmup: (Duration::ZERO, 0),
+        cpu_machine: vec![],
+        cpu_bench: vec![],
+        rss_parent_kib: 0,
+        rss_workers_kib: vec![],
+    };
+    for _ in 0..reps {
+        w1_on_fresh_pool(n, warmup, &mut f).await?;
+    }
+    Ok(f)
+}
+
+/// One W1 repetition on a pool of its own, after its warm-up.
+async fn w1_on_fresh_pool(n: u64, warmup: Duration, f: &mut W1Figures) -> BenchResult<()> {
     let (pool, mut outputs) = start::<Echo>(WORKERS, W1_WINDOW).await?;
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let began = Instant::now();
@@ -195,45 +224,31 @@ pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchRes
         w1_once(&pool, &mut outputs, n).await?;
         warm_tasks += n;
     }
-    let warm = (began.elapsed(), warm_tasks);
+    f.warmup.0 += began.elapsed();
+    f.warmup.1 += warm_tasks;
     let worker_cpu = || -> Duration { pids.iter().filter_map(|&p| sys::process_cpu_time(p)).sum() };
-    let mut f = W1Figures {
-        rates: vec![],
-        parent_cpu_ns: vec![],
-        parent_sys_ns: vec![],
-        worker_cpu_ns: vec![],
-        switches_per_k: vec![],
-        preempted_per_k: vec![],
-        warmup: warm,
-        cpu: sys::CpuUse {
-            machine: 0.0,
-            bench: 0.0,
-        },
-        rss_parent_kib: 0,
-        rss_workers_kib: vec![],
-    };
     let meter = sys::CpuMeter::start(&pids);
-    for _ in 0..reps {
-        let (cpu0, wcpu0, sw0) = (sys::own_cpu_times(), worker_cpu(), sys::context_switches());
-        let took = w1_once(&pool, &mut outputs, n).await?;
-        let (cpu1, wcpu1, sw1) = (sys::own_cpu_times(), worker_cpu(), sys::context_switches());
-        f.rates.push(n as f64 / took.as_secs_f64());
-        let (user, system) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
-        f.parent_cpu_ns
-            .push((user + system).as_nanos() as f64 / n as f64);
-        f.parent_sys_ns.push(system.as_nanos() as f64 / n as f64);
-        f.worker_cpu_ns
-            .push((wcpu1.saturating_sub(wcpu0)).as_nanos() as f64 / n as f64);
-        let per_k = |count: u64| count as f64 * 1000.0 / n as f64;
-        f.switches_per_k
-            .push(per_k((sw1.0 + sw1.1) - (sw0.0 + sw0.1)));
-        f.preempted_per_k.push(per_k(sw1.1 - sw0.1));
-    }
-    f.cpu = meter.stop();
+    let (cpu0, wcpu0, sw0) = (sys::own_cpu_times(), worker_cpu(), sys::context_switches());
+    let took = w1_once(&pool, &mut outputs, n).await?;
+    let (cpu1, wcpu1, sw1) = (sys::own_cpu_times(), worker_cpu(), sys::context_switches());
+    let cpu = meter.stop();
+    f.cpu_machine.push(cpu.machine);
+    f.cpu_bench.push(cpu.bench);
+    f.rates.push(n as f64 / took.as_secs_f64());
+    let (user, system) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+    f.parent_cpu_ns
+        .push((user + system).as_nanos() as f64 / n as f64);
+    f.parent_sys_ns.push(system.as_nanos() as f64 / n as f64);
+    f.worker_cpu_ns
+        .push((wcpu1.saturating_sub(wcpu0)).as_nanos() as f64 / n as f64);
+    let per_k = |count: u64| count as f64 * 1000.0 / n as f64;
+    f.switches_per_k
+        .push(per_k((sw1.0 + sw1.1) - (sw0.0 + sw0.1)));
+    f.preempted_per_k.push(per_k(sw1.1 - sw0.1));
     f.rss_parent_kib = sys::rss_kib(std::process::id()).unwrap_or(0);
     f.rss_workers_kib = pids.iter().filter_map(|&p| sys::rss_kib(p)).collect();
     pool.shutdown().await;
-    Ok(f)
+    Ok(())
 }
 
 /// W2: `reps` series of `n` sequential calls, each series after `warmup`
