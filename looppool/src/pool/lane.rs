@@ -645,9 +645,7 @@ pub(crate) struct UnknownSlot(pub(crate) u32);
 impl<O> LaneState<O> {
     /// The task a slot holds, if it holds one.
     pub(crate) fn task_in_slot(&self, slot: u32, lane: u32) -> Option<TaskId> {
-        self.slots
-            .is_busy(slot)
-            .then(|| self.slots.id(slot, lane))
+        self.slots.is_busy(slot).then(|| self.slots.id(slot, lane))
     }
 
     /// Frees the slot of a task that completed, answering its caller.

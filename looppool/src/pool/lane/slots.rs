@@ -123,3 +123,54 @@ impl<O> Slots<O> {
         (0..self.seq.len() as u32).filter(|&s| self.seq[s as usize] != FREE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extras(id: Option<TaskId>) -> Option<Box<SlotMore<u64>>> {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        Some(Box::new(SlotMore {
+            id,
+            call: Some(Call { tx, reply: None }),
+            retry: None,
+        }))
+    }
+
+    #[test]
+    fn a_plain_task_keeps_its_sequence_number_and_nothing_else() {
+        let mut slots = Slots::<u64>::new(4);
+        assert!(!slots.is_busy(2));
+        slots.fill(2, 41, None);
+        assert!(slots.is_busy(2));
+        assert_eq!(slots.id(2, 7), TaskId { worker: 7, seq: 41 });
+        assert!(slots.call(2).is_none());
+        assert!(matches!(slots.take(2), (None, None)));
+        assert!(!slots.is_busy(2));
+    }
+
+    #[test]
+    fn extras_come_back_with_the_task_and_leave_with_it() {
+        let mut slots = Slots::<u64>::new(4);
+        let foreign = TaskId { worker: 1, seq: 9 };
+        slots.fill(0, 5, extras(Some(foreign)));
+        slots.fill(3, 6, extras(None));
+        assert_eq!(slots.id(0, 0), foreign);
+        assert_eq!(slots.id(3, 0), TaskId { worker: 0, seq: 6 });
+        slots.call(3).expect("a call").reply = Some(12);
+        assert_eq!(slots.busy().collect::<Vec<_>>(), [0, 3]);
+        let (call, _) = slots.take(3);
+        assert_eq!(call.expect("its caller").reply, Some(12));
+        // The slot is reused by a plain task: the old extras are gone.
+        slots.fill(3, 8, None);
+        assert!(slots.call(3).is_none());
+        assert_eq!(slots.id(3, 0), TaskId { worker: 0, seq: 8 });
+    }
+
+    #[test]
+    fn a_slot_out_of_range_is_not_busy() {
+        let slots = Slots::<u64>::new(2);
+        assert!(!slots.is_busy(2));
+        assert!(!Slots::<u64>::none().is_busy(0));
+    }
+}
