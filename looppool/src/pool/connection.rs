@@ -63,6 +63,16 @@ pub(crate) enum ReadEnd {
     Broken(String),
 }
 
+/// Decodes an output's payload.
+///
+/// A function rather than a closure in the read loop: the compiler left the
+/// closure out of line, and its result, returned through memory, was
+/// reloaded by a stalled caller.
+#[inline(always)]
+fn decode_output<O: DeserializeOwned>(payload: &[u8]) -> Result<O, String> {
+    codec::get_serde::<O>(payload).map_err(|e| format!("cannot deserialize an output: {e}"))
+}
+
 /// What one read hands to the output stream.
 struct Collected<O> {
     items: Vec<Output<O>>,
@@ -71,6 +81,7 @@ struct Collected<O> {
 }
 
 impl<O> Collected<O> {
+    #[inline(always)]
     fn deliver(&mut self, worker: usize, delivered: Delivered<O>) {
         match delivered {
             Delivered::Value { task, value } => self.value(worker, Some(task), value),
@@ -78,6 +89,7 @@ impl<O> Collected<O> {
         }
     }
 
+    #[inline(always)]
     fn value(&mut self, worker: usize, task: Option<TaskId>, value: O) {
         self.credits += 1;
         self.items.push(Output::Value {
@@ -148,12 +160,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                     break;
                 }
             };
-            let decode = |payload: &[u8]| {
-                codec::get_serde::<O>(payload)
-                    .map_err(|e| format!("cannot deserialize an output: {e}"))
-            };
             let event = match msg {
-                FromWorker::OutputDone { slot, payload } => match decode(payload) {
+                FromWorker::OutputDone { slot, payload } => match decode_output::<O>(payload) {
                     Ok(value) => SlotEvent::OutputDone { slot, value },
                     Err(e) => {
                         end = Some(e);
@@ -163,7 +171,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 FromWorker::Output {
                     slot: Some(slot),
                     payload,
-                } => match decode(payload) {
+                } => match decode_output::<O>(payload) {
                     Ok(value) => SlotEvent::Output { slot, value },
                     Err(e) => {
                         end = Some(e);
@@ -173,7 +181,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 FromWorker::Output {
                     slot: None,
                     payload,
-                } => match decode(payload) {
+                } => match decode_output::<O>(payload) {
                     Ok(value) => {
                         got.value(worker, None, value);
                         continue;
@@ -221,8 +229,17 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                     break;
                 }
             };
-            let deliver = &mut |d| got.deliver(worker, d);
-            if let Err(e) = st.apply(worker, event, deliver, &mut credits_back, &mut freed) {
+            // Inlined: as a call, the closure's work (a push of the item)
+            // was cheaper than the call itself.
+            let applied = st.apply(
+                worker,
+                event,
+                #[inline(always)]
+                |d| got.deliver(worker, d),
+                &mut credits_back,
+                &mut freed,
+            );
+            if let Err(e) = applied {
                 end = Some(format!("message for slot {}, which holds no task", e.0));
                 break;
             }

@@ -292,9 +292,12 @@ impl<O> Lane<O> {
         task: &T,
         call: Option<CallSender<O>>,
     ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
-        self.push_with(call, None, |out, slot, max| {
-            protocol::put_tagged(out, kind::TASK, slot.into(), task, max)
-        })
+        self.push_with(
+            call,
+            None,
+            #[inline(always)]
+            |out, slot, max| protocol::put_tagged(out, kind::TASK, slot.into(), task, max),
+        )
     }
 
     /// Re-sends an already encoded task that was lost on another worker.
@@ -671,7 +674,7 @@ impl<O> LaneState<O> {
         &mut self,
         worker: usize,
         event: SlotEvent<O>,
-        deliver: &mut impl FnMut(Delivered<O>),
+        mut deliver: impl FnMut(Delivered<O>),
         credits_back: &mut u32,
         freed: &mut usize,
     ) -> Result<(), UnknownSlot> {
