@@ -455,3 +455,44 @@ async fn many_concurrent_callers_on_a_multi_thread_runtime() {
     }
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_deep_stream_arrives_whole_and_in_each_workers_order() {
+    // Deep windows put thousands of outputs in one read of the parent, more
+    // than one batch of the output stream holds: the batches of a read must
+    // all arrive, in order, with their credits given back.
+    const N: u64 = 40_000;
+    let (pool, mut outputs) = probe_pool!()
+        .workers(2)
+        .max_tasks(16_384)
+        .max_results(32_768)
+        .start()
+        .await
+        .unwrap();
+    let producer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                pool.submit(Job::Double(i)).await.unwrap();
+            }
+        })
+    };
+    let mut last: HashMap<usize, u64> = HashMap::new();
+    let mut seen = 0u64;
+    let mut sum = 0u64;
+    for item in take(&mut outputs, N as usize).await {
+        let worker = item.worker();
+        let value = item.into_value().expect("a value");
+        if let Some(&before) = last.get(&worker) {
+            assert!(value > before, "worker {worker}: {value} after {before}");
+        }
+        last.insert(worker, value);
+        seen += 1;
+        sum += value;
+    }
+    producer.await.unwrap();
+    assert_eq!(seen, N);
+    assert_eq!(sum, N * (N - 1), "every task's output, once");
+    pool.shutdown().await;
+    assert!(outputs.next().await.is_none());
+}

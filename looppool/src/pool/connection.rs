@@ -73,30 +73,53 @@ fn decode_output<O: DeserializeOwned>(payload: &[u8]) -> Result<O, String> {
     codec::get_serde::<O>(payload).map_err(|e| format!("cannot deserialize an output: {e}"))
 }
 
-/// What one read hands to the output stream.
-struct Collected<O> {
+/// What one read hands to the output stream: batches of at most
+/// [`Lane::batch_items`] items each (see there), all full but the last.
+struct Collected<'a, O> {
+    lane: &'a Lane<O>,
+    /// The batch being filled.
     items: Vec<Output<O>>,
-    /// Output credits the items spent (one per value).
+    /// Output credits its items spent (one per value).
     credits: u32,
+    /// Batches already full, with their credits, in order.
+    full: Vec<(Vec<Output<O>>, u32)>,
 }
 
-impl<O> Collected<O> {
+impl<O> Collected<'_, O> {
     #[inline(always)]
     fn deliver(&mut self, worker: usize, delivered: Delivered<O>) {
         match delivered {
             Delivered::Value { task, value } => self.value(worker, Some(task), value),
-            Delivered::Failed(error) => self.items.push(Output::Failed(Box::new(error))),
+            Delivered::Failed(error) => self.push(Output::Failed(Box::new(error)), 0),
         }
     }
 
     #[inline(always)]
+    fn push(&mut self, item: Output<O>, credits: u32) {
+        if self.items.len() == self.items.capacity() {
+            self.next_batch();
+        }
+        self.items.push(item);
+        self.credits += credits;
+    }
+
+    /// Puts the full batch aside and starts another.
+    #[cold]
+    #[inline(never)]
+    fn next_batch(&mut self) {
+        let next = self.lane.empty_batch();
+        let full = std::mem::replace(&mut self.items, next);
+        self.full.push((full, std::mem::take(&mut self.credits)));
+    }
+
+    #[inline(always)]
     fn value(&mut self, worker: usize, task: Option<TaskId>, value: O) {
-        self.credits += 1;
-        self.items.push(Output::Value {
+        let item = Output::Value {
             worker,
             task,
             value,
-        });
+        };
+        self.push(item, 1);
     }
 }
 
@@ -115,9 +138,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     let worker = lane.index;
     let pid = lane.lock().pid;
     let mut bye = false;
-    // Capacity carried from one read to the next: how many items the last
-    // read had (a read of 64 KiB holds thousands of small outputs).
-    let mut capacity = 0;
+    // Kept from one read to the next: the list of full batches.
+    let mut full = Vec::new();
     loop {
         match reader.fill().await {
             Ok(true) => {}
@@ -127,10 +149,10 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
         let mut got = Collected {
-            items: lane
-                .spare_batch()
-                .unwrap_or_else(|| Vec::with_capacity(capacity)),
+            lane: &lane,
+            items: lane.empty_batch(),
             credits: 0,
+            full: std::mem::take(&mut full),
         };
         let mut credits_back = 0u32;
         let mut freed = 0usize;
@@ -254,7 +276,8 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 }
             }
             // Every output spends one of the worker's credits.
-            st.output_window -= i64::from(got.credits) + i64::from(credits_back);
+            let spent: u32 = got.credits + got.full.iter().map(|(_, c)| c).sum::<u32>();
+            st.output_window -= i64::from(spent) + i64::from(credits_back);
             overdrawn = (st.output_window < 0).then(|| -st.output_window);
             // Replies to calls free their credits at once; owed credits go
             // out if the window ran low.
@@ -268,13 +291,13 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
         if freed > 0 && waiters {
             lane.wake_waiters();
         }
-        capacity = got.items.len();
-        if !got.items.is_empty() {
+        let last = (!got.items.is_empty()).then_some((got.items, got.credits));
+        for (items, credits) in got.full.drain(..).chain(last) {
             let batch = Batch {
                 worker,
                 generation,
-                credits: got.credits,
-                items: got.items,
+                credits,
+                items,
             };
             if let Err(returned) = outputs.send(batch) {
                 // Nobody consumes outputs: hand the credits straight back.
@@ -282,6 +305,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 lane.keep_batch(returned.0.items);
             }
         }
+        full = got.full;
         if let Some(excess) = overdrawn {
             return ReadEnd::Broken(format!(
                 "the worker exceeded its output credit window by {excess}: it does not wait for credits"

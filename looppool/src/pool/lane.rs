@@ -173,14 +173,20 @@ pub(crate) struct Lane<O> {
     spare_batches: Mutex<Vec<Vec<Output<O>>>>,
 }
 
-/// Emptied batches a lane keeps, and the largest it keeps (in items): the
-/// reader fills one per read, the consumer empties them one after another.
-/// Allocated afresh per read, a batch of thousands of outputs is a large
-/// allocation that glibc served from `mmap` or a growing heap, and handed
-/// back as the consumer finished it: RSS moved by megabytes and the parent
-/// took thousands of page faults per second with deep windows.
-const SPARE_BATCHES: usize = 4;
-const SPARE_BATCH_ITEMS: usize = 16 * 1024;
+/// Emptied batches a lane keeps for its reader, and the size of a batch.
+///
+/// A read of 64 KiB holds thousands of small outputs. Allocated afresh per
+/// read, such a batch was a large allocation that glibc served from `mmap`
+/// or a growing heap and took back as the consumer finished it: RSS moved by
+/// megabytes, with thousands of page faults per second. Kept and refilled,
+/// a batch sized by the read it first held touched more of its pages each
+/// time a larger read came along, and the parent's RSS crept up in steps of
+/// hundreds of KiB over a long stream. So every batch has the same small
+/// capacity, a read fills as many as it needs, and a lane keeps enough of
+/// them for a few reads: each batch is filled whole soon after it is made,
+/// and a burst beyond the spares costs one more batch of 64 KiB.
+const SPARE_BATCHES: usize = 16;
+const BATCH_BYTES: usize = 64 * 1024;
 
 impl<O> std::fmt::Debug for Lane<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,18 +241,31 @@ impl<O> Lane<O> {
         }
     }
 
-    /// An emptied batch vector to fill, if one was kept.
-    pub(crate) fn spare_batch(&self) -> Option<Vec<Output<O>>> {
-        self.spare_batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
+    /// Items per output batch: 64 KiB of them (at least 16).
+    pub(crate) const fn batch_items() -> usize {
+        // An item is never zero-sized: it holds at least its worker's index.
+        let n = BATCH_BYTES / std::mem::size_of::<Output<O>>();
+        if n < 16 {
+            16
+        } else {
+            n
+        }
     }
 
-    /// Keeps an emptied batch vector for the reader (a few, of bounded size).
+    /// An empty batch to fill: a kept one if there is one.
+    pub(crate) fn empty_batch(&self) -> Vec<Output<O>> {
+        let kept = self
+            .spare_batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        kept.unwrap_or_else(|| Vec::with_capacity(Self::batch_items()))
+    }
+
+    /// Keeps an emptied batch for the reader (a few, all of the one size).
     pub(crate) fn keep_batch(&self, mut batch: Vec<Output<O>>) {
         batch.clear();
-        if batch.capacity() == 0 || batch.capacity() > SPARE_BATCH_ITEMS {
+        if batch.capacity() != Self::batch_items() {
             return;
         }
         let mut spare = self.spare_batches.lock().unwrap_or_else(|e| e.into_inner());
