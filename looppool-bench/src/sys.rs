@@ -67,7 +67,11 @@ impl Pinned {
             set
         };
         for tid in threads()? {
-            set_affinity(tid, &one)?;
+            match set_affinity(tid, &one) {
+                // The thread exited between the listing and now.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                other => other?,
+            }
         }
         Ok(Pinned { saved })
     }
