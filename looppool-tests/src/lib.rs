@@ -455,3 +455,18 @@ pub fn resident_bytes() -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Submits `jobs` to `pool` in order from a task of their own, so that the
+/// test can consume outputs meanwhile; the task panics if a submit fails.
+pub fn submit_all<I>(pool: &looppool::Pool<Probe>, jobs: I) -> tokio::task::JoinHandle<()>
+where
+    I: IntoIterator<Item = Job> + Send + 'static,
+    I::IntoIter: Send,
+{
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        for job in jobs {
+            pool.submit(job).await.unwrap();
+        }
+    })
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use looppool::{CallError, Output, SubmitErrorKind};
-use looppool_tests::{probe_pool, Job, ProbeInit};
+use looppool_tests::{probe_pool, submit_all, Job, ProbeInit};
 
 /// Collects `n` items from the stream, failing the test if they take too long.
 async fn take<O: std::fmt::Debug>(outputs: &mut looppool::Outputs<O>, n: usize) -> Vec<Output<O>> {
@@ -247,19 +247,11 @@ async fn a_slow_consumer_loses_no_output() {
         .start()
         .await
         .unwrap();
-    let producer = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            for i in 0..20 {
-                pool.submit(Job::Repeat {
-                    value: i,
-                    times: 100,
-                })
-                .await
-                .unwrap();
-            }
-        })
-    };
+    let jobs = (0..20).map(|i| Job::Repeat {
+        value: i,
+        times: 100,
+    });
+    let producer = submit_all(&pool, jobs);
     let mut counts = HashMap::new();
     for (n, item) in take(&mut outputs, 2000).await.into_iter().enumerate() {
         if n % 250 == 0 {
@@ -469,14 +461,7 @@ async fn a_deep_stream_arrives_whole_and_in_each_workers_order() {
         .start()
         .await
         .unwrap();
-    let producer = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            for i in 0..N {
-                pool.submit(Job::Double(i)).await.unwrap();
-            }
-        })
-    };
+    let producer = submit_all(&pool, (0..N).map(Job::Double));
     let mut last: HashMap<usize, u64> = HashMap::new();
     let mut seen = 0u64;
     let mut sum = 0u64;

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use looppool::{CallError, LossCause, Output, RecycleReason, WorkerEvent};
-use looppool_tests::{next_output, probe_pool, recorder, Job};
+use looppool_tests::{next_output, probe_pool, recorder, submit_all, Job};
 
 #[tokio::test]
 async fn lost_tasks_are_retried_on_a_live_worker() {
@@ -68,14 +68,7 @@ async fn workers_are_recycled_after_their_share_of_tasks_and_nothing_is_lost() {
         .start()
         .await
         .unwrap();
-    let producer = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            for i in 0..1000 {
-                pool.submit(Job::Sleep { ms: 1, value: i }).await.unwrap();
-            }
-        })
-    };
+    let producer = submit_all(&pool, (0..1000).map(|i| Job::Sleep { ms: 1, value: i }));
     let mut seen = HashSet::new();
     for _ in 0..1000 {
         let item = next_output(&mut outputs).await;
