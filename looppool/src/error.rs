@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use crate::pool::TaskId;
+use crate::event::{ExitStatus, LossCause};
+use crate::task_id::TaskId;
 
 /// A setting of [`PoolBuilder`](crate::PoolBuilder) that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,71 +205,6 @@ impl<T> fmt::Display for SubmitError<T> {
 }
 
 impl<T> std::error::Error for SubmitError<T> {}
-
-/// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ExitStatus {
-    /// It exited with this code.
-    Code(i32),
-    /// It was killed by this signal.
-    Signal(i32),
-    /// Its status could not be collected.
-    Unknown,
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitStatus::Code(c) => write!(f, "exit code {c}"),
-            ExitStatus::Signal(s) => write!(f, "signal {s} ({})", crate::sys::signal_name(*s)),
-            ExitStatus::Unknown => f.write_str("unknown exit status"),
-        }
-    }
-}
-
-impl From<std::process::ExitStatus> for ExitStatus {
-    fn from(status: std::process::ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match (status.code(), status.signal()) {
-            (Some(code), _) => ExitStatus::Code(code),
-            (None, Some(sig)) => ExitStatus::Signal(sig),
-            _ => ExitStatus::Unknown,
-        }
-    }
-}
-
-/// Why the pool stopped talking to a worker that held tasks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LossCause {
-    /// The process exited or was killed without being asked to.
-    Crashed,
-    /// The worker sent bytes that break the protocol; the pool closed it.
-    Protocol(String),
-    /// It was still running at the end of a shutdown deadline and was killed.
-    ShutdownDeadline,
-    /// The pool was dropped, or killed, while the task ran.
-    PoolKilled,
-    /// The worker's loop stopped answering heartbeats and it was killed.
-    Unresponsive,
-}
-
-impl fmt::Display for LossCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LossCause::Crashed => f.write_str("worker crashed"),
-            LossCause::Protocol(e) => write!(
-                f,
-                "protocol violation: {e} (are parent and worker built from the same \
-                 sources? does something in the worker write to descriptor 3?)"
-            ),
-            LossCause::ShutdownDeadline => f.write_str("killed at the shutdown deadline"),
-            LossCause::PoolKilled => f.write_str("pool killed"),
-            LossCause::Unresponsive => f.write_str("worker stopped answering heartbeats"),
-        }
-    }
-}
 
 /// The worker that held a task is gone: who it was and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

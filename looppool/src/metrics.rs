@@ -88,7 +88,7 @@
 //! is lost silently.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -97,21 +97,21 @@ use tracing::Level;
 
 use crate::codec;
 use crate::error::{BuildError, StartError};
-use crate::pool::lane::Lane;
+use crate::parent::lane::Lane;
 use crate::pool::{PoolBuilder, TaskId};
 use crate::supervisor::Supervisor;
+use crate::sync::lock;
 use crate::worker::Worker;
 
 #[cfg(feature = "prometheus")]
 mod prometheus;
 #[cfg(feature = "statsd")]
 pub(crate) mod statsd;
-pub(crate) mod wire;
 
 #[cfg(feature = "statsd")]
 pub use statsd::Statsd;
 
-use wire::{LogRecord, ReportFrame};
+use crate::protocol::report::{self as wire, LogRecord, ReportFrame};
 
 /// The environment variable that tells a worker to send its reports to
 /// statsd itself: `<address> <prefix>` (an address has no spaces).
@@ -464,11 +464,6 @@ impl Drop for Hub {
             task.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain data: a panic while holding the lock leaves nothing half-done.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Hub {

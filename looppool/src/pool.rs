@@ -13,40 +13,12 @@ use crate::supervisor::Supervisor;
 use crate::worker::Worker;
 
 mod builder;
-pub(crate) mod connection;
-pub(crate) mod lane;
-pub(crate) mod outputs;
 
+pub use crate::parent::outputs::{Output, Outputs};
+pub use crate::task_id::TaskId;
 pub use builder::{PoolBuilder, Signals};
-pub use outputs::{Output, Outputs};
 
-use lane::{CallOutcome, Lane, PushError};
-
-/// Identifies a task within its pool: the worker it was sent to and its
-/// sequence number on that worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId {
-    pub(crate) worker: u32,
-    pub(crate) seq: u64,
-}
-
-impl TaskId {
-    /// Index of the worker the task was sent to.
-    pub fn worker(&self) -> usize {
-        self.worker as usize
-    }
-
-    /// The task's sequence number among the tasks sent to that worker.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "w{}#{}", self.worker, self.seq)
-    }
-}
+use crate::parent::lane::{self, CallOutcome, Lane, PushError};
 
 /// What [`Pool::shutdown_timeout`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,8 +407,8 @@ impl<W: Worker> Pool<W> {
             Err(_) => Err(CallError::WorkerLost(crate::error::WorkerLost {
                 worker,
                 pid: 0,
-                status: crate::error::ExitStatus::Unknown,
-                cause: crate::error::LossCause::PoolKilled,
+                status: crate::event::ExitStatus::Unknown,
+                cause: crate::event::LossCause::PoolKilled,
             })),
         }
     }

@@ -17,6 +17,8 @@ pub(crate) const PROTOCOL_VERSION: u32 = 1;
 /// looppool worker is recognised as such rather than misread.
 pub(crate) const HELLO_MAGIC: &[u8; 4] = b"LPWK";
 
+pub(crate) mod report;
+
 pub(crate) mod kind {
     // Parent → worker.
     pub(crate) const INIT: u8 = 0x01;

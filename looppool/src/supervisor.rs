@@ -10,87 +10,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::error::{ExitStatus, LossCause, WorkerLost};
-use crate::pool::connection::{read_loop, write_loop, ReadEnd};
-use crate::pool::lane::{CallOutcome, Held, Lane, Retry};
-use crate::pool::outputs::{Batch, BatchSender, Output};
+use crate::error::WorkerLost;
+use crate::event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
+use crate::parent::connection::{read_loop, write_loop, ReadEnd};
+use crate::parent::lane::{CallOutcome, Held, Lane, Retry};
+use crate::parent::outputs::{Batch, BatchSender, Output};
 use crate::transport::Peer;
 
 pub(crate) mod launch;
 
 pub(crate) use launch::{launch, spawn_guarded, ConnectorRef, LaunchSpec, Launched};
-
-/// What happened to a worker process, as data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WorkerEvent {
-    /// A worker process completed its handshake and initialiser.
-    Started {
-        /// Index of the worker.
-        worker: usize,
-        /// Its process id.
-        pid: u32,
-    },
-    /// A worker exited cleanly after the pool asked it to stop.
-    Exited {
-        /// Index of the worker.
-        worker: usize,
-        /// Its process id.
-        pid: u32,
-    },
-    /// A worker ended without being asked to (or was killed by the pool).
-    Crashed {
-        /// Index of the worker.
-        worker: usize,
-        /// Its process id.
-        pid: u32,
-        /// How the process ended.
-        status: ExitStatus,
-        /// Why the pool gave up on it.
-        cause: LossCause,
-        /// How many tasks it held, each reported lost.
-        lost_tasks: usize,
-    },
-    /// A replacement for a worker is about to start, after `delay`.
-    Restarting {
-        /// Index of the worker.
-        worker: usize,
-        /// Restarts of this index so far, this one included.
-        attempt: u32,
-        /// The back-off before the start.
-        delay: Duration,
-    },
-    /// A replacement worker could not start (its initialiser failed, say).
-    StartFailed {
-        /// Index of the worker.
-        worker: usize,
-        /// Why.
-        error: String,
-    },
-    /// A worker was drained and replaced by the recycling policy.
-    Recycled {
-        /// Index of the worker.
-        worker: usize,
-        /// The pid of the process that was replaced.
-        pid: u32,
-        /// What triggered it.
-        reason: RecycleReason,
-    },
-    /// A worker's loop stopped answering heartbeats; it is being killed.
-    Unresponsive {
-        /// Index of the worker.
-        worker: usize,
-        /// Its process id.
-        pid: u32,
-        /// How long it had not answered.
-        silent_for: Duration,
-    },
-    /// Too many restarts in the policy's window: the pool stopped itself.
-    PoolFailed {
-        /// Why.
-        reason: String,
-    },
-}
 
 /// When and how fast the pool replaces workers that die.
 ///
@@ -149,22 +78,6 @@ impl RestartPolicy {
         self.backoff_max = max;
         self
     }
-}
-
-/// Why a worker was recycled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RecycleReason {
-    /// It completed its share of tasks.
-    Tasks {
-        /// Tasks it completed.
-        completed: u64,
-    },
-    /// Its resident memory passed the limit.
-    Memory {
-        /// Resident memory when sampled, in bytes.
-        rss_bytes: u64,
-    },
 }
 
 /// Supervision settings beyond the restart policy.
@@ -241,7 +154,7 @@ struct AliveGuard<O: serde::de::DeserializeOwned + Send + 'static> {
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for AliveGuard<O> {
     fn drop(&mut self) {
-        self.sup.running.lock().unwrap_or_else(|e| e.into_inner())[self.index] = false;
+        crate::sync::lock(&self.sup.running)[self.index] = false;
         self.sup.alive.send_modify(|n| *n -= 1);
     }
 }
@@ -310,11 +223,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         outputs: BatchSender<O>,
     ) {
         let serving = self.install(index, launched);
-        self.outputs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| outputs.downgrade());
-        self.running.lock().unwrap_or_else(|e| e.into_inner())[index] = true;
+        crate::sync::lock(&self.outputs).get_or_insert_with(|| outputs.downgrade());
+        crate::sync::lock(&self.running)[index] = true;
         self.alive.send_modify(|n| *n += 1);
         let guard = AliveGuard {
             sup: self.clone(),
@@ -336,9 +246,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             writer,
         } = launched;
         {
-            let mut slot = self.children[index]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut slot = crate::sync::lock(&self.children[index]);
             slot.child = Some(peer);
             slot.pid = pid;
         }
@@ -628,7 +536,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             return false;
         }
         {
-            let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut restarts = crate::sync::lock(&self.restarts);
             let now = Instant::now();
             while restarts
                 .front()
@@ -666,7 +574,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// Marks the pool failed and stops every worker.
     fn fail(&self, reason: String) {
         {
-            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            let mut failure = crate::sync::lock(&self.failure);
             if failure.is_some() {
                 return;
             }
@@ -685,10 +593,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// Why the pool failed, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.failure).clone()
     }
 
     /// True once a shutdown began or the pool failed.
@@ -698,9 +603,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// Sends SIGKILL to worker `index`'s current process, if any.
     pub(crate) fn kill(&self, index: usize) {
-        let mut slot = self.children[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::sync::lock(&self.children[index]);
         if let Some(child) = &mut slot.child {
             child.kill();
         }
@@ -708,9 +611,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 
     /// The current pid of worker `index`, if it runs.
     pub(crate) fn pid(&self, index: usize) -> Option<u32> {
-        let slot = self.children[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let slot = crate::sync::lock(&self.children[index]);
         slot.child.as_ref().map(|_| slot.pid)
     }
 
@@ -722,9 +623,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         let mut pause = Duration::from_micros(200);
         loop {
             {
-                let mut slot = self.children[index]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut slot = crate::sync::lock(&self.children[index]);
                 let Some(child) = slot.child.as_mut() else {
                     return slot.reaped.take().unwrap_or(ExitStatus::Unknown);
                 };
@@ -809,10 +708,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 }
             }
-            let outputs = self
-                .outputs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let outputs = crate::sync::lock(&self.outputs)
                 .as_ref()
                 .and_then(|w| w.upgrade());
             let (Some(outputs), None) = (outputs, &failure) else {
@@ -836,7 +732,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             let mut alive = self.alive.subscribe();
             let _ = alive
                 .wait_for(|_| {
-                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                    let running = crate::sync::lock(&self.running);
                     running[workers..current].iter().all(|r| !r)
                 })
                 .await;
@@ -854,7 +750,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             lane.stop();
         }
         for slot in &self.children {
-            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = crate::sync::lock(slot);
             if let Some(mut child) = slot.child.take() {
                 child.kill();
                 // Reap at once, so no zombie outlives the pool.
@@ -878,11 +774,11 @@ async fn resend<O>(
     lane: Arc<Lane<O>>,
     id: crate::pool::TaskId,
     retry: Retry,
-    mut call: Option<crate::pool::lane::CallSender<O>>,
+    mut call: Option<crate::parent::lane::CallSender<O>>,
     lost: WorkerLost,
     outputs: BatchSender<O>,
 ) {
-    use crate::pool::lane::PushError;
+    use crate::parent::lane::PushError;
     loop {
         match lane.try_push_retry(id, &retry.payload, retry.attempts + 1, call) {
             Ok(_) => return,

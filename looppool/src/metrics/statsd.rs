@@ -8,8 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use cadence::prelude::*;
 use cadence::{BufferedUdpMetricSink, StatsdClient};
 
-use super::wire::Resources;
 use super::PoolStats;
+use crate::protocol::report::Resources;
 
 /// Where to send statsd gauges, under which prefix, and from which process.
 ///

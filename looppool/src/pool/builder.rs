@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::lane::Lane;
-use super::outputs::Outputs;
 use super::Pool;
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::error::{BuildError, StartError};
+use crate::event::WorkerEvent;
+use crate::parent::lane::Lane;
+use crate::parent::outputs::Outputs;
 use crate::supervisor::{
-    launch, ConnectorRef, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning, WorkerEvent,
+    launch, ConnectorRef, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning,
 };
 use crate::worker::{fingerprint, Worker};
 

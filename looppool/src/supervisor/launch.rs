@@ -95,7 +95,7 @@ fn on_spawner_thread<R: Send + 'static>(
         let _ = tx.send(job());
     });
     // The thread never exits, so sending cannot fail.
-    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+    let _ = crate::sync::lock(&sender).send(job);
     rx
 }
 
@@ -221,7 +221,7 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
         }
     }
     let _ = child.kill();
-    let status = child.wait().ok().map(crate::error::ExitStatus::from);
+    let status = child.wait().ok().map(crate::event::ExitStatus::from);
     Err(match failure {
         StartError::Handshake { worker, reason } if reason == EARLY_EOF => StartError::Handshake {
             worker,
@@ -236,9 +236,9 @@ const EARLY_EOF: &str = "connection closed before the handshake";
 fn early_exit_reason(
     program: &std::path::Path,
     worker: &str,
-    status: Option<crate::error::ExitStatus>,
+    status: Option<crate::event::ExitStatus>,
 ) -> String {
-    use crate::error::ExitStatus;
+    use crate::event::ExitStatus;
     use crate::worker::runtime::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
     let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
     match status {
@@ -280,7 +280,7 @@ async fn launch_connected(
                 program: connector.describe(),
                 source,
             })?;
-        *peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        *crate::sync::lock(&peer) = Some(p);
         handshake_tracked(spec, index, connection, &hello_seen).await
     };
     let result = tokio::time::timeout(spec.start_timeout, connected).await;

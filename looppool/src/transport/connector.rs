@@ -12,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 
 use super::Connection;
-use crate::error::ExitStatus;
+use crate::event::ExitStatus;
 
 /// The future a [`Connector`] returns.
 pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Link>> + Send + 'a>>;

@@ -30,7 +30,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use super::runtime::Shared;
 use crate::codec::CodecError;
-use crate::metrics::wire::{self, LogRecord};
+use crate::protocol::report::{self as wire, LogRecord};
 use crate::protocol::{self, kind};
 
 /// Most bytes of log frames a worker keeps waiting, in its out buffer and
@@ -174,7 +174,7 @@ impl LogQueue {
 
     fn enqueue(&self, rec: &mut LogRecord, may_block: bool) {
         let frames = if may_block {
-            Some(self.frames.lock().unwrap_or_else(|e| e.into_inner()))
+            Some(crate::sync::lock(&self.frames))
         } else {
             self.frames.try_lock().ok()
         };
@@ -231,7 +231,7 @@ async fn drain(shared: Weak<Shared>) {
                 return;
             };
             let moved = {
-                let mut frames = q.frames.lock().unwrap_or_else(|e| e.into_inner());
+                let mut frames = crate::sync::lock(&q.frames);
                 let moved = frames.is_empty()
                     || shared.try_push_frame(LOG_BUFFER, |buf| buf.extend_from_slice(&frames));
                 if moved {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use super::runtime::Shared;
 use super::watchdog::Watch;
 use super::{logging, report, watchdog};
-use crate::metrics::{wire, STATSD_ENV};
+use crate::metrics::STATSD_ENV;
+use crate::protocol::report as wire;
 use crate::protocol::Init;
 
 /// Per-process observability state, part of the worker's `Shared`.

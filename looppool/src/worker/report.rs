@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::runtime::Shared;
-use crate::metrics::wire::{ReportFrame, Resources};
+use crate::protocol::report::{ReportFrame, Resources};
 use crate::protocol::{self, kind};
 use crate::sys;
 

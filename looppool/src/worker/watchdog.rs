@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::runtime::Shared;
-use crate::metrics::wire::{Blocked, ReportFrame};
+use crate::protocol::report::{Blocked, ReportFrame};
 use crate::protocol::{self, kind};
 
 /// Most task slots named per episode.
@@ -87,7 +87,7 @@ impl Watch {
     /// if one did.
     pub(crate) fn turned(&self, shared: &Shared) {
         let ended = {
-            let mut ep = self.episode.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ep = crate::sync::lock(&self.episode);
             let now = self.now_ms();
             self.turned_ms.store(now, Ordering::Relaxed);
             if ep.open {
@@ -121,7 +121,7 @@ impl Watch {
         let threshold_ms = self.threshold.as_millis() as u64;
         loop {
             std::thread::sleep(self.period());
-            let mut ep = self.episode.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ep = crate::sync::lock(&self.episode);
             let turned = self.turned_ms.load(Ordering::Relaxed);
             if self.now_ms().saturating_sub(turned) <= threshold_ms {
                 continue;

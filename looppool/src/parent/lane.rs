@@ -17,13 +17,12 @@ use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
 use super::outputs::Output;
-use super::TaskId;
 use crate::codec::CodecError;
 use crate::error::{SubmitErrorKind, TaskError, WorkerLost};
 use crate::protocol::{self, kind};
+use crate::task_id::TaskId;
 
-mod slots;
-use slots::{Call, SlotMore, Slots};
+use super::slots::{Call, SlotMore, Slots};
 
 /// How a `call` ends, before the task value is known to the error type.
 #[derive(Debug)]
@@ -85,7 +84,7 @@ pub(crate) struct LaneState<O> {
     /// Recycle the current worker once `completed` reaches this.
     pub(crate) recycle_at: Option<u64>,
     /// Why the current worker is being recycled, if it is.
-    pub(crate) recycle_reason: Option<crate::supervisor::RecycleReason>,
+    pub(crate) recycle_reason: Option<crate::event::RecycleReason>,
     /// Done, failed and started counts for stats, per worker index.
     pub(crate) counters: crate::metrics::LaneCounters,
     /// Outputs the current worker may still send: its initial credits plus
@@ -254,11 +253,7 @@ impl<O> Lane<O> {
 
     /// An empty batch to fill: a kept one if there is one.
     pub(crate) fn empty_batch(&self) -> Vec<Output<O>> {
-        let kept = self
-            .spare_batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let kept = crate::sync::lock(&self.spare_batches).pop();
         kept.unwrap_or_else(|| Vec::with_capacity(Self::batch_items()))
     }
 
@@ -268,7 +263,7 @@ impl<O> Lane<O> {
         if batch.capacity() != Self::batch_items() {
             return;
         }
-        let mut spare = self.spare_batches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = crate::sync::lock(&self.spare_batches);
         if spare.len() < SPARE_BATCHES {
             spare.push(batch);
         }
@@ -297,8 +292,7 @@ impl<O> Lane<O> {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, LaneState<O>> {
-        // A panic while holding the lock leaves plain data behind; carry on.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Encodes `task` into the lane if it has a free slot.

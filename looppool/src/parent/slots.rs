@@ -7,8 +7,8 @@
 //! tasks have (a caller, a retry copy, an id from another worker) is boxed
 //! in a parallel array that the common path never reads.
 
-use super::{CallSender, Retry};
-use crate::pool::TaskId;
+use super::lane::{CallSender, Retry};
+use crate::task_id::TaskId;
 
 /// The `seq` of a free slot (a lane's sequence numbers never reach it).
 const FREE: u64 = u64::MAX;

@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 
 use super::lane::{Delivered, Lane, SlotEvent};
 use super::outputs::{Batch, BatchSender, Output};
-use super::TaskId;
 use crate::codec;
 use crate::protocol::FromWorker;
+use crate::task_id::TaskId;
 use crate::transport::{self, FrameReader, WriteHalf};
 
 /// Writes the lane's queued frames, one `write` per batch, until aborted or
@@ -272,7 +272,7 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             if st.recycle_at.is_some_and(|at| st.completed >= at) {
                 let completed = st.completed;
                 if lane.recycle(&mut st) {
-                    st.recycle_reason = Some(crate::supervisor::RecycleReason::Tasks { completed });
+                    st.recycle_reason = Some(crate::event::RecycleReason::Tasks { completed });
                 }
             }
             // Every output spends one of the worker's credits.

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 use super::lane::Lane;
-use super::TaskId;
 use crate::error::{TaskError, WorkerLost};
+use crate::task_id::TaskId;
 
 /// One item of a pool's output stream.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,159 @@
+//! The vocabulary of worker lifecycles: what happened to a worker
+//! ([`WorkerEvent`]), how its process ended ([`ExitStatus`]), why its tasks
+//! were lost ([`LossCause`]) and why it was recycled ([`RecycleReason`]).
+
+use std::fmt;
+use std::time::Duration;
+
+/// What happened to a worker process, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// A worker process completed its handshake and initialiser.
+    Started {
+        /// Index of the worker.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A worker exited cleanly after the pool asked it to stop.
+    Exited {
+        /// Index of the worker.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A worker ended without being asked to (or was killed by the pool).
+    Crashed {
+        /// Index of the worker.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+        /// How the process ended.
+        status: ExitStatus,
+        /// Why the pool gave up on it.
+        cause: LossCause,
+        /// How many tasks it held, each reported lost.
+        lost_tasks: usize,
+    },
+    /// A replacement for a worker is about to start, after `delay`.
+    Restarting {
+        /// Index of the worker.
+        worker: usize,
+        /// Restarts of this index so far, this one included.
+        attempt: u32,
+        /// The back-off before the start.
+        delay: Duration,
+    },
+    /// A replacement worker could not start (its initialiser failed, say).
+    StartFailed {
+        /// Index of the worker.
+        worker: usize,
+        /// Why.
+        error: String,
+    },
+    /// A worker was drained and replaced by the recycling policy.
+    Recycled {
+        /// Index of the worker.
+        worker: usize,
+        /// The pid of the process that was replaced.
+        pid: u32,
+        /// What triggered it.
+        reason: RecycleReason,
+    },
+    /// A worker's loop stopped answering heartbeats; it is being killed.
+    Unresponsive {
+        /// Index of the worker.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+        /// How long it had not answered.
+        silent_for: Duration,
+    },
+    /// Too many restarts in the policy's window: the pool stopped itself.
+    PoolFailed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a worker was recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecycleReason {
+    /// It completed its share of tasks.
+    Tasks {
+        /// Tasks it completed.
+        completed: u64,
+    },
+    /// Its resident memory passed the limit.
+    Memory {
+        /// Resident memory when sampled, in bytes.
+        rss_bytes: u64,
+    },
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// Its status could not be collected.
+    Unknown,
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s} ({})", crate::sys::signal_name(*s)),
+            ExitStatus::Unknown => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+impl From<std::process::ExitStatus> for ExitStatus {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            _ => ExitStatus::Unknown,
+        }
+    }
+}
+
+/// Why the pool stopped talking to a worker that held tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossCause {
+    /// The process exited or was killed without being asked to.
+    Crashed,
+    /// The worker sent bytes that break the protocol; the pool closed it.
+    Protocol(String),
+    /// It was still running at the end of a shutdown deadline and was killed.
+    ShutdownDeadline,
+    /// The pool was dropped, or killed, while the task ran.
+    PoolKilled,
+    /// The worker's loop stopped answering heartbeats and it was killed.
+    Unresponsive,
+}
+
+impl fmt::Display for LossCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossCause::Crashed => f.write_str("worker crashed"),
+            LossCause::Protocol(e) => write!(
+                f,
+                "protocol violation: {e} (are parent and worker built from the same \
+                 sources? does something in the worker write to descriptor 3?)"
+            ),
+            LossCause::ShutdownDeadline => f.write_str("killed at the shutdown deadline"),
+            LossCause::PoolKilled => f.write_str("pool killed"),
+            LossCause::Unresponsive => f.write_str("worker stopped answering heartbeats"),
+        }
+    }
+}

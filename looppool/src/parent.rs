@@ -1,0 +1,8 @@
+//! The parent's end of the wire: per worker, a lane (its queue of encoded
+//! frames, task slots and output credits), the connection's reader and
+//! writer, and the output stream they feed.
+
+pub(crate) mod connection;
+pub(crate) mod lane;
+pub(crate) mod outputs;
+mod slots;
