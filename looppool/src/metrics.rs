@@ -88,20 +88,16 @@
 //! is lost silently.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use tracing::level_filters::LevelFilter;
-use tracing::Level;
 
-use crate::codec;
 use crate::error::{BuildError, StartError};
 use crate::parent::lane::Lane;
-use crate::pool::{PoolBuilder, TaskId};
-use crate::supervisor::Supervisor;
+use crate::parent::reports::ReportHook;
+use crate::protocol::report::{self as wire, WorkerSettings};
 use crate::sync::lock;
-use crate::worker::Worker;
 
 #[cfg(feature = "prometheus")]
 mod prometheus;
@@ -111,141 +107,21 @@ pub(crate) mod statsd;
 #[cfg(feature = "statsd")]
 pub use statsd::Statsd;
 
-use crate::protocol::report::{self as wire, LogRecord, ReportFrame};
-
-/// The environment variable that tells a worker to send its reports to
-/// statsd itself: `<address> <prefix>` (an address has no spaces).
-pub(crate) const STATSD_ENV: &str = "LOOPPOOL_STATSD";
+pub use crate::stats::{PoolStats, WorkerReport, WorkerStats};
 
 /// The report interval when statsd or Prometheus is configured without one.
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A snapshot of a pool's figures, from [`Pool::stats`](crate::Pool::stats).
-///
-/// The counts are per worker *index*: a replacement process continues the
-/// counts of the one it replaced. They are read worker by worker, each
-/// consistent in itself; the pool-wide figures are their sums.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct PoolStats {
-    /// The pool's name.
-    pub pool: String,
-    /// Each worker's figures, by index.
-    pub workers: Vec<WorkerStats>,
-    /// Tasks queued or running in the whole pool.
-    pub in_flight: usize,
-    /// Tasks that completed.
-    pub done: u64,
-    /// Tasks whose handler returned an error or panicked.
-    pub failed: u64,
-    /// Tasks lost with their worker (reported as lost, not retried).
-    pub lost: u64,
-    /// Worker processes replaced (after a crash, or recycled).
-    pub restarts: u64,
-    /// Episodes of a worker loop blocked past the threshold.
-    pub blocked: u64,
-    /// Log events workers dropped because their log buffer was full.
-    pub logs_dropped: u64,
-}
-
-/// One worker's figures, part of [`PoolStats`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct WorkerStats {
-    /// The worker's index.
-    pub worker: usize,
-    /// Its current process id, `None` while it is being replaced.
-    pub pid: Option<u32>,
-    /// Tasks queued or running on it.
-    pub in_flight: usize,
-    /// Tasks it completed.
-    pub done: u64,
-    /// Tasks whose handler returned an error or panicked.
-    pub failed: u64,
-    /// Tasks lost with its processes.
-    pub lost: u64,
-    /// Times its process was replaced.
-    pub restarts: u64,
-    /// Episodes of its loop blocked past the threshold.
-    pub blocked: u64,
-    /// Log events it dropped because its log buffer was full.
-    pub logs_dropped: u64,
-    /// Its last resource report, if reports are on and one arrived.
-    pub last_report: Option<WorkerReport>,
-}
-
-/// A worker's resource report, made every report interval.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct WorkerReport {
-    /// The process that made it.
-    pub pid: u32,
-    /// When the parent received it.
-    pub received: Instant,
-    /// The wall time the interval figures (`cpu`, `loop_busy`,
-    /// `loop_parks`) cover.
-    pub interval: Duration,
-    /// CPU time (user + system) used over the interval, as a fraction of one
-    /// core: about 0 for an idle worker, about 1 for a busy loop. Threads of
-    /// the worker's own (`spawn_blocking`, say) can take it past 1.
-    pub cpu: f64,
-    /// Resident memory, in bytes (`VmRSS`).
-    pub rss_bytes: u64,
-    /// Peak resident memory, in bytes (`VmHWM`).
-    pub max_rss_bytes: u64,
-    /// Tasks alive on the worker's tokio runtime (`num_alive_tasks`); the
-    /// worker's handlers run on its `LocalSet` and are counted in
-    /// `tasks_running` instead.
-    pub loop_alive_tasks: u64,
-    /// Tasks waiting in the runtime's injection queue
-    /// (`global_queue_depth`): work woken from other threads.
-    pub loop_global_queue: u64,
-    /// Fraction of the interval the loop was busy rather than waiting for
-    /// events (`worker_total_busy_duration`).
-    pub loop_busy: f64,
-    /// Times the loop went idle during the interval (`worker_park_count`).
-    pub loop_parks: u64,
-    /// Handlers in progress.
-    pub tasks_running: u64,
-    /// Tasks this process completed or failed so far.
-    pub tasks_done: u64,
-    /// Outputs this process emitted so far.
-    pub outputs: u64,
-    /// Log events this process dropped so far.
-    pub logs_dropped: u64,
-}
-
-impl WorkerReport {
-    fn from_wire(r: &wire::Resources, received: Instant) -> Self {
-        WorkerReport {
-            pid: r.pid,
-            received,
-            interval: Duration::from_micros(r.interval_us),
-            cpu: r.cpu,
-            rss_bytes: r.rss_bytes,
-            max_rss_bytes: r.max_rss_bytes,
-            loop_alive_tasks: r.loop_alive_tasks,
-            loop_global_queue: r.loop_global_queue,
-            loop_busy: r.loop_busy,
-            loop_parks: r.loop_parks,
-            tasks_running: r.tasks_running,
-            tasks_done: r.tasks_done,
-            outputs: r.outputs,
-            logs_dropped: r.logs_dropped,
-        }
-    }
-}
-
 /// The observability settings of a [`PoolBuilder`].
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    report_interval: Option<Duration>,
-    blocked_threshold: Option<Duration>,
-    log_level: LevelFilter,
+    pub(crate) report_interval: Option<Duration>,
+    pub(crate) blocked_threshold: Option<Duration>,
+    pub(crate) log_level: LevelFilter,
     #[cfg(feature = "statsd")]
-    statsd: Option<Statsd>,
+    pub(crate) statsd: Option<Statsd>,
     #[cfg(feature = "prometheus")]
-    prometheus: Option<std::net::SocketAddr>,
+    pub(crate) prometheus: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -259,73 +135,6 @@ impl Default for Config {
             #[cfg(feature = "prometheus")]
             prometheus: None,
         }
-    }
-}
-
-/// What every worker of a pool is told about observability (in its init).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WorkerSettings {
-    /// Report every this many ms (0: no reports).
-    pub(crate) report_interval_ms: u64,
-    /// Watch for a loop blocked this many ms (0: no watchdog).
-    pub(crate) blocked_threshold_ms: u64,
-    /// Forward log events up to this level (see `wire::filter_to_u8`).
-    pub(crate) log_level: u8,
-    /// Send reports to this statsd server (address, prefix) from the worker.
-    pub(crate) statsd: Option<(String, String)>,
-}
-
-impl<W: Worker> PoolBuilder<W> {
-    /// Makes every worker report its resource use every `interval`: CPU,
-    /// memory, loop backlog and task counts (see [`WorkerReport`]). The
-    /// parent keeps the last report of each worker in
-    /// [`Pool::stats`](crate::Pool::stats) and passes it on to statsd or
-    /// Prometheus when configured.
-    ///
-    /// Default: off, or every 10 s ([`DEFAULT_REPORT_INTERVAL`]) when statsd
-    /// or Prometheus is configured.
-    pub fn report_interval(mut self, interval: Duration) -> Self {
-        self.observe.report_interval = Some(interval);
-        self
-    }
-
-    /// Warns when a worker's loop does not turn for longer than `threshold`:
-    /// the warning names the worker, how long it was blocked and the tasks
-    /// that ran meanwhile. See [blocked loops](crate::metrics#blocked-loops).
-    /// Default: off.
-    pub fn blocked_threshold(mut self, threshold: Duration) -> Self {
-        self.observe.blocked_threshold = Some(threshold);
-        self
-    }
-
-    /// The most verbose level of `tracing` events that workers forward to
-    /// the parent's subscriber (default: `INFO`). With `LevelFilter::OFF`
-    /// workers forward nothing and install no subscriber, so a worker may
-    /// install its own. See [one log](crate::metrics#one-log).
-    pub fn worker_log_level(mut self, level: impl Into<LevelFilter>) -> Self {
-        self.observe.log_level = level.into();
-        self
-    }
-
-    /// Sends every report, and the pool's own figures, to a statsd server as
-    /// gauges named as the [naming scheme](crate::metrics#statsd) says.
-    /// Turns reports on (every 10 s unless
-    /// [`report_interval`](Self::report_interval) says otherwise).
-    #[cfg(feature = "statsd")]
-    pub fn statsd(mut self, statsd: Statsd) -> Self {
-        self.observe.statsd = Some(statsd);
-        self
-    }
-
-    /// Serves the pool's figures at `http://<addr>/metrics` in Prometheus'
-    /// text format, from when the pool starts until it is dropped. Port 0
-    /// picks a free port; [`Pool::prometheus_addr`](crate::Pool::prometheus_addr)
-    /// tells which. Turns reports on (every 10 s unless
-    /// [`report_interval`](Self::report_interval) says otherwise).
-    #[cfg(feature = "prometheus")]
-    pub fn prometheus(mut self, addr: impl Into<std::net::SocketAddr>) -> Self {
-        self.observe.prometheus = Some(addr.into());
-        self
     }
 }
 
@@ -409,7 +218,7 @@ impl Config {
                 .next()
                 .ok_or_else(|| fail("resolves to no address".into()))?;
             let sender = statsd::Sender::new(addr, &s.prefix).map_err(|e| fail(e.to_string()))?;
-            hub.statsd = Some(sender);
+            hub.statsd = Some(Arc::new(sender));
             hub.statsd_reports = !s.from_workers;
             if s.from_workers {
                 settings.statsd = Some((addr.to_string(), s.prefix.clone()));
@@ -436,7 +245,7 @@ pub(crate) struct Hub {
     report_interval: Option<Duration>,
     /// The parent's statsd sender.
     #[cfg(feature = "statsd")]
-    statsd: Option<statsd::Sender>,
+    statsd: Option<Arc<statsd::Sender>>,
     /// Whether the parent (rather than each worker) sends the reports.
     #[cfg(feature = "statsd")]
     statsd_reports: bool,
@@ -467,23 +276,37 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    /// Lets every lane find the hub.
-    pub(crate) fn attach<O>(self: &Arc<Self>, lanes: &[Arc<Lane<O>>]) {
+    /// Tells every lane the pool's name, and where reports go as they come.
+    pub(crate) fn attach<O>(&self, lanes: &[Arc<Lane<O>>]) {
+        let pool: Arc<str> = self.pool.as_str().into();
         for lane in lanes {
-            let _ = lane.obs.hub.set(self.clone());
+            lane.obs.attach(pool.clone(), self.report_hook());
         }
     }
 
+    /// What to do with each report as it arrives: pass it to statsd when
+    /// the parent sends the workers' reports.
+    fn report_hook(&self) -> Option<ReportHook> {
+        #[cfg(feature = "statsd")]
+        if let (Some(sender), true) = (&self.statsd, self.statsd_reports) {
+            let sender = sender.clone();
+            return Some(Arc::new(move |worker, r| sender.report(worker, r)));
+        }
+        None
+    }
+
     /// Starts the parent's periodic statsd sender and the Prometheus server;
-    /// both end with the pool.
-    pub(crate) fn spawn_tasks<O: DeserializeOwned + Send + 'static>(
-        &self,
-        sup: &Arc<Supervisor<O>>,
-    ) {
+    /// both end with the pool (when `snapshot` returns `None`, or the hub is
+    /// dropped).
+    pub(crate) fn spawn_tasks<F>(&self, snapshot: F)
+    where
+        F: Fn() -> Option<PoolStats> + Clone + Send + Sync + 'static,
+    {
         let mut tasks = lock(&self.tasks);
         #[cfg(feature = "statsd")]
-        if let (Some(_), Some(interval)) = (&self.statsd, self.report_interval) {
-            let weak = Arc::downgrade(sup);
+        if let (Some(sender), Some(interval)) = (&self.statsd, self.report_interval) {
+            let sender = sender.clone();
+            let snapshot = snapshot.clone();
             tasks.push(
                 tokio::spawn(async move {
                     let mut ticker = tokio::time::interval(interval);
@@ -491,12 +314,8 @@ impl Hub {
                     ticker.tick().await;
                     loop {
                         ticker.tick().await;
-                        let Some(sup) = weak.upgrade() else { return };
-                        let stats = collect(&sup);
-                        if let Some(sender) = sup.lanes[0].obs.hub().and_then(|h| h.statsd.as_ref())
-                        {
-                            sender.pool(&stats);
-                        }
+                        let Some(stats) = snapshot() else { return };
+                        sender.pool(&stats);
                     }
                 })
                 .abort_handle(),
@@ -504,223 +323,14 @@ impl Hub {
         }
         #[cfg(feature = "prometheus")]
         if let Some(listener) = lock(&self.prometheus).take() {
-            let weak = Arc::downgrade(sup);
-            let collect = move || weak.upgrade().map(|sup| collect(&sup));
-            tasks.push(tokio::spawn(prometheus::serve(listener, collect)).abort_handle());
+            tasks.push(tokio::spawn(prometheus::serve(listener, snapshot)).abort_handle());
         }
         #[cfg(not(any(feature = "statsd", feature = "prometheus")))]
-        let _ = (&mut tasks, sup);
+        let _ = (&mut tasks, snapshot);
     }
 
     /// The address the Prometheus endpoint listens on, if it is on.
     pub(crate) fn prometheus_addr(&self) -> Option<std::net::SocketAddr> {
         self.prometheus_addr
     }
-}
-
-/// The counts a lane keeps under its lock, per worker index.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct LaneCounters {
-    /// Tasks that completed.
-    pub(crate) done: u64,
-    /// Tasks that failed.
-    pub(crate) failed: u64,
-    /// Processes that opened the lane.
-    pub(crate) starts: u64,
-}
-
-/// A lane's observability state, apart from its hot lock: the figures that
-/// change rarely.
-#[derive(Debug, Default)]
-pub(crate) struct LaneObs {
-    hub: OnceLock<Arc<Hub>>,
-    state: Mutex<ObsState>,
-}
-
-#[derive(Debug, Default)]
-struct ObsState {
-    last: Option<WorkerReport>,
-    blocked: u64,
-    logs_dropped: u64,
-    lost: u64,
-}
-
-impl LaneObs {
-    /// The pool's hub, once attached.
-    pub(crate) fn hub(&self) -> Option<&Arc<Hub>> {
-        self.hub.get()
-    }
-
-    /// Counts tasks reported lost.
-    pub(crate) fn count_lost(&self, n: u64) {
-        lock(&self.state).lost += n;
-    }
-
-    fn pool(&self) -> &str {
-        self.hub().map_or("", |h| h.pool.as_str())
-    }
-}
-
-/// Handles a `REPORT` frame from worker `lane.index` (process `pid`).
-///
-/// Reports and log records are diagnostics: one that does not decode is
-/// logged and skipped rather than treated as a broken connection.
-pub(crate) fn on_report<O>(lane: &Lane<O>, pid: u32, body: &[u8]) {
-    let frame: ReportFrame = match codec::get_serde(body) {
-        Ok(frame) => frame,
-        Err(e) => {
-            tracing::warn!(pool = lane.obs.pool(), worker = lane.index, pid, error = %e, "skipping a report that does not decode");
-            return;
-        }
-    };
-    match frame {
-        ReportFrame::Resources(r) => {
-            #[cfg(feature = "statsd")]
-            if let Some(hub) = lane.obs.hub().filter(|h| h.statsd_reports) {
-                if let Some(sender) = &hub.statsd {
-                    sender.report(lane.index, &r);
-                }
-            }
-            let report = WorkerReport::from_wire(&r, Instant::now());
-            lock(&lane.obs.state).last = Some(report);
-        }
-        ReportFrame::Blocked(b) => {
-            // The worker sends this before the completion of any task it
-            // names, so each slot still holds the task it ran.
-            let tasks: Vec<TaskId> = {
-                let st = lane.lock();
-                b.slots
-                    .iter()
-                    .filter_map(|&s| st.task_in_slot(s, lane.index as u32))
-                    .collect()
-            };
-            lock(&lane.obs.state).blocked += 1;
-            let tasks = if tasks.is_empty() {
-                "none (background work, or between tasks)".to_owned()
-            } else {
-                tasks
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            tracing::warn!(
-                pool = lane.obs.pool(),
-                worker = lane.index,
-                pid,
-                blocked_ms = b.blocked_ms,
-                threshold_ms = b.threshold_ms,
-                tasks = %tasks,
-                running = b.running,
-                "worker event loop blocked"
-            );
-        }
-    }
-}
-
-/// Handles a `LOG` frame from worker `lane.index` (process `pid`).
-pub(crate) fn on_log<O>(lane: &Lane<O>, pid: u32, body: &[u8]) {
-    let dropped = relay_log(lane.obs.pool(), lane.index, pid, body);
-    if dropped > 0 {
-        lock(&lane.obs.state).logs_dropped += dropped;
-    }
-}
-
-/// Emits a worker's log record to the parent's subscriber; returns how many
-/// events the worker said it dropped. A record that does not decode is
-/// logged and skipped.
-pub(crate) fn relay_log(pool: &str, worker: usize, pid: u32, body: &[u8]) -> u64 {
-    let rec: LogRecord = match codec::get_serde(body) {
-        Ok(rec) => rec,
-        Err(e) => {
-            tracing::warn!(pool, worker, pid, error = %e, "skipping a log record that does not decode");
-            return 0;
-        }
-    };
-    if rec.dropped > 0 {
-        tracing::warn!(
-            pool,
-            worker,
-            pid,
-            dropped = rec.dropped,
-            "worker dropped log events: its log buffer was full"
-        );
-    }
-    let text = |s: &str| (!s.is_empty()).then(|| tracing::field::display(s.to_owned()));
-    let fields = text(&rec.fields);
-    let spans = text(&rec.spans);
-    macro_rules! relay {
-        ($level:expr) => {
-            tracing::event!(
-                target: "looppool::worker",
-                $level,
-                pool,
-                worker,
-                pid,
-                log.target = rec.target.as_str(),
-                log.file = rec.file.as_deref(),
-                log.line = rec.line,
-                fields,
-                spans,
-                "{}",
-                rec.message
-            )
-        };
-    }
-    match wire::level_from_u8(rec.level) {
-        Some(Level::ERROR) => relay!(Level::ERROR),
-        Some(Level::WARN) => relay!(Level::WARN),
-        Some(Level::INFO) => relay!(Level::INFO),
-        Some(Level::DEBUG) => relay!(Level::DEBUG),
-        Some(Level::TRACE) => relay!(Level::TRACE),
-        // A record that only carries the dropped count.
-        None => {}
-    }
-    rec.dropped
-}
-
-/// A snapshot of the pool's figures.
-pub(crate) fn collect<O: DeserializeOwned + Send + 'static>(sup: &Supervisor<O>) -> PoolStats {
-    let active = sup
-        .active
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .min(sup.lanes.len());
-    let mut stats = PoolStats {
-        pool: sup.spec.pool_name.clone(),
-        workers: Vec::with_capacity(active),
-        in_flight: 0,
-        done: 0,
-        failed: 0,
-        lost: 0,
-        restarts: 0,
-        blocked: 0,
-        logs_dropped: 0,
-    };
-    for (index, lane) in sup.lanes[..active].iter().enumerate() {
-        let counters = lane.lock().counters;
-        let in_flight = lane.in_flight();
-        let obs = lock(&lane.obs.state);
-        let w = WorkerStats {
-            worker: index,
-            pid: sup.pid(index),
-            in_flight,
-            done: counters.done,
-            failed: counters.failed,
-            lost: obs.lost,
-            restarts: counters.starts.saturating_sub(1),
-            blocked: obs.blocked,
-            logs_dropped: obs.logs_dropped,
-            last_report: obs.last.clone(),
-        };
-        drop(obs);
-        stats.in_flight += w.in_flight;
-        stats.done += w.done;
-        stats.failed += w.failed;
-        stats.lost += w.lost;
-        stats.restarts += w.restarts;
-        stats.blocked += w.blocked;
-        stats.logs_dropped += w.logs_dropped;
-        stats.workers.push(w);
-    }
-    stats
 }

@@ -2,7 +2,10 @@
 //! frames, task slots and output credits), the connection's reader and
 //! writer, and the output stream they feed.
 
+mod batches;
 pub(crate) mod connection;
+mod credits;
 pub(crate) mod lane;
 pub(crate) mod outputs;
+pub(crate) mod reports;
 mod slots;

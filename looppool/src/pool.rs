@@ -14,7 +14,8 @@ use crate::worker::Worker;
 
 mod builder;
 
-pub use crate::parent::outputs::{Output, Outputs};
+pub use crate::output::Output;
+pub use crate::parent::outputs::Outputs;
 pub use crate::task_id::TaskId;
 pub use builder::{PoolBuilder, Signals};
 
@@ -65,6 +66,8 @@ impl<W: Worker> fmt::Debug for Pool<W> {
 pub(crate) struct Inner<O: serde::de::DeserializeOwned + Send + 'static> {
     pub(crate) lanes: Arc<[Arc<Lane<O>>]>,
     pub(crate) sup: Arc<Supervisor<O>>,
+    /// Where the pool's figures go; its tasks end when it is dropped.
+    hub: Arc<crate::metrics::Hub>,
     /// The next worker for round-robin sends.
     next: AtomicUsize,
 }
@@ -84,11 +87,13 @@ impl<W: Worker> Pool<W> {
     pub(crate) fn from_parts(
         lanes: Arc<[Arc<Lane<W::Output>>]>,
         sup: Arc<Supervisor<W::Output>>,
+        hub: Arc<crate::metrics::Hub>,
     ) -> Self {
         Pool {
             inner: Arc::new(Inner {
                 lanes,
                 sup,
+                hub,
                 next: AtomicUsize::new(0),
             }),
             _worker: PhantomData,
@@ -139,15 +144,15 @@ impl<W: Worker> Pool<W> {
     /// println!("{} in flight, {} done, {} failed", stats.in_flight, stats.done, stats.failed);
     /// # }
     /// ```
-    pub fn stats(&self) -> crate::metrics::PoolStats {
-        crate::metrics::collect(&self.inner.sup)
+    pub fn stats(&self) -> crate::PoolStats {
+        snapshot(&self.inner.sup)
     }
 
     /// The address the Prometheus endpoint listens on (see
     /// `PoolBuilder::prometheus`, with the `prometheus` feature), or `None`
     /// when it is off.
     pub fn prometheus_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.lanes[0].obs.hub()?.prometheus_addr()
+        self.inner.hub.prometheus_addr()
     }
 
     /// Why the pool failed (too many restarts), if it did.
@@ -473,4 +478,12 @@ impl<W: Worker> Pool<W> {
             self.inner.sup.kill(worker);
         }
     }
+}
+
+/// A snapshot of the figures of the pool `sup` supervises.
+fn snapshot<O: serde::de::DeserializeOwned + Send + 'static>(
+    sup: &Supervisor<O>,
+) -> crate::PoolStats {
+    let active = sup.active.load(Ordering::Relaxed);
+    crate::stats::collect(&sup.spec.pool_name, &sup.lanes, active, |i| sup.pid(i))
 }

@@ -275,6 +275,42 @@ pub(crate) fn put_tagged<T: Serialize + ?Sized>(
     codec::finish_frame(buf, start, max)
 }
 
+/// Appends a `TASK` frame for `slot` carrying `task`; returns the offset in
+/// `buf` where the task's encoded payload begins (to keep a copy of it).
+#[inline(always)]
+pub(crate) fn put_task<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    slot: u32,
+    task: &T,
+    max: usize,
+) -> Result<usize, CodecError> {
+    let start = codec::begin_frame(buf, kind::TASK);
+    codec::put_varint(buf, slot.into());
+    let payload = buf.len();
+    if let Err(e) = codec::put_serde(buf, task) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    codec::finish_frame(buf, start, max)?;
+    Ok(payload)
+}
+
+/// Appends a `TASK` frame for `slot` carrying a payload already encoded by
+/// [`put_task`]; returns where the payload begins, as that does.
+pub(crate) fn put_encoded_task(
+    buf: &mut Vec<u8>,
+    slot: u32,
+    payload: &[u8],
+    max: usize,
+) -> Result<usize, CodecError> {
+    let start = codec::begin_frame(buf, kind::TASK);
+    codec::put_varint(buf, slot.into());
+    let at = buf.len();
+    buf.extend_from_slice(payload);
+    codec::finish_frame(buf, start, max)?;
+    Ok(at)
+}
+
 /// Appends a frame of `kind` whose whole remaining body is `value` in postcard.
 pub(crate) fn put_value<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,

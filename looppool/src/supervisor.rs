@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::WorkerLost;
-use crate::event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
+use crate::event::{ExitStatus, LossCause, WorkerEvent};
+use crate::output::Output;
 use crate::parent::connection::{read_loop, write_loop, ReadEnd};
 use crate::parent::lane::{CallOutcome, Held, Lane, Retry};
-use crate::parent::outputs::{Batch, BatchSender, Output};
+use crate::parent::outputs::{Batch, BatchSender};
 use crate::transport::Peer;
 
 pub(crate) mod launch;
@@ -325,7 +326,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             }
             let status = self.reap(index).await;
             let stopping = self.stopping.load(Ordering::SeqCst);
-            let recycled = lane.lock().recycle_reason.take();
+            let recycled = lane.take_recycle_reason();
             let held = lane.take_held(stopping);
             let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
             let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
@@ -429,11 +430,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 return;
             }
             nonce += 1;
-            let mut st = lane.lock();
-            if st.generation != generation {
+            if !lane.ping(generation, nonce) {
                 return;
             }
-            lane.push_control(&mut st, crate::protocol::kind::PING, Some(nonce));
         }
     }
 
@@ -514,10 +513,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                         continue;
                     };
                     if rss > jittered(limit, pid.into()) {
-                        let mut st = lane.lock();
-                        if lane.recycle(&mut st) {
-                            st.recycle_reason = Some(RecycleReason::Memory { rss_bytes: rss });
-                        }
+                        lane.recycle_for_memory(rss);
                     }
                 }
             }

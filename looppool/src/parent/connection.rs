@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::lane::{Delivered, Lane, SlotEvent};
-use super::outputs::{Batch, BatchSender, Output};
+use super::outputs::{Batch, BatchSender};
 use crate::codec;
+use crate::output::Output;
 use crate::protocol::FromWorker;
 use crate::task_id::TaskId;
 use crate::transport::{self, FrameReader, WriteHalf};
@@ -24,14 +25,10 @@ pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: W
     let yield_after_wake = tokio::runtime::Handle::current().runtime_flavor()
         != tokio::runtime::RuntimeFlavor::CurrentThread;
     loop {
-        let took = {
-            let mut st = lane.lock();
-            if st.generation != generation {
-                return;
-            }
-            std::mem::swap(&mut st.out, &mut batch);
-            !batch.is_empty()
-        };
+        if !lane.lock().take_frames(generation, &mut batch) {
+            return;
+        }
+        let took = !batch.is_empty();
         if !took {
             lane.writer_wake.notified().await;
             if yield_after_wake {
@@ -74,7 +71,8 @@ fn decode_output<O: DeserializeOwned>(payload: &[u8]) -> Result<O, String> {
 }
 
 /// What one read hands to the output stream: batches of at most
-/// [`Lane::batch_items`] items each (see there), all full but the last.
+/// [`SpareBatches::batch_items`](super::batches::SpareBatches::batch_items) items each (see there), all full but the
+/// last.
 struct Collected<'a, O> {
     lane: &'a Lane<O>,
     /// The batch being filled.
@@ -107,7 +105,7 @@ impl<O> Collected<'_, O> {
     #[cold]
     #[inline(never)]
     fn next_batch(&mut self) {
-        let next = self.lane.empty_batch();
+        let next = self.lane.batches.empty();
         let full = std::mem::replace(&mut self.items, next);
         self.full.push((full, std::mem::take(&mut self.credits)));
     }
@@ -121,136 +119,199 @@ impl<O> Collected<'_, O> {
         };
         self.push(item, 1);
     }
+
+    /// Output credits the collected values spent.
+    fn spent(&self) -> u32 {
+        self.credits + self.full.iter().map(|(_, c)| c).sum::<u32>()
+    }
+}
+
+/// One decoded frame, as the reader acts on it.
+enum Frame<'a, O> {
+    /// An output, completion or failure of the task in a slot.
+    Slot(SlotEvent<O>),
+    /// An output that belongs to no task.
+    Unsolicited(O),
+    /// The worker's goodbye: the end of the connection is expected.
+    Bye,
+    /// The answer to a heartbeat ping.
+    Pong,
+    /// A resource or blocked-loop report (handled without the lane's lock).
+    Report(&'a [u8]),
+    /// A log record (handled without the lane's lock).
+    Log(&'a [u8]),
+}
+
+/// Decodes one frame body from the worker.
+///
+/// A function rather than a closure in the read loop: the compiler left the
+/// closure out of line, and its result, returned through memory, was
+/// reloaded by a stalled caller.
+#[inline(always)]
+fn decode_frame<O: DeserializeOwned>(body: &[u8]) -> Result<Frame<'_, O>, String> {
+    let msg = FromWorker::decode(body).map_err(|e| e.to_string())?;
+    Ok(match msg {
+        FromWorker::OutputDone { slot, payload } => Frame::Slot(SlotEvent::OutputDone {
+            slot,
+            value: decode_output(payload)?,
+        }),
+        FromWorker::Output {
+            slot: Some(slot),
+            payload,
+        } => Frame::Slot(SlotEvent::Output {
+            slot,
+            value: decode_output(payload)?,
+        }),
+        FromWorker::Output {
+            slot: None,
+            payload,
+        } => Frame::Unsolicited(decode_output(payload)?),
+        FromWorker::Done(slot) => Frame::Slot(SlotEvent::Done { slot }),
+        FromWorker::Failed { slot, failure } => Frame::Slot(SlotEvent::Failed {
+            slot,
+            message: failure.message,
+            panicked: failure.panicked,
+        }),
+        FromWorker::Bye => Frame::Bye,
+        FromWorker::Pong(_) => Frame::Pong,
+        FromWorker::Report(body) => Frame::Report(body),
+        FromWorker::Log(body) => Frame::Log(body),
+        FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
+            return Err("handshake message after the handshake".into())
+        }
+    })
+}
+
+/// The reader of one worker connection, between reads.
+struct Reader<O> {
+    lane: Arc<Lane<O>>,
+    generation: u64,
+    worker: usize,
+    pid: u32,
+    outputs: BatchSender<O>,
+    /// Whether the worker said goodbye.
+    bye: bool,
+    /// Kept from one read to the next: the list of full batches.
+    full: Vec<(Vec<Output<O>>, u32)>,
+}
+
+/// What one read's frames did to the lane, settled after they are applied.
+#[derive(Default)]
+struct ReadTally {
+    /// Output credits freed at once by call replies.
+    replies: u32,
+    /// Slots freed.
+    freed: usize,
+    /// Failed tasks, to log once the lock is released.
+    failures: Vec<(TaskId, String, bool)>,
+    /// Why the connection must end after what was read is delivered.
+    end: Option<String>,
+    /// The lane passed to another connection while its lock was released
+    /// (for a report): its state is then no longer this reader's to update.
+    replaced: bool,
 }
 
 /// Reads the worker's frames until the connection ends.
-///
-/// Each read's frames are decoded and applied to the lane in one pass under
-/// one lock (a first pass that decoded into a vector of events, applied in a
-/// second, cost the parent a move of every output twice). Messages that
-/// need the lane's lock themselves (reports) are handled with it released.
 pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     lane: Arc<Lane<O>>,
     generation: u64,
     mut reader: FrameReader,
     outputs: BatchSender<O>,
 ) -> ReadEnd {
-    let worker = lane.index;
-    let pid = lane.lock().pid;
-    let mut bye = false;
-    // Kept from one read to the next: the list of full batches.
-    let mut full = Vec::new();
+    let mut this = Reader {
+        worker: lane.index,
+        pid: lane.pid(),
+        lane,
+        generation,
+        outputs,
+        bye: false,
+        full: Vec::new(),
+    };
     loop {
         match reader.fill().await {
             Ok(true) => {}
             // (A peer that dies with unread input resets the connection;
             // `fill` reports that as the end of the stream too.)
-            Ok(false) => return if bye { ReadEnd::Bye } else { ReadEnd::Eof },
+            Ok(false) => return if this.bye { ReadEnd::Bye } else { ReadEnd::Eof },
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
+        if let Some(end) = this.read(&mut reader) {
+            return end;
+        }
+    }
+}
+
+impl<O: DeserializeOwned + Send + 'static> Reader<O> {
+    /// Handles the frames of one read: decodes and applies them to the lane
+    /// in one pass under one lock (a first pass that decoded into a vector
+    /// of events, applied in a second, cost a move of every output twice),
+    /// then delivers the outputs. Returns how the connection ended, if it
+    /// did.
+    #[inline(always)]
+    fn read(&mut self, reader: &mut FrameReader) -> Option<ReadEnd> {
+        let lane = self.lane.clone();
+        let worker = self.worker;
         let mut got = Collected {
             lane: &lane,
-            items: lane.empty_batch(),
+            items: lane.batches.empty(),
             credits: 0,
-            full: std::mem::take(&mut full),
+            full: std::mem::take(&mut self.full),
         };
-        let mut credits_back = 0u32;
-        let mut freed = 0usize;
-        let mut failures = Vec::new();
-        // Set when the connection must end after what was read is delivered.
-        let mut end = None;
-        // Set when the lane passed to another connection while its lock was
-        // released (a report): its state is then no longer ours to update.
-        let mut replaced = false;
+        let mut tally = ReadTally::default();
         let mut st = lane.lock();
-        if st.generation != generation {
-            return ReadEnd::Broken("connection replaced".into());
+        if st.generation() != self.generation {
+            return Some(ReadEnd::Broken("connection replaced".into()));
         }
         loop {
             let body = match reader.next_frame() {
                 Ok(Some(body)) => body,
                 Ok(None) => break,
                 Err(e) => {
-                    end = Some(e.to_string());
+                    tally.end = Some(e.to_string());
                     break;
                 }
             };
-            let msg = match FromWorker::decode(body) {
-                Ok(msg) => msg,
-                Err(e) => {
-                    end = Some(e.to_string());
-                    break;
-                }
-            };
-            let event = match msg {
-                FromWorker::OutputDone { slot, payload } => match decode_output::<O>(payload) {
-                    Ok(value) => SlotEvent::OutputDone { slot, value },
-                    Err(e) => {
-                        end = Some(e);
-                        break;
-                    }
-                },
-                FromWorker::Output {
-                    slot: Some(slot),
-                    payload,
-                } => match decode_output::<O>(payload) {
-                    Ok(value) => SlotEvent::Output { slot, value },
-                    Err(e) => {
-                        end = Some(e);
-                        break;
-                    }
-                },
-                FromWorker::Output {
-                    slot: None,
-                    payload,
-                } => match decode_output::<O>(payload) {
-                    Ok(value) => {
-                        got.value(worker, None, value);
-                        continue;
-                    }
-                    Err(e) => {
-                        end = Some(e);
-                        break;
-                    }
-                },
-                FromWorker::Done(slot) => SlotEvent::Done { slot },
-                FromWorker::Failed { slot, failure } => {
-                    failures.push((failure.message.clone(), failure.panicked));
-                    SlotEvent::Failed {
-                        slot,
-                        message: failure.message,
-                        panicked: failure.panicked,
-                    }
-                }
-                FromWorker::Bye => {
-                    bye = true;
+            let event = match decode_frame::<O>(body) {
+                Ok(Frame::Slot(event)) => event,
+                Ok(Frame::Unsolicited(value)) => {
+                    got.value(worker, None, value);
                     continue;
                 }
-                FromWorker::Pong(_) => {
+                Ok(Frame::Bye) => {
+                    self.bye = true;
+                    continue;
+                }
+                Ok(Frame::Pong) => {
                     lane.pong();
                     continue;
                 }
-                FromWorker::Report(_) | FromWorker::Log(_) => {
+                Ok(frame @ (Frame::Report(_) | Frame::Log(_))) => {
                     // These take the lane's lock themselves.
                     drop(st);
-                    match msg {
-                        FromWorker::Report(body) => crate::metrics::on_report(&lane, pid, body),
-                        FromWorker::Log(body) => crate::metrics::on_log(&lane, pid, body),
-                        _ => unreachable!("matched above"),
-                    }
+                    self.observe(frame);
                     st = lane.lock();
-                    if st.generation != generation {
-                        replaced = true;
-                        end = Some("connection replaced".into());
+                    if st.generation() != self.generation {
+                        tally.replaced = true;
+                        tally.end = Some("connection replaced".into());
                         break;
                     }
                     continue;
                 }
-                FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
-                    end = Some("handshake message after the handshake".into());
+                Err(e) => {
+                    tally.end = Some(e);
                     break;
                 }
             };
+            if let SlotEvent::Failed {
+                slot,
+                message,
+                panicked,
+            } = &event
+            {
+                if let Some(task) = st.task_in_slot(*slot, worker as u32) {
+                    tally.failures.push((task, message.clone(), *panicked));
+                }
+            }
             // Inlined: as a call, the closure's work (a push of the item)
             // was cheaper than the call itself.
             let applied = st.apply(
@@ -258,61 +319,78 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 event,
                 #[inline(always)]
                 |d| got.deliver(worker, d),
-                &mut credits_back,
-                &mut freed,
+                &mut tally.replies,
+                &mut tally.freed,
             );
             if let Err(e) = applied {
-                end = Some(format!("message for slot {}, which holds no task", e.0));
+                tally.end = Some(format!("message for slot {}, which holds no task", e.0));
                 break;
             }
         }
         let mut overdrawn = None;
         let mut waiters = false;
-        if !replaced {
-            if st.recycle_at.is_some_and(|at| st.completed >= at) {
-                let completed = st.completed;
-                if lane.recycle(&mut st) {
-                    st.recycle_reason = Some(crate::event::RecycleReason::Tasks { completed });
-                }
-            }
-            // Every output spends one of the worker's credits.
-            let spent: u32 = got.credits + got.full.iter().map(|(_, c)| c).sum::<u32>();
-            st.output_window -= i64::from(spent) + i64::from(credits_back);
-            overdrawn = (st.output_window < 0).then(|| -st.output_window);
-            // Replies to calls free their credits at once; owed credits go
-            // out if the window ran low.
-            lane.owe_credits(&mut st, credits_back);
+        if !tally.replaced {
+            overdrawn = lane.settle_read(&mut st, got.spent(), tally.replies).err();
             waiters = st.space_waiters_any();
         }
         drop(st);
-        for (message, panicked) in failures {
-            tracing::warn!(worker, pid, message = %message, panicked, "task failed");
-        }
-        if freed > 0 && waiters {
+        self.log_failures(&tally.failures);
+        if tally.freed > 0 && waiters {
             lane.wake_waiters();
         }
+        self.deliver(got);
+        if let Some(excess) = overdrawn {
+            return Some(ReadEnd::Broken(format!(
+                "the worker exceeded its output credit window by {}: it does not wait for credits",
+                excess.0
+            )));
+        }
+        tally.end.map(ReadEnd::Broken)
+    }
+
+    /// Handles a report or a log record.
+    #[cold]
+    fn observe(&self, frame: Frame<'_, O>) {
+        match frame {
+            Frame::Report(body) => {
+                let lane = &self.lane;
+                lane.obs.on_report(self.worker, self.pid, body, |slots| {
+                    let st = lane.lock();
+                    slots
+                        .iter()
+                        .filter_map(|&s| st.task_in_slot(s, lane.index as u32))
+                        .collect()
+                })
+            }
+            Frame::Log(body) => self.lane.obs.on_log(self.worker, self.pid, body),
+            _ => {}
+        }
+    }
+
+    /// Logs the tasks that failed in one read.
+    fn log_failures(&self, failures: &[(TaskId, String, bool)]) {
+        for (task, message, panicked) in failures {
+            tracing::warn!(worker = self.worker, pid = self.pid, %task, message = %message, panicked, "task failed");
+        }
+    }
+
+    /// Hands one read's batches to the output stream.
+    fn deliver(&mut self, mut got: Collected<'_, O>) {
         let last = (!got.items.is_empty()).then_some((got.items, got.credits));
         for (items, credits) in got.full.drain(..).chain(last) {
             let batch = Batch {
-                worker,
-                generation,
+                worker: self.worker,
+                generation: self.generation,
                 credits,
                 items,
             };
-            if let Err(returned) = outputs.send(batch) {
+            if let Err(returned) = self.outputs.send(batch) {
                 // Nobody consumes outputs: hand the credits straight back.
-                lane.return_output_credits(generation, returned.0.credits);
-                lane.keep_batch(returned.0.items);
+                self.lane
+                    .return_output_credits(self.generation, returned.0.credits);
+                self.lane.batches.keep(returned.0.items);
             }
         }
-        full = got.full;
-        if let Some(excess) = overdrawn {
-            return ReadEnd::Broken(format!(
-                "the worker exceeded its output credit window by {excess}: it does not wait for credits"
-            ));
-        }
-        if let Some(why) = end {
-            return ReadEnd::Broken(why);
-        }
+        self.full = got.full;
     }
 }

@@ -13,43 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
-use super::outputs::Output;
-use crate::codec::CodecError;
-use crate::error::{SubmitErrorKind, TaskError, WorkerLost};
+use super::batches::SpareBatches;
+use super::credits::{OutputWindow, Overdrawn};
+use super::reports::LaneObs;
+pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry};
+use super::slots::{SlotMore, Slots};
+use crate::event::RecycleReason;
 use crate::protocol::{self, kind};
-use crate::task_id::TaskId;
-
-use super::slots::{Call, SlotMore, Slots};
-
-/// How a `call` ends, before the task value is known to the error type.
-#[derive(Debug)]
-pub(crate) enum CallOutcome<O> {
-    Reply(O),
-    Failed(TaskError),
-    Lost(WorkerLost),
-    NoReply,
-}
-
-pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
-
-/// The fate of one task the lane held when its worker went away.
-#[derive(Debug)]
-pub(crate) struct Held<O> {
-    pub(crate) id: TaskId,
-    pub(crate) call: Option<CallSender<O>>,
-    /// The encoded task, kept when lost tasks may be retried.
-    pub(crate) retry: Option<Retry>,
-}
-
-/// What a retry needs: the encoded task and how often it was already lost.
-#[derive(Debug)]
-pub(crate) struct Retry {
-    pub(crate) payload: Box<[u8]>,
-    pub(crate) attempts: u32,
-}
 
 /// Whether a lane takes tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,88 +40,45 @@ pub(crate) enum Status {
 
 pub(crate) struct LaneState<O> {
     /// Encoded frames not yet handed to the writer.
-    pub(crate) out: Vec<u8>,
+    out: Vec<u8>,
     slots: Slots<O>,
     free: Vec<u32>,
-    pub(crate) status: Status,
+    status: Status,
     /// Counts connections: a late message for an old one is ignored.
-    pub(crate) generation: u64,
-    pub(crate) pid: u32,
+    generation: u64,
+    pid: u32,
     next_seq: u64,
     /// Tasks submitted since the submitter last yielded (see `Lane::yield_every`).
     since_yield: u32,
     space_waiters: usize,
     /// Tasks completed (or failed) by the current worker process.
-    pub(crate) completed: u64,
+    completed: u64,
     /// Recycle the current worker once `completed` reaches this.
-    pub(crate) recycle_at: Option<u64>,
+    recycle_at: Option<u64>,
     /// Why the current worker is being recycled, if it is.
-    pub(crate) recycle_reason: Option<crate::event::RecycleReason>,
+    recycle_reason: Option<RecycleReason>,
     /// Done, failed and started counts for stats, per worker index.
-    pub(crate) counters: crate::metrics::LaneCounters,
-    /// Outputs the current worker may still send: its initial credits plus
-    /// those sent back since, less the outputs received. A worker that
-    /// drives it below zero ignores its credits, and is cut off before it
-    /// can fill the parent's memory.
-    pub(crate) output_window: i64,
-    /// The current worker's whole output window, as set at the handshake.
-    output_credits: u32,
-    /// Output credits due to the worker but not yet sent (see
-    /// [`Lane::owe_credits`]).
-    credits_owed: u32,
+    counters: LaneCounters,
+    /// The current worker's output-credit window.
+    window: OutputWindow,
 }
 
-/// Tasks a submitter pushes to one lane before it yields to the runtime, so
-/// the writer can flush a large batch: batch size is set here, not by
-/// tokio's per-operation budget. An eighth of the lane's window, so that
-/// several batches are in flight at once, but never fewer than 512 (the
-/// size every window up to 4,096 tasks gets) nor more than 8,192.
-fn yield_every(credits: u32) -> u32 {
-    (credits / 8).clamp(512, 8192)
-}
-
-/// Buffered bytes after which a submitter yields whatever the task count:
-/// large tasks are flushed in batches of a bounded size.
-const YIELD_BYTES: usize = 256 * 1024;
-
-/// Why a task could not be pushed; the caller owns the task and builds the
-/// public error.
-#[derive(Debug)]
-pub(crate) enum PushError {
-    Full,
-    Down,
-    Closed,
-    Codec(CodecError),
-}
-
-/// Bytes a varint takes.
-fn varint_len(mut value: u64) -> usize {
-    let mut n = 1;
-    while value >= 0x80 {
-        value >>= 7;
-        n += 1;
-    }
-    n
-}
-
-impl PushError {
-    pub(crate) fn into_kind(self) -> SubmitErrorKind {
-        match self {
-            PushError::Full | PushError::Down => SubmitErrorKind::Full,
-            PushError::Closed => SubmitErrorKind::Closed,
-            PushError::Codec(CodecError::TooLarge { len, max }) => {
-                SubmitErrorKind::TooLarge { len, max }
-            }
-            PushError::Codec(e) => SubmitErrorKind::Encode(e.to_string()),
-        }
-    }
+/// The counts a lane keeps under its lock, per worker index.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LaneCounters {
+    /// Tasks that completed.
+    pub(crate) done: u64,
+    /// Tasks that failed.
+    pub(crate) failed: u64,
+    /// Processes that opened the lane.
+    pub(crate) starts: u64,
 }
 
 pub(crate) struct Lane<O> {
     pub(crate) index: usize,
-    /// Slots, and so queued plus running tasks, per worker.
-    credits: u32,
-    /// Tasks pushed between two yields of a submitter (see [`yield_every`]).
+    /// Task slots: the bound on the worker's queued plus running tasks.
+    capacity: u32,
+    /// Tasks pushed between two yields of a submitter (see `push::yield_every`).
     yield_every: u32,
     max_frame: usize,
     state: Mutex<LaneState<O>>,
@@ -167,25 +96,10 @@ pub(crate) struct Lane<O> {
     pong_ms: AtomicU64,
     epoch: Instant,
     /// Reports, blocked-loop episodes and other rare figures.
-    pub(crate) obs: crate::metrics::LaneObs,
+    pub(crate) obs: LaneObs,
     /// Emptied output batches, kept for the reader to fill again.
-    spare_batches: Mutex<Vec<Vec<Output<O>>>>,
+    pub(crate) batches: SpareBatches<O>,
 }
-
-/// Emptied batches a lane keeps for its reader, and the size of a batch.
-///
-/// A read of 64 KiB holds thousands of small outputs. Allocated afresh per
-/// read, such a batch was a large allocation that glibc served from `mmap`
-/// or a growing heap and took back as the consumer finished it: RSS moved by
-/// megabytes, with thousands of page faults per second. Kept and refilled,
-/// a batch sized by the read it first held touched more of its pages each
-/// time a larger read came along, and the parent's RSS crept up in steps of
-/// hundreds of KiB over a long stream. So every batch has the same small
-/// capacity, a read fills as many as it needs, and a lane keeps enough of
-/// them for a few reads: each batch is filled whole soon after it is made,
-/// and a burst beyond the spares costs one more batch of 64 KiB.
-const SPARE_BATCHES: usize = 16;
-const BATCH_BYTES: usize = 64 * 1024;
 
 impl<O> std::fmt::Debug for Lane<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,18 +109,12 @@ impl<O> std::fmt::Debug for Lane<O> {
     }
 }
 
-/// A pushed task: its id, and whether the submitter should yield now.
-pub(crate) struct Pushed {
-    pub(crate) id: TaskId,
-    pub(crate) yield_now: bool,
-}
-
 impl<O> Lane<O> {
-    pub(crate) fn new(index: usize, credits: u32, max_frame: usize, retries: u32) -> Self {
+    pub(crate) fn new(index: usize, capacity: u32, max_frame: usize, retries: u32) -> Self {
         Lane {
             index,
-            credits,
-            yield_every: yield_every(credits),
+            capacity,
+            yield_every: push::yield_every(capacity),
             max_frame,
             state: Mutex::new(LaneState {
                 out: Vec::new(),
@@ -224,9 +132,7 @@ impl<O> Lane<O> {
                 recycle_at: None,
                 recycle_reason: None,
                 counters: Default::default(),
-                output_window: 0,
-                output_credits: 0,
-                credits_owed: 0,
+                window: OutputWindow::default(),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -236,36 +142,7 @@ impl<O> Lane<O> {
             pong_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             obs: Default::default(),
-            spare_batches: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Items per output batch: 64 KiB of them (at least 16).
-    pub(crate) const fn batch_items() -> usize {
-        // An item is never zero-sized: it holds at least its worker's index.
-        let n = BATCH_BYTES / std::mem::size_of::<Output<O>>();
-        if n < 16 {
-            16
-        } else {
-            n
-        }
-    }
-
-    /// An empty batch to fill: a kept one if there is one.
-    pub(crate) fn empty_batch(&self) -> Vec<Output<O>> {
-        let kept = crate::sync::lock(&self.spare_batches).pop();
-        kept.unwrap_or_else(|| Vec::with_capacity(Self::batch_items()))
-    }
-
-    /// Keeps an emptied batch for the reader (a few, all of the one size).
-    pub(crate) fn keep_batch(&self, mut batch: Vec<Output<O>>) {
-        batch.clear();
-        if batch.capacity() != Self::batch_items() {
-            return;
-        }
-        let mut spare = crate::sync::lock(&self.spare_batches);
-        if spare.len() < SPARE_BATCHES {
-            spare.push(batch);
+            batches: SpareBatches::default(),
         }
     }
 
@@ -295,158 +172,30 @@ impl<O> Lane<O> {
         crate::sync::lock(&self.state)
     }
 
-    /// Encodes `task` into the lane if it has a free slot.
-    ///
-    /// Inlined into `submit`, as is `push_with`: returned through memory,
-    /// the result was reloaded by a caller stalled behind the unlock.
-    #[inline(always)]
-    pub(crate) fn try_push<T: Serialize + ?Sized>(
-        &self,
-        task: &T,
-        call: Option<CallSender<O>>,
-    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
-        self.push_with(
-            call,
-            None,
-            #[inline(always)]
-            |out, slot, max| protocol::put_tagged(out, kind::TASK, slot.into(), task, max),
-        )
-    }
-
-    /// Re-sends an already encoded task that was lost on another worker.
-    pub(crate) fn try_push_retry(
-        &self,
-        id: TaskId,
-        payload: &[u8],
-        attempts: u32,
-        call: Option<CallSender<O>>,
-    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
-        self.push_with(call, Some((id, attempts)), |out, slot, max| {
-            let start = crate::codec::begin_frame(out, kind::TASK);
-            crate::codec::put_varint(out, slot.into());
-            out.extend_from_slice(payload);
-            crate::codec::finish_frame(out, start, max)
-        })
-    }
-
-    #[inline(always)]
-    fn push_with(
-        &self,
-        call: Option<CallSender<O>>,
-        retried: Option<(TaskId, u32)>,
-        encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<(), CodecError>,
-    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
-        let mut st = self.lock();
-        match st.status {
-            Status::Open => {}
-            Status::Down | Status::Recycling => return Err((PushError::Down, call)),
-            Status::Stopping | Status::Closed => return Err((PushError::Closed, call)),
-        }
-        let Some(&slot) = st.free.last() else {
-            return Err((PushError::Full, call));
-        };
-        let was_empty = st.out.is_empty();
-        // Credits owed to the worker ride in front of the task: no frame,
-        // write or wake-up of their own.
-        Self::send_owed(&mut st);
-        let start = st.out.len();
-        if let Err(e) = encode(&mut st.out, slot, self.max_frame) {
-            drop(st);
-            if was_empty {
-                // The owed credits, if any, still go out.
-                self.writer_wake.notify_one();
-            }
-            return Err((PushError::Codec(e), call));
-        }
-        st.free.pop();
-        let (id, attempts) = match retried {
-            Some(r) => r,
-            None => {
-                let seq = st.next_seq;
-                st.next_seq += 1;
-                (
-                    TaskId {
-                        worker: self.index as u32,
-                        seq,
-                    },
-                    0,
-                )
-            }
-        };
-        let foreign = id.worker != self.index as u32;
-        // Written without closures: ones that captured `call` cost a drop
-        // check per task even when not called.
-        let more = if call.is_some() || self.retries > 0 || foreign {
-            // Keeping a copy of every task costs an allocation per task, so
-            // it is done only when lost tasks are to be retried.
-            let retry = if self.retries > 0 {
-                let payload_start = start + crate::codec::HEADER_LEN + 1 + varint_len(slot.into());
-                Some(Retry {
-                    payload: st.out[payload_start..].into(),
-                    attempts,
-                })
-            } else {
-                None
-            };
-            Some(Box::new(SlotMore {
-                id: if foreign { Some(id) } else { None },
-                call: call.map(|tx| Call { tx, reply: None }),
-                retry,
-            }))
-        } else {
-            None
-        };
-        st.slots.fill(slot, id.seq, more);
-        st.since_yield += 1;
-        let yield_now = st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES;
-        if yield_now {
-            st.since_yield = 0;
-        }
-        drop(st);
-        if was_empty {
-            self.writer_wake.notify_one();
-        }
-        Ok(Pushed { id, yield_now })
-    }
-
-    /// Waits until the lane may have room or has changed status.
-    pub(crate) async fn wait_for_space(&self) {
-        let notified = self.space.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let mut st = self.lock();
-            let waiting = match st.status {
-                Status::Open => st.free.is_empty(),
-                Status::Down | Status::Recycling => true,
-                Status::Stopping | Status::Closed => false,
-            };
-            if waiting {
-                st.space_waiters += 1;
-            } else {
-                return;
-            }
-        }
-        notified.await;
-        self.lock().space_waiters -= 1;
-    }
-
     /// Wakes every submitter waiting on this lane.
     pub(crate) fn wake_waiters(&self) {
         self.space.notify_waiters();
     }
 
     /// Appends a control frame (stop, ping), behind any owed credits.
-    pub(crate) fn push_control(&self, st: &mut LaneState<O>, kind: u8, value: Option<u64>) {
-        if kind == kind::CREDIT {
-            st.output_window += value.unwrap_or(0) as i64;
-        }
+    fn push_control(&self, st: &mut LaneState<O>, kind: u8, value: Option<u64>) {
         let was_empty = st.out.is_empty();
-        Self::send_owed(st);
+        st.send_owed();
         protocol::put_simple(&mut st.out, kind, value);
         if was_empty {
             self.writer_wake.notify_one();
         }
+    }
+
+    /// Sends a heartbeat ping to the worker of connection `generation`;
+    /// false if the lane has passed to another connection.
+    pub(crate) fn ping(&self, generation: u64, nonce: u64) -> bool {
+        let mut st = self.lock();
+        if st.generation != generation {
+            return false;
+        }
+        self.push_control(&mut st, kind::PING, Some(nonce));
+        true
     }
 
     /// Returns output credits to the worker of connection `generation`.
@@ -463,7 +212,7 @@ impl<O> Lane<O> {
                 Status::Open | Status::Stopping | Status::Recycling
             )
         {
-            self.owe_credits(&mut st, n);
+            self.owe_output_credits(&mut st, n);
         }
     }
 
@@ -479,29 +228,42 @@ impl<O> Lane<O> {
     /// falls below half (the reader sees every output that spends it, and
     /// calls this after each), or when a frame is queued anyway, or when no
     /// more tasks will carry them (the lane is not open), they go at once.
-    pub(crate) fn owe_credits(&self, st: &mut LaneState<O>, n: u32) {
-        st.credits_owed += n;
-        if st.credits_owed == 0 {
+    fn owe_output_credits(&self, st: &mut LaneState<O>, n: u32) {
+        st.window.owe(n);
+        if !st.window.is_owed() {
             return;
         }
-        let low = i64::from(st.output_credits / 2).max(1);
-        if !st.out.is_empty() || st.status != Status::Open || st.output_window < low {
+        if !st.out.is_empty() || st.status != Status::Open || st.window.is_low() {
             let was_empty = st.out.is_empty();
-            Self::send_owed(st);
+            st.send_owed();
             if was_empty {
                 self.writer_wake.notify_one();
             }
         }
     }
 
-    /// Appends the owed credits, if any, as one credit frame (the caller
-    /// wakes the writer).
-    fn send_owed(st: &mut LaneState<O>) {
-        if st.credits_owed > 0 {
-            let n = std::mem::take(&mut st.credits_owed);
-            st.output_window += i64::from(n);
-            protocol::put_simple(&mut st.out, kind::CREDIT, Some(n.into()));
+    /// Settles one read of the worker's frames: counts the `spent` output
+    /// credits (outputs for the stream and `replies` to calls), owes back
+    /// the replies' credits at once (a caller took them), and asks the
+    /// worker to recycle if it completed its share of tasks.
+    ///
+    /// # Errors
+    /// [`Overdrawn`] when the worker sent more outputs than its credits.
+    pub(crate) fn settle_read(
+        &self,
+        st: &mut LaneState<O>,
+        spent: u32,
+        replies: u32,
+    ) -> Result<(), Overdrawn> {
+        if st.recycle_at.is_some_and(|at| st.completed >= at) {
+            let completed = st.completed;
+            if self.recycle(st) {
+                st.recycle_reason = Some(RecycleReason::Tasks { completed });
+            }
         }
+        st.window.spend(spent + replies)?;
+        self.owe_output_credits(st, replies);
+        Ok(())
     }
 
     /// Opens the lane for a newly connected worker; returns its generation.
@@ -516,9 +278,9 @@ impl<O> Lane<O> {
             return None;
         }
         if st.slots.is_empty() {
-            st.slots = Slots::new(self.credits as usize);
+            st.slots = Slots::new(self.capacity as usize);
             // Pop from the end: lowest slots first, so wire ids stay short.
-            st.free = (0..self.credits).rev().collect();
+            st.free = (0..self.capacity).rev().collect();
         }
         st.generation += 1;
         st.pid = pid;
@@ -527,9 +289,7 @@ impl<O> Lane<O> {
         st.counters.starts += 1;
         st.recycle_at = recycle_at;
         st.recycle_reason = None;
-        st.output_window = output_credits.into();
-        st.output_credits = output_credits;
-        st.credits_owed = 0;
+        st.window = OutputWindow::new(output_credits);
         st.out.clear();
         self.up.store(true, Ordering::Relaxed);
         self.pong();
@@ -560,7 +320,7 @@ impl<O> Lane<O> {
     /// Asks the worker to drain and exit so that it can be replaced; tasks
     /// sent meanwhile wait for the replacement. Returns false if the lane was
     /// not open.
-    pub(crate) fn recycle(&self, st: &mut LaneState<O>) -> bool {
+    fn recycle(&self, st: &mut LaneState<O>) -> bool {
         if st.status != Status::Open {
             return false;
         }
@@ -609,7 +369,33 @@ impl<O> Lane<O> {
 
     /// Number of slots (the per-worker task bound).
     pub(crate) fn capacity(&self) -> usize {
-        self.credits as usize
+        self.capacity as usize
+    }
+
+    /// Drains the worker for replacement because its resident memory
+    /// passed the limit; false if it was not open.
+    pub(crate) fn recycle_for_memory(&self, rss_bytes: u64) -> bool {
+        let mut st = self.lock();
+        let recycling = self.recycle(&mut st);
+        if recycling {
+            st.recycle_reason = Some(RecycleReason::Memory { rss_bytes });
+        }
+        recycling
+    }
+
+    /// Why the current worker was recycled, if it was; cleared as taken.
+    pub(crate) fn take_recycle_reason(&self) -> Option<RecycleReason> {
+        self.lock().recycle_reason.take()
+    }
+
+    /// Done, failed and started counts of this worker index.
+    pub(crate) fn counters(&self) -> LaneCounters {
+        self.lock().counters
+    }
+
+    /// The process id of the current (or last) worker.
+    pub(crate) fn pid(&self) -> u32 {
+        self.lock().pid
     }
 
     /// Makes a closed lane startable again (when the pool grows).
@@ -626,125 +412,36 @@ impl<O> Lane<O> {
     }
 }
 
-/// What the reader learned about one slot; applied under the lane's lock.
-pub(crate) enum SlotEvent<O> {
-    Output {
-        slot: u32,
-        value: O,
-    },
-    Done {
-        slot: u32,
-    },
-    /// A task's last output and its completion, from one frame: applied
-    /// in one step, as most tasks end this way.
-    OutputDone {
-        slot: u32,
-        value: O,
-    },
-    Failed {
-        slot: u32,
-        message: String,
-        panicked: bool,
-    },
-}
-
-/// The part of a read batch that goes to the output stream.
-pub(crate) enum Delivered<O> {
-    Value { task: TaskId, value: O },
-    Failed(TaskError),
-}
-
-/// Why a slot event cannot be applied: the worker named a slot it does not hold.
-#[derive(Debug)]
-pub(crate) struct UnknownSlot(pub(crate) u32);
-
 impl<O> LaneState<O> {
-    /// The task a slot holds, if it holds one.
-    pub(crate) fn task_in_slot(&self, slot: u32, lane: u32) -> Option<TaskId> {
-        self.slots.is_busy(slot).then(|| self.slots.id(slot, lane))
+    /// The connection the lane serves now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
-    /// Frees the slot of a task that completed, answering its caller.
-    fn complete(&mut self, slot: u32, freed: &mut usize) {
-        if let (Some(call), _) = self.slots.take(slot) {
-            let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
-            let _ = call.tx.send(outcome);
+    /// Moves the queued frames into `batch` (which must be empty) for the
+    /// writer of connection `generation`; false if the lane passed to
+    /// another connection.
+    pub(crate) fn take_frames(&mut self, generation: u64, batch: &mut Vec<u8>) -> bool {
+        if self.generation != generation {
+            return false;
         }
-        self.free.push(slot);
-        self.completed += 1;
-        self.counters.done += 1;
-        *freed += 1;
+        std::mem::swap(&mut self.out, batch);
+        true
     }
 
-    /// True when some submitter waits for this lane.
-    pub(crate) fn space_waiters_any(&self) -> bool {
-        self.space_waiters > 0
-    }
-
-    /// Applies one slot event; returns what to deliver to the output stream
-    /// and whether an output credit can go straight back to the worker.
-    pub(crate) fn apply(
-        &mut self,
-        worker: usize,
-        event: SlotEvent<O>,
-        mut deliver: impl FnMut(Delivered<O>),
-        credits_back: &mut u32,
-        freed: &mut usize,
-    ) -> Result<(), UnknownSlot> {
-        let slot = match &event {
-            SlotEvent::Output { slot, .. }
-            | SlotEvent::Done { slot }
-            | SlotEvent::OutputDone { slot, .. }
-            | SlotEvent::Failed { slot, .. } => *slot,
-        };
-        if !self.slots.is_busy(slot) {
-            return Err(UnknownSlot(slot));
+    /// Appends the owed output credits, if any, as one credit frame (the
+    /// caller wakes the writer).
+    fn send_owed(&mut self) {
+        if let Some(n) = self.window.take_owed() {
+            protocol::put_simple(&mut self.out, kind::CREDIT, Some(n.into()));
         }
-        let id = self.slots.id(slot, worker as u32);
-        let call = self.slots.call(slot);
-        let mut output = |call: Option<&mut Call<O>>, value, credits_back: &mut u32| match call {
-            Some(Call {
-                reply: reply @ None,
-                ..
-            }) => {
-                // A call's reply goes to its caller, not to the stream:
-                // the output window is free again at once.
-                *reply = Some(value);
-                *credits_back += 1;
-            }
-            _ => deliver(Delivered::Value { task: id, value }),
-        };
-        match event {
-            SlotEvent::Output { value, .. } => output(call, value, credits_back),
-            SlotEvent::Done { .. } => self.complete(slot, freed),
-            SlotEvent::OutputDone { value, .. } => {
-                output(call, value, credits_back);
-                self.complete(slot, freed);
-            }
-            SlotEvent::Failed {
-                message, panicked, ..
-            } => {
-                let error = TaskError {
-                    worker,
-                    task: id,
-                    message,
-                    panicked,
-                };
-                match self.slots.take(slot) {
-                    (Some(call), _) => {
-                        let _ = call.tx.send(CallOutcome::Failed(error));
-                    }
-                    _ => deliver(Delivered::Failed(error)),
-                }
-                self.free.push(slot);
-                self.completed += 1;
-                self.counters.failed += 1;
-                *freed += 1;
-            }
-        }
-        Ok(())
     }
 }
+
+mod apply;
+mod push;
+pub(crate) use apply::{Delivered, SlotEvent};
+pub(crate) use push::PushError;
 
 #[cfg(test)]
 mod tests;

@@ -8,72 +8,7 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 use super::lane::Lane;
-use crate::error::{TaskError, WorkerLost};
-use crate::task_id::TaskId;
-
-/// One item of a pool's output stream.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Output<O> {
-    /// A value a worker emitted.
-    Value {
-        /// Index of the worker that emitted it.
-        worker: usize,
-        /// The task it belongs to, or `None` for an unsolicited output.
-        task: Option<TaskId>,
-        /// The value.
-        value: O,
-    },
-    /// A task sent with `submit` failed: its handler returned an error or panicked.
-    ///
-    /// Boxed, as is [`Lost`](Self::Lost)'s cause: failures are rare, and an
-    /// unboxed one would make every item of the stream, values included,
-    /// 64 bytes instead of 40 (for `u64` values).
-    Failed(Box<TaskError>),
-    /// A task sent with `submit` was lost with its worker.
-    Lost {
-        /// The task.
-        task: TaskId,
-        /// Which worker was lost, and how.
-        lost: Box<WorkerLost>,
-    },
-}
-
-impl<O> Output<O> {
-    /// The emitted value, if this is one.
-    pub fn into_value(self) -> Option<O> {
-        match self {
-            Output::Value { value, .. } => Some(value),
-            _ => None,
-        }
-    }
-
-    /// The emitted value, by reference.
-    pub fn value(&self) -> Option<&O> {
-        match self {
-            Output::Value { value, .. } => Some(value),
-            _ => None,
-        }
-    }
-
-    /// The worker this item concerns.
-    pub fn worker(&self) -> usize {
-        match self {
-            Output::Value { worker, .. } => *worker,
-            Output::Failed(e) => e.worker,
-            Output::Lost { lost, .. } => lost.worker,
-        }
-    }
-
-    /// The task this item concerns, if any.
-    pub fn task(&self) -> Option<TaskId> {
-        match self {
-            Output::Value { task, .. } => *task,
-            Output::Failed(e) => Some(e.task),
-            Output::Lost { task, .. } => Some(*task),
-        }
-    }
-}
+use crate::output::Output;
 
 /// A batch of items from one read of one worker's connection.
 pub(crate) struct Batch<O> {
@@ -104,7 +39,7 @@ pub struct Outputs<O> {
     lanes: Arc<[Arc<Lane<O>>]>,
     /// The rest of the batch being consumed, last item first (taken with
     /// `pop`), and the worker it came from: the emptied vector goes back to
-    /// that worker's reader, which fills it again (see [`Lane::keep_batch`]).
+    /// that worker's reader, which fills it again (see `SpareBatches`).
     current: Vec<Output<O>>,
     current_from: usize,
     /// Credits of the batch being consumed not yet given back:
@@ -170,7 +105,7 @@ impl<O> Outputs<O> {
                 if self.current.is_empty() {
                     self.give_back_credits();
                     if let Some(lane) = self.lanes.get(self.current_from) {
-                        lane.keep_batch(std::mem::take(&mut self.current));
+                        lane.batches.keep(std::mem::take(&mut self.current));
                     }
                 } else if matches!(item, Output::Value { .. }) {
                     // Each value spent one credit.

@@ -7,8 +7,37 @@
 //! tasks have (a caller, a retry copy, an id from another worker) is boxed
 //! in a parallel array that the common path never reads.
 
-use super::lane::{CallSender, Retry};
+use tokio::sync::oneshot;
+
+use crate::error::{TaskError, WorkerLost};
 use crate::task_id::TaskId;
+
+/// How a `call` ends, before the task value is known to the error type.
+#[derive(Debug)]
+pub(crate) enum CallOutcome<O> {
+    Reply(O),
+    Failed(TaskError),
+    Lost(WorkerLost),
+    NoReply,
+}
+
+pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
+
+/// The fate of one task the lane held when its worker went away.
+#[derive(Debug)]
+pub(crate) struct Held<O> {
+    pub(crate) id: TaskId,
+    pub(crate) call: Option<CallSender<O>>,
+    /// The encoded task, kept when lost tasks may be retried.
+    pub(crate) retry: Option<Retry>,
+}
+
+/// What a retry needs: the encoded task and how often it was already lost.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    pub(crate) payload: Box<[u8]>,
+    pub(crate) attempts: u32,
+}
 
 /// The `seq` of a free slot (a lane's sequence numbers never reach it).
 const FREE: u64 = u64::MAX;

@@ -135,3 +135,20 @@ mod tests {
         assert_eq!(postcard::from_bytes::<ReportFrame>(&bytes).unwrap(), frame);
     }
 }
+
+/// The environment variable that tells a worker to send its reports to
+/// statsd itself: `<address> <prefix>` (an address has no spaces).
+pub(crate) const STATSD_ENV: &str = "LOOPPOOL_STATSD";
+
+/// What every worker of a pool is told about observability (in its init).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkerSettings {
+    /// Report every this many ms (0: no reports).
+    pub(crate) report_interval_ms: u64,
+    /// Watch for a loop blocked this many ms (0: no watchdog).
+    pub(crate) blocked_threshold_ms: u64,
+    /// Forward log events up to this level (see [`filter_to_u8`]).
+    pub(crate) log_level: u8,
+    /// Send reports to this statsd server (address, prefix) from the worker.
+    pub(crate) statsd: Option<(String, String)>,
+}

@@ -147,9 +147,9 @@ use std::task::{Context, Poll};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
+use crate::output::Output;
 use crate::parent::connection::{read_loop, ReadEnd};
 use crate::parent::lane::Lane;
-use crate::parent::outputs::Output;
 use crate::transport::FrameReader;
 
 const MANY: u32 = 400_000;

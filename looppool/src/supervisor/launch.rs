@@ -36,7 +36,7 @@ pub(crate) struct LaunchSpec {
     pub(crate) title: bool,
     pub(crate) task_timeout: Option<Duration>,
     /// Reports, blocked-loop watch and log forwarding.
-    pub(crate) observe: crate::metrics::WorkerSettings,
+    pub(crate) observe: crate::protocol::report::WorkerSettings,
     /// Reaches workers instead of starting child processes.
     pub(crate) connector: Option<ConnectorRef>,
 }
@@ -155,7 +155,10 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
         cmd.env(SIGNALS_ENV, "inherit");
     }
     if let Some((addr, prefix)) = &spec.observe.statsd {
-        cmd.env(crate::metrics::STATSD_ENV, format!("{addr} {prefix}"));
+        cmd.env(
+            crate::protocol::report::STATSD_ENV,
+            format!("{addr} {prefix}"),
+        );
     }
     if spec.title {
         cmd.arg0(title(spec, index));
@@ -422,7 +425,7 @@ async fn handshake_tracked(
             FromWorker::Ready if sent_init => return Ok((reader, writer, pid)),
             // The initialiser's log events.
             FromWorker::Log(body) if sent_init => {
-                crate::metrics::relay_log(&spec.pool_name, index, pid, body);
+                crate::parent::reports::relay_log(&spec.pool_name, index, pid, body);
             }
             FromWorker::InitFailed(message) if sent_init => {
                 return Err(StartError::Init {

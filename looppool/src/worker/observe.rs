@@ -13,8 +13,7 @@ use std::time::Duration;
 use super::runtime::Shared;
 use super::watchdog::Watch;
 use super::{logging, report, watchdog};
-use crate::metrics::STATSD_ENV;
-use crate::protocol::report as wire;
+use crate::protocol::report::{self as wire, STATSD_ENV};
 use crate::protocol::Init;
 
 /// Per-process observability state, part of the worker's `Shared`.

@@ -1,0 +1,127 @@
+//! What the reader applies to a lane under its lock: a worker's outputs,
+//! completions and failures, each for the task in one slot.
+
+use super::{CallOutcome, LaneState};
+use crate::error::TaskError;
+use crate::parent::slots::Call;
+use crate::task_id::TaskId;
+
+/// What the reader learned about one slot; applied under the lane's lock.
+pub(crate) enum SlotEvent<O> {
+    Output {
+        slot: u32,
+        value: O,
+    },
+    Done {
+        slot: u32,
+    },
+    /// A task's last output and its completion, from one frame: applied
+    /// in one step, as most tasks end this way.
+    OutputDone {
+        slot: u32,
+        value: O,
+    },
+    Failed {
+        slot: u32,
+        message: String,
+        panicked: bool,
+    },
+}
+
+/// The part of a read batch that goes to the output stream.
+pub(crate) enum Delivered<O> {
+    Value { task: TaskId, value: O },
+    Failed(TaskError),
+}
+
+/// Why a slot event cannot be applied: the worker named a slot it does not hold.
+#[derive(Debug)]
+pub(crate) struct UnknownSlot(pub(crate) u32);
+
+impl<O> LaneState<O> {
+    /// The task a slot holds, if it holds one.
+    pub(crate) fn task_in_slot(&self, slot: u32, lane: u32) -> Option<TaskId> {
+        self.slots.is_busy(slot).then(|| self.slots.id(slot, lane))
+    }
+
+    /// Frees the slot of a task that completed, answering its caller.
+    fn complete(&mut self, slot: u32, freed: &mut usize) {
+        if let (Some(call), _) = self.slots.take(slot) {
+            let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
+            let _ = call.tx.send(outcome);
+        }
+        self.free.push(slot);
+        self.completed += 1;
+        self.counters.done += 1;
+        *freed += 1;
+    }
+
+    /// True when some submitter waits for this lane.
+    pub(crate) fn space_waiters_any(&self) -> bool {
+        self.space_waiters > 0
+    }
+
+    /// Applies one slot event; returns what to deliver to the output stream
+    /// and whether an output credit can go straight back to the worker.
+    pub(crate) fn apply(
+        &mut self,
+        worker: usize,
+        event: SlotEvent<O>,
+        mut deliver: impl FnMut(Delivered<O>),
+        credits_back: &mut u32,
+        freed: &mut usize,
+    ) -> Result<(), UnknownSlot> {
+        let slot = match &event {
+            SlotEvent::Output { slot, .. }
+            | SlotEvent::Done { slot }
+            | SlotEvent::OutputDone { slot, .. }
+            | SlotEvent::Failed { slot, .. } => *slot,
+        };
+        if !self.slots.is_busy(slot) {
+            return Err(UnknownSlot(slot));
+        }
+        let id = self.slots.id(slot, worker as u32);
+        let call = self.slots.call(slot);
+        let mut output = |call: Option<&mut Call<O>>, value, credits_back: &mut u32| match call {
+            Some(Call {
+                reply: reply @ None,
+                ..
+            }) => {
+                // A call's reply goes to its caller, not to the stream:
+                // the output window is free again at once.
+                *reply = Some(value);
+                *credits_back += 1;
+            }
+            _ => deliver(Delivered::Value { task: id, value }),
+        };
+        match event {
+            SlotEvent::Output { value, .. } => output(call, value, credits_back),
+            SlotEvent::Done { .. } => self.complete(slot, freed),
+            SlotEvent::OutputDone { value, .. } => {
+                output(call, value, credits_back);
+                self.complete(slot, freed);
+            }
+            SlotEvent::Failed {
+                message, panicked, ..
+            } => {
+                let error = TaskError {
+                    worker,
+                    task: id,
+                    message,
+                    panicked,
+                };
+                match self.slots.take(slot) {
+                    (Some(call), _) => {
+                        let _ = call.tx.send(CallOutcome::Failed(error));
+                    }
+                    _ => deliver(Delivered::Failed(error)),
+                }
+                self.free.push(slot);
+                self.completed += 1;
+                self.counters.failed += 1;
+                *freed += 1;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The submit path: encoding a task into the lane's buffer under its one
+//! lock, and waiting for a free slot.
+
+use serde::Serialize;
+
+use super::{CallSender, Lane, Retry, SlotMore, Status};
+use crate::codec::CodecError;
+use crate::error::SubmitErrorKind;
+use crate::parent::slots::Call;
+use crate::protocol;
+use crate::task_id::TaskId;
+
+/// Tasks a submitter pushes to one lane before it yields to the runtime, so
+/// the writer can flush a large batch: batch size is set here, not by
+/// tokio's per-operation budget. An eighth of the lane's slots, so that
+/// several batches are in flight at once, within fixed bounds.
+pub(super) fn yield_every(slots: u32) -> u32 {
+    (slots / 8).clamp(512, 8192)
+}
+
+/// Buffered bytes after which a submitter yields whatever the task count:
+/// large tasks are flushed in batches of a bounded size.
+const YIELD_BYTES: usize = 256 * 1024;
+
+/// Why a task could not be pushed; the caller owns the task and builds the
+/// public error.
+#[derive(Debug)]
+pub(crate) enum PushError {
+    Full,
+    Down,
+    Closed,
+    Codec(CodecError),
+}
+
+impl PushError {
+    pub(crate) fn into_kind(self) -> SubmitErrorKind {
+        match self {
+            PushError::Full | PushError::Down => SubmitErrorKind::Full,
+            PushError::Closed => SubmitErrorKind::Closed,
+            PushError::Codec(CodecError::TooLarge { len, max }) => {
+                SubmitErrorKind::TooLarge { len, max }
+            }
+            PushError::Codec(e) => SubmitErrorKind::Encode(e.to_string()),
+        }
+    }
+}
+
+/// A pushed task: its id, and whether the submitter should yield now.
+pub(crate) struct Pushed {
+    pub(crate) id: TaskId,
+    pub(crate) yield_now: bool,
+}
+
+impl<O> Lane<O> {
+    /// Encodes `task` into the lane if it has a free slot.
+    ///
+    /// Inlined into `submit`, as is `push_with`: returned through memory,
+    /// the result was reloaded by a caller stalled behind the unlock.
+    #[inline(always)]
+    pub(crate) fn try_push<T: Serialize + ?Sized>(
+        &self,
+        task: &T,
+        call: Option<CallSender<O>>,
+    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+        self.push_with(
+            call,
+            None,
+            #[inline(always)]
+            |out, slot, max| protocol::put_task(out, slot, task, max),
+        )
+    }
+
+    /// Re-sends an already encoded task that was lost on another worker.
+    pub(crate) fn try_push_retry(
+        &self,
+        id: TaskId,
+        payload: &[u8],
+        attempts: u32,
+        call: Option<CallSender<O>>,
+    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+        self.push_with(call, Some((id, attempts)), |out, slot, max| {
+            protocol::put_encoded_task(out, slot, payload, max)
+        })
+    }
+
+    #[inline(always)]
+    fn push_with(
+        &self,
+        call: Option<CallSender<O>>,
+        retried: Option<(TaskId, u32)>,
+        // Appends the task's frame; returns where its payload begins.
+        encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
+    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+        let mut st = self.lock();
+        match st.status {
+            Status::Open => {}
+            Status::Down | Status::Recycling => return Err((PushError::Down, call)),
+            Status::Stopping | Status::Closed => return Err((PushError::Closed, call)),
+        }
+        let Some(&slot) = st.free.last() else {
+            return Err((PushError::Full, call));
+        };
+        let was_empty = st.out.is_empty();
+        // Credits owed to the worker ride in front of the task: no frame,
+        // write or wake-up of their own.
+        st.send_owed();
+        let payload_start = match encode(&mut st.out, slot, self.max_frame) {
+            Ok(at) => at,
+            Err(e) => {
+                drop(st);
+                if was_empty {
+                    // The owed credits, if any, still go out.
+                    self.writer_wake.notify_one();
+                }
+                return Err((PushError::Codec(e), call));
+            }
+        };
+        st.free.pop();
+        let (id, attempts) = match retried {
+            Some(r) => r,
+            None => {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                (
+                    TaskId {
+                        worker: self.index as u32,
+                        seq,
+                    },
+                    0,
+                )
+            }
+        };
+        let foreign = id.worker != self.index as u32;
+        // Written without closures: ones that captured `call` cost a drop
+        // check per task even when not called.
+        let more = if call.is_some() || self.retries > 0 || foreign {
+            // Keeping a copy of every task costs an allocation per task, so
+            // it is done only when lost tasks are to be retried.
+            let retry = if self.retries > 0 {
+                Some(Retry {
+                    payload: st.out[payload_start..].into(),
+                    attempts,
+                })
+            } else {
+                None
+            };
+            Some(Box::new(SlotMore {
+                id: if foreign { Some(id) } else { None },
+                call: call.map(|tx| Call { tx, reply: None }),
+                retry,
+            }))
+        } else {
+            None
+        };
+        st.slots.fill(slot, id.seq, more);
+        st.since_yield += 1;
+        let yield_now = st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES;
+        if yield_now {
+            st.since_yield = 0;
+        }
+        drop(st);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(Pushed { id, yield_now })
+    }
+
+    /// Waits until the lane may have room or has changed status.
+    pub(crate) async fn wait_for_space(&self) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = self.lock();
+            let waiting = match st.status {
+                Status::Open => st.free.is_empty(),
+                Status::Down | Status::Recycling => true,
+                Status::Stopping | Status::Closed => false,
+            };
+            if waiting {
+                st.space_waiters += 1;
+            } else {
+                return;
+            }
+        }
+        notified.await;
+        self.lock().space_waiters -= 1;
+    }
+}

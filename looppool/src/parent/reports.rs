@@ -1,0 +1,188 @@
+//! The parent's handling of the worker's `REPORT` and `LOG` frames, and the
+//! rare figures a lane keeps apart from its hot lock.
+//!
+//! Reports and log records are diagnostics: one that does not decode is
+//! logged and skipped rather than treated as a broken connection.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use tracing::Level;
+
+use crate::codec;
+use crate::protocol::report::{self as wire, LogRecord, ReportFrame, Resources};
+use crate::sync::lock;
+use crate::task_id::TaskId;
+
+/// Called with each resource report as it arrives (worker index, report):
+/// how an exporter (statsd) sees reports as they come.
+pub(crate) type ReportHook = Arc<dyn Fn(usize, &Resources) + Send + Sync>;
+
+/// A lane's observability state, apart from its hot lock: the figures that
+/// change rarely.
+#[derive(Default)]
+pub(crate) struct LaneObs {
+    attached: OnceLock<Attached>,
+    state: Mutex<ObsState>,
+}
+
+/// What the pool tells its lanes once they exist.
+struct Attached {
+    pool: Arc<str>,
+    on_report: Option<ReportHook>,
+}
+
+impl std::fmt::Debug for LaneObs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneObs")
+            .field("pool", &self.pool())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rare figures of one worker index.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ObsState {
+    /// The last resource report, and when it arrived.
+    pub(crate) last: Option<(Resources, Instant)>,
+    /// Episodes of a blocked loop.
+    pub(crate) blocked: u64,
+    /// Log events the worker dropped.
+    pub(crate) logs_dropped: u64,
+    /// Tasks reported lost.
+    pub(crate) lost: u64,
+}
+
+impl LaneObs {
+    /// Names the pool in log lines, and passes each report to `on_report`.
+    pub(crate) fn attach(&self, pool: Arc<str>, on_report: Option<ReportHook>) {
+        let _ = self.attached.set(Attached { pool, on_report });
+    }
+
+    /// Counts tasks reported lost.
+    pub(crate) fn count_lost(&self, n: u64) {
+        lock(&self.state).lost += n;
+    }
+
+    /// A copy of the figures.
+    pub(crate) fn snapshot(&self) -> ObsState {
+        lock(&self.state).clone()
+    }
+
+    fn pool(&self) -> &str {
+        self.attached.get().map_or("", |a| &a.pool)
+    }
+
+    /// Handles a `REPORT` frame from worker `worker` (process `pid`);
+    /// `tasks_in` names the tasks that a blocked-loop report's slots hold.
+    pub(crate) fn on_report(
+        &self,
+        worker: usize,
+        pid: u32,
+        body: &[u8],
+        tasks_in: impl FnOnce(&[u32]) -> Vec<TaskId>,
+    ) {
+        let frame: ReportFrame = match codec::get_serde(body) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(pool = self.pool(), worker, pid, error = %e, "skipping a report that does not decode");
+                return;
+            }
+        };
+        match frame {
+            ReportFrame::Resources(r) => {
+                if let Some(hook) = self.attached.get().and_then(|a| a.on_report.as_ref()) {
+                    hook(worker, &r);
+                }
+                lock(&self.state).last = Some((r, Instant::now()));
+            }
+            ReportFrame::Blocked(b) => {
+                // The worker sends this before the completion of any task it
+                // names, so each slot still holds the task it ran.
+                let tasks = tasks_in(&b.slots);
+                lock(&self.state).blocked += 1;
+                let tasks = if tasks.is_empty() {
+                    "none (background work, or between tasks)".to_owned()
+                } else {
+                    tasks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                tracing::warn!(
+                    target: "looppool::metrics",
+                    pool = self.pool(),
+                    worker,
+                    pid,
+                    blocked_ms = b.blocked_ms,
+                    threshold_ms = b.threshold_ms,
+                    tasks = %tasks,
+                    running = b.running,
+                    "worker event loop blocked"
+                );
+            }
+        }
+    }
+
+    /// Handles a `LOG` frame from worker `worker` (process `pid`).
+    pub(crate) fn on_log(&self, worker: usize, pid: u32, body: &[u8]) {
+        let dropped = relay_log(self.pool(), worker, pid, body);
+        if dropped > 0 {
+            lock(&self.state).logs_dropped += dropped;
+        }
+    }
+}
+
+/// Emits a worker's log record to the parent's subscriber; returns how many
+/// events the worker said it dropped. A record that does not decode is
+/// logged and skipped.
+pub(crate) fn relay_log(pool: &str, worker: usize, pid: u32, body: &[u8]) -> u64 {
+    let rec: LogRecord = match codec::get_serde(body) {
+        Ok(rec) => rec,
+        Err(e) => {
+            tracing::warn!(pool, worker, pid, error = %e, "skipping a log record that does not decode");
+            return 0;
+        }
+    };
+    if rec.dropped > 0 {
+        tracing::warn!(
+            pool,
+            worker,
+            pid,
+            dropped = rec.dropped,
+            "worker dropped log events: its log buffer was full"
+        );
+    }
+    let text = |s: &str| (!s.is_empty()).then(|| tracing::field::display(s.to_owned()));
+    let fields = text(&rec.fields);
+    let spans = text(&rec.spans);
+    macro_rules! relay {
+        ($level:expr) => {
+            tracing::event!(
+                target: "looppool::worker",
+                $level,
+                pool,
+                worker,
+                pid,
+                log.target = rec.target.as_str(),
+                log.file = rec.file.as_deref(),
+                log.line = rec.line,
+                fields,
+                spans,
+                "{}",
+                rec.message
+            )
+        };
+    }
+    match wire::level_from_u8(rec.level) {
+        Some(Level::ERROR) => relay!(Level::ERROR),
+        Some(Level::WARN) => relay!(Level::WARN),
+        Some(Level::INFO) => relay!(Level::INFO),
+        Some(Level::DEBUG) => relay!(Level::DEBUG),
+        Some(Level::TRACE) => relay!(Level::TRACE),
+        // A record that only carries the dropped count.
+        None => {}
+    }
+    rec.dropped
+}
