@@ -347,7 +347,7 @@ async fn workers_ignore_sigint_and_sigterm_by_default() {
 
     let (pool, _outputs) = probe_pool!()
         .workers(1)
-        .signals(looppool::Signals::Default)
+        .signals(looppool::Signals::Terminate)
         .start()
         .await
         .unwrap();

@@ -175,8 +175,7 @@ impl<W: Worker> Pool<W> {
         // A relaxed load and store, not a read-modify-write: two racing
         // submitters may pick the same worker, which only evens out later.
         // `next` is the last pick plus one, so at most `n` unless the pool
-        // shrank: it wraps by comparison, as a division per task costs tens
-        // of cycles.
+        // shrank: it wraps by comparison, cheaper than a division per task.
         let start = self.inner.next.load(Ordering::Relaxed);
         let start = if start < n { start } else { 0 };
         let mut index = start;
@@ -210,10 +209,10 @@ impl<W: Worker> Pool<W> {
     pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
         let worker = self.pick();
         // The common case without the waiting machinery: the worker has a
-        // free slot, and the task is pushed synchronously. Going through
-        // the nested futures of `push_round_robin` and `push` (their moves,
-        // state dispatch and drops) cost the parent about a tenth of its
-        // per-task instructions in the W1 benchmark.
+        // free slot, and the task is pushed synchronously. The nested
+        // futures of `push_round_robin` and `push` (their moves, state
+        // dispatch and drops) were a measurable share of the parent's
+        // per-task work.
         if let Ok(lane) = self.lane(worker) {
             match lane.try_push(&task, None) {
                 Ok(pushed) => {

@@ -255,9 +255,9 @@ pub(crate) fn put_simple(buf: &mut Vec<u8>, kind: u8, value: Option<u64>) {
 
 /// Appends a frame of `kind`, a varint `tag`, and `value` in postcard.
 ///
-/// Always inlined: it encodes every task and every output, and as a call
-/// its prologue, epilogue and argument moves cost the parent about 30
-/// instructions per task.
+/// Always inlined: it encodes every output, and as a call its prologue,
+/// epilogue and argument moves were a measurable share of the per-item
+/// work.
 #[inline(always)]
 pub(crate) fn put_tagged<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,

@@ -25,127 +25,178 @@ type IntGauges = Family<Labels, Gauge>;
 type FloatGauges = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter>;
 
+/// The metric families of one scrape, registered in its registry.
+struct Families {
+    workers: IntGauges,
+    up: IntGauges,
+    in_flight: IntGauges,
+    rss: IntGauges,
+    max_rss: IntGauges,
+    alive: IntGauges,
+    global_queue: IntGauges,
+    running: IntGauges,
+    cpu: FloatGauges,
+    busy: FloatGauges,
+    age: FloatGauges,
+    done: Counters,
+    failed: Counters,
+    lost: Counters,
+    restarts: Counters,
+    blocked: Counters,
+    logs_dropped: Counters,
+}
+
+impl Families {
+    /// Registers every family in `registry`.
+    fn register(registry: &mut Registry) -> Self {
+        let mut int = |name: &str, help: &str| {
+            let family = IntGauges::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let workers = int("looppool_workers", "Worker processes the pool runs");
+        let up = int(
+            "looppool_worker_up",
+            "Whether the worker has a live process (1) or is being replaced (0)",
+        );
+        let in_flight = int(
+            "looppool_worker_in_flight",
+            "Tasks queued or running on the worker",
+        );
+        let rss = int(
+            "looppool_worker_rss_bytes",
+            "Resident memory of the worker at its last report",
+        );
+        let max_rss = int(
+            "looppool_worker_max_rss_bytes",
+            "Peak resident memory of the worker at its last report",
+        );
+        let alive = int(
+            "looppool_worker_loop_alive_tasks",
+            "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
+        );
+        let global_queue = int(
+            "looppool_worker_loop_global_queue",
+            "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
+        );
+        let running = int(
+            "looppool_worker_tasks_running",
+            "Handlers in progress on the worker at its last report",
+        );
+        let mut float = |name: &str, help: &str| {
+            let family = FloatGauges::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let cpu = float(
+            "looppool_worker_cpu",
+            "CPU used by the worker over its last report interval, as a fraction of one core",
+        );
+        let busy = float(
+            "looppool_worker_loop_busy",
+            "Fraction of its last report interval the worker's loop was busy",
+        );
+        let age = float(
+            "looppool_worker_report_age_seconds",
+            "Seconds since the worker's last report arrived",
+        );
+        let mut counter = |name: &str, help: &str| {
+            let family = Counters::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let done = counter(
+            "looppool_worker_tasks_done",
+            "Tasks of this worker index that completed",
+        );
+        let failed = counter(
+            "looppool_worker_tasks_failed",
+            "Tasks of this worker index whose handler failed or panicked",
+        );
+        let lost = counter(
+            "looppool_worker_tasks_lost",
+            "Tasks of this worker index lost with its process",
+        );
+        let restarts = counter(
+            "looppool_worker_restarts",
+            "Times this worker index's process was replaced",
+        );
+        let blocked = counter(
+            "looppool_worker_blocked",
+            "Times this worker's loop was blocked past the threshold",
+        );
+        let logs_dropped = counter(
+            "looppool_worker_logs_dropped",
+            "Log events this worker dropped because its log buffer was full",
+        );
+        Families {
+            workers,
+            up,
+            in_flight,
+            rss,
+            max_rss,
+            alive,
+            global_queue,
+            running,
+            cpu,
+            busy,
+            age,
+            done,
+            failed,
+            lost,
+            restarts,
+            blocked,
+            logs_dropped,
+        }
+    }
+
+    /// Sets every family from `stats`.
+    fn record(&self, stats: &PoolStats) {
+        let pool = || vec![("pool", stats.pool.clone())];
+        self.workers
+            .get_or_create(&pool())
+            .set(stats.workers.len() as i64);
+        for w in &stats.workers {
+            let labels = vec![
+                ("pool", stats.pool.clone()),
+                ("worker", w.worker.to_string()),
+            ];
+            let int = |family: &IntGauges, value: u64| {
+                family
+                    .get_or_create(&labels)
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            };
+            let count = |family: &Counters, value: u64| {
+                family.get_or_create(&labels).inc_by(value);
+            };
+            int(&self.up, u64::from(w.pid.is_some()));
+            int(&self.in_flight, w.in_flight as u64);
+            count(&self.done, w.done);
+            count(&self.failed, w.failed);
+            count(&self.lost, w.lost);
+            count(&self.restarts, w.restarts);
+            count(&self.blocked, w.blocked);
+            count(&self.logs_dropped, w.logs_dropped);
+            if let Some(r) = &w.last_report {
+                int(&self.rss, r.rss_bytes);
+                int(&self.max_rss, r.max_rss_bytes);
+                int(&self.alive, r.loop_alive_tasks);
+                int(&self.global_queue, r.loop_global_queue);
+                int(&self.running, r.tasks_running);
+                self.cpu.get_or_create(&labels).set(r.cpu);
+                self.busy.get_or_create(&labels).set(r.loop_busy);
+                self.age
+                    .get_or_create(&labels)
+                    .set(r.received.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
 /// Encodes `stats` in the Prometheus text format (version 0.0.4).
 pub(crate) fn encode(stats: &PoolStats) -> String {
     let mut registry = Registry::default();
-    let mut int = |name: &str, help: &str| {
-        let family = IntGauges::default();
-        registry.register(name, help, family.clone());
-        family
-    };
-    let workers = int("looppool_workers", "Worker processes the pool runs");
-    let up = int(
-        "looppool_worker_up",
-        "Whether the worker has a live process (1) or is being replaced (0)",
-    );
-    let in_flight = int(
-        "looppool_worker_in_flight",
-        "Tasks queued or running on the worker",
-    );
-    let rss = int(
-        "looppool_worker_rss_bytes",
-        "Resident memory of the worker at its last report",
-    );
-    let max_rss = int(
-        "looppool_worker_max_rss_bytes",
-        "Peak resident memory of the worker at its last report",
-    );
-    let alive = int(
-        "looppool_worker_loop_alive_tasks",
-        "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
-    );
-    let global_queue = int(
-        "looppool_worker_loop_global_queue",
-        "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
-    );
-    let running = int(
-        "looppool_worker_tasks_running",
-        "Handlers in progress on the worker at its last report",
-    );
-    let mut float = |name: &str, help: &str| {
-        let family = FloatGauges::default();
-        registry.register(name, help, family.clone());
-        family
-    };
-    let cpu = float(
-        "looppool_worker_cpu",
-        "CPU used by the worker over its last report interval, as a fraction of one core",
-    );
-    let busy = float(
-        "looppool_worker_loop_busy",
-        "Fraction of its last report interval the worker's loop was busy",
-    );
-    let age = float(
-        "looppool_worker_report_age_seconds",
-        "Seconds since the worker's last report arrived",
-    );
-    let mut counter = |name: &str, help: &str| {
-        let family = Counters::default();
-        registry.register(name, help, family.clone());
-        family
-    };
-    let done = counter(
-        "looppool_worker_tasks_done",
-        "Tasks of this worker index that completed",
-    );
-    let failed = counter(
-        "looppool_worker_tasks_failed",
-        "Tasks of this worker index whose handler failed or panicked",
-    );
-    let lost = counter(
-        "looppool_worker_tasks_lost",
-        "Tasks of this worker index lost with its process",
-    );
-    let restarts = counter(
-        "looppool_worker_restarts",
-        "Times this worker index's process was replaced",
-    );
-    let blocked = counter(
-        "looppool_worker_blocked",
-        "Times this worker's loop was blocked past the threshold",
-    );
-    let logs_dropped = counter(
-        "looppool_worker_logs_dropped",
-        "Log events this worker dropped because its log buffer was full",
-    );
-
-    let pool = || vec![("pool", stats.pool.clone())];
-    workers
-        .get_or_create(&pool())
-        .set(stats.workers.len() as i64);
-    for w in &stats.workers {
-        let labels = vec![
-            ("pool", stats.pool.clone()),
-            ("worker", w.worker.to_string()),
-        ];
-        let int = |family: &IntGauges, value: u64| {
-            family
-                .get_or_create(&labels)
-                .set(i64::try_from(value).unwrap_or(i64::MAX));
-        };
-        let count = |family: &Counters, value: u64| {
-            family.get_or_create(&labels).inc_by(value);
-        };
-        int(&up, u64::from(w.pid.is_some()));
-        int(&in_flight, w.in_flight as u64);
-        count(&done, w.done);
-        count(&failed, w.failed);
-        count(&lost, w.lost);
-        count(&restarts, w.restarts);
-        count(&blocked, w.blocked);
-        count(&logs_dropped, w.logs_dropped);
-        if let Some(r) = &w.last_report {
-            int(&rss, r.rss_bytes);
-            int(&max_rss, r.max_rss_bytes);
-            int(&alive, r.loop_alive_tasks);
-            int(&global_queue, r.loop_global_queue);
-            int(&running, r.tasks_running);
-            cpu.get_or_create(&labels).set(r.cpu);
-            busy.get_or_create(&labels).set(r.loop_busy);
-            age.get_or_create(&labels)
-                .set(r.received.elapsed().as_secs_f64());
-        }
-    }
+    Families::register(&mut registry).record(stats);
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_text::encode(&mut text, &registry);

@@ -86,7 +86,7 @@ impl<O> Outputs<O> {
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> impl std::future::Future<Output = Option<Output<O>>> + '_ {
         // A plain `poll_fn`, not an `async fn` around one: that state
-        // machine cost the consumer about 15 instructions per item.
+        // machine was measurable per item on the consumer's side.
         std::future::poll_fn(move |cx| self.poll_next_item(cx))
     }
 

@@ -30,8 +30,9 @@ pub enum Signals {
     /// pool by message.
     #[default]
     Ignore,
-    /// Keep the default actions: the signals end the workers at once.
-    Default,
+    /// Keep the signals' default actions: they terminate the workers at
+    /// once.
+    Terminate,
 }
 
 /// Configures a [`Pool`]; start it with [`start`](Self::start).
@@ -292,40 +293,9 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
-    fn validate(&self) -> Result<(usize, usize, u32, u32), BuildError> {
-        let workers = match self.workers {
-            Some(0) => {
-                return Err(BuildError::new(
-                    "a pool needs at least one worker; workers(0) was given",
-                ))
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, usize::from),
-        };
-        if workers > 4096 {
-            return Err(BuildError::new(format!(
-                "workers({workers}) is more than the 4096 a pool supports; use at most 4096"
-            )));
-        }
-        let per_worker = |what: &str, total: Option<usize>| -> Result<u32, BuildError> {
-            let total = total.unwrap_or(DEFAULT_PER_WORKER * workers);
-            if total < workers {
-                return Err(BuildError::new(format!(
-                    "{what}({total}) is smaller than the number of workers ({workers}): \
-                     each worker needs room for at least one; raise {what} or lower workers"
-                )));
-            }
-            u32::try_from(total / workers)
-                .ok()
-                .filter(|&n| n <= 1 << 24)
-                .ok_or_else(|| {
-                    BuildError::new(format!(
-                        "{what}({total}) allows more than 2^24 per worker; lower {what} or raise workers"
-                    ))
-                })
-        };
-        let tasks = per_worker("max_tasks", self.max_tasks)?;
-        let results = per_worker("max_results", self.max_results)?;
+    /// Checks the settings other than the sizes: frame limit, name,
+    /// program, heartbeat, recycling and timeouts.
+    fn check_settings(&self) -> Result<(), BuildError> {
         if self.max_frame < 1024 {
             return Err(BuildError::new(format!(
                 "max_frame({}) is below the 1024-byte minimum; use at least 1024",
@@ -384,6 +354,46 @@ impl<W: Worker> PoolBuilder<W> {
                 "task_timeout(0) would fail every task; use a positive duration",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the settings; returns the number of workers, the most
+    /// workers, and each worker's task slots and output credits.
+    fn validate(&self) -> Result<(usize, usize, u32, u32), BuildError> {
+        let workers = match self.workers {
+            Some(0) => {
+                return Err(BuildError::new(
+                    "a pool needs at least one worker; workers(0) was given",
+                ))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if workers > 4096 {
+            return Err(BuildError::new(format!(
+                "workers({workers}) is more than the 4096 a pool supports; use at most 4096"
+            )));
+        }
+        let per_worker = |what: &str, total: Option<usize>| -> Result<u32, BuildError> {
+            let total = total.unwrap_or(DEFAULT_PER_WORKER * workers);
+            if total < workers {
+                return Err(BuildError::new(format!(
+                    "{what}({total}) is smaller than the number of workers ({workers}): \
+                     each worker needs room for at least one; raise {what} or lower workers"
+                )));
+            }
+            u32::try_from(total / workers)
+                .ok()
+                .filter(|&n| n <= 1 << 24)
+                .ok_or_else(|| {
+                    BuildError::new(format!(
+                        "{what}({total}) allows more than 2^24 per worker; lower {what} or raise workers"
+                    ))
+                })
+        };
+        let tasks = per_worker("max_tasks", self.max_tasks)?;
+        let results = per_worker("max_results", self.max_results)?;
+        self.check_settings()?;
         self.observe.validate()?;
         let max_workers = self.max_workers.unwrap_or((workers * 4).max(16)).min(4096);
         if max_workers < workers {
@@ -417,7 +427,7 @@ impl<W: Worker> PoolBuilder<W> {
             output_credits,
             max_frame: self.max_frame,
             start_timeout: self.start_timeout,
-            inherit_signals: self.signals == Signals::Default,
+            inherit_signals: self.signals == Signals::Terminate,
             title: self.titles,
             task_timeout: self.task_timeout,
             observe,
