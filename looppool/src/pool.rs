@@ -214,13 +214,12 @@ impl<W: Worker> Pool<W> {
         // dispatch and drops) were a measurable share of the parent's
         // per-task work.
         if let Ok(lane) = self.lane(worker) {
+            if lane.take_yield_due() {
+                // Before the push: a future dropped here has sent nothing.
+                tokio::task::yield_now().await;
+            }
             match lane.try_push(&task, None) {
-                Ok(pushed) => {
-                    if pushed.yield_now {
-                        tokio::task::yield_now().await;
-                    }
-                    return Ok(pushed.id);
-                }
+                Ok(id) => return Ok(id),
                 Err((e @ PushError::Codec(_), _)) => {
                     return Err(SubmitError::new(e.into_kind(), task))
                 }
@@ -306,7 +305,7 @@ impl<W: Worker> Pool<W> {
             Err(kind) => return Err(SubmitError::new(kind, task)),
         };
         match lane.try_push(&task, None) {
-            Ok(pushed) => Ok(pushed.id),
+            Ok(id) => Ok(id),
             Err((e, _)) => Err(SubmitError::new(e.into_kind(), task)),
         }
     }
@@ -319,13 +318,12 @@ impl<W: Worker> Pool<W> {
     ) -> Result<TaskId, (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
         let lane = self.lane(worker).map_err(|k| (k, None))?;
         loop {
+            if lane.take_yield_due() {
+                // Before the push: a future dropped here has sent nothing.
+                tokio::task::yield_now().await;
+            }
             match lane.try_push(task, call) {
-                Ok(pushed) => {
-                    if pushed.yield_now {
-                        tokio::task::yield_now().await;
-                    }
-                    return Ok(pushed.id);
-                }
+                Ok(id) => return Ok(id),
                 Err((PushError::Full | PushError::Down, back)) => {
                     call = back;
                     lane.wait_for_space().await;

@@ -88,6 +88,9 @@ pub(crate) struct Lane<O> {
     space: Notify,
     /// Mirrors `status == Open` for round-robin choice without the lock.
     up: AtomicBool,
+    /// Set when a submitter should yield before its next push (see
+    /// `Lane::take_yield_due`).
+    yield_due: AtomicBool,
     /// Times a lost task may be re-sent (0: lost tasks are reported).
     retries: u32,
     /// Set by the heartbeat before it kills a silent worker.
@@ -137,6 +140,7 @@ impl<O> Lane<O> {
             writer_wake: Notify::new(),
             space: Notify::new(),
             up: AtomicBool::new(false),
+            yield_due: AtomicBool::new(false),
             retries,
             unresponsive: AtomicBool::new(false),
             pong_ms: AtomicU64::new(0),

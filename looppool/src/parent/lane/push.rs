@@ -1,6 +1,8 @@
 //! The submit path: encoding a task into the lane's buffer under its one
 //! lock, and waiting for a free slot.
 
+use std::sync::atomic::Ordering;
+
 use serde::Serialize;
 
 use super::{CallSender, Lane, Retry, SlotMore, Status};
@@ -45,12 +47,6 @@ impl PushError {
     }
 }
 
-/// A pushed task: its id, and whether the submitter should yield now.
-pub(crate) struct Pushed {
-    pub(crate) id: TaskId,
-    pub(crate) yield_now: bool,
-}
-
 impl<O> Lane<O> {
     /// Encodes `task` into the lane if it has a free slot.
     ///
@@ -61,7 +57,7 @@ impl<O> Lane<O> {
         &self,
         task: &T,
         call: Option<CallSender<O>>,
-    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         self.push_with(
             call,
             None,
@@ -77,7 +73,7 @@ impl<O> Lane<O> {
         payload: &[u8],
         attempts: u32,
         call: Option<CallSender<O>>,
-    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         self.push_with(call, Some((id, attempts)), |out, slot, max| {
             protocol::put_encoded_task(out, slot, payload, max)
         })
@@ -90,7 +86,7 @@ impl<O> Lane<O> {
         retried: Option<(TaskId, u32)>,
         // Appends the task's frame; returns where its payload begins.
         encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
-    ) -> Result<Pushed, (PushError, Option<CallSender<O>>)> {
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         let mut st = self.lock();
         match st.status {
             Status::Open => {}
@@ -154,15 +150,25 @@ impl<O> Lane<O> {
         };
         st.slots.fill(slot, id.seq, more);
         st.since_yield += 1;
-        let yield_now = st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES;
-        if yield_now {
+        if st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES {
             st.since_yield = 0;
+            // The submitter yields before its next push, not after this
+            // one: a submit future dropped while yielding must have sent
+            // nothing.
+            self.yield_due.store(true, Ordering::Relaxed);
         }
         drop(st);
         if was_empty {
             self.writer_wake.notify_one();
         }
-        Ok(Pushed { id, yield_now })
+        Ok(id)
+    }
+
+    /// Whether a submitter should yield to the runtime before its next push
+    /// (so the writer can flush a large batch); clears the request.
+    #[inline(always)]
+    pub(crate) fn take_yield_due(&self) -> bool {
+        self.yield_due.load(Ordering::Relaxed) && self.yield_due.swap(false, Ordering::Relaxed)
     }
 
     /// Waits until the lane may have room or has changed status.
