@@ -3,6 +3,10 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
+use std::process::Command;
+use std::sync::{mpsc, Mutex, OnceLock};
+
+use tokio::sync::oneshot;
 
 /// The descriptor number at which a worker finds its connection to the parent.
 pub(crate) const WORKER_FD: RawFd = 3;
@@ -192,4 +196,45 @@ pub(crate) fn register_unix(
     // registration asks of its caller.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
         .map_err(|e| e.into_parts().1)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the spawner thread.
+///
+/// The kernel delivers a worker's parent-death signal when the *thread* that
+/// forked it exits, not the process. Forking from a thread that lives as long
+/// as the process means workers die with the process, and only then.
+pub(crate) fn on_spawner_thread<R: Send + 'static>(
+    job: impl FnOnce() -> R + Send + 'static,
+) -> oneshot::Receiver<R> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("looppool-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start the looppool spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    // The thread never exits, so sending cannot fail.
+    let _ = crate::sync::lock(&sender).send(job);
+    rx
+}
+
+/// Spawns `cmd` as a child that dies with this process (see
+/// [`crate::transport::spawn_child`]).
+pub(crate) async fn spawn_guarded(mut cmd: Command) -> std::io::Result<std::process::Child> {
+    arm_death_signal(&mut cmd);
+    on_spawner_thread(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")))
 }

@@ -6,14 +6,11 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
+use super::handshake::handshake_tracked;
 use crate::codec;
 use crate::error::StartError;
-use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
 use crate::sys;
 use crate::transport::{self, Connection, Connector, FrameReader, Link, Peer};
 use crate::worker::entry::SIGNALS_ENV;
@@ -67,47 +64,6 @@ impl std::fmt::Debug for Launched {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs `job` on the spawner thread.
-///
-/// The kernel delivers a worker's parent-death signal when the *thread* that
-/// forked it exits, not the process. Forking from a thread that lives as long
-/// as the process means workers die with the process, and only then.
-fn on_spawner_thread<R: Send + 'static>(
-    job: impl FnOnce() -> R + Send + 'static,
-) -> oneshot::Receiver<R> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("looppool-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("cannot start the looppool spawner thread");
-        Mutex::new(tx)
-    });
-    let (tx, rx) = oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(job());
-    });
-    // The thread never exits, so sending cannot fail.
-    let _ = crate::sync::lock(&sender).send(job);
-    rx
-}
-
-/// Spawns `cmd` as a child that dies with this process (see
-/// [`crate::transport::spawn_child`]).
-pub(crate) async fn spawn_guarded(mut cmd: Command) -> std::io::Result<std::process::Child> {
-    sys::arm_death_signal(&mut cmd);
-    on_spawner_thread(move || cmd.spawn())
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")))
-}
-
 fn program_path(spec: &LaunchSpec) -> PathBuf {
     // /proc/self/exe names the running image even if the file was replaced.
     spec.program
@@ -117,7 +73,7 @@ fn program_path(spec: &LaunchSpec) -> PathBuf {
 
 /// What error messages name as the worker's origin: the program, or the
 /// connector that reached it.
-fn origin(spec: &LaunchSpec) -> String {
+pub(super) fn origin(spec: &LaunchSpec) -> String {
     match &spec.connector {
         Some(c) => c.0.describe(),
         None => program_path(spec).display().to_string(),
@@ -161,7 +117,7 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
         cmd.arg0(title(spec, index));
     }
     sys::arm_child(&mut cmd, child_end.as_raw_fd());
-    let spawned = on_spawner_thread(move || cmd.spawn())
+    let spawned = sys::on_spawner_thread(move || cmd.spawn())
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")));
     // The child has its own copy now; ours must close so that its end of the
@@ -231,7 +187,7 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
     })
 }
 
-const EARLY_EOF: &str = "connection closed before the handshake";
+pub(super) const EARLY_EOF: &str = "connection closed before the handshake";
 
 fn early_exit_reason(
     program: &std::path::Path,
@@ -254,10 +210,6 @@ fn early_exit_reason(
         ),
     }
 }
-
-/// The largest hello accepted: a stray program writing to descriptor 3
-/// must not make the parent buffer much before it is recognised.
-const HELLO_LIMIT: usize = 64 * 1024;
 
 /// Reaches worker `index` through `connector` and completes its handshake
 /// and initialiser, all within the start timeout.
@@ -325,118 +277,6 @@ async fn launch_connected(
         let _ = p.wait();
     }
     Err(failure)
-}
-
-/// [`handshake`], setting `hello_seen` once the worker's hello arrived, so
-/// that a timeout can tell a silent program from a slow initialiser.
-async fn handshake_tracked(
-    spec: &LaunchSpec,
-    index: usize,
-    conn: Connection,
-    hello_seen: &AtomicBool,
-) -> Result<(FrameReader, transport::WriteHalf, u32), StartError> {
-    let fail = |reason: String| StartError::Handshake {
-        worker: index,
-        reason,
-    };
-    let not_a_worker = |e: &dyn std::fmt::Display| {
-        fail(format!(
-            "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
-             looppool hello ({e}); use a program whose main starts with \
-             looppool::worker_main!({})",
-            origin(spec),
-            spec.worker_name
-        ))
-    };
-    let Connection { reader, mut writer } = conn;
-    let mut reader = FrameReader::new(reader, HELLO_LIMIT);
-    let mut sent_init = false;
-    let mut pid = 0;
-    loop {
-        let msg = loop {
-            match reader.next_frame() {
-                Ok(Some(body)) if !sent_init => {
-                    break FromWorker::decode(body).map_err(|e| not_a_worker(&e))?
-                }
-                Ok(Some(body)) => {
-                    break FromWorker::decode(body)
-                        .map_err(|e| fail(format!("broke the protocol after its hello: {e}")))?
-                }
-                Ok(None) => {}
-                Err(e) if !sent_init => return Err(not_a_worker(&e)),
-                Err(e) => return Err(fail(format!("broke the protocol after its hello: {e}"))),
-            }
-            match reader.fill().await {
-                Ok(true) => {}
-                Ok(false) => return Err(fail(EARLY_EOF.into())),
-                Err(e) => return Err(fail(format!("{e}"))),
-            }
-        };
-        match msg {
-            FromWorker::Hello { protocol, hello } if !sent_init => {
-                hello_seen.store(true, Ordering::Relaxed);
-                if protocol != PROTOCOL_VERSION {
-                    return Err(fail(format!(
-                        "{} speaks looppool protocol version {protocol}, this pool speaks \
-                         {PROTOCOL_VERSION}: build both from the same looppool version",
-                        origin(spec)
-                    )));
-                }
-                if hello.worker != spec.worker_name {
-                    return Err(fail(format!(
-                        "asked for worker {:?} but {:?} answered",
-                        spec.worker_name, hello.worker
-                    )));
-                }
-                if hello.fingerprint != spec.fingerprint {
-                    return Err(fail(format!(
-                        "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
-                         expected {:016x}): rebuild the worker program from the same sources as the parent",
-                        spec.worker_name,
-                        origin(spec),
-                        hello.fingerprint,
-                        spec.fingerprint
-                    )));
-                }
-                let init = Init {
-                    index: index as u32,
-                    pool: spec.pool_name.clone(),
-                    output_credits: spec.output_credits,
-                    max_frame: spec.max_frame as u64,
-                    report_interval_ms: spec.observe.report_interval_ms,
-                    blocked_threshold_ms: spec.observe.blocked_threshold_ms,
-                    log_level: spec.observe.log_level,
-                    task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
-                };
-                let mut buf = Vec::new();
-                protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)
-                    .map_err(|e| fail(format!("cannot encode init: {e}")))?;
-                if let Err(e) = transport::write_batch(&mut writer, &buf).await {
-                    return Err(fail(format!("cannot send init: {e}")));
-                }
-                sent_init = true;
-                pid = hello.pid;
-                // From here on the worker may send frames up to the pool's limit.
-                reader.set_max_frame(spec.max_frame);
-            }
-            FromWorker::Ready if sent_init => return Ok((reader, writer, pid)),
-            // The initialiser's log events.
-            FromWorker::Log(body) if sent_init => {
-                crate::metrics::relay_log(&spec.pool_name, index, pid, body);
-            }
-            FromWorker::InitFailed(message) if sent_init => {
-                return Err(StartError::Init {
-                    worker: index,
-                    message,
-                })
-            }
-            other => {
-                return Err(fail(format!(
-                    "unexpected message during the handshake: {other:?}"
-                )))
-            }
-        }
-    }
 }
 
 /// Encodes the init payload once per pool.

@@ -154,5 +154,5 @@ impl Peer for std::process::Child {
 /// # Errors
 /// The operating system's error when the program cannot be executed.
 pub async fn spawn_child(cmd: std::process::Command) -> io::Result<std::process::Child> {
-    crate::supervisor::spawn_guarded(cmd).await
+    crate::sys::spawn_guarded(cmd).await
 }
