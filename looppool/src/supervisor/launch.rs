@@ -116,10 +116,8 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
     if spec.title {
         cmd.arg0(title(spec, index));
     }
-    sys::arm_child(&mut cmd, child_end.as_raw_fd());
-    let spawned = sys::on_spawner_thread(move || cmd.spawn())
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")));
+    sys::pass_connection(&mut cmd, child_end.as_raw_fd());
+    let spawned = sys::spawn_tied_child(cmd).await;
     // The child has its own copy now; ours must close so that its end of the
     // connection is the only one left.
     drop(child_end);
