@@ -18,14 +18,18 @@ use crate::transport::Peer;
 mod drive;
 mod handshake;
 mod health;
-pub(crate) mod launch;
+mod launch;
 mod lifecycle;
+mod local;
 mod lost;
 mod policy;
+mod spec;
 
-pub(crate) use launch::{launch, ConnectorRef, LaunchSpec, Launched};
+pub(crate) use launch::{launch, Launched};
+pub(crate) use local::{LocalOptions, LocalProcesses};
 pub(crate) use policy::jittered;
 pub use policy::RestartPolicy;
+pub(crate) use spec::{encode_init, ConnectorRef, LaunchSpec, WorkerSource};
 
 /// Supervision settings beyond the restart policy.
 #[derive(Debug, Clone, Default)]

@@ -16,7 +16,8 @@ use crate::event::WorkerEvent;
 use crate::parent::lane::Lane;
 use crate::parent::outputs::Outputs;
 use crate::supervisor::{
-    launch, ConnectorRef, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning,
+    encode_init, launch, ConnectorRef, EventHook, LaunchSpec, LocalOptions, LocalProcesses,
+    RestartPolicy, Supervisor, Tuning, WorkerSource,
 };
 use crate::worker::{fingerprint, Worker};
 
@@ -403,12 +404,22 @@ impl<W: Worker> PoolBuilder<W> {
     /// start; the workers already started are then killed.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
         let (workers, max_workers, task_credits, output_credits) = self.validate()?;
-        let init_payload = launch::encode_init(&self.init)
+        let init_payload = encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
+        let source = match self.connector {
+            Some(connector) => WorkerSource::Connector(connector),
+            None => WorkerSource::Local(Arc::new(LocalProcesses::new(LocalOptions {
+                program: self.program,
+                args: self.args,
+                worker_name: W::NAME,
+                pool_name: self.name.clone(),
+                inherit_signals: self.signals == Signals::Default,
+                titles: self.titles,
+                statsd: observe.statsd.clone(),
+            }))),
+        };
         let spec = LaunchSpec {
-            program: self.program,
-            args: self.args,
             worker_name: W::NAME,
             fingerprint: fingerprint::<W>(),
             pool_name: self.name,
@@ -416,11 +427,9 @@ impl<W: Worker> PoolBuilder<W> {
             output_credits,
             max_frame: self.max_frame,
             start_timeout: self.start_timeout,
-            inherit_signals: self.signals == Signals::Default,
-            title: self.titles,
             task_timeout: self.task_timeout,
             observe,
-            connector: self.connector,
+            source,
         };
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
             .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::launch::{origin, LaunchSpec, EARLY_EOF};
+use super::spec::LaunchSpec;
 use crate::error::StartError;
 use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
 use crate::transport::{self, Connection, FrameReader};
@@ -11,14 +11,27 @@ use crate::transport::{self, Connection, FrameReader};
 /// must not make the parent buffer much before it is recognised.
 const HELLO_LIMIT: usize = 64 * 1024;
 
-/// [`handshake`], setting `hello_seen` once the worker's hello arrived, so
-/// that a timeout can tell a silent program from a slow initialiser.
-pub(super) async fn handshake_tracked(
+/// The reason given when the worker closes its connection before the
+/// handshake ends.
+pub(super) const EARLY_EOF: &str = "connection closed before the handshake";
+
+/// A worker that answered hello, took its init and said it is ready.
+pub(super) struct Handshaken {
+    pub(super) reader: FrameReader,
+    pub(super) writer: transport::WriteHalf,
+    /// The process id the worker gave in its hello.
+    pub(super) pid: u32,
+}
+
+/// Completes the handshake over `conn`, setting `hello_seen` once the
+/// worker's hello arrived, so that a timeout can tell a silent program from
+/// a slow initialiser.
+pub(super) async fn handshake(
     spec: &LaunchSpec,
     index: usize,
     conn: Connection,
     hello_seen: &AtomicBool,
-) -> Result<(FrameReader, transport::WriteHalf, u32), StartError> {
+) -> Result<Handshaken, StartError> {
     let fail = |reason: String| StartError::Handshake {
         worker: index,
         reason,
@@ -28,7 +41,7 @@ pub(super) async fn handshake_tracked(
             "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
              looppool hello ({e}); use a program whose main starts with \
              looppool::worker_main!({})",
-            origin(spec),
+            spec.source.connector().describe(),
             spec.worker_name
         ))
     };
@@ -63,7 +76,7 @@ pub(super) async fn handshake_tracked(
                     return Err(fail(format!(
                         "{} speaks looppool protocol version {protocol}, this pool speaks \
                          {PROTOCOL_VERSION}: build both from the same looppool version",
-                        origin(spec)
+                        spec.source.connector().describe()
                     )));
                 }
                 if hello.worker != spec.worker_name {
@@ -77,7 +90,7 @@ pub(super) async fn handshake_tracked(
                         "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
                          expected {:016x}): rebuild the worker program from the same sources as the parent",
                         spec.worker_name,
-                        origin(spec),
+                        spec.source.connector().describe(),
                         hello.fingerprint,
                         spec.fingerprint
                     )));
@@ -103,7 +116,13 @@ pub(super) async fn handshake_tracked(
                 // From here on the worker may send frames up to the pool's limit.
                 reader.set_max_frame(spec.max_frame);
             }
-            FromWorker::Ready if sent_init => return Ok((reader, writer, pid)),
+            FromWorker::Ready if sent_init => {
+                return Ok(Handshaken {
+                    reader,
+                    writer,
+                    pid,
+                })
+            }
             // The initialiser's log events.
             FromWorker::Log(body) if sent_init => {
                 crate::metrics::relay_log(&spec.pool_name, index, pid, body);
