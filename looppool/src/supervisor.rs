@@ -23,9 +23,10 @@ mod lifecycle;
 mod local;
 mod lost;
 mod policy;
+mod resize;
 mod spec;
 
-pub(crate) use launch::{launch, Launched};
+pub(crate) use launch::{launch_all, Launched};
 pub(crate) use local::{LocalOptions, LocalProcesses};
 pub(crate) use policy::jittered;
 pub use policy::RestartPolicy;

@@ -16,7 +16,7 @@ use crate::event::WorkerEvent;
 use crate::parent::lane::Lane;
 use crate::parent::outputs::Outputs;
 use crate::supervisor::{
-    encode_init, launch, ConnectorRef, EventHook, LaunchSpec, LocalOptions, LocalProcesses,
+    encode_init, launch_all, ConnectorRef, EventHook, LaunchSpec, LocalOptions, LocalProcesses,
     RestartPolicy, Supervisor, Tuning, WorkerSource,
 };
 use crate::worker::{fingerprint, Worker};
@@ -436,31 +436,7 @@ impl<W: Worker> PoolBuilder<W> {
             .collect();
         hub.attach(&lanes);
 
-        // Start all workers at once; they boot in parallel.
-        let mut launching = tokio::task::JoinSet::new();
-        for index in 0..workers {
-            let spec = spec.clone();
-            launching.spawn(async move { (index, launch(&spec, index).await) });
-        }
-        let mut launched: Vec<Option<_>> = (0..workers).map(|_| None).collect();
-        let mut first_error = None;
-        while let Some(joined) = launching.join_next().await {
-            match joined {
-                Ok((index, Ok(l))) => launched[index] = Some(l),
-                Ok((_, Err(e))) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
-        if let Some(error) = first_error {
-            for mut l in launched.into_iter().flatten() {
-                l.peer.kill();
-                let _ = l.peer.wait();
-            }
-            return Err(error);
-        }
-
+        let launched = launch_all(&spec, 0..workers).await?;
         let sup = Arc::new(Supervisor::new(
             lanes.clone(),
             spec,
@@ -469,13 +445,7 @@ impl<W: Worker> PoolBuilder<W> {
             self.on_event,
         ));
         let (tx, rx) = mpsc::unbounded_channel();
-        for (index, l) in launched.into_iter().enumerate() {
-            // Every slot was filled: a failure returned above.
-            let l = l.expect("every worker launched");
-            sup.spawn_driver(index, l, tx.clone());
-        }
-        sup.active
-            .store(workers, std::sync::atomic::Ordering::SeqCst);
+        sup.serve_launched(0, launched, &tx);
         // Each driver holds a sender, so the stream ends when the last one ends.
         drop(tx);
         if let Some(limit) = self.recycle_rss {

@@ -4,7 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{launch, Launched, Serving, Supervisor};
+use super::launch::{launch, Launched};
+use super::{Serving, Supervisor};
 use crate::error::WorkerLost;
 use crate::event::{ExitStatus, LossCause, WorkerEvent};
 use crate::parent::connection::{read_loop, write_loop, ReadEnd};

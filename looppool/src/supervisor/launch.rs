@@ -1,6 +1,7 @@
 //! Starting a worker: reach it through the pool's connector, then complete
 //! its handshake and initialiser, all within the start timeout.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -146,4 +147,45 @@ async fn await_exit(peer: &mut dyn Peer) -> Option<crate::event::ExitStatus> {
     }
     peer.kill();
     peer.wait().ok()
+}
+
+/// Starts workers `indices` at once (they boot in parallel), returned in
+/// index order. All or none: if any fails, those that started are stopped
+/// and the first error is returned.
+pub(crate) async fn launch_all(
+    spec: &LaunchSpec,
+    indices: Range<usize>,
+) -> Result<Vec<Launched>, StartError> {
+    let mut launching = tokio::task::JoinSet::new();
+    for index in indices.clone() {
+        let spec = spec.clone();
+        launching.spawn(async move { (index, launch(&spec, index).await) });
+    }
+    let mut launched: Vec<Option<Launched>> = indices.clone().map(|_| None).collect();
+    let mut first_error = None;
+    while let Some(joined) = launching.join_next().await {
+        match joined {
+            Ok((index, Ok(l))) => launched[index - indices.start] = Some(l),
+            Ok((_, Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    let launched = launched.into_iter().flatten();
+    match first_error {
+        Some(error) => {
+            discard(launched);
+            Err(error)
+        }
+        None => Ok(launched.collect()),
+    }
+}
+
+/// Kills and reaps started workers that will not be served.
+pub(crate) fn discard(launched: impl IntoIterator<Item = Launched>) {
+    for mut l in launched {
+        l.peer.kill();
+        let _ = l.peer.wait();
+    }
 }
