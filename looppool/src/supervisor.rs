@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ mod resize;
 mod spec;
 
 pub(crate) use launch::{launch_all, Launched};
+use lifecycle::PoolState;
 pub(crate) use local::{LocalOptions, LocalProcesses};
 pub(crate) use policy::jittered;
 pub use policy::RestartPolicy;
@@ -69,19 +70,15 @@ pub(crate) struct Supervisor<O> {
     pub(crate) tuning: Tuning,
     pub(crate) on_event: Option<EventHook>,
     children: Vec<Mutex<ChildSlot>>,
-    stopping: AtomicBool,
-    /// Becomes true with `stopping`, for starts to wait on: a connector
-    /// may wait long for a worker to join.
-    stopped: watch::Sender<bool>,
-    deadline_hit: AtomicBool,
-    dropped: AtomicBool,
-    failure: Mutex<Option<String>>,
+    /// Where the pool is in its life.
+    state: watch::Sender<PoolState>,
     restarts: Mutex<VecDeque<Instant>>,
-    /// Number of driver tasks still running.
-    alive: watch::Sender<usize>,
-    /// Which worker indices have a running driver.
-    running: Mutex<Vec<bool>>,
-    /// Workers in use: lanes from this index on are spare or retired.
+    /// How many driver tasks run for each worker index: one while the index
+    /// is served, none once its driver ended (two only briefly, if a shrink
+    /// was abandoned and the index added again before its driver ended).
+    drivers: watch::Sender<Vec<usize>>,
+    /// Workers in use (routing sees `lanes[..active]`): lanes from this index
+    /// on are spare or retired.
     pub(crate) active: AtomicUsize,
     /// For the drivers of workers added later; weak, so that the output
     /// stream still ends when the last driver ends.
@@ -98,16 +95,15 @@ impl<O> fmt::Debug for Supervisor<O> {
     }
 }
 
-/// Decrements the live driver count however the driver ends.
-struct AliveGuard<O: serde::de::DeserializeOwned + Send + 'static> {
+/// Counts a driver out however it ends.
+struct DriverGuard<O: serde::de::DeserializeOwned + Send + 'static> {
     sup: Arc<Supervisor<O>>,
     index: usize,
 }
 
-impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for AliveGuard<O> {
+impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for DriverGuard<O> {
     fn drop(&mut self) {
-        crate::sync::lock(&self.sup.running)[self.index] = false;
-        self.sup.alive.send_modify(|n| *n -= 1);
+        self.sup.drivers.send_modify(|d| d[self.index] -= 1);
     }
 }
 
@@ -128,14 +124,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             tuning,
             on_event,
             children,
-            stopping: AtomicBool::new(false),
-            stopped: watch::Sender::new(false),
-            deadline_hit: AtomicBool::new(false),
-            dropped: AtomicBool::new(false),
-            failure: Mutex::new(None),
+            state: watch::Sender::new(PoolState::Running),
             restarts: Mutex::new(VecDeque::new()),
-            alive: watch::Sender::new(0),
-            running: Mutex::new(vec![false; children_len]),
+            drivers: watch::Sender::new(vec![0; children_len]),
             active: AtomicUsize::new(0),
             outputs: Mutex::new(None),
             resizing: tokio::sync::Mutex::new(()),
@@ -176,9 +167,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     ) {
         let serving = self.install(index, launched);
         crate::sync::lock(&self.outputs).get_or_insert_with(|| outputs.downgrade());
-        crate::sync::lock(&self.running)[index] = true;
-        self.alive.send_modify(|n| *n += 1);
-        let guard = AliveGuard {
+        self.drivers.send_modify(|d| d[index] += 1);
+        let guard = DriverGuard {
             sup: self.clone(),
             index,
         };
@@ -207,7 +197,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             .recycle_tasks
             .map(|n| jittered(n, pid.into()).max(1));
         let generation = self.lanes[index].open(pid, recycle_at, self.spec.output_credits)?;
-        if self.stopping.load(Ordering::SeqCst) {
+        if self.is_stopping() {
             // A shutdown began while this worker was starting.
             self.lanes[index].stop();
         }

@@ -73,7 +73,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 self.kill(index);
             }
             let status = self.reap(index).await;
-            let stopping = self.stopping.load(Ordering::SeqCst);
+            let stopping = self.is_stopping();
             let recycled = lane.lock().recycle_reason.take();
             let held = lane.take_held(stopping);
             let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
@@ -81,9 +81,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             let cause = match end {
                 _ if unresponsive => LossCause::Unresponsive,
                 ReadEnd::Broken(why) => LossCause::Protocol(why),
-                _ if self.dropped.load(Ordering::SeqCst) => LossCause::PoolKilled,
-                _ if self.deadline_hit.load(Ordering::SeqCst) => LossCause::ShutdownDeadline,
-                _ => LossCause::Crashed,
+                _ => self.state.borrow().loss_cause(),
             };
             let lost = WorkerLost {
                 worker: index,
@@ -112,7 +110,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     lost_tasks,
                 });
             }
-            if stopping || self.stopping.load(Ordering::SeqCst) || lane.is_closed() {
+            if stopping || self.is_stopping() || lane.is_closed() {
                 // The pool is shutting down, or this worker was removed.
                 lane.take_held(true);
                 break;
@@ -145,10 +143,10 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         &self,
         index: usize,
     ) -> Option<Result<Launched, crate::StartError>> {
-        let mut stopped = self.stopped.subscribe();
+        let mut state = self.state.subscribe();
         tokio::select! {
             launched = launch(&self.spec, index) => Some(launched),
-            _ = stopped.wait_for(|s| *s) => None,
+            _ = state.wait_for(|s| !s.is_running()) => None,
         }
     }
 
@@ -159,7 +157,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         attempt: &mut u32,
         short_lives: &mut u32,
     ) -> bool {
-        if !self.policy.restart || self.stopping.load(Ordering::SeqCst) {
+        if !self.policy.restart || self.is_stopping() {
             self.lanes[index].take_held(true);
             return false;
         }
@@ -196,7 +194,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             delay,
         });
         tokio::time::sleep(delay).await;
-        !self.stopping.load(Ordering::SeqCst)
+        !self.is_stopping()
     }
 
     /// Waits for worker `index`'s process to end and collects its status. A

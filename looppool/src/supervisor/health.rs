@@ -51,7 +51,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let Some(sup) = sup.upgrade() else { return };
-                if sup.stopping.load(Ordering::SeqCst) {
+                if sup.is_stopping() {
                     return;
                 }
                 for (index, lane) in sup.lanes.iter().enumerate() {

@@ -24,7 +24,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             match task.retry {
                 Some(retry)
                     if retry.attempts < self.lanes[lost.worker].retries()
-                        && !self.stopping.load(Ordering::SeqCst) =>
+                        && !self.is_stopping() =>
                 {
                     tracing::debug!(task = %task.id, attempt = retry.attempts + 1, "re-sending a lost task");
                     let target = self.retry_target(lost.worker);

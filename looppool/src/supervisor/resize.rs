@@ -36,7 +36,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             ))
             .into());
         }
-        if self.stopping.load(Ordering::SeqCst) {
+        if self.is_stopping() {
             return Err(StartError::Closed);
         }
         let current = self.active.load(Ordering::SeqCst);
@@ -86,12 +86,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         for lane in &self.lanes[removed.clone()] {
             lane.stop();
         }
-        let mut alive = self.alive.subscribe();
-        let _ = alive
-            .wait_for(|_| {
-                let running = crate::sync::lock(&self.running);
-                running[removed.clone()].iter().all(|r| !r)
-            })
+        let mut drivers = self.drivers.subscribe();
+        let _ = drivers
+            .wait_for(|d| d[removed.clone()].iter().all(|&n| n == 0))
             .await;
     }
 }
