@@ -2,11 +2,10 @@
 //! its connection, notices its end, reports the fate of every task it held,
 //! and starts a replacement under the restart policy.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -31,6 +30,7 @@ use lifecycle::PoolState;
 pub(crate) use local::{LocalOptions, LocalProcesses};
 pub(crate) use policy::jittered;
 pub use policy::RestartPolicy;
+use policy::RestartWindow;
 pub(crate) use spec::{encode_init, ConnectorRef, LaunchSpec, WorkerSource};
 
 /// Supervision settings beyond the restart policy.
@@ -72,7 +72,8 @@ pub(crate) struct Supervisor<O> {
     children: Vec<Mutex<ChildSlot>>,
     /// Where the pool is in its life.
     state: watch::Sender<PoolState>,
-    restarts: Mutex<VecDeque<Instant>>,
+    /// Restarts within the policy's window.
+    restarts: Mutex<RestartWindow>,
     /// How many driver tasks run for each worker index: one while the index
     /// is served, none once its driver ended (two only briefly, if a shrink
     /// was abandoned and the index added again before its driver ended).
@@ -125,7 +126,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             on_event,
             children,
             state: watch::Sender::new(PoolState::Running),
-            restarts: Mutex::new(VecDeque::new()),
+            restarts: Mutex::default(),
             drivers: watch::Sender::new(vec![0; children_len]),
             active: AtomicUsize::new(0),
             outputs: Mutex::new(None),
