@@ -5,136 +5,184 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::launch::{launch, Launched};
+use super::policy::Backoff;
 use super::{Serving, Supervisor};
 use crate::error::WorkerLost;
 use crate::event::{ExitStatus, LossCause, WorkerEvent};
 use crate::parent::connection::{read_loop, write_loop, ReadEnd};
+use crate::parent::lane::Lane;
 use crate::parent::outputs::BatchSender;
 
+/// How a served worker ended, as far as its replacement is concerned.
+enum Ended {
+    /// It drained and exited to be recycled: replace it at once, outside the
+    /// restart budget.
+    Recycled,
+    /// It died: replace it under the restart policy.
+    Died,
+    /// The pool is stopping or the worker was removed: no replacement.
+    Stopped,
+}
+
 impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
+    /// Serves worker `index` (first the one in `first`), and replaces it
+    /// each time it ends, until the pool stops or the policy gives up.
     pub(super) async fn drive(
         self: Arc<Self>,
         index: usize,
         first: Option<Serving>,
         outputs: BatchSender<O>,
     ) {
-        let lane = self.lanes[index].clone();
+        let mut backoff = Backoff::default();
         let mut next = Some(first);
-        let mut attempt = 0u32;
-        let mut short_lives = 0u32;
         loop {
             let installed = match next.take() {
-                Some(s) => s,
-                None => match self.launch_unless_stopped(index).await {
+                Some(installed) => installed,
+                None => match self.start_replacement(index, &mut backoff).await {
+                    Some(installed) => installed,
                     None => break,
-                    Some(Ok(l)) => self.install(index, l),
-                    Some(Err(e)) => {
-                        self.emit(WorkerEvent::StartFailed {
-                            worker: index,
-                            error: e.to_string(),
-                        });
-                        if !self
-                            .restart_allowed(index, &mut attempt, &mut short_lives)
-                            .await
-                        {
-                            break;
-                        }
-                        continue;
-                    }
                 },
             };
-            let Some(Serving {
-                pid,
-                generation,
-                reader,
-                writer,
-            }) = installed
-            else {
+            let Some(serving) = installed else {
                 // The lane was closed meanwhile (the pool is going away).
                 self.kill(index);
                 let _ = self.reap(index).await;
                 break;
             };
             let started = Instant::now();
-            let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer));
-            let heartbeat = self.tuning.heartbeat.map(|(interval, timeout)| {
-                tokio::spawn(
-                    self.clone()
-                        .heartbeat(index, pid, generation, interval, timeout),
-                )
-            });
-            let end = read_loop(lane.clone(), generation, reader, outputs.clone()).await;
-            writer_task.abort();
-            if let Some(heartbeat) = heartbeat {
-                heartbeat.abort();
+            let pid = serving.pid;
+            let end = self.serve(index, serving, &outputs).await;
+            match self.conclude(index, pid, end, &outputs).await {
+                Ended::Recycled => continue,
+                Ended::Stopped => break,
+                Ended::Died => {}
             }
-            if let ReadEnd::Broken(why) = &end {
-                tracing::error!(pool = %self.spec.pool_name, worker = index, pid, error = %why, "closing the connection to a misbehaving worker");
-                self.kill(index);
+            backoff.lived(started.elapsed());
+            if !self.restart_allowed(index, &mut backoff).await {
+                break;
             }
-            let status = self.reap(index).await;
-            let stopping = self.is_stopping();
-            let recycled = lane.lock().recycle_reason.take();
-            let held = lane.take_held(stopping);
-            let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
-            let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
-            let cause = match end {
-                _ if unresponsive => LossCause::Unresponsive,
-                ReadEnd::Broken(why) => LossCause::Protocol(why),
-                _ => self.state.borrow().loss_cause(),
-            };
-            let lost = WorkerLost {
-                worker: index,
-                pid,
-                status,
-                cause: cause.clone(),
-            };
-            let lost_tasks = held.len();
-            self.report_lost(held, &lost, &outputs);
-            if let (true, Some(reason), false) = (clean, recycled, stopping) {
-                // A drained recycle: replace at once, outside the restart budget.
+        }
+        // Whatever raced with the end (a restart refused, a failed start).
+        let held = self.lanes[index].take_held(true);
+        self.report_lost(held, &WorkerLost::pool_killed(index), &outputs);
+    }
+
+    /// Starts a replacement for worker `index`, retrying failed starts under
+    /// the restart policy; `None` when the pool stops or the policy refuses.
+    async fn start_replacement(
+        &self,
+        index: usize,
+        backoff: &mut Backoff,
+    ) -> Option<Option<Serving>> {
+        loop {
+            match self.launch_unless_stopped(index).await? {
+                Ok(launched) => return Some(self.install(index, launched)),
+                Err(e) => {
+                    self.emit(WorkerEvent::StartFailed {
+                        worker: index,
+                        error: e.to_string(),
+                    });
+                    if !self.restart_allowed(index, backoff).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the worker's connection (reader here, writer and heartbeat as
+    /// tasks of their own) until it ends; a worker that broke the protocol is
+    /// killed.
+    async fn serve(
+        self: &Arc<Self>,
+        index: usize,
+        serving: Serving,
+        outputs: &BatchSender<O>,
+    ) -> ReadEnd {
+        let Serving {
+            pid,
+            generation,
+            reader,
+            writer,
+        } = serving;
+        let lane = &self.lanes[index];
+        let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer));
+        let heartbeat = self.tuning.heartbeat.map(|(interval, timeout)| {
+            tokio::spawn(
+                self.clone()
+                    .heartbeat(index, pid, generation, interval, timeout),
+            )
+        });
+        let end = read_loop(lane.clone(), generation, reader, outputs.clone()).await;
+        writer_task.abort();
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.abort();
+        }
+        if let ReadEnd::Broken(why) = &end {
+            tracing::error!(pool = %self.spec.pool_name, worker = index, pid, error = %why, "closing the connection to a misbehaving worker");
+            self.kill(index);
+        }
+        end
+    }
+
+    /// Collects the ended worker's exit status, reports the tasks it held,
+    /// and emits the event that says how it ended.
+    async fn conclude(
+        &self,
+        index: usize,
+        pid: u32,
+        end: ReadEnd,
+        outputs: &BatchSender<O>,
+    ) -> Ended {
+        let lane = &self.lanes[index];
+        let status = self.reap(index).await;
+        let stopping = self.is_stopping();
+        let recycled = lane.lock().recycle_reason.take();
+        let held = lane.take_held(stopping);
+        let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
+        let cause = self.loss_cause(lane, end);
+        let lost = WorkerLost {
+            worker: index,
+            pid,
+            status,
+            cause: cause.clone(),
+        };
+        let lost_tasks = held.len();
+        self.report_lost(held, &lost, outputs);
+        let event = match (clean, recycled) {
+            (true, Some(reason)) if !stopping => {
                 self.emit(WorkerEvent::Recycled {
                     worker: index,
                     pid,
                     reason,
                 });
-                continue;
-            } else if clean {
-                self.emit(WorkerEvent::Exited { worker: index, pid });
-            } else {
-                self.emit(WorkerEvent::Crashed {
-                    worker: index,
-                    pid,
-                    status,
-                    cause,
-                    lost_tasks,
-                });
+                return Ended::Recycled;
             }
-            if stopping || self.is_stopping() || lane.is_closed() {
-                // The pool is shutting down, or this worker was removed.
-                lane.take_held(true);
-                break;
-            }
-            if started.elapsed() >= Duration::from_secs(1) {
-                short_lives = 0;
-            }
-            if !self
-                .restart_allowed(index, &mut attempt, &mut short_lives)
-                .await
-            {
-                break;
-            }
-        }
-        // Whatever raced with the end (a restart refused, a failed start).
-        let held = lane.take_held(true);
-        if !held.is_empty() {
-            let lost = WorkerLost {
+            (true, _) => WorkerEvent::Exited { worker: index, pid },
+            (false, _) => WorkerEvent::Crashed {
                 worker: index,
-                pid: 0,
-                status: ExitStatus::Unknown,
-                cause: LossCause::PoolKilled,
-            };
-            self.report_lost(held, &lost, &outputs);
+                pid,
+                status,
+                cause,
+                lost_tasks,
+            },
+        };
+        self.emit(event);
+        if stopping || self.is_stopping() || lane.is_closed() {
+            // The pool is shutting down, or this worker was removed.
+            lane.take_held(true);
+            return Ended::Stopped;
+        }
+        Ended::Died
+    }
+
+    /// Why a worker whose connection ended with `end` lost its tasks.
+    fn loss_cause(&self, lane: &Lane<O>, end: ReadEnd) -> LossCause {
+        let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
+        match end {
+            _ if unresponsive => LossCause::Unresponsive,
+            ReadEnd::Broken(why) => LossCause::Protocol(why),
+            _ => self.state.borrow().loss_cause(),
         }
     }
 
@@ -151,46 +199,23 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     }
 
     /// Applies the restart policy; sleeps the back-off when a restart is allowed.
-    pub(super) async fn restart_allowed(
-        &self,
-        index: usize,
-        attempt: &mut u32,
-        short_lives: &mut u32,
-    ) -> bool {
+    pub(super) async fn restart_allowed(&self, index: usize, backoff: &mut Backoff) -> bool {
         if !self.policy.restart || self.is_stopping() {
             self.lanes[index].take_held(true);
             return false;
         }
-        {
-            let mut restarts = crate::sync::lock(&self.restarts);
-            let now = Instant::now();
-            while restarts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > self.policy.window)
-            {
-                restarts.pop_front();
-            }
-            if restarts.len() >= self.policy.max_restarts as usize {
-                drop(restarts);
-                self.fail(format!(
-                    "more than {} worker restarts within {:?}: the pool stopped itself",
-                    self.policy.max_restarts, self.policy.window
-                ));
-                return false;
-            }
-            restarts.push_back(now);
+        let recorded = crate::sync::lock(&self.restarts).try_record(&self.policy, Instant::now());
+        if !recorded {
+            self.fail(format!(
+                "more than {} worker restarts within {:?}: the pool stopped itself",
+                self.policy.max_restarts, self.policy.window
+            ));
+            return false;
         }
-        *attempt += 1;
-        let factor = 1u32 << (*short_lives).min(16);
-        let delay = self
-            .policy
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.policy.backoff_max);
-        *short_lives += 1;
+        let (attempt, delay) = backoff.next(&self.policy);
         self.emit(WorkerEvent::Restarting {
             worker: index,
-            attempt: *attempt,
+            attempt,
             delay,
         });
         tokio::time::sleep(delay).await;

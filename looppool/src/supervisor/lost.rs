@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use super::Supervisor;
 use crate::error::WorkerLost;
-use crate::parent::lane::{CallOutcome, Held, Lane, Retry};
+use crate::parent::lane::{CallOutcome, CallSender, Held, Lane, Retry};
 use crate::parent::outputs::{Batch, BatchSender, Output};
+use crate::pool::TaskId;
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// Reports every held task as lost (calls get the error, submitted tasks
@@ -37,30 +38,16 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                         outputs.clone(),
                     ));
                 }
-                _ => match task.call {
-                    Some(tx) => {
-                        reported += 1;
-                        let _ = tx.send(CallOutcome::Lost(lost.clone()));
-                    }
-                    None => items.push(Output::Lost {
-                        task: task.id,
-                        lost: Box::new(lost.clone()),
-                    }),
-                },
+                _ => {
+                    reported += 1;
+                    items.extend(tell_lost(task.id, task.call, lost));
+                }
             }
         }
-        reported += items.len() as u64;
         if reported > 0 {
             self.lanes[lost.worker].obs.count_lost(reported);
         }
-        if !items.is_empty() {
-            let _ = outputs.send(Batch {
-                worker: lost.worker,
-                generation: 0,
-                credits: 0,
-                items,
-            });
-        }
+        send_lost(outputs, lost.worker, items);
     }
 
     /// A live worker other than `dead` to re-send its tasks to (or the next
@@ -79,9 +66,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
 /// pool closes first.
 async fn resend<O>(
     lane: Arc<Lane<O>>,
-    id: crate::pool::TaskId,
+    id: TaskId,
     retry: Retry,
-    mut call: Option<crate::parent::lane::CallSender<O>>,
+    mut call: Option<CallSender<O>>,
     lost: WorkerLost,
     outputs: BatchSender<O>,
 ) {
@@ -94,25 +81,42 @@ async fn resend<O>(
                 lane.wait_for_space().await;
             }
             Err((_, back)) => {
-                match back {
-                    Some(tx) => {
-                        let _ = tx.send(CallOutcome::Lost(lost));
-                    }
-                    None => {
-                        let items = vec![Output::Lost {
-                            task: id,
-                            lost: Box::new(lost.clone()),
-                        }];
-                        let _ = outputs.send(Batch {
-                            worker: lost.worker,
-                            generation: 0,
-                            credits: 0,
-                            items,
-                        });
-                    }
-                }
+                send_lost(
+                    &outputs,
+                    lost.worker,
+                    tell_lost(id, back, &lost).into_iter().collect(),
+                );
                 return;
             }
         }
     }
+}
+
+/// Tells a call's waiter that its task was lost with its worker; for a
+/// submitted task, returns the `Lost` item for the output stream instead.
+fn tell_lost<O>(task: TaskId, call: Option<CallSender<O>>, lost: &WorkerLost) -> Option<Output<O>> {
+    match call {
+        Some(tx) => {
+            let _ = tx.send(CallOutcome::Lost(lost.clone()));
+            None
+        }
+        None => Some(Output::Lost {
+            task,
+            lost: Box::new(lost.clone()),
+        }),
+    }
+}
+
+/// Sends the `Lost` items of worker `worker`'s tasks to the output stream,
+/// as one batch outside any connection (no generation, no credits).
+fn send_lost<O>(outputs: &BatchSender<O>, worker: usize, items: Vec<Output<O>>) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = outputs.send(Batch {
+        worker,
+        generation: 0,
+        credits: 0,
+        items,
+    });
 }
