@@ -32,112 +32,174 @@ pub(super) async fn handshake(
     conn: Connection,
     hello_seen: &AtomicBool,
 ) -> Result<Handshaken, StartError> {
-    let fail = |reason: String| StartError::Handshake {
-        worker: index,
-        reason,
-    };
-    let not_a_worker = |e: &dyn std::fmt::Display| {
-        fail(format!(
-            "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
-             looppool hello ({e}); use a program whose main starts with \
-             looppool::worker_main!({})",
-            spec.source.connector().describe(),
-            spec.worker_name
-        ))
-    };
     let Connection { reader, mut writer } = conn;
     let mut reader = FrameReader::new(reader, HELLO_LIMIT);
-    let mut sent_init = false;
-    let mut pid = 0;
+    let pid = next_message(&mut reader, spec, index, false, |msg| {
+        accept_hello(spec, index, msg, hello_seen)
+    })
+    .await??;
+    send_init(spec, index, &mut writer).await?;
+    // From here on the worker may send frames up to the pool's limit.
+    reader.set_max_frame(spec.max_frame);
     loop {
-        let msg = loop {
-            match reader.next_frame() {
-                Ok(Some(body)) if !sent_init => {
-                    break FromWorker::decode(body).map_err(|e| not_a_worker(&e))?
-                }
-                Ok(Some(body)) => {
-                    break FromWorker::decode(body)
-                        .map_err(|e| fail(format!("broke the protocol after its hello: {e}")))?
-                }
-                Ok(None) => {}
-                Err(e) if !sent_init => return Err(not_a_worker(&e)),
-                Err(e) => return Err(fail(format!("broke the protocol after its hello: {e}"))),
-            }
-            match reader.fill().await {
-                Ok(true) => {}
-                Ok(false) => return Err(fail(EARLY_EOF.into())),
-                Err(e) => return Err(fail(format!("{e}"))),
-            }
-        };
-        match msg {
-            FromWorker::Hello { protocol, hello } if !sent_init => {
-                hello_seen.store(true, Ordering::Relaxed);
-                if protocol != PROTOCOL_VERSION {
-                    return Err(fail(format!(
-                        "{} speaks looppool protocol version {protocol}, this pool speaks \
-                         {PROTOCOL_VERSION}: build both from the same looppool version",
-                        spec.source.connector().describe()
-                    )));
-                }
-                if hello.worker != spec.worker_name {
-                    return Err(fail(format!(
-                        "asked for worker {:?} but {:?} answered",
-                        spec.worker_name, hello.worker
-                    )));
-                }
-                if hello.fingerprint != spec.fingerprint {
-                    return Err(fail(format!(
-                        "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
-                         expected {:016x}): rebuild the worker program from the same sources as the parent",
-                        spec.worker_name,
-                        spec.source.connector().describe(),
-                        hello.fingerprint,
-                        spec.fingerprint
-                    )));
-                }
-                let init = Init {
-                    index: index as u32,
-                    pool: spec.pool_name.clone(),
-                    output_credits: spec.output_credits,
-                    max_frame: spec.max_frame as u64,
-                    report_interval_ms: spec.observe.report_interval_ms,
-                    blocked_threshold_ms: spec.observe.blocked_threshold_ms,
-                    log_level: spec.observe.log_level,
-                    task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
-                };
-                let mut buf = Vec::new();
-                protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)
-                    .map_err(|e| fail(format!("cannot encode init: {e}")))?;
-                if let Err(e) = transport::write_batch(&mut writer, &buf).await {
-                    return Err(fail(format!("cannot send init: {e}")));
-                }
-                sent_init = true;
-                pid = hello.pid;
-                // From here on the worker may send frames up to the pool's limit.
-                reader.set_max_frame(spec.max_frame);
-            }
-            FromWorker::Ready if sent_init => {
-                return Ok(Handshaken {
-                    reader,
-                    writer,
-                    pid,
-                })
-            }
-            // The initialiser's log events.
-            FromWorker::Log(body) if sent_init => {
-                crate::metrics::relay_log(&spec.pool_name, index, pid, body);
-            }
-            FromWorker::InitFailed(message) if sent_init => {
-                return Err(StartError::Init {
-                    worker: index,
-                    message,
-                })
-            }
-            other => {
-                return Err(fail(format!(
-                    "unexpected message during the handshake: {other:?}"
-                )))
-            }
+        let ready = next_message(&mut reader, spec, index, true, |msg| {
+            await_ready(spec, index, pid, msg)
+        })
+        .await??;
+        if ready {
+            return Ok(Handshaken {
+                reader,
+                writer,
+                pid,
+            });
         }
     }
+}
+
+fn fail(index: usize, reason: String) -> StartError {
+    StartError::Handshake {
+        worker: index,
+        reason,
+    }
+}
+
+/// Reads the next message and hands it to `take`. A frame that does not
+/// decode means, before the hello, that the program is no looppool worker.
+async fn next_message<T>(
+    reader: &mut FrameReader,
+    spec: &LaunchSpec,
+    index: usize,
+    after_hello: bool,
+    take: impl FnOnce(FromWorker<'_>) -> T,
+) -> Result<T, StartError> {
+    let refused = |e: &dyn std::fmt::Display| {
+        if after_hello {
+            fail(index, format!("broke the protocol after its hello: {e}"))
+        } else {
+            fail(
+                index,
+                format!(
+                    "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
+                     looppool hello ({e}); use a program whose main starts with \
+                     looppool::worker_main!({})",
+                    spec.source.connector().describe(),
+                    spec.worker_name
+                ),
+            )
+        }
+    };
+    loop {
+        match reader.next_frame() {
+            Ok(Some(body)) => return FromWorker::decode(body).map(take).map_err(|e| refused(&e)),
+            Ok(None) => {}
+            Err(e) => return Err(refused(&e)),
+        }
+        match reader.fill().await {
+            Ok(true) => {}
+            Ok(false) => return Err(fail(index, EARLY_EOF.into())),
+            Err(e) => return Err(fail(index, format!("{e}"))),
+        }
+    }
+}
+
+/// Checks the worker's hello against the pool: protocol version, worker
+/// name and message types. Returns the worker's process id.
+fn accept_hello(
+    spec: &LaunchSpec,
+    index: usize,
+    msg: FromWorker<'_>,
+    hello_seen: &AtomicBool,
+) -> Result<u32, StartError> {
+    let FromWorker::Hello { protocol, hello } = msg else {
+        return Err(unexpected(index, &msg));
+    };
+    hello_seen.store(true, Ordering::Relaxed);
+    let origin = || spec.source.connector().describe();
+    if protocol != PROTOCOL_VERSION {
+        return Err(fail(
+            index,
+            format!(
+                "{} speaks looppool protocol version {protocol}, this pool speaks \
+                 {PROTOCOL_VERSION}: build both from the same looppool version",
+                origin()
+            ),
+        ));
+    }
+    if hello.worker != spec.worker_name {
+        return Err(fail(
+            index,
+            format!(
+                "asked for worker {:?} but {:?} answered",
+                spec.worker_name, hello.worker
+            ),
+        ));
+    }
+    if hello.fingerprint != spec.fingerprint {
+        return Err(fail(
+            index,
+            format!(
+                "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
+                 expected {:016x}): rebuild the worker program from the same sources as the parent",
+                spec.worker_name,
+                origin(),
+                hello.fingerprint,
+                spec.fingerprint
+            ),
+        ));
+    }
+    Ok(hello.pid)
+}
+
+/// Sends the worker its init: its place in the pool, the pool's settings and
+/// the init value.
+async fn send_init(
+    spec: &LaunchSpec,
+    index: usize,
+    writer: &mut transport::WriteHalf,
+) -> Result<(), StartError> {
+    let init = Init {
+        index: index as u32,
+        pool: spec.pool_name.clone(),
+        output_credits: spec.output_credits,
+        max_frame: spec.max_frame as u64,
+        report_interval_ms: spec.observe.report_interval_ms,
+        blocked_threshold_ms: spec.observe.blocked_threshold_ms,
+        log_level: spec.observe.log_level,
+        task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
+    };
+    let mut buf = Vec::new();
+    protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)
+        .map_err(|e| fail(index, format!("cannot encode init: {e}")))?;
+    transport::write_batch(writer, &buf)
+        .await
+        .map_err(|e| fail(index, format!("cannot send init: {e}")))
+}
+
+/// Takes one message while the initialiser runs: true once it is ready,
+/// false after relaying one of its log events.
+fn await_ready(
+    spec: &LaunchSpec,
+    index: usize,
+    pid: u32,
+    msg: FromWorker<'_>,
+) -> Result<bool, StartError> {
+    match msg {
+        FromWorker::Ready => Ok(true),
+        FromWorker::Log(body) => {
+            crate::metrics::relay_log(&spec.pool_name, index, pid, body);
+            Ok(false)
+        }
+        FromWorker::InitFailed(message) => Err(StartError::Init {
+            worker: index,
+            message,
+        }),
+        other => Err(unexpected(index, &other)),
+    }
+}
+
+fn unexpected(index: usize, msg: &FromWorker<'_>) -> StartError {
+    fail(
+        index,
+        format!("unexpected message during the handshake: {msg:?}"),
+    )
 }
