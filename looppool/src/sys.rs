@@ -229,6 +229,6 @@ fn on_spawner_thread<R: Send + 'static>(
         let _ = tx.send(job());
     });
     // The thread never exits, so sending cannot fail.
-    let _ = crate::sync::lock(&sender).send(job);
+    let _ = crate::sync::lock(sender).send(job);
     rx
 }
