@@ -322,12 +322,14 @@ async fn spawn_local_worker(
         .env(remote::WORKER_ENV, plan.worker_name)
         .env(remote::TOKEN_ENV, token)
         .stdin(std::process::Stdio::null());
-    looppool::transport::spawn_child(cmd).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot execute worker program {}: {e}", program.display()),
-        )
-    })
+    looppool::transport::spawn_tied_child(cmd)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot execute worker program {}: {e}", program.display()),
+            )
+        })
 }
 
 /// A worker reached through the broker, as the pool's supervisor sees it.

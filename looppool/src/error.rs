@@ -219,6 +219,19 @@ pub struct WorkerLost {
     pub cause: LossCause,
 }
 
+impl WorkerLost {
+    /// The loss of a task that was still held when the pool itself was
+    /// torn down, with no process to blame.
+    pub(crate) fn pool_killed(worker: usize) -> Self {
+        WorkerLost {
+            worker,
+            pid: 0,
+            status: ExitStatus::Unknown,
+            cause: LossCause::PoolKilled,
+        }
+    }
+}
+
 impl fmt::Display for WorkerLost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -406,12 +406,9 @@ impl<W: Worker> Pool<W> {
             Ok(CallOutcome::NoReply) => Err(CallError::NoReply { worker, task: id }),
             // The lane dropped the sender without an outcome: only when the
             // pool itself is being torn down.
-            Err(_) => Err(CallError::WorkerLost(crate::error::WorkerLost {
-                worker,
-                pid: 0,
-                status: crate::event::ExitStatus::Unknown,
-                cause: crate::event::LossCause::PoolKilled,
-            })),
+            Err(_) => Err(CallError::WorkerLost(
+                crate::error::WorkerLost::pool_killed(worker),
+            )),
         }
     }
 

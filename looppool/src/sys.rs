@@ -3,32 +3,42 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
+use std::process::Command;
+use std::sync::{mpsc, Mutex, OnceLock};
+
+use tokio::sync::oneshot;
 
 /// The descriptor number at which a worker finds its connection to the parent.
 pub(crate) const WORKER_FD: RawFd = 3;
 
-/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`] and arm the
-/// child's parent-death signal.
-pub(crate) fn arm_child(cmd: &mut std::process::Command, conn_fd: RawFd) {
+/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`].
+pub(crate) fn pass_connection(cmd: &mut Command, conn_fd: RawFd) {
     use std::os::unix::process::CommandExt;
-    let parent_pid = getpid();
-    // SAFETY: `prepare_child` makes only async-signal-safe system calls and
-    // allocates nothing, as a pre_exec hook must.
+    // SAFETY: `prepare_connection` makes only async-signal-safe system calls
+    // and allocates nothing, as a pre_exec hook must.
     unsafe {
-        cmd.pre_exec(move || prepare_child(conn_fd, parent_pid));
+        cmd.pre_exec(move || prepare_connection(conn_fd));
     }
 }
 
-/// Makes `cmd`'s child die with this process, as a worker does, without
-/// handing it a connection.
-pub(crate) fn arm_death_signal(cmd: &mut std::process::Command) {
+/// Spawns `cmd` as a child tied to this process: it receives SIGKILL when
+/// this process dies, however it dies, so it never outlives its parent.
+///
+/// The kernel delivers the parent-death signal when the *thread* that forked
+/// the child exits, not the process, so the fork happens on a thread that
+/// lives as long as the process.
+pub(crate) async fn spawn_tied_child(mut cmd: Command) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let parent_pid = getpid();
     // SAFETY: `prepare_orphan_guard` makes only async-signal-safe system
-    // calls and allocates nothing, as a pre_exec hook must.
+    // calls and allocates nothing, as a pre_exec hook must. Hooks run in the
+    // order they were added, so a connection passed before is in place.
     unsafe {
         cmd.pre_exec(move || prepare_orphan_guard(parent_pid));
     }
+    on_spawner_thread(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("spawner thread gone")))
 }
 
 /// Runs in the forked child, between `fork` and `exec`: arranges for the
@@ -41,8 +51,8 @@ unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
     // SAFETY: plain system calls that touch no memory.
     unsafe {
         // Parent-death signal: the kernel kills the child when the thread
-        // that forked it ends, so workers are forked from a thread that lives
-        // as long as the process (see `supervisor::launch`).
+        // that forked it ends, so children are forked from a thread that lives
+        // as long as the process (see `spawn_tied_child`).
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -62,13 +72,13 @@ unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs in the forked child, between `fork` and `exec`: moves the connection to
-/// [`WORKER_FD`] and arranges for the child to die with its parent.
+/// Runs in the forked child, between `fork` and `exec`: moves the connection
+/// to [`WORKER_FD`].
 ///
 /// # Safety
 /// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
 /// calls and allocates nothing.
-unsafe fn prepare_child(conn_fd: RawFd, parent_pid: libc::pid_t) -> io::Result<()> {
+unsafe fn prepare_connection(conn_fd: RawFd) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors this process owns; no memory
     // is touched, so they are safe between fork and exec.
     unsafe {
@@ -80,8 +90,8 @@ unsafe fn prepare_child(conn_fd: RawFd, parent_pid: libc::pid_t) -> io::Result<(
         } else if libc::dup2(conn_fd, WORKER_FD) == -1 {
             return Err(io::Error::last_os_error());
         }
-        prepare_orphan_guard(parent_pid)
     }
+    Ok(())
 }
 
 /// Takes ownership of the connection descriptor the parent passed in.
@@ -192,4 +202,33 @@ pub(crate) fn register_unix(
     // registration asks of its caller.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
         .map_err(|e| e.into_parts().1)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the spawner thread, which lives as long as the process, so
+/// the children it forks die with the process, and only then.
+fn on_spawner_thread<R: Send + 'static>(
+    job: impl FnOnce() -> R + Send + 'static,
+) -> oneshot::Receiver<R> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("looppool-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start the looppool spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    // The thread never exits, so sending cannot fail.
+    let _ = crate::sync::lock(sender).send(job);
+    rx
 }

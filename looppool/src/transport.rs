@@ -22,7 +22,7 @@ use crate::codec::{CodecError, FrameDecoder};
 mod connector;
 pub mod frame;
 
-pub use connector::{spawn_child, ConnectFuture, Connector, Link, Peer};
+pub use connector::{spawn_tied_child, ConnectFuture, Connector, Link, Peer};
 
 /// The reading half of a connection.
 pub type ReadHalf = Pin<Box<dyn AsyncRead + Send>>;

@@ -17,7 +17,8 @@ use crate::event::WorkerEvent;
 use crate::parent::lane::Lane;
 use crate::parent::outputs::Outputs;
 use crate::supervisor::{
-    launch, ConnectorRef, EventHook, LaunchSpec, RestartPolicy, Supervisor, Tuning,
+    encode_init, launch_all, ConnectorRef, EventHook, LaunchSpec, LocalOptions, LocalProcesses,
+    RestartPolicy, Supervisor, Tuning, WorkerSource,
 };
 use crate::worker::{fingerprint, Worker};
 
@@ -414,12 +415,22 @@ impl<W: Worker> PoolBuilder<W> {
     /// start; the workers already started are then killed.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
         let (workers, max_workers, task_credits, output_credits) = self.validate()?;
-        let init_payload = launch::encode_init(&self.init)
+        let init_payload = encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
+        let source = match self.connector {
+            Some(connector) => WorkerSource::Connector(connector),
+            None => WorkerSource::Local(Arc::new(LocalProcesses::new(LocalOptions {
+                program: self.program,
+                args: self.args,
+                worker_name: W::NAME,
+                pool_name: self.name.clone(),
+                inherit_signals: self.signals == Signals::Terminate,
+                titles: self.titles,
+                statsd: observe.statsd.clone(),
+            }))),
+        };
         let spec = LaunchSpec {
-            program: self.program,
-            args: self.args,
             worker_name: W::NAME,
             fingerprint: fingerprint::<W>(),
             pool_name: self.name,
@@ -427,42 +438,16 @@ impl<W: Worker> PoolBuilder<W> {
             output_credits,
             max_frame: self.max_frame,
             start_timeout: self.start_timeout,
-            inherit_signals: self.signals == Signals::Terminate,
-            title: self.titles,
             task_timeout: self.task_timeout,
             observe,
-            connector: self.connector,
+            source,
         };
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
             .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))
             .collect();
         hub.attach(&lanes);
 
-        // Start all workers at once; they boot in parallel.
-        let mut launching = tokio::task::JoinSet::new();
-        for index in 0..workers {
-            let spec = spec.clone();
-            launching.spawn(async move { (index, launch(&spec, index).await) });
-        }
-        let mut launched: Vec<Option<_>> = (0..workers).map(|_| None).collect();
-        let mut first_error = None;
-        while let Some(joined) = launching.join_next().await {
-            match joined {
-                Ok((index, Ok(l))) => launched[index] = Some(l),
-                Ok((_, Err(e))) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
-        if let Some(error) = first_error {
-            for mut l in launched.into_iter().flatten() {
-                l.peer.kill();
-                let _ = l.peer.wait();
-            }
-            return Err(error);
-        }
-
+        let launched = launch_all(&spec, 0..workers).await?;
         let sup = Arc::new(Supervisor::new(
             lanes.clone(),
             spec,
@@ -471,13 +456,7 @@ impl<W: Worker> PoolBuilder<W> {
             self.on_event,
         ));
         let (tx, rx) = mpsc::unbounded_channel();
-        for (index, l) in launched.into_iter().enumerate() {
-            // Every slot was filled: a failure returned above.
-            let l = l.expect("every worker launched");
-            sup.spawn_driver(index, l, tx.clone());
-        }
-        sup.active
-            .store(workers, std::sync::atomic::Ordering::SeqCst);
+        sup.serve_launched(0, launched, &tx);
         // Each driver holds a sender, so the stream ends when the last one ends.
         drop(tx);
         if let Some(limit) = self.recycle_rss {

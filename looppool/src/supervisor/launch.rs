@@ -1,55 +1,15 @@
-//! Starting a worker process and completing its handshake.
+//! Starting a worker: reach it through the pool's connector, then complete
+//! its handshake and initialiser, all within the start timeout.
 
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use crate::codec;
+use super::handshake::{handshake, Handshaken, EARLY_EOF};
+use super::spec::{LaunchSpec, WorkerSource};
 use crate::error::StartError;
-use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
-use crate::sys;
-use crate::transport::{self, Connection, Connector, FrameReader, Link, Peer};
-use crate::worker::entry::SIGNALS_ENV;
-use crate::worker::WORKER_ENV;
-
-/// Everything needed to start any worker of one pool.
-#[derive(Debug, Clone)]
-pub(crate) struct LaunchSpec {
-    /// The program to execute, or `None` for this very executable.
-    pub(crate) program: Option<PathBuf>,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) worker_name: &'static str,
-    pub(crate) fingerprint: u64,
-    pub(crate) pool_name: String,
-    pub(crate) init_payload: Vec<u8>,
-    pub(crate) output_credits: u32,
-    pub(crate) max_frame: usize,
-    pub(crate) start_timeout: Duration,
-    pub(crate) inherit_signals: bool,
-    pub(crate) title: bool,
-    pub(crate) task_timeout: Option<Duration>,
-    /// Reports, blocked-loop watch and log forwarding.
-    pub(crate) observe: crate::protocol::report::WorkerSettings,
-    /// Reaches workers instead of starting child processes.
-    pub(crate) connector: Option<ConnectorRef>,
-}
-
-/// A shared [`Connector`], printable.
-#[derive(Clone)]
-pub(crate) struct ConnectorRef(pub(crate) std::sync::Arc<dyn Connector>);
-
-impl std::fmt::Debug for ConnectorRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.describe())
-    }
-}
+use crate::transport::{self, FrameReader, Link, Peer};
 
 /// A worker that completed its handshake and ran its initialiser.
 pub(crate) struct Launched {
@@ -67,210 +27,11 @@ impl std::fmt::Debug for Launched {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs `job` on the spawner thread.
-///
-/// The kernel delivers a worker's parent-death signal when the *thread* that
-/// forked it exits, not the process. Forking from a thread that lives as long
-/// as the process means workers die with the process, and only then.
-fn on_spawner_thread<R: Send + 'static>(
-    job: impl FnOnce() -> R + Send + 'static,
-) -> oneshot::Receiver<R> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("looppool-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("cannot start the looppool spawner thread");
-        Mutex::new(tx)
-    });
-    let (tx, rx) = oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(job());
-    });
-    // The thread never exits, so sending cannot fail.
-    let _ = crate::sync::lock(&sender).send(job);
-    rx
-}
-
-/// Spawns `cmd` as a child that dies with this process (see
-/// [`crate::transport::spawn_child`]).
-pub(crate) async fn spawn_guarded(mut cmd: Command) -> std::io::Result<std::process::Child> {
-    sys::arm_death_signal(&mut cmd);
-    on_spawner_thread(move || cmd.spawn())
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")))
-}
-
-fn program_path(spec: &LaunchSpec) -> PathBuf {
-    // /proc/self/exe names the running image even if the file was replaced.
-    spec.program
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
-}
-
-/// What error messages name as the worker's origin: the program, or the
-/// connector that reached it.
-fn origin(spec: &LaunchSpec) -> String {
-    match &spec.connector {
-        Some(c) => c.0.describe(),
-        None => program_path(spec).display().to_string(),
-    }
-}
-
-/// The title `ps` shows: `<program>: <pool> worker <index>`.
-fn title(spec: &LaunchSpec, index: usize) -> String {
-    let program = match &spec.program {
-        Some(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
-    }
-    .unwrap_or_else(|| "looppool".into());
-    format!("{program}: {} worker {index}", spec.pool_name)
-}
-
 /// Starts worker `index` and completes its handshake and initialiser.
 pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, StartError> {
-    if let Some(connector) = &spec.connector {
-        return launch_connected(spec, &connector.0, index).await;
-    }
-    let program = program_path(spec);
-    let (parent_end, child_end) = transport::socketpair().map_err(|source| StartError::Spawn {
-        worker: index,
-        program: program.display().to_string(),
-        source,
-    })?;
-    let mut cmd = Command::new(&program);
-    cmd.args(&spec.args)
-        .env(WORKER_ENV, spec.worker_name)
-        .stdin(Stdio::null());
-    if spec.inherit_signals {
-        cmd.env(SIGNALS_ENV, "inherit");
-    }
-    if let Some((addr, prefix)) = &spec.observe.statsd {
-        cmd.env(
-            crate::protocol::report::STATSD_ENV,
-            format!("{addr} {prefix}"),
-        );
-    }
-    if spec.title {
-        cmd.arg0(title(spec, index));
-    }
-    sys::arm_child(&mut cmd, child_end.as_raw_fd());
-    let spawned = on_spawner_thread(move || cmd.spawn())
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread gone")));
-    // The child has its own copy now; ours must close so that its end of the
-    // connection is the only one left.
-    drop(child_end);
-    let mut child = spawned.map_err(|source| StartError::Spawn {
-        worker: index,
-        program: program.display().to_string(),
-        source,
-    })?;
-    let pid = child.id();
+    let connector = spec.source.connector();
     let hello_seen = AtomicBool::new(false);
-    let handshaken = async {
-        let conn = Connection::unix(parent_end).map_err(|e| StartError::Handshake {
-            worker: index,
-            reason: e.to_string(),
-        })?;
-        handshake_tracked(spec, index, conn, &hello_seen).await
-    };
-    let result = tokio::time::timeout(spec.start_timeout, handshaken).await;
-    let failure = match result {
-        Ok(Ok((reader, writer, _))) => {
-            return Ok(Launched {
-                peer: Box::new(child),
-                pid,
-                reader,
-                writer,
-            })
-        }
-        Ok(Err(e)) => e,
-        Err(_) if !hello_seen.load(Ordering::Relaxed) => StartError::Handshake {
-            worker: index,
-            reason: format!(
-                "{} sent no hello within {:?}: is it a looppool worker program, with \
-                 looppool::worker_main!({}) as the first line of main? (If it starts \
-                 slowly, raise start_timeout.)",
-                program.display(),
-                spec.start_timeout,
-                spec.worker_name,
-            ),
-        },
-        Err(_) => StartError::Handshake {
-            worker: index,
-            reason: format!(
-                "no ready message within {:?}: the initialiser is still running \
-                 (raise start_timeout, or make init faster)",
-                spec.start_timeout
-            ),
-        },
-    };
-    if matches!(&failure, StartError::Handshake { reason, .. } if reason == EARLY_EOF) {
-        // It closed its end, so it is exiting: let it, so that its own exit
-        // status (not our kill) tells what happened.
-        let deadline = std::time::Instant::now() + Duration::from_millis(500);
-        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    let _ = child.kill();
-    let status = child.wait().ok().map(crate::event::ExitStatus::from);
-    Err(match failure {
-        StartError::Handshake { worker, reason } if reason == EARLY_EOF => StartError::Handshake {
-            worker,
-            reason: early_exit_reason(&program, spec.worker_name, status),
-        },
-        other => other,
-    })
-}
-
-const EARLY_EOF: &str = "connection closed before the handshake";
-
-fn early_exit_reason(
-    program: &std::path::Path,
-    worker: &str,
-    status: Option<crate::event::ExitStatus>,
-) -> String {
-    use crate::event::ExitStatus;
-    use crate::worker::runtime::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
-    let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
-    match status {
-        Some(ExitStatus::Code(EXIT_UNKNOWN_WORKER)) => format!(
-            "{} does not know a worker named {worker:?}: list it in looppool::worker_main! ({status_text})",
-            program.display()
-        ),
-        Some(ExitStatus::Code(EXIT_INIT_FAILED)) => format!("the initialiser failed ({status_text})"),
-        _ => format!(
-            "{} exited before the handshake ({status_text}): is it a looppool worker program, \
-             with looppool::worker_main!({worker}) as the first line of main?",
-            program.display()
-        ),
-    }
-}
-
-/// The largest hello accepted: a stray program writing to descriptor 3
-/// must not make the parent buffer much before it is recognised.
-const HELLO_LIMIT: usize = 64 * 1024;
-
-/// Reaches worker `index` through `connector` and completes its handshake
-/// and initialiser, all within the start timeout.
-async fn launch_connected(
-    spec: &LaunchSpec,
-    connector: &std::sync::Arc<dyn Connector>,
-    index: usize,
-) -> Result<Launched, StartError> {
-    let hello_seen = AtomicBool::new(false);
-    let peer = std::sync::Mutex::new(None::<Box<dyn Peer>>);
+    let peer = Mutex::new(None::<Box<dyn Peer>>);
     let connected = async {
         let Link {
             connection,
@@ -284,12 +45,16 @@ async fn launch_connected(
                 source,
             })?;
         *crate::sync::lock(&peer) = Some(p);
-        handshake_tracked(spec, index, connection, &hello_seen).await
+        handshake(spec, index, connection, &hello_seen).await
     };
     let result = tokio::time::timeout(spec.start_timeout, connected).await;
-    let mut peer = peer.into_inner().unwrap_or_else(|e| e.into_inner());
+    let peer = peer.into_inner().unwrap_or_else(|e| e.into_inner());
     let failure = match result {
-        Ok(Ok((reader, writer, pid))) => {
+        Ok(Ok(Handshaken {
+            reader,
+            writer,
+            pid,
+        })) => {
             return Ok(Launched {
                 peer: peer.expect("a handshake follows the link"),
                 pid,
@@ -298,153 +63,129 @@ async fn launch_connected(
             })
         }
         Ok(Err(e)) => e,
-        Err(_) if peer.is_none() => StartError::Handshake {
-            worker: index,
-            reason: format!(
-                "{} reached no worker within {:?} (raise start_timeout if workers join slowly)",
-                connector.describe(),
-                spec.start_timeout
-            ),
-        },
-        Err(_) if !hello_seen.load(Ordering::Relaxed) => StartError::Handshake {
-            worker: index,
-            reason: format!(
-                "the worker reached through {} sent no hello within {:?}",
-                connector.describe(),
-                spec.start_timeout
-            ),
-        },
-        Err(_) => StartError::Handshake {
-            worker: index,
-            reason: format!(
-                "no ready message within {:?}: the initialiser is still running \
-                 (raise start_timeout, or make init faster)",
-                spec.start_timeout
-            ),
-        },
+        Err(_) => timed_out(
+            spec,
+            index,
+            peer.is_some(),
+            hello_seen.load(Ordering::Relaxed),
+        ),
     };
-    if let Some(p) = &mut peer {
-        p.kill();
-        let _ = p.wait();
-    }
-    Err(failure)
+    Err(match peer {
+        Some(peer) => stop_failed(&spec.source, peer, failure).await,
+        None => failure,
+    })
 }
 
-/// [`handshake`], setting `hello_seen` once the worker's hello arrived, so
-/// that a timeout can tell a silent program from a slow initialiser.
-async fn handshake_tracked(
-    spec: &LaunchSpec,
-    index: usize,
-    conn: Connection,
-    hello_seen: &AtomicBool,
-) -> Result<(FrameReader, transport::WriteHalf, u32), StartError> {
-    let fail = |reason: String| StartError::Handshake {
+/// The error for a start that ran out of time: no worker reached, no hello
+/// from it, or an initialiser still running.
+fn timed_out(spec: &LaunchSpec, index: usize, reached: bool, hello_seen: bool) -> StartError {
+    let timeout = spec.start_timeout;
+    let described = || spec.source.connector().describe();
+    let reason = match &spec.source {
+        _ if hello_seen => format!(
+            "no ready message within {timeout:?}: the initialiser is still running \
+             (raise start_timeout, or make init faster)"
+        ),
+        WorkerSource::Local(local) => format!(
+            "{} sent no hello within {timeout:?}: is it a looppool worker program, with \
+             looppool::worker_main!({}) as the first line of main? (If it starts \
+             slowly, raise start_timeout.)",
+            local.program().display(),
+            spec.worker_name,
+        ),
+        WorkerSource::Connector(_) if !reached => format!(
+            "{} reached no worker within {timeout:?} (raise start_timeout if workers join slowly)",
+            described()
+        ),
+        WorkerSource::Connector(_) => format!(
+            "the worker reached through {} sent no hello within {timeout:?}",
+            described()
+        ),
+    };
+    StartError::Handshake {
         worker: index,
         reason,
-    };
-    let not_a_worker = |e: &dyn std::fmt::Display| {
-        fail(format!(
-            "{} is not a looppool worker: the bytes it wrote to descriptor 3 are not a \
-             looppool hello ({e}); use a program whose main starts with \
-             looppool::worker_main!({})",
-            origin(spec),
-            spec.worker_name
-        ))
-    };
-    let Connection { reader, mut writer } = conn;
-    let mut reader = FrameReader::new(reader, HELLO_LIMIT);
-    let mut sent_init = false;
-    let mut pid = 0;
-    loop {
-        let msg = loop {
-            match reader.next_frame() {
-                Ok(Some(body)) if !sent_init => {
-                    break FromWorker::decode(body).map_err(|e| not_a_worker(&e))?
-                }
-                Ok(Some(body)) => {
-                    break FromWorker::decode(body)
-                        .map_err(|e| fail(format!("broke the protocol after its hello: {e}")))?
-                }
-                Ok(None) => {}
-                Err(e) if !sent_init => return Err(not_a_worker(&e)),
-                Err(e) => return Err(fail(format!("broke the protocol after its hello: {e}"))),
-            }
-            match reader.fill().await {
-                Ok(true) => {}
-                Ok(false) => return Err(fail(EARLY_EOF.into())),
-                Err(e) => return Err(fail(format!("{e}"))),
-            }
-        };
-        match msg {
-            FromWorker::Hello { protocol, hello } if !sent_init => {
-                hello_seen.store(true, Ordering::Relaxed);
-                if protocol != PROTOCOL_VERSION {
-                    return Err(fail(format!(
-                        "{} speaks looppool protocol version {protocol}, this pool speaks \
-                         {PROTOCOL_VERSION}: build both from the same looppool version",
-                        origin(spec)
-                    )));
-                }
-                if hello.worker != spec.worker_name {
-                    return Err(fail(format!(
-                        "asked for worker {:?} but {:?} answered",
-                        spec.worker_name, hello.worker
-                    )));
-                }
-                if hello.fingerprint != spec.fingerprint {
-                    return Err(fail(format!(
-                        "worker {:?} in {} was built with different message types (fingerprint {:016x}, \
-                         expected {:016x}): rebuild the worker program from the same sources as the parent",
-                        spec.worker_name,
-                        origin(spec),
-                        hello.fingerprint,
-                        spec.fingerprint
-                    )));
-                }
-                let init = Init {
-                    index: index as u32,
-                    pool: spec.pool_name.clone(),
-                    output_credits: spec.output_credits,
-                    max_frame: spec.max_frame as u64,
-                    report_interval_ms: spec.observe.report_interval_ms,
-                    blocked_threshold_ms: spec.observe.blocked_threshold_ms,
-                    log_level: spec.observe.log_level,
-                    task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
-                };
-                let mut buf = Vec::new();
-                protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)
-                    .map_err(|e| fail(format!("cannot encode init: {e}")))?;
-                if let Err(e) = transport::write_batch(&mut writer, &buf).await {
-                    return Err(fail(format!("cannot send init: {e}")));
-                }
-                sent_init = true;
-                pid = hello.pid;
-                // From here on the worker may send frames up to the pool's limit.
-                reader.set_max_frame(spec.max_frame);
-            }
-            FromWorker::Ready if sent_init => return Ok((reader, writer, pid)),
-            // The initialiser's log events.
-            FromWorker::Log(body) if sent_init => {
-                crate::parent::reports::relay_log(&spec.pool_name, index, pid, body);
-            }
-            FromWorker::InitFailed(message) if sent_init => {
-                return Err(StartError::Init {
-                    worker: index,
-                    message,
-                })
-            }
-            other => {
-                return Err(fail(format!(
-                    "unexpected message during the handshake: {other:?}"
-                )))
-            }
-        }
     }
 }
 
-/// Encodes the init payload once per pool.
-pub(crate) fn encode_init<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    codec::put_serde(&mut buf, value).map_err(|e| e.to_string())?;
-    Ok(buf)
+/// Stops a worker whose start failed and returns the error to report. A
+/// local worker that closed its connection before the handshake is exiting
+/// on its own: it is let exit, so that its exit status (not our kill) tells
+/// what happened.
+async fn stop_failed(
+    source: &WorkerSource,
+    mut peer: Box<dyn Peer>,
+    failure: StartError,
+) -> StartError {
+    let local = match (source, &failure) {
+        (WorkerSource::Local(local), StartError::Handshake { reason, .. })
+            if reason == EARLY_EOF =>
+        {
+            local
+        }
+        _ => {
+            peer.kill();
+            let _ = peer.wait();
+            return failure;
+        }
+    };
+    let status = await_exit(&mut *peer).await;
+    match failure {
+        StartError::Handshake { worker, .. } => StartError::Handshake {
+            worker,
+            reason: local.early_exit_reason(status),
+        },
+        other => other,
+    }
+}
+
+/// Gives `peer` half a second to exit, then kills it; its exit status.
+async fn await_exit(peer: &mut dyn Peer) -> Option<crate::event::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline && matches!(peer.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    peer.kill();
+    peer.wait().ok()
+}
+
+/// Starts workers `indices` at once (they boot in parallel), returned in
+/// index order. All or none: if any fails, those that started are stopped
+/// and the first error is returned.
+pub(crate) async fn launch_all(
+    spec: &LaunchSpec,
+    indices: Range<usize>,
+) -> Result<Vec<Launched>, StartError> {
+    let mut launching = tokio::task::JoinSet::new();
+    for index in indices.clone() {
+        let spec = spec.clone();
+        launching.spawn(async move { (index, launch(&spec, index).await) });
+    }
+    let mut launched: Vec<Option<Launched>> = indices.clone().map(|_| None).collect();
+    let mut first_error = None;
+    while let Some(joined) = launching.join_next().await {
+        match joined {
+            Ok((index, Ok(l))) => launched[index - indices.start] = Some(l),
+            Ok((_, Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    let launched = launched.into_iter().flatten();
+    match first_error {
+        Some(error) => {
+            discard(launched);
+            Err(error)
+        }
+        None => Ok(launched.collect()),
+    }
+}
+
+/// Kills and reaps started workers that will not be served.
+pub(crate) fn discard(launched: impl IntoIterator<Item = Launched>) {
+    for mut l in launched {
+        l.peer.kill();
+        let _ = l.peer.wait();
+    }
 }

@@ -147,12 +147,13 @@ impl Peer for std::process::Child {
     }
 }
 
-/// Spawns `cmd` as a worker process is spawned: it receives SIGKILL when
-/// this process dies, however it dies, so it never outlives its parent. For
-/// connectors that start local processes.
+/// Spawns `cmd` as a child tied to this process, as the pool spawns its
+/// local workers: it receives SIGKILL when this process dies, however it
+/// dies, so it never outlives its parent. For connectors that start local
+/// processes.
 ///
 /// # Errors
 /// The operating system's error when the program cannot be executed.
-pub async fn spawn_child(cmd: std::process::Command) -> io::Result<std::process::Child> {
-    crate::supervisor::spawn_guarded(cmd).await
+pub async fn spawn_tied_child(cmd: std::process::Command) -> io::Result<std::process::Child> {
+    crate::sys::spawn_tied_child(cmd).await
 }

@@ -1,0 +1,256 @@
+//! The driver task of one worker index: start, serve, reap, restart.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::launch::{launch, Launched};
+use super::policy::Backoff;
+use super::{Serving, Supervisor};
+use crate::error::WorkerLost;
+use crate::event::{ExitStatus, LossCause, WorkerEvent};
+use crate::parent::connection::{read_loop, write_loop, ReadEnd};
+use crate::parent::lane::Lane;
+use crate::parent::outputs::BatchSender;
+
+/// How a served worker ended, as far as its replacement is concerned.
+enum Ended {
+    /// It drained and exited to be recycled: replace it at once, outside the
+    /// restart budget.
+    Recycled,
+    /// It died: replace it under the restart policy.
+    Died,
+    /// The pool is stopping or the worker was removed: no replacement.
+    Stopped,
+}
+
+impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
+    /// Serves worker `index` (first the one in `first`), and replaces it
+    /// each time it ends, until the pool stops or the policy gives up.
+    pub(super) async fn drive(
+        self: Arc<Self>,
+        index: usize,
+        first: Option<Serving>,
+        outputs: BatchSender<O>,
+    ) {
+        let mut backoff = Backoff::default();
+        let mut next = Some(first);
+        loop {
+            let installed = match next.take() {
+                Some(installed) => installed,
+                None => match self.start_replacement(index, &mut backoff).await {
+                    Some(installed) => installed,
+                    None => break,
+                },
+            };
+            let Some(serving) = installed else {
+                // The lane was closed meanwhile (the pool is going away).
+                self.kill(index);
+                let _ = self.reap(index).await;
+                break;
+            };
+            let started = Instant::now();
+            let pid = serving.pid;
+            let end = self.serve(index, serving, &outputs).await;
+            match self.conclude(index, pid, end, &outputs).await {
+                Ended::Recycled => continue,
+                Ended::Stopped => break,
+                Ended::Died => {}
+            }
+            backoff.lived(started.elapsed());
+            if !self.restart_allowed(index, &mut backoff).await {
+                break;
+            }
+        }
+        // Whatever raced with the end (a restart refused, a failed start).
+        let held = self.lanes[index].take_held(true);
+        self.report_lost(held, &WorkerLost::pool_killed(index), &outputs);
+    }
+
+    /// Starts a replacement for worker `index`, retrying failed starts under
+    /// the restart policy; `None` when the pool stops or the policy refuses.
+    async fn start_replacement(
+        &self,
+        index: usize,
+        backoff: &mut Backoff,
+    ) -> Option<Option<Serving>> {
+        loop {
+            match self.launch_unless_stopped(index).await? {
+                Ok(launched) => return Some(self.install(index, launched)),
+                Err(e) => {
+                    self.emit(WorkerEvent::StartFailed {
+                        worker: index,
+                        error: e.to_string(),
+                    });
+                    if !self.restart_allowed(index, backoff).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the worker's connection (reader here, writer and heartbeat as
+    /// tasks of their own) until it ends; a worker that broke the protocol is
+    /// killed.
+    async fn serve(
+        self: &Arc<Self>,
+        index: usize,
+        serving: Serving,
+        outputs: &BatchSender<O>,
+    ) -> ReadEnd {
+        let Serving {
+            pid,
+            generation,
+            reader,
+            writer,
+        } = serving;
+        let lane = &self.lanes[index];
+        let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer));
+        let heartbeat = self.tuning.heartbeat.map(|(interval, timeout)| {
+            tokio::spawn(
+                self.clone()
+                    .heartbeat(index, pid, generation, interval, timeout),
+            )
+        });
+        let end = read_loop(lane.clone(), generation, reader, outputs.clone()).await;
+        writer_task.abort();
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.abort();
+        }
+        if let ReadEnd::Broken(why) = &end {
+            tracing::error!(pool = %self.spec.pool_name, worker = index, pid, error = %why, "closing the connection to a misbehaving worker");
+            self.kill(index);
+        }
+        end
+    }
+
+    /// Collects the ended worker's exit status, reports the tasks it held,
+    /// and emits the event that says how it ended.
+    async fn conclude(
+        &self,
+        index: usize,
+        pid: u32,
+        end: ReadEnd,
+        outputs: &BatchSender<O>,
+    ) -> Ended {
+        let lane = &self.lanes[index];
+        let status = self.reap(index).await;
+        let stopping = self.is_stopping();
+        let recycled = lane.take_recycle_reason();
+        let held = lane.take_held(stopping);
+        let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
+        let cause = self.loss_cause(lane, end);
+        let lost = WorkerLost {
+            worker: index,
+            pid,
+            status,
+            cause: cause.clone(),
+        };
+        let lost_tasks = held.len();
+        self.report_lost(held, &lost, outputs);
+        let event = match (clean, recycled) {
+            (true, Some(reason)) if !stopping => {
+                self.emit(WorkerEvent::Recycled {
+                    worker: index,
+                    pid,
+                    reason,
+                });
+                return Ended::Recycled;
+            }
+            (true, _) => WorkerEvent::Exited { worker: index, pid },
+            (false, _) => WorkerEvent::Crashed {
+                worker: index,
+                pid,
+                status,
+                cause,
+                lost_tasks,
+            },
+        };
+        self.emit(event);
+        if stopping || self.is_stopping() || lane.is_closed() {
+            // The pool is shutting down, or this worker was removed.
+            lane.take_held(true);
+            return Ended::Stopped;
+        }
+        Ended::Died
+    }
+
+    /// Why a worker whose connection ended with `end` lost its tasks.
+    fn loss_cause(&self, lane: &Lane<O>, end: ReadEnd) -> LossCause {
+        let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
+        match end {
+            _ if unresponsive => LossCause::Unresponsive,
+            ReadEnd::Broken(why) => LossCause::Protocol(why),
+            _ => self.state.borrow().loss_cause(),
+        }
+    }
+
+    /// Starts worker `index`, unless the pool stops first (then `None`).
+    pub(super) async fn launch_unless_stopped(
+        &self,
+        index: usize,
+    ) -> Option<Result<Launched, crate::StartError>> {
+        let mut state = self.state.subscribe();
+        tokio::select! {
+            launched = launch(&self.spec, index) => Some(launched),
+            _ = state.wait_for(|s| !s.is_running()) => None,
+        }
+    }
+
+    /// Applies the restart policy; sleeps the back-off when a restart is allowed.
+    pub(super) async fn restart_allowed(&self, index: usize, backoff: &mut Backoff) -> bool {
+        if !self.policy.restart || self.is_stopping() {
+            self.lanes[index].take_held(true);
+            return false;
+        }
+        let recorded = crate::sync::lock(&self.restarts).try_record(&self.policy, Instant::now());
+        if !recorded {
+            self.fail(format!(
+                "more than {} worker restarts within {:?}: the pool stopped itself",
+                self.policy.max_restarts, self.policy.window
+            ));
+            return false;
+        }
+        let (attempt, delay) = backoff.next(&self.policy);
+        self.emit(WorkerEvent::Restarting {
+            worker: index,
+            attempt,
+            delay,
+        });
+        tokio::time::sleep(delay).await;
+        !self.is_stopping()
+    }
+
+    /// Waits for worker `index`'s process to end and collects its status. A
+    /// process that closed its connection but lingers is killed after a grace
+    /// period.
+    pub(super) async fn reap(&self, index: usize) -> ExitStatus {
+        let grace = Instant::now() + Duration::from_secs(2);
+        let mut pause = Duration::from_micros(200);
+        loop {
+            {
+                let mut slot = crate::sync::lock(&self.children[index]);
+                let Some(child) = slot.child.as_mut() else {
+                    return slot.reaped.take().unwrap_or(ExitStatus::Unknown);
+                };
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        slot.child = None;
+                        return status;
+                    }
+                    Ok(None) if Instant::now() > grace => {
+                        child.kill();
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        slot.child = None;
+                        return ExitStatus::Unknown;
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}

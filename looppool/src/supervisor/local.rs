@@ -1,0 +1,154 @@
+//! The built-in connector: each worker a child process of this one, joined
+//! over a socketpair whose far end the child finds as descriptor 3.
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::event::ExitStatus;
+use crate::sys;
+use crate::transport::{self, ConnectFuture, Connection, Connector, Link};
+use crate::worker::entry::SIGNALS_ENV;
+use crate::worker::WORKER_ENV;
+
+/// Starts workers as child processes that die with this process.
+#[derive(Debug)]
+pub(crate) struct LocalProcesses {
+    /// The program to execute; `/proc/self/exe` for this very executable.
+    program: PathBuf,
+    /// Whether `program` was named by the caller, not this executable.
+    named: bool,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    worker_name: &'static str,
+    /// The pool's name, for process titles; `None` leaves titles alone.
+    title_pool: Option<String>,
+}
+
+/// How a local pool starts its workers.
+#[derive(Debug)]
+pub(crate) struct LocalOptions {
+    /// The program to execute, or `None` for this very executable.
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) worker_name: &'static str,
+    pub(crate) pool_name: String,
+    pub(crate) inherit_signals: bool,
+    pub(crate) titles: bool,
+    /// The statsd address and prefix the workers report to.
+    pub(crate) statsd: Option<(String, String)>,
+}
+
+impl LocalProcesses {
+    pub(crate) fn new(options: LocalOptions) -> Self {
+        let mut env: Vec<(OsString, OsString)> =
+            vec![(WORKER_ENV.into(), options.worker_name.into())];
+        if options.inherit_signals {
+            env.push((SIGNALS_ENV.into(), "inherit".into()));
+        }
+        if let Some((addr, prefix)) = &options.statsd {
+            env.push((
+                crate::protocol::report::STATSD_ENV.into(),
+                format!("{addr} {prefix}").into(),
+            ));
+        }
+        LocalProcesses {
+            named: options.program.is_some(),
+            // /proc/self/exe names the running image even if the file was replaced.
+            program: options
+                .program
+                .unwrap_or_else(|| PathBuf::from("/proc/self/exe")),
+            args: options.args,
+            env,
+            worker_name: options.worker_name,
+            title_pool: options.titles.then_some(options.pool_name),
+        }
+    }
+
+    /// The program the workers run.
+    pub(crate) fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The title `ps` shows: `<program>: <pool> worker <index>`.
+    fn title(&self, pool: &str, index: usize) -> String {
+        let program = if self.named {
+            self.program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        } else {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        }
+        .unwrap_or_else(|| "looppool".into());
+        format!("{program}: {pool} worker {index}")
+    }
+
+    fn command(&self, index: usize) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        if let Some(pool) = &self.title_pool {
+            cmd.arg0(self.title(pool, index));
+        }
+        cmd
+    }
+
+    /// Spawns worker `index` with its end of a new socketpair.
+    async fn spawn(&self, index: usize) -> std::io::Result<Link> {
+        let (parent_end, child_end) = transport::socketpair()?;
+        let mut cmd = self.command(index);
+        sys::pass_connection(&mut cmd, child_end.as_raw_fd());
+        let spawned = sys::spawn_tied_child(cmd).await;
+        // The child has its own copy now; ours must close so that its end of
+        // the connection is the only one left.
+        drop(child_end);
+        let mut child = spawned?;
+        match Connection::unix(parent_end) {
+            Ok(connection) => Ok(Link {
+                connection,
+                peer: Box::new(child),
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Why a worker that closed its connection before the handshake ended
+    /// with `status`, with what to change.
+    pub(crate) fn early_exit_reason(&self, status: Option<ExitStatus>) -> String {
+        use crate::worker::runtime::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
+        let program = self.program.display();
+        let worker = self.worker_name;
+        let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+        match status {
+            Some(ExitStatus::Code(EXIT_UNKNOWN_WORKER)) => format!(
+                "{program} does not know a worker named {worker:?}: list it in looppool::worker_main! ({status_text})",
+            ),
+            Some(ExitStatus::Code(EXIT_INIT_FAILED)) => {
+                format!("the initialiser failed ({status_text})")
+            }
+            _ => format!(
+                "{program} exited before the handshake ({status_text}): is it a looppool worker program, \
+                 with looppool::worker_main!({worker}) as the first line of main?",
+            ),
+        }
+    }
+}
+
+impl Connector for LocalProcesses {
+    fn connect(&self, index: usize) -> ConnectFuture<'_> {
+        Box::pin(self.spawn(index))
+    }
+
+    fn describe(&self) -> String {
+        self.program.display().to_string()
+    }
+}
