@@ -121,6 +121,7 @@ mod pool;
 mod relay;
 mod remote;
 mod settings;
+mod sync;
 
 pub use pool::{Delivery, NatsPool, NatsPoolBuilder};
 pub use remote::{
