@@ -18,7 +18,7 @@
 //!   durable consumer per worker and acknowledges each. Round trips per
 //!   second, then sequential round trips (publish, wait for the result) as
 //!   a latency series.
-//! - `W1-broker`: W1's tiny echo tasks through `NatsPool` with 2 local
+//! - `W1-broker`: W1's tiny echo tasks through `looppool-nats` with 2 local
 //!   workers; tasks/s against the raw round-trip rate, target ≥ 0.8.
 //! - `W2-broker`: sequential `pool.call`s; p50 and p99 against the raw
 //!   sequential round trip; target p50 ≤ 1.25× (= 1/0.8) and p99 ≤ 2×.
@@ -171,7 +171,7 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
 
     if opts.runs("W1-broker") {
         progress(&format!(
-            "W1-broker: {} tiny tasks through NatsPool, {WORKERS} local workers",
+            "W1-broker: {} tiny tasks through looppool-nats, {WORKERS} local workers",
             sizes.n
         ));
         let f = within(rt, "W1-broker", w1_broker(&server, sizes))?;
@@ -186,7 +186,7 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
     }
     if opts.runs("W2-broker") {
         progress(&format!(
-            "W2-broker: {} sequential calls through NatsPool",
+            "W2-broker: {} sequential calls through looppool-nats",
             sizes.calls
         ));
         let (series, cpu) = within(rt, "W2-broker", w2_broker(&server, sizes))?;
@@ -696,7 +696,7 @@ async fn start_pool(
     server: &Server,
     name: &str,
 ) -> BenchResult<(Pool<Echo>, looppool::Outputs<u64>)> {
-    let mut builder = looppool_nats::NatsPool::<Echo>::builder(server.url.clone(), name)
+    let mut builder = looppool_nats::NatsPoolBuilder::<Echo>::new(server.url.clone(), name)
         .local_workers(WORKERS)
         .max_tasks(WORKERS * WINDOW)
         .configure(|b| b.max_results(WORKERS * WINDOW));

@@ -34,7 +34,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use looppool::{BoxError, InitContext, Output, TaskContext, Worker};
-use looppool_nats::NatsPool;
+use looppool_nats::NatsPoolBuilder;
 use serde::{Deserialize, Serialize};
 
 type Error = Box<dyn std::error::Error>;
@@ -189,7 +189,7 @@ async fn run(url: &str) -> Result<(), Error> {
         );
     }
     let started = Instant::now();
-    let (pool, mut outputs) = NatsPool::<Cruncher>::builder(url, pool_name.as_str())
+    let (pool, mut outputs) = NatsPoolBuilder::<Cruncher>::new(url, pool_name.as_str())
         .local_workers(local)
         .remote_workers(remote)
         .start()

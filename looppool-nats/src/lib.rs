@@ -33,7 +33,7 @@
 //!         .unwrap()
 //!         .block_on(async {
 //!             let (pool, _outputs) =
-//!                 looppool_nats::NatsPool::<Doubler>::builder("nats://127.0.0.1:4222", "jobs")
+//!                 looppool_nats::NatsPoolBuilder::<Doubler>::new("nats://127.0.0.1:4222", "jobs")
 //!                     .local_workers(2)
 //!                     .start()
 //!                     .await
@@ -123,7 +123,7 @@ mod remote;
 mod settings;
 mod sync;
 
-pub use pool::{Delivery, NatsPool, NatsPoolBuilder};
+pub use pool::{Delivery, NatsPoolBuilder};
 pub use remote::{
     run_if_remote, RemoteWorker, CA_ENV, CERT_ENV, CREDS_ENV, INDEX_ENV, JOIN_TIMEOUT_ENV, KEY_ENV,
     POOL_ENV, URL_ENV, WORKER_ENV,

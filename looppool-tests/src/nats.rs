@@ -166,7 +166,7 @@ pub fn probe_pool(
     url: &str,
     pool: &str,
 ) -> looppool_nats::NatsPoolBuilder<crate::Probe> {
-    looppool_nats::NatsPool::<crate::Probe>::builder(url, pool)
+    looppool_nats::NatsPoolBuilder::<crate::Probe>::new(url, pool)
         .program(program)
         .liveness(Duration::from_millis(200), Duration::from_millis(1000))
         .ack_wait(Duration::from_secs(2))

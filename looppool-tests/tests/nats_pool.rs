@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use looppool::{CallError, Output, TaskError};
-use looppool_nats::NatsPool;
+use looppool_nats::NatsPoolBuilder;
 use looppool_tests::nats::{remote_worker, NatsServer};
 use looppool_tests::{Job, Probe, ProbeInit};
 
@@ -236,7 +236,7 @@ async fn a_program_that_never_joins_is_a_start_error() {
         return;
     };
     // `true` exits at once without joining.
-    let err = NatsPool::<Probe>::builder(&server.url, "nojoin")
+    let err = NatsPoolBuilder::<Probe>::new(&server.url, "nojoin")
         .program("/bin/true")
         .local_workers(1)
         .start()
@@ -245,7 +245,7 @@ async fn a_program_that_never_joins_is_a_start_error() {
     let text = err.to_string();
     assert!(text.contains("before joining"), "{text}");
     // And a bad pool id is refused before anything starts.
-    let err = NatsPool::<Probe>::builder(&server.url, "no.dots")
+    let err = NatsPoolBuilder::<Probe>::new(&server.url, "no.dots")
         .local_workers(1)
         .start()
         .await
