@@ -129,7 +129,7 @@ fn within<T>(
 }
 
 fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
-    let Some(binary) = server_binary() else {
+    let Some(binary) = looppool_nats::server::locate() else {
         let why = "nats-server not found (install Debian's nats-server, or set NATS_SERVER)";
         if opts.broker {
             return Err(format!("--broker: {why}").into());
@@ -284,19 +284,6 @@ fn cpu_of(pids: &[u32]) -> Duration {
 
 // ---------------------------------------------------------------- server --
 
-/// The `nats-server` binary: `$NATS_SERVER`, the `PATH`, or Debian's
-/// `/usr/sbin` (not on every user's `PATH`).
-fn server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return Some(p.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
 /// A private `nats-server -js` on a free loopback port with a temporary
 /// store; stopped by its pid and its store removed on drop.
 struct Server {
@@ -315,41 +302,10 @@ impl Server {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.join("js"))
-            .arg("--ports_file_dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let mut server = Server {
-            child,
-            dir,
-            url: String::new(),
-        };
-        let ports = server
-            .dir
-            .join(format!("nats-server_{}.ports", server.child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.url.is_empty() {
-            if Instant::now() > deadline {
-                return Err(format!("nats-server wrote no {} within 10 s", ports.display()).into());
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("nats-server exited at start-up: {status}").into());
-            }
-            // {"nats":["nats://127.0.0.1:PORT"], ...}
-            if let Ok(text) = std::fs::read_to_string(&ports) {
-                if let Some(url) = text.split('"').find(|s| s.starts_with("nats://")) {
-                    server.url = url.to_owned();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(server)
+        let (child, url) = looppool_nats::server::spawn(binary, &dir, None).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        Ok(Server { child, dir, url })
     }
 
     fn pid(&self) -> u32 {

@@ -109,9 +109,10 @@
 //!
 //! # Testing
 //!
-//! The crate's tests start a private `nats-server -js` on a free loopback
-//! port with a temporary store; `cargo test -p looppool-nats` needs
-//! `nats-server` on the `PATH` or in `/usr/sbin` (Debian package
+//! The workspace's broker tests (in `looppool-tests`), its bench program
+//! and the `broker_pool` example each start a private `nats-server -js` on
+//! a free loopback port with a temporary store, through [`server`]: they
+//! need `nats-server` on the `PATH` or in `/usr/sbin` (Debian package
 //! `nats-server`), or its path in `NATS_SERVER`.
 
 mod broker;
@@ -120,6 +121,7 @@ mod names;
 mod pool;
 mod relay;
 mod remote;
+pub mod server;
 mod settings;
 mod sync;
 
