@@ -315,9 +315,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory effects; the pid is our own child's,
-        // not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // The pid is our own child's, not yet reaped: SIGTERM lets the
+        // server flush its store.
+        sys::signal(self.child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -63,8 +63,7 @@ impl NatsServer {
     /// Stops the server (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            crate::sys::signal(child.id(), libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
