@@ -401,6 +401,24 @@ pub async fn next_output<O>(outputs: &mut looppool::Outputs<O>) -> looppool::Out
         .expect("the output stream goes on")
 }
 
+/// The next `n` output-stream items, failing the test if the stream ends
+/// first or `within` passes without an item.
+pub async fn take<O>(
+    outputs: &mut looppool::Outputs<O>,
+    n: usize,
+    within: Duration,
+) -> Vec<looppool::Output<O>> {
+    let mut items = Vec::with_capacity(n);
+    while items.len() < n {
+        match tokio::time::timeout(within, outputs.next()).await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => panic!("stream ended after {} of {n} items", items.len()),
+            Err(_) => panic!("timed out after {} of {n} items", items.len()),
+        }
+    }
+    items
+}
+
 /// Open file descriptors of this process (entries of `/proc/self/fd`).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
