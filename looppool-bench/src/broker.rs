@@ -18,7 +18,7 @@
 //!   durable consumer per worker and acknowledges each. Round trips per
 //!   second, then sequential round trips (publish, wait for the result) as
 //!   a latency series.
-//! - `W1-broker`: W1's tiny echo tasks through `NatsPool` with 2 local
+//! - `W1-broker`: W1's tiny echo tasks through `looppool-nats` with 2 local
 //!   workers; tasks/s against the raw round-trip rate, target ≥ 0.8.
 //! - `W2-broker`: sequential `pool.call`s; p50 and p99 against the raw
 //!   sequential round trip; target p50 ≤ 1.25× (= 1/0.8) and p99 ≤ 2×.
@@ -129,7 +129,7 @@ fn within<T>(
 }
 
 fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
-    let Some(binary) = server_binary() else {
+    let Some(binary) = looppool_nats::server::locate() else {
         let why = "nats-server not found (install Debian's nats-server, or set NATS_SERVER)";
         if opts.broker {
             return Err(format!("--broker: {why}").into());
@@ -171,7 +171,7 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
 
     if opts.runs("W1-broker") {
         progress(&format!(
-            "W1-broker: {} tiny tasks through NatsPool, {WORKERS} local workers",
+            "W1-broker: {} tiny tasks through looppool-nats, {WORKERS} local workers",
             sizes.n
         ));
         let f = within(rt, "W1-broker", w1_broker(&server, sizes))?;
@@ -186,7 +186,7 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
     }
     if opts.runs("W2-broker") {
         progress(&format!(
-            "W2-broker: {} sequential calls through NatsPool",
+            "W2-broker: {} sequential calls through looppool-nats",
             sizes.calls
         ));
         let (series, cpu) = within(rt, "W2-broker", w2_broker(&server, sizes))?;
@@ -284,19 +284,6 @@ fn cpu_of(pids: &[u32]) -> Duration {
 
 // ---------------------------------------------------------------- server --
 
-/// The `nats-server` binary: `$NATS_SERVER`, the `PATH`, or Debian's
-/// `/usr/sbin` (not on every user's `PATH`).
-fn server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return Some(p.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
 /// A private `nats-server -js` on a free loopback port with a temporary
 /// store; stopped by its pid and its store removed on drop.
 struct Server {
@@ -315,41 +302,10 @@ impl Server {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.join("js"))
-            .arg("--ports_file_dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let mut server = Server {
-            child,
-            dir,
-            url: String::new(),
-        };
-        let ports = server
-            .dir
-            .join(format!("nats-server_{}.ports", server.child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.url.is_empty() {
-            if Instant::now() > deadline {
-                return Err(format!("nats-server wrote no {} within 10 s", ports.display()).into());
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("nats-server exited at start-up: {status}").into());
-            }
-            // {"nats":["nats://127.0.0.1:PORT"], ...}
-            if let Ok(text) = std::fs::read_to_string(&ports) {
-                if let Some(url) = text.split('"').find(|s| s.starts_with("nats://")) {
-                    server.url = url.to_owned();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(server)
+        let (child, url) = looppool_nats::server::spawn(binary, &dir, None).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        Ok(Server { child, dir, url })
     }
 
     fn pid(&self) -> u32 {
@@ -359,9 +315,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory effects; the pid is our own child's,
-        // not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // The pid is our own child's, not yet reaped: SIGTERM lets the
+        // server flush its store.
+        sys::signal(self.child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -696,7 +652,7 @@ async fn start_pool(
     server: &Server,
     name: &str,
 ) -> BenchResult<(Pool<Echo>, looppool::Outputs<u64>)> {
-    let mut builder = looppool_nats::NatsPool::<Echo>::builder(server.url.clone(), name)
+    let mut builder = looppool_nats::NatsPoolBuilder::<Echo>::new(server.url.clone(), name)
         .local_workers(WORKERS)
         .max_tasks(WORKERS * WINDOW)
         .configure(|b| b.max_results(WORKERS * WINDOW));

@@ -1,11 +1,19 @@
 //! What the bench reads from or asks of the system: CPU affinity, resident
 //! memory, CPU time, and a description of the machine.
 //!
-//! The only module with `unsafe`: `sched_setaffinity` and `getrusage`, which
-//! std does not wrap.
+//! The only module with `unsafe`: `sched_setaffinity`, `getrusage` and
+//! `kill`, which std does not wrap.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Sends `signal` to process `pid`; a process already gone is not looked
+/// at.
+pub(crate) fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
 
 /// The thread ids of this process.
 fn threads() -> io::Result<Vec<libc::pid_t>> {
@@ -314,7 +322,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let other = std::thread::spawn(move || {
-            // SAFETY (test): gettid has no memory effects.
+            // SAFETY: gettid takes nothing and touches no memory.
             ready_tx.send(unsafe { libc::gettid() }).unwrap();
             rx.recv().unwrap();
         });

@@ -29,12 +29,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use looppool::{BoxError, InitContext, Output, TaskContext, Worker};
-use looppool_nats::NatsPool;
+use looppool_nats::NatsPoolBuilder;
 use serde::{Deserialize, Serialize};
 
 type Error = Box<dyn std::error::Error>;
@@ -189,7 +189,7 @@ async fn run(url: &str) -> Result<(), Error> {
         );
     }
     let started = Instant::now();
-    let (pool, mut outputs) = NatsPool::<Cruncher>::builder(url, pool_name.as_str())
+    let (pool, mut outputs) = NatsPoolBuilder::<Cruncher>::new(url, pool_name.as_str())
         .local_workers(local)
         .remote_workers(remote)
         .start()
@@ -323,58 +323,19 @@ struct PrivateBroker {
 
 impl PrivateBroker {
     fn start() -> Result<Self, Error> {
-        let binary = nats_server().ok_or(
+        let binary = looppool_nats::server::locate().ok_or(
             "nats-server not found: install it (Debian: apt-get install nats-server), \
              set NATS_SERVER to its path, or set NATS_URL to a running broker",
         )?;
         let dir = std::env::temp_dir().join(format!("broker-pool-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        // `-p -1` takes a free port, which the server writes to a file in
-        // `--ports_file_dir`.
-        let spawned = Command::new(&binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.join("store"))
-            .arg("--ports_file_dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
+        match looppool_nats::server::spawn(&binary, &dir, None) {
+            Ok((child, url)) => Ok(PrivateBroker { child, dir, url }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("cannot start {}: {e}", binary.display()).into());
+                Err(e.into())
             }
-        };
-        let mut broker = PrivateBroker {
-            child,
-            dir,
-            url: String::new(),
-        };
-        broker.url = broker.wait_for_url()?;
-        Ok(broker)
-    }
-
-    /// The client URL from the server's ports file, once it is written:
-    /// `{"nats":["nats://127.0.0.1:PORT"], ...}`.
-    fn wait_for_url(&mut self) -> Result<String, Error> {
-        let ports = self
-            .dir
-            .join(format!("nats-server_{}.ports", self.child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(text) = std::fs::read_to_string(&ports) {
-                if let Some(url) = text.split('"').find(|s| s.starts_with("nats://")) {
-                    return Ok(url.to_owned());
-                }
-            }
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!("nats-server exited at start ({status})").into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!("nats-server wrote no {} within 10 s", ports.display()).into())
     }
 }
 
@@ -385,17 +346,4 @@ impl Drop for PrivateBroker {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `$NATS_SERVER`, else `nats-server` on the `PATH` or in Debian's
-/// `/usr/sbin` (not on every user's `PATH`).
-fn nats_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return Some(path.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
 }

@@ -20,6 +20,7 @@ use crate::names;
 use crate::relay::parent::{ChildCell, Ending, ParentRelay};
 use crate::remote;
 use crate::settings::Settings;
+use crate::sync::lock;
 
 /// How a pool's workers are reached, fixed when the pool starts.
 #[derive(Debug, Clone)]
@@ -151,7 +152,7 @@ async fn dispatch(shared: Arc<Shared>, mut joins: async_nats::Subscriber) {
             .map(|v| v.to_string())
             .unwrap_or_default();
         let chosen = {
-            let mut waiting = shared.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = lock(&shared.waiting);
             waiting.retain(|_, w| !w.tx.is_closed());
             let index = match (&token, want) {
                 (Some(t), _) => waiting
@@ -199,7 +200,7 @@ struct ChildGuard(Option<Arc<Mutex<ChildCell>>>);
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(child) = self.0.take() {
-            let mut c = child.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = lock(&child);
             c.kill();
             let _ = c.wait();
         }
@@ -216,17 +217,13 @@ async fn connect(shared: Arc<Shared>, index: usize) -> std::io::Result<Link> {
         )
     });
     let (tx, mut rx) = oneshot::channel();
-    shared
-        .waiting
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            index,
-            Waiter {
-                token: token.clone(),
-                tx,
-            },
-        );
+    lock(&shared.waiting).insert(
+        index,
+        Waiter {
+            token: token.clone(),
+            tx,
+        },
+    );
     let mut guard = ChildGuard(None);
     if let Some(token) = &token {
         let child = spawn_local_worker(&shared, index, token).await?;
@@ -240,7 +237,7 @@ async fn connect(shared: Arc<Shared>, index: usize) -> std::io::Result<Link> {
             tokio::select! {
                 j = &mut rx => break j.map_err(|_| std::io::Error::other("the pool stopped waiting for a join"))?,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                    let exited = child.lock().unwrap_or_else(|e| e.into_inner()).try_wait()?;
+                    let exited = lock(child).try_wait()?;
                     if let Some(status) = exited {
                         return Err(std::io::Error::other(format!(
                             "the worker program exited ({status}) before joining through the broker: \
@@ -345,10 +342,10 @@ struct BrokerPeer {
 impl Peer for BrokerPeer {
     fn kill(&mut self) {
         if let Some(child) = &self.child {
-            child.lock().unwrap_or_else(|e| e.into_inner()).kill();
+            lock(child).kill();
         }
         self.relay.abort();
-        self.ending.lock().unwrap_or_else(|e| e.into_inner()).ended = true;
+        lock(&self.ending).ended = true;
         // A remote worker is told to go; its consumers go in any case, so
         // that it receives nothing more.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -364,17 +361,17 @@ impl Peer for BrokerPeer {
 
     fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
         if let Some(child) = &self.child {
-            return child.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+            return lock(child).try_wait();
         }
-        let e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        let e = lock(&self.ending);
         Ok(e.ended.then(|| e.status.unwrap_or(ExitStatus::Unknown)))
     }
 
     fn wait(&mut self) -> std::io::Result<ExitStatus> {
         if let Some(child) = &self.child {
-            return child.lock().unwrap_or_else(|e| e.into_inner()).wait();
+            return lock(child).wait();
         }
-        let e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        let e = lock(&self.ending);
         Ok(e.status.unwrap_or(ExitStatus::Unknown))
     }
 }

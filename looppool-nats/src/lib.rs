@@ -33,7 +33,7 @@
 //!         .unwrap()
 //!         .block_on(async {
 //!             let (pool, _outputs) =
-//!                 looppool_nats::NatsPool::<Doubler>::builder("nats://127.0.0.1:4222", "jobs")
+//!                 looppool_nats::NatsPoolBuilder::<Doubler>::new("nats://127.0.0.1:4222", "jobs")
 //!                     .local_workers(2)
 //!                     .start()
 //!                     .await
@@ -109,9 +109,10 @@
 //!
 //! # Testing
 //!
-//! The crate's tests start a private `nats-server -js` on a free loopback
-//! port with a temporary store; `cargo test -p looppool-nats` needs
-//! `nats-server` on the `PATH` or in `/usr/sbin` (Debian package
+//! The workspace's broker tests (in `looppool-tests`), its bench program
+//! and the `broker_pool` example each start a private `nats-server -js` on
+//! a free loopback port with a temporary store, through [`server`]: they
+//! need `nats-server` on the `PATH` or in `/usr/sbin` (Debian package
 //! `nats-server`), or its path in `NATS_SERVER`.
 
 mod broker;
@@ -120,9 +121,11 @@ mod names;
 mod pool;
 mod relay;
 mod remote;
+pub mod server;
 mod settings;
+mod sync;
 
-pub use pool::{Delivery, NatsPool, NatsPoolBuilder};
+pub use pool::{Delivery, NatsPoolBuilder};
 pub use remote::{
     run_if_remote, RemoteWorker, CA_ENV, CERT_ENV, CREDS_ENV, INDEX_ENV, JOIN_TIMEOUT_ENV, KEY_ENV,
     POOL_ENV, URL_ENV, WORKER_ENV,

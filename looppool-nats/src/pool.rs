@@ -37,10 +37,13 @@ impl Default for Delivery {
     }
 }
 
+type Configure<W> = Box<dyn FnOnce(PoolBuilder<W>) -> PoolBuilder<W> + Send>;
+
 /// Builds a pool whose workers are reached through a NATS JetStream broker.
 ///
-/// The result is an ordinary [`looppool::Pool`]: submit, call, broadcast,
-/// the output stream, events, statistics and shutdown behave as with local
+/// There is no pool type of this crate's own: [`start`](Self::start)
+/// returns an ordinary [`looppool::Pool`], whose submit, call, broadcast,
+/// output stream, events, statistics and shutdown behave as with local
 /// processes (see the crate documentation for the differences).
 ///
 /// # Examples
@@ -63,7 +66,7 @@ impl Default for Delivery {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// // Two workers started here, two that join from other hosts.
-/// let (pool, _outputs) = looppool_nats::NatsPool::<Doubler>::builder("nats://127.0.0.1:4222", "jobs")
+/// let (pool, _outputs) = looppool_nats::NatsPoolBuilder::<Doubler>::new("nats://127.0.0.1:4222", "jobs")
 ///     .local_workers(2)
 ///     .remote_workers(2)
 ///     .configure(|b| b.max_results(4096))
@@ -74,38 +77,6 @@ impl Default for Delivery {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
-pub struct NatsPool<W: Worker> {
-    _worker: std::marker::PhantomData<fn() -> W>,
-}
-
-impl<W: Worker> NatsPool<W> {
-    /// A builder for a pool named `pool` on the broker at `url`. The name
-    /// keeps pools on one broker apart: remote workers join by it.
-    pub fn builder(url: impl Into<String>, pool: impl Into<String>) -> NatsPoolBuilder<W> {
-        NatsPoolBuilder {
-            url: url.into(),
-            pool: pool.into(),
-            options: None,
-            local: 0,
-            remote: 0,
-            max_tasks: None,
-            program: None,
-            args: Vec::new(),
-            env: Vec::new(),
-            delivery: Delivery::default(),
-            heartbeat: Duration::from_secs(1),
-            silence: Duration::from_secs(3),
-            ack_wait: Duration::from_secs(30),
-            storage: StorageType::File,
-            configure: None,
-        }
-    }
-}
-
-type Configure<W> = Box<dyn FnOnce(PoolBuilder<W>) -> PoolBuilder<W> + Send>;
-
-/// Settings of a pool reached through the broker; see [`NatsPool`].
 pub struct NatsPoolBuilder<W: Worker> {
     url: String,
     pool: String,
@@ -137,6 +108,28 @@ impl<W: Worker> std::fmt::Debug for NatsPoolBuilder<W> {
 }
 
 impl<W: Worker> NatsPoolBuilder<W> {
+    /// A builder for a pool named `pool` on the broker at `url`. The name
+    /// keeps pools on one broker apart: remote workers join by it.
+    pub fn new(url: impl Into<String>, pool: impl Into<String>) -> Self {
+        NatsPoolBuilder {
+            url: url.into(),
+            pool: pool.into(),
+            options: None,
+            local: 0,
+            remote: 0,
+            max_tasks: None,
+            program: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            delivery: Delivery::default(),
+            heartbeat: Duration::from_secs(1),
+            silence: Duration::from_secs(3),
+            ack_wait: Duration::from_secs(30),
+            storage: StorageType::File,
+            configure: None,
+        }
+    }
+
     /// The NATS client's options (credentials, TLS, timeouts) for the
     /// parent. Local workers receive the credentials and TLS files through
     /// [`worker_env`](Self::worker_env) (see [`crate::CREDS_ENV`] and

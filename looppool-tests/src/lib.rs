@@ -5,6 +5,7 @@
 //! which is how users test their own workers under `cargo test`.
 
 pub mod nats;
+pub mod sys;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -243,9 +244,9 @@ impl Worker for Probe {
                 });
                 cx.emit(0).await?;
             }
-            Job::WriteRaw(bytes) => write_connection(&bytes)?,
+            Job::WriteRaw(bytes) => sys::write_connection(&bytes)?,
             Job::WriteRawThenExit { bytes, linger_ms } => {
-                write_connection(&bytes)?;
+                sys::write_connection(&bytes)?;
                 std::thread::sleep(Duration::from_millis(linger_ms));
                 std::process::exit(0);
             }
@@ -258,28 +259,6 @@ impl Worker for Probe {
             let _ = std::fs::write(path.join(format!("worker-{}", self.index)), b"bye");
         }
     }
-}
-
-/// Writes `bytes` to the worker's connection to its parent (descriptor 3),
-/// behind the runtime's back. Safe on the worker's single-threaded loop
-/// while its writer is idle; the descriptor is non-blocking, so a full
-/// socket is waited out.
-fn write_connection(mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        // SAFETY: writes from a live buffer to a descriptor this process
-        // owns; it touches no memory of ours.
-        let n = unsafe { libc::write(3, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::WouldBlock {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            return Err(err);
-        }
-        bytes = &bytes[n as usize..];
-    }
-    Ok(())
 }
 
 /// What a [`Blob`] worker is asked to do: byte payloads, to exercise the
@@ -420,6 +399,24 @@ pub async fn next_output<O>(outputs: &mut looppool::Outputs<O>) -> looppool::Out
         .await
         .expect("an output within 20 s")
         .expect("the output stream goes on")
+}
+
+/// The next `n` output-stream items, failing the test if the stream ends
+/// first or `within` passes without an item.
+pub async fn take<O>(
+    outputs: &mut looppool::Outputs<O>,
+    n: usize,
+    within: Duration,
+) -> Vec<looppool::Output<O>> {
+    let mut items = Vec::with_capacity(n);
+    while items.len() < n {
+        match tokio::time::timeout(within, outputs.next()).await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => panic!("stream ended after {} of {n} items", items.len()),
+            Err(_) => panic!("timed out after {} of {n} items", items.len()),
+        }
+    }
+    items
 }
 
 /// Open file descriptors of this process (entries of `/proc/self/fd`).

@@ -1,7 +1,7 @@
 //! A private NATS server with JetStream for one test: a free loopback port,
 //! a temporary store, stopped by its pid.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,25 +17,12 @@ pub struct NatsServer {
     pub url: String,
 }
 
-/// The `nats-server` binary: `$NATS_SERVER`, the `PATH`, or Debian's
-/// `/usr/sbin` (not on every user's `PATH`).
-pub fn server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return Some(p.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into(), "/sbin".into()])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
 impl NatsServer {
     /// Starts a server, or returns `None` (after saying so) when no
     /// `nats-server` is installed. Under `CI=true` a missing server fails
     /// the test instead: CI must install it.
     pub fn start() -> Option<Self> {
-        let Some(binary) = server_binary() else {
+        let Some(binary) = looppool_nats::server::locate() else {
             if std::env::var_os("CI").is_some_and(|v| v == "true") {
                 panic!("nats-server is not installed, and CI=true: .ci/run must install it");
             }
@@ -62,20 +49,9 @@ impl NatsServer {
     }
 
     fn launch(&mut self, port: Option<u16>) {
-        let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
-        let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-            .arg(self.dir.join("js"))
-            .arg("--ports_file_dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start nats-server");
-        let ports = self.dir.join(format!("nats-server_{}.ports", child.id()));
+        let (child, url) = looppool_nats::server::spawn(&self.binary, &self.dir, port)
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
         self.child = Some(child);
-        let url = wait_for_ports(&ports);
         self.port = url
             .rsplit(':')
             .next()
@@ -87,8 +63,7 @@ impl NatsServer {
     /// Stops the server (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            crate::sys::signal(child.id(), libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -108,27 +83,6 @@ impl NatsServer {
         std::thread::sleep(downtime);
         self.launch(Some(self.port));
     }
-}
-
-fn wait_for_ports(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            // {"nats":["nats://127.0.0.1:PORT"], ...}
-            if let Some(url) = text
-                .split('"')
-                .find(|s| s.starts_with("nats://"))
-                .map(str::to_owned)
-            {
-                return url;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!(
-        "nats-server wrote no ports file {} within 10 s",
-        path.display()
-    );
 }
 
 impl Drop for NatsServer {
@@ -166,7 +120,7 @@ pub fn probe_pool(
     url: &str,
     pool: &str,
 ) -> looppool_nats::NatsPoolBuilder<crate::Probe> {
-    looppool_nats::NatsPool::<crate::Probe>::builder(url, pool)
+    looppool_nats::NatsPoolBuilder::<crate::Probe>::new(url, pool)
         .program(program)
         .liveness(Duration::from_millis(200), Duration::from_millis(1000))
         .ack_wait(Duration::from_secs(2))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use looppool::{Output, WorkerEvent};
 use looppool_nats::Delivery;
 use looppool_tests::nats::{remote_worker, NatsServer};
-use looppool_tests::{recorder, Job, Probe};
+use looppool_tests::{recorder, sys, Job, Probe};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
 
@@ -73,8 +73,7 @@ async fn kill_remote_mid_task(
     let mut killed = false;
     let result = settle(&mut outputs, n as usize, |ended| {
         if ended == 40 && !killed {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(remote_pid as libc::pid_t, libc::SIGKILL) };
+            sys::signal(remote_pid, libc::SIGKILL);
             killed = true;
         }
     })
@@ -146,8 +145,7 @@ async fn a_killed_local_worker_is_seen_at_once_and_replaced() {
     for i in 0..100 {
         pool.submit(Job::Sleep { ms: 20, value: i }).await.unwrap();
     }
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    sys::signal(victim, libc::SIGKILL);
     let (values, lost) = settle(&mut outputs, 100, |_| {}).await;
     assert_eq!(values.len() + lost.len(), 100);
     assert!(lost.iter().all(|(t, _)| t.worker() == 0));
@@ -241,13 +239,12 @@ async fn a_silent_remote_worker_is_declared_lost_and_leaves_when_it_wakes() {
         .start()
         .await
         .unwrap();
-    let pid = remote.id() as libc::pid_t;
+    let pid = remote.id();
     for i in 0..200 {
         pool.submit(Job::Sleep { ms: 10, value: i }).await.unwrap();
     }
     // Frozen, not dead: its connection stays open, only its heartbeats stop.
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    sys::signal(pid, libc::SIGSTOP);
     let (values, lost) = settle(&mut outputs, 200, |_| {}).await;
     assert!(lost.is_empty(), "{lost:?}");
     assert_eq!(values.len(), 200);
@@ -260,8 +257,7 @@ async fn a_silent_remote_worker_is_declared_lost_and_leaves_when_it_wakes() {
     });
     assert_eq!(declared, Some(looppool::ExitStatus::Unknown));
     // Woken up, it finds itself replaced and exits without taking tasks.
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    sys::signal(pid, libc::SIGCONT);
     let woke = std::time::Instant::now();
     let status = loop {
         if let Some(s) = remote.try_wait().unwrap() {

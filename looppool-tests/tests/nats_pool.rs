@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use looppool::{CallError, Output, TaskError};
-use looppool_nats::NatsPool;
+use looppool_nats::NatsPoolBuilder;
 use looppool_tests::nats::{remote_worker, NatsServer};
-use looppool_tests::{Job, Probe, ProbeInit};
+use looppool_tests::{take, Job, Probe, ProbeInit};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
 
@@ -16,17 +16,8 @@ fn pool(url: &str, name: &str) -> looppool_nats::NatsPoolBuilder<Probe> {
     looppool_tests::nats::probe_pool(WORKER, url, name)
 }
 
-async fn take(outputs: &mut looppool::Outputs<u64>, n: usize) -> Vec<Output<u64>> {
-    let mut items = Vec::with_capacity(n);
-    while items.len() < n {
-        match tokio::time::timeout(Duration::from_secs(30), outputs.next()).await {
-            Ok(Some(item)) => items.push(item),
-            Ok(None) => panic!("stream ended after {} of {n} items", items.len()),
-            Err(_) => panic!("timed out after {} of {n} items", items.len()),
-        }
-    }
-    items
-}
+/// How long [`take`] waits for each output.
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn local_workers_through_the_broker_serve_tasks_calls_and_broadcasts() {
@@ -50,7 +41,7 @@ async fn local_workers_through_the_broker_serve_tasks_calls_and_broadcasts() {
     for x in 0..200 {
         pool.submit(Job::Double(x)).await.unwrap();
     }
-    let mut got: Vec<u64> = take(&mut outputs, 200)
+    let mut got: Vec<u64> = take(&mut outputs, 200, WAIT)
         .await
         .into_iter()
         .map(|o| o.into_value().unwrap())
@@ -62,12 +53,12 @@ async fn local_workers_through_the_broker_serve_tasks_calls_and_broadcasts() {
     assert_eq!(pool.call(Job::Double(21)).await.unwrap(), 1042);
     assert_eq!(pool.call_to(1, Job::WhoAmI).await.unwrap(), 1);
     pool.submit_to(0, Job::WhoAmI).await.unwrap();
-    let Output::Value { worker, value, .. } = take(&mut outputs, 1).await.remove(0) else {
+    let Output::Value { worker, value, .. } = take(&mut outputs, 1, WAIT).await.remove(0) else {
         panic!("a value")
     };
     assert_eq!((worker, value), (0, 0));
     pool.broadcast(Job::WhoAmI).await.unwrap();
-    let mut who: Vec<u64> = take(&mut outputs, 2)
+    let mut who: Vec<u64> = take(&mut outputs, 2, WAIT)
         .await
         .into_iter()
         .map(|o| o.into_value().unwrap())
@@ -80,7 +71,7 @@ async fn local_workers_through_the_broker_serve_tasks_calls_and_broadcasts() {
         pool.call(Job::Repeat { value: 7, times: 3 }).await.unwrap(),
         7
     );
-    assert_eq!(take(&mut outputs, 2).await.len(), 2);
+    assert_eq!(take(&mut outputs, 2, WAIT).await.len(), 2);
     match pool.call(Job::Fail("no such thing".into())).await {
         Err(CallError::Task(TaskError { message, .. })) => {
             assert!(message.contains("no such thing"), "{message}")
@@ -106,7 +97,7 @@ async fn local_workers_through_the_broker_serve_tasks_calls_and_broadcasts() {
     }
     let report = pool.shutdown().await;
     assert!(report.drained && report.failure.is_none(), "{report:?}");
-    let rest = take(&mut outputs, 50).await;
+    let rest = take(&mut outputs, 50, WAIT).await;
     assert!(rest
         .iter()
         .all(|o| matches!(o, Output::Value { value: 9, .. })));
@@ -189,7 +180,7 @@ async fn two_pools_on_one_broker_stay_apart() {
     }
     let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
     for (name, out) in [("alpha", &mut a_out), ("beta", &mut b_out)] {
-        for o in take(out, 100).await {
+        for o in take(out, 100, WAIT).await {
             seen.entry(name).or_default().push(o.into_value().unwrap());
         }
     }
@@ -225,7 +216,7 @@ async fn a_full_worker_queue_is_a_full_error() {
     }
     let err = pool.try_submit(Job::Double(1)).unwrap_err();
     assert_eq!(*err.kind(), looppool::SubmitErrorKind::Full, "{err}");
-    assert_eq!(take(&mut outputs, 4).await.len(), 4);
+    assert_eq!(take(&mut outputs, 4, WAIT).await.len(), 4);
     pool.try_submit(Job::Double(1)).unwrap();
     pool.shutdown().await;
 }
@@ -236,7 +227,7 @@ async fn a_program_that_never_joins_is_a_start_error() {
         return;
     };
     // `true` exits at once without joining.
-    let err = NatsPool::<Probe>::builder(&server.url, "nojoin")
+    let err = NatsPoolBuilder::<Probe>::new(&server.url, "nojoin")
         .program("/bin/true")
         .local_workers(1)
         .start()
@@ -245,7 +236,7 @@ async fn a_program_that_never_joins_is_a_start_error() {
     let text = err.to_string();
     assert!(text.contains("before joining"), "{text}");
     // And a bad pool id is refused before anything starts.
-    let err = NatsPool::<Probe>::builder(&server.url, "no.dots")
+    let err = NatsPoolBuilder::<Probe>::new(&server.url, "no.dots")
         .local_workers(1)
         .start()
         .await
@@ -296,7 +287,7 @@ async fn resize_stats_reports_and_init_failures_work_through_the_broker() {
     for x in 0..300 {
         pool.submit(Job::Double(x)).await.unwrap();
     }
-    let got = take(&mut outputs, 300).await;
+    let got = take(&mut outputs, 300, WAIT).await;
     let mut per_worker = HashMap::new();
     for o in got {
         let Output::Value { worker, .. } = o else {

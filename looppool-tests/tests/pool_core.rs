@@ -4,20 +4,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use looppool::{CallError, Output, SubmitErrorKind};
-use looppool_tests::{probe_pool, submit_all, Job, ProbeInit};
+use looppool_tests::{probe_pool, submit_all, take, Job, ProbeInit};
 
-/// Collects `n` items from the stream, failing the test if they take too long.
-async fn take<O: std::fmt::Debug>(outputs: &mut looppool::Outputs<O>, n: usize) -> Vec<Output<O>> {
-    let mut items = Vec::with_capacity(n);
-    while items.len() < n {
-        match tokio::time::timeout(Duration::from_secs(20), outputs.next()).await {
-            Ok(Some(item)) => items.push(item),
-            Ok(None) => panic!("stream ended after {} of {n} items", items.len()),
-            Err(_) => panic!("timed out after {} of {n} items", items.len()),
-        }
-    }
-    items
-}
+/// How long [`take`] waits for each output.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn values(items: Vec<Output<u64>>) -> Vec<u64> {
     items
@@ -32,7 +22,7 @@ async fn ten_tasks_to_eight_workers_give_ten_outputs() {
     for x in 0..10 {
         pool.submit(Job::Double(x)).await.unwrap();
     }
-    let mut got = values(take(&mut outputs, 10).await);
+    let mut got = values(take(&mut outputs, 10, WAIT).await);
     got.sort();
     assert_eq!(got, (0..10).map(|x| 2 * x).collect::<Vec<_>>());
     pool.shutdown().await;
@@ -46,7 +36,7 @@ async fn round_robin_gives_each_worker_an_equal_share() {
         pool.submit(Job::WhoAmI).await.unwrap();
     }
     let mut per_worker: HashMap<u64, usize> = HashMap::new();
-    for item in take(&mut outputs, 800).await {
+    for item in take(&mut outputs, 800, WAIT).await {
         let Output::Value {
             worker,
             value,
@@ -89,7 +79,7 @@ async fn stateful_workers_see_their_own_sets() {
     }
     // Round-robin sends set i and get i to the same worker, and tasks to one
     // worker start in order, so every get sees its set.
-    let mut got = values(take(&mut outputs, n as usize).await);
+    let mut got = values(take(&mut outputs, n as usize, WAIT).await);
     got.sort();
     assert_eq!(got, (0..n).collect::<Vec<_>>());
     pool.shutdown().await;
@@ -105,7 +95,7 @@ async fn targeted_sends_reach_the_named_worker() {
         );
         let id = pool.submit_to(worker, Job::WhoAmI).await.unwrap();
         assert_eq!(id.worker(), worker);
-        let item = take(&mut outputs, 1).await.pop().unwrap();
+        let item = take(&mut outputs, 1, WAIT).await.pop().unwrap();
         assert_eq!(item.value(), Some(&(worker as u64)));
     }
     let err = pool.try_submit_to(7, Job::Nothing).unwrap_err();
@@ -140,7 +130,7 @@ async fn broadcast_reaches_every_worker_once_in_order() {
         ids.iter().map(|id| id.worker()).collect::<Vec<_>>(),
         vec![0, 1, 2, 3]
     );
-    let mut seen: Vec<(usize, u64)> = take(&mut outputs, 4)
+    let mut seen: Vec<(usize, u64)> = take(&mut outputs, 4, WAIT)
         .await
         .into_iter()
         .map(|item| (item.worker(), item.into_value().unwrap()))
@@ -185,7 +175,7 @@ async fn a_failing_handler_leaves_every_worker_usable() {
         );
     }
     let failed = pool.submit(Job::Fail("submitted".into())).await.unwrap();
-    let item = take(&mut outputs, 1).await.pop().unwrap();
+    let item = take(&mut outputs, 1, WAIT).await.pop().unwrap();
     let Output::Failed(e) = item else {
         panic!("expected a failure item, got {item:?}")
     };
@@ -211,7 +201,7 @@ async fn call_reports_no_reply_and_extra_outputs_go_to_the_stream() {
         pool.call(Job::Repeat { value: 9, times: 3 }).await.unwrap(),
         9
     );
-    assert_eq!(values(take(&mut outputs, 2).await), vec![9, 9]);
+    assert_eq!(values(take(&mut outputs, 2, WAIT).await), vec![9, 9]);
     pool.shutdown().await;
 }
 
@@ -233,7 +223,7 @@ async fn try_submit_past_the_bound_is_full_and_accepted_tasks_all_run() {
     }
     assert_eq!(accepted, 8);
     assert_eq!(full, 12);
-    assert_eq!(take(&mut outputs, 8).await.len(), 8);
+    assert_eq!(take(&mut outputs, 8, WAIT).await.len(), 8);
     pool.shutdown().await;
 }
 
@@ -253,7 +243,7 @@ async fn a_slow_consumer_loses_no_output() {
     });
     let producer = submit_all(&pool, jobs);
     let mut counts = HashMap::new();
-    for (n, item) in take(&mut outputs, 2000).await.into_iter().enumerate() {
+    for (n, item) in take(&mut outputs, 2000, WAIT).await.into_iter().enumerate() {
         if n % 250 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -275,7 +265,7 @@ async fn init_payload_and_unsolicited_outputs_arrive() {
     };
     let (pool, mut outputs) = probe_pool!().workers(2).init(init).start().await.unwrap();
     assert_eq!(pool.call(Job::Double(1)).await.unwrap(), 1002);
-    let items = take(&mut outputs, 10).await;
+    let items = take(&mut outputs, 10, WAIT).await;
     for item in &items {
         let Output::Value { task, value, .. } = item else {
             panic!("{item:?}")
@@ -349,7 +339,7 @@ async fn shutdown_with_deadline_kills_stragglers_and_reports_their_tasks() {
     let id = pool.submit(Job::hold(1)).await.unwrap();
     let report = pool.shutdown_timeout(Duration::from_millis(200)).await;
     assert!(!report.drained);
-    let item = take(&mut outputs, 1).await.pop().unwrap();
+    let item = take(&mut outputs, 1, WAIT).await.pop().unwrap();
     let Output::Lost { task, lost } = item else {
         panic!("{item:?}")
     };
@@ -465,7 +455,7 @@ async fn a_deep_stream_arrives_whole_and_in_each_workers_order() {
     let mut last: HashMap<usize, u64> = HashMap::new();
     let mut seen = 0u64;
     let mut sum = 0u64;
-    for item in take(&mut outputs, N as usize).await {
+    for item in take(&mut outputs, N as usize, WAIT).await {
         let worker = item.worker();
         let value = item.into_value().expect("a value");
         if let Some(&before) = last.get(&worker) {

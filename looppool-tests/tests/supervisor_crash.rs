@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use looppool::{CallError, ExitStatus, LossCause, Output, RestartPolicy, WorkerEvent};
-use looppool_tests::{eventually, probe_pool, process_gone, recorder, Job, ProbeInit};
+use looppool_tests::{eventually, probe_pool, process_gone, recorder, sys, Job, ProbeInit};
 
 #[tokio::test]
 async fn an_aborting_worker_fails_its_call_and_is_replaced() {
@@ -166,7 +166,7 @@ async fn kill_9_during_a_stream_accounts_for_every_task() {
             for round in 0..6 {
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 if let Some(pid) = pool.pids()[round % 3] {
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    sys::signal(pid, libc::SIGKILL);
                 }
             }
         })
@@ -337,10 +337,8 @@ async fn dropping_the_pool_kills_and_reaps_its_workers() {
 async fn workers_ignore_sigint_and_sigterm_by_default() {
     let (pool, _outputs) = probe_pool!().workers(1).start().await.unwrap();
     let pid = pool.pids()[0].unwrap();
-    unsafe {
-        libc::kill(pid as i32, libc::SIGINT);
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
+    sys::signal(pid, libc::SIGINT);
+    sys::signal(pid, libc::SIGTERM);
     assert_eq!(pool.call(Job::Double(2)).await.unwrap(), 4);
     assert_eq!(pool.pids()[0], Some(pid), "the same process still serves");
     pool.shutdown().await;
@@ -361,7 +359,7 @@ async fn workers_ignore_sigint_and_sigterm_by_default() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    sys::signal(pid, libc::SIGTERM);
     let err = call.await.unwrap().unwrap_err();
     let CallError::WorkerLost(lost) = err else {
         panic!("{err:?}")

@@ -166,7 +166,6 @@
 //!
 //! Linux. The parent-death signal and `/proc/self/exe` are Linux features.
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
-#![deny(unsafe_code)]
 
 mod codec;
 mod error;

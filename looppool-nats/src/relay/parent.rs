@@ -31,6 +31,7 @@ use crate::broker::Broker;
 use crate::names::{self, header_u64};
 use crate::relay::publish::{self, Pending};
 use crate::settings::Settings;
+use crate::sync::lock;
 
 /// What the relay knows of how its worker ended.
 #[derive(Debug, Default)]
@@ -148,7 +149,7 @@ impl ParentRelay {
             "relay stopped"
         );
         {
-            let mut e = ending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut e = lock(&ending);
             if let Stop::Exited(code) = stop {
                 e.status = Some(ExitStatus::Code(code));
             }
@@ -376,7 +377,7 @@ async fn watch(
                     return Stop::Silent;
                 }
                 if let Some(child) = child {
-                    let exited = child.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+                    let exited = lock(child).try_wait();
                     if !matches!(exited, Ok(None)) {
                         // Its last messages may still be on their way.
                         tokio::time::sleep(settings.heartbeat.min(Duration::from_millis(200))).await;

@@ -9,7 +9,6 @@
 //! - `exit`: exits at once.
 
 use std::io::Write;
-use std::os::fd::FromRawFd;
 
 const HELLO: u8 = 0x81;
 
@@ -42,8 +41,7 @@ fn hello_fields(protocol: u64, worker: &str) -> Vec<u8> {
 fn main() {
     let worker = std::env::var("LOOPPOOL_WORKER").unwrap_or_default();
     let mode = std::env::args().nth(1).unwrap_or_default();
-    // SAFETY: the pool passed the connection as descriptor 3, for us alone.
-    let mut conn = unsafe { std::os::unix::net::UnixStream::from_raw_fd(3) };
+    let mut conn = looppool_tests::sys::connection();
     let bytes = match mode.as_str() {
         "wrong-magic" => {
             let mut body = vec![HELLO];

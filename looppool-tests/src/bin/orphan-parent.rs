@@ -25,17 +25,19 @@ fn main() {
                 .start()
                 .await
                 .expect("pool starts"),
-            Some(url) => looppool_nats::NatsPool::<looppool_tests::Probe>::builder(url, "orphans")
-                .program(program)
-                .local_workers(workers - 1)
-                .remote_workers(1)
-                .liveness(
-                    std::time::Duration::from_millis(200),
-                    std::time::Duration::from_millis(1000),
-                )
-                .start()
-                .await
-                .expect("pool starts"),
+            Some(url) => {
+                looppool_nats::NatsPoolBuilder::<looppool_tests::Probe>::new(url, "orphans")
+                    .program(program)
+                    .local_workers(workers - 1)
+                    .remote_workers(1)
+                    .liveness(
+                        std::time::Duration::from_millis(200),
+                        std::time::Duration::from_millis(1000),
+                    )
+                    .start()
+                    .await
+                    .expect("pool starts")
+            }
         };
         // Keep the workers busy, so they are not merely waiting for input.
         for w in 0..workers {

@@ -1,0 +1,50 @@
+//! The only module of the test crate with `unsafe`: signals to processes
+//! and the worker's raw connection, which std does not wrap.
+#![allow(unsafe_code)]
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Sends `signal` to process `pid`. A process that is already gone is no
+/// error for a test: the result is not looked at.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// The worker's connection to its pool, descriptor 3, as a stream. Panics
+/// when called a second time: the stream owns the descriptor.
+pub fn connection() -> UnixStream {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    assert!(
+        !TAKEN.swap(true, Ordering::Relaxed),
+        "descriptor 3 is taken already"
+    );
+    // SAFETY: the pool passed the connection as descriptor 3, open for
+    // this process alone, and the check above makes this its only owner.
+    unsafe { UnixStream::from_raw_fd(3) }
+}
+
+/// Writes `bytes` to the worker's connection to its parent (descriptor 3),
+/// behind the runtime's back. Safe on the worker's single-threaded loop
+/// while its writer is idle; the descriptor is non-blocking, so a full
+/// socket is waited out.
+pub(crate) fn write_connection(mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live buffer to a descriptor this process
+        // owns; it touches no memory of ours.
+        let n = unsafe { libc::write(3, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            return Err(err);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
