@@ -14,7 +14,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,6 +24,13 @@ type Labels = Vec<(&'static str, String)>;
 type IntGauges = Family<Labels, Gauge>;
 type FloatGauges = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter>;
+
+/// Registers a new metric (family) under `name` and returns it.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
 
 /// The metric families of one scrape, registered in its registry.
 struct Families {
@@ -49,104 +56,92 @@ struct Families {
 impl Families {
     /// Registers every family in `registry`.
     fn register(registry: &mut Registry) -> Self {
-        let mut int = |name: &str, help: &str| {
-            let family = IntGauges::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let workers = int("looppool_workers", "Worker processes the pool runs");
-        let up = int(
-            "looppool_worker_up",
-            "Whether the worker has a live process (1) or is being replaced (0)",
-        );
-        let in_flight = int(
-            "looppool_worker_in_flight",
-            "Tasks queued or running on the worker",
-        );
-        let rss = int(
-            "looppool_worker_rss_bytes",
-            "Resident memory of the worker at its last report",
-        );
-        let max_rss = int(
-            "looppool_worker_max_rss_bytes",
-            "Peak resident memory of the worker at its last report",
-        );
-        let alive = int(
-            "looppool_worker_loop_alive_tasks",
-            "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
-        );
-        let global_queue = int(
-            "looppool_worker_loop_global_queue",
-            "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
-        );
-        let running = int(
-            "looppool_worker_tasks_running",
-            "Handlers in progress on the worker at its last report",
-        );
-        let mut float = |name: &str, help: &str| {
-            let family = FloatGauges::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let cpu = float(
-            "looppool_worker_cpu",
-            "CPU used by the worker over its last report interval, as a fraction of one core",
-        );
-        let busy = float(
-            "looppool_worker_loop_busy",
-            "Fraction of its last report interval the worker's loop was busy",
-        );
-        let age = float(
-            "looppool_worker_report_age_seconds",
-            "Seconds since the worker's last report arrived",
-        );
-        let mut counter = |name: &str, help: &str| {
-            let family = Counters::default();
-            registry.register(name, help, family.clone());
-            family
-        };
-        let done = counter(
-            "looppool_worker_tasks_done",
-            "Tasks of this worker index that completed",
-        );
-        let failed = counter(
-            "looppool_worker_tasks_failed",
-            "Tasks of this worker index whose handler failed or panicked",
-        );
-        let lost = counter(
-            "looppool_worker_tasks_lost",
-            "Tasks of this worker index lost with its process",
-        );
-        let restarts = counter(
-            "looppool_worker_restarts",
-            "Times this worker index's process was replaced",
-        );
-        let blocked = counter(
-            "looppool_worker_blocked",
-            "Times this worker's loop was blocked past the threshold",
-        );
-        let logs_dropped = counter(
-            "looppool_worker_logs_dropped",
-            "Log events this worker dropped because its log buffer was full",
-        );
         Families {
-            workers,
-            up,
-            in_flight,
-            rss,
-            max_rss,
-            alive,
-            global_queue,
-            running,
-            cpu,
-            busy,
-            age,
-            done,
-            failed,
-            lost,
-            restarts,
-            blocked,
-            logs_dropped,
+            workers: register(
+                registry,
+                "looppool_workers",
+                "Worker processes the pool runs",
+            ),
+            up: register(
+                registry,
+                "looppool_worker_up",
+                "Whether the worker has a live process (1) or is being replaced (0)",
+            ),
+            in_flight: register(
+                registry,
+                "looppool_worker_in_flight",
+                "Tasks queued or running on the worker",
+            ),
+            rss: register(
+                registry,
+                "looppool_worker_rss_bytes",
+                "Resident memory of the worker at its last report",
+            ),
+            max_rss: register(
+                registry,
+                "looppool_worker_max_rss_bytes",
+                "Peak resident memory of the worker at its last report",
+            ),
+            alive: register(
+                registry,
+                "looppool_worker_loop_alive_tasks",
+                "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
+            ),
+            global_queue: register(
+                registry,
+                "looppool_worker_loop_global_queue",
+                "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
+            ),
+            running: register(
+                registry,
+                "looppool_worker_tasks_running",
+                "Handlers in progress on the worker at its last report",
+            ),
+            cpu: register(
+                registry,
+                "looppool_worker_cpu",
+                "CPU used by the worker over its last report interval, as a fraction of one core",
+            ),
+            busy: register(
+                registry,
+                "looppool_worker_loop_busy",
+                "Fraction of its last report interval the worker's loop was busy",
+            ),
+            age: register(
+                registry,
+                "looppool_worker_report_age_seconds",
+                "Seconds since the worker's last report arrived",
+            ),
+            done: register(
+                registry,
+                "looppool_worker_tasks_done",
+                "Tasks of this worker index that completed",
+            ),
+            failed: register(
+                registry,
+                "looppool_worker_tasks_failed",
+                "Tasks of this worker index whose handler failed or panicked",
+            ),
+            lost: register(
+                registry,
+                "looppool_worker_tasks_lost",
+                "Tasks of this worker index lost with its process",
+            ),
+            restarts: register(
+                registry,
+                "looppool_worker_restarts",
+                "Times this worker index's process was replaced",
+            ),
+            blocked: register(
+                registry,
+                "looppool_worker_blocked",
+                "Times this worker's loop was blocked past the threshold",
+            ),
+            logs_dropped: register(
+                registry,
+                "looppool_worker_logs_dropped",
+                "Log events this worker dropped because its log buffer was full",
+            ),
         }
     }
 
