@@ -95,7 +95,7 @@
 //!
 //! - A task or output must fit in one broker message: `max_frame` is the
 //!   broker's `max_payload` (1 MiB by default) less 1 KiB. Larger ones are
-//!   refused at the sender with the usual `Oversize` errors.
+//!   refused at the sender with the usual `TooLarge` errors.
 //! - A worker's death is noticed from its heartbeats (default: 3 s of
 //!   silence) unless it is a local process, whose exit is seen at once.
 //!   Exit statuses of remote workers are what they announce, or `Unknown`.

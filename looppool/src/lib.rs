@@ -142,18 +142,30 @@
 //!
 //! # Layout
 //!
-//! - [`pool`](Pool): the parent's handle, its builder and the output stream;
-//!   per-worker *lanes* hold each worker's queue and credits.
-//! - [`worker`](Worker): the trait users implement and the worker process's
-//!   runtime.
-//! - `supervisor`: starts workers, notices their end, reports lost tasks and
-//!   restarts them.
-//! - `transport`: frames over a byte stream (a socketpair locally), the seam
-//!   for other transports.
-//! - `codec` and `protocol`: framing, and the wire messages.
-//! - `sys`: the only module with `unsafe` (parent-death signal, descriptors).
-//! - [`metrics`]: stats, resource reports, statsd and Prometheus, the
-//!   blocked-loop detector, and worker logs forwarded to the parent.
+//! The modules form layers, each using only those listed before it:
+//!
+//! 1. Leaves: `task_id` ([`TaskId`]), `event` (the lifecycle vocabulary:
+//!    [`WorkerEvent`], [`ExitStatus`], [`LossCause`], [`RecycleReason`]),
+//!    `error`, `output` ([`Output`]), `sync` and `sys` (the only module
+//!    with `unsafe`: the parent-death signal, the spawner thread,
+//!    descriptors).
+//! 2. `codec` (length-delimited frames, varints, postcard payloads) and
+//!    `protocol` (the wire messages, with the report and log bodies).
+//! 3. [`transport`]: frames over a byte stream (a socketpair locally) and
+//!    the [`Connector`](transport::Connector) seam every worker comes
+//!    through.
+//! 4. The two ends of the wire. `parent`: per worker a *lane* (its queue of
+//!    encoded frames, task slots, output-credit window), the connection's
+//!    reader and writer, reports, and the [`Outputs`] stream. [`worker`]:
+//!    the [`Worker`] trait and the worker process's runtime (outbox, task
+//!    runner, contexts, logging, watchdog).
+//! 5. `stats`: the [`PoolStats`] snapshot, collected from the lanes.
+//! 6. `supervisor`: launching (the local process connector and the
+//!    handshake), one driver per worker index that serves, notices the end
+//!    and reports lost tasks, the restart policy, heartbeats, resizing and
+//!    the pool's lifecycle state.
+//! 7. [`metrics`]: exporters (statsd, Prometheus) reading snapshots.
+//! 8. `pool`: the [`Pool`] handle and its [`PoolBuilder`].
 //!
 //! # Feature flags
 //!
