@@ -13,8 +13,11 @@ mod context;
 pub(crate) mod entry;
 mod logging;
 mod observe;
+mod outbox;
+mod panic;
 mod report;
 pub(crate) mod runtime;
+mod task;
 mod watchdog;
 
 pub use context::{Emitter, InitContext, TaskContext};

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use super::runtime::Shared;
+use super::outbox::Shared;
 use crate::error::EmitError;
 
 /// Emits outputs from a worker to the parent's output stream.

@@ -28,7 +28,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::runtime::Shared;
+use super::outbox::Shared;
 use crate::codec::CodecError;
 use crate::protocol::report::{self as wire, LogRecord};
 use crate::protocol::{self, kind};

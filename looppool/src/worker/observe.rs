@@ -3,14 +3,11 @@
 //! See [`crate::metrics`] for what each does.
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::runtime::Shared;
+use super::outbox::Shared;
 use super::watchdog::Watch;
 use super::{logging, report, watchdog};
 use crate::metrics::STATSD_ENV;
@@ -62,25 +59,6 @@ fn statsd_target() -> Option<(String, String)> {
     std::env::remove_var(STATSD_ENV);
     let (addr, prefix) = value.split_once(' ')?;
     Some((addr.to_owned(), prefix.to_owned()))
-}
-
-/// A task's future, polled under the blocked-loop watch.
-pub(crate) struct Polling<'a, F> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) slot: u32,
-    pub(crate) fut: F,
-}
-
-impl<F: Future + Unpin> Future for Polling<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let fut = &mut this.fut;
-        this.shared
-            .obs
-            .polling(this.shared, this.slot, || Pin::new(fut).poll(cx))
-    }
 }
 
 /// Before the initialiser: starts forwarding log events and panics.

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::runtime::Shared;
+use super::outbox::Shared;
 use crate::protocol::report::{ReportFrame, Resources};
 use crate::protocol::{self, kind};
 use crate::sys;

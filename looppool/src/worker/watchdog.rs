@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::runtime::Shared;
+use super::outbox::Shared;
 use crate::protocol::report::{Blocked, ReportFrame};
 use crate::protocol::{self, kind};
 
