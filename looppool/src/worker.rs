@@ -17,6 +17,7 @@ mod outbox;
 mod panic;
 mod report;
 pub(crate) mod runtime;
+mod shared;
 mod task;
 mod watchdog;
 

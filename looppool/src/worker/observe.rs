@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::outbox::Shared;
+use super::shared::Shared;
 use super::watchdog::Watch;
 use super::{logging, report, watchdog};
 use crate::metrics::STATSD_ENV;
@@ -19,8 +19,6 @@ use crate::protocol::Init;
 pub(crate) struct Observe {
     /// Tasks completed or failed.
     pub(crate) done: Cell<u64>,
-    /// Outputs emitted.
-    pub(crate) outputs: Cell<u64>,
     watch: Option<Arc<Watch>>,
     report_interval: Option<Duration>,
     log_level: tracing::level_filters::LevelFilter,
@@ -31,7 +29,6 @@ impl Observe {
     pub(crate) fn new(init: &Init) -> Self {
         Observe {
             done: Cell::new(0),
-            outputs: Cell::new(0),
             watch: (init.blocked_threshold_ms > 0)
                 .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
             report_interval: (init.report_interval_ms > 0)

@@ -3,7 +3,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use serde::Serialize;
@@ -14,48 +13,66 @@ use crate::error::{EmitError, EmitErrorKind};
 use crate::protocol::{self, kind, Failure};
 use crate::transport::{self, WriteHalf};
 
-/// State shared by everything running in one worker process.
-pub(crate) struct Shared {
-    pub(crate) index: usize,
-    pub(crate) pool_name: String,
-    pub(crate) max_frame: usize,
-    pub(crate) out: RefCell<OutBuf>,
-    /// Woken on the empty → non-empty transition of `out.buf`.
-    pub(crate) writer_wake: Notify,
+/// The worker's end of the wire going out: the frames waiting to be
+/// written and the output-credit window. Only its own methods touch them.
+pub(crate) struct Outbox {
+    max_frame: usize,
+    frames: RefCell<Frames>,
+    /// Woken on the empty → non-empty transition of `frames.buf`.
+    writer_wake: Notify,
     /// Woken when the parent returns output credits.
-    pub(crate) credit_wake: Notify,
-    /// Tasks started and not yet completed.
-    pub(crate) running: Cell<usize>,
-    /// Woken when `running` drops to zero.
-    pub(crate) idle: Notify,
-    /// Set when the parent asked the worker to stop.
-    pub(crate) stop_requested: Cell<bool>,
-    pub(crate) stop_wake: Notify,
+    credit_wake: Notify,
     /// Set once the last frame is queued: the writer returns when drained.
-    pub(crate) closing: Cell<bool>,
-    /// Tasks running longer than this fail.
-    pub(crate) task_timeout: Option<std::time::Duration>,
-    /// Counts for reports, and the blocked-loop watch.
-    pub(crate) obs: super::observe::Observe,
+    closing: Cell<bool>,
+    /// Outputs emitted, for reports.
+    outputs: Cell<u64>,
 }
 
 /// Frames waiting to be written, and the output window.
-pub(crate) struct OutBuf {
-    pub(crate) buf: Vec<u8>,
+struct Frames {
+    buf: Vec<u8>,
     /// Outputs the worker may still emit before the parent takes some.
-    pub(crate) credits: u32,
+    credits: u32,
     /// Where the last frame in `buf` starts, when it is an output of a task
     /// (start offset, slot): a completion right behind it is folded into it.
-    pub(crate) last_output: Option<(usize, u32)>,
+    last_output: Option<(usize, u32)>,
     /// Outputs emitted before the ready message (by the initialiser or its
     /// background work): the parent reads only handshake messages until
     /// then, so they are held here and queued right behind it.
-    pub(crate) early: Option<Vec<u8>>,
+    early: Option<Vec<u8>>,
 }
 
-impl Shared {
-    pub(crate) fn push_with(&self, f: impl FnOnce(&mut OutBuf)) {
-        let mut out = self.out.borrow_mut();
+impl Outbox {
+    /// An outbox for frames up to `max_frame` bytes, with `credits` outputs
+    /// in its window, holding outputs back until [`push_ready`](Self::push_ready).
+    pub(crate) fn new(max_frame: usize, credits: u32) -> Self {
+        Outbox {
+            max_frame,
+            frames: RefCell::new(Frames {
+                buf: Vec::with_capacity(64 * 1024),
+                credits,
+                last_output: None,
+                early: Some(Vec::new()),
+            }),
+            writer_wake: Notify::new(),
+            credit_wake: Notify::new(),
+            closing: Cell::new(false),
+            outputs: Cell::new(0),
+        }
+    }
+
+    /// The largest frame the parent accepts.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Outputs emitted so far.
+    pub(crate) fn outputs(&self) -> u64 {
+        self.outputs.get()
+    }
+
+    fn push_with(&self, f: impl FnOnce(&mut Frames)) {
+        let mut out = self.frames.borrow_mut();
         let was_empty = out.buf.is_empty();
         f(&mut out);
         if was_empty && !out.buf.is_empty() {
@@ -67,7 +84,7 @@ impl Shared {
     /// unless the out buffer already holds `limit` bytes or is in use
     /// further up this thread's stack; false when it did not.
     pub(crate) fn try_push_frame(&self, limit: usize, f: impl FnOnce(&mut Vec<u8>)) -> bool {
-        let Ok(mut out) = self.out.try_borrow_mut() else {
+        let Ok(mut out) = self.frames.try_borrow_mut() else {
             return false;
         };
         if out.buf.len() >= limit {
@@ -83,13 +100,15 @@ impl Shared {
         true
     }
 
+    /// Queues `value` as an output of the task in wire slot `slot` (none:
+    /// of no task), spending one credit; a full error when none is left.
     #[inline(always)]
     pub(crate) fn try_emit<O: Serialize>(
         &self,
         slot: Option<u32>,
         value: O,
     ) -> Result<(), EmitError<O>> {
-        let mut out = self.out.borrow_mut();
+        let mut out = self.frames.borrow_mut();
         if self.closing.get() {
             return Err(EmitError::new(EmitErrorKind::Closed, value));
         }
@@ -98,7 +117,7 @@ impl Shared {
         }
         let was_empty = out.buf.is_empty();
         let early = out.early.is_some();
-        let OutBuf {
+        let Frames {
             buf, early: held, ..
         } = &mut *out;
         let target = held.as_mut().unwrap_or(buf);
@@ -115,7 +134,7 @@ impl Shared {
         if !early {
             out.last_output = slot.map(|s| (start, s));
         }
-        self.obs.outputs.set(self.obs.outputs.get() + 1);
+        self.outputs.set(self.outputs.get() + 1);
         drop(out);
         if was_empty && !early {
             self.writer_wake.notify_one();
@@ -126,14 +145,24 @@ impl Shared {
     /// Emits `value`, waiting while the output window is shut.
     pub(crate) fn emit<O: Serialize>(&self, slot: Option<u32>, value: O) -> Emit<'_, O> {
         Emit {
-            shared: self,
+            outbox: self,
             slot,
             value: Some(value),
             credits: None,
         }
     }
 
-    pub(crate) fn complete(&self, slot: u32, result: Result<(), Failure>) {
+    /// Adds the `n` credits the parent returned, and wakes the emits that
+    /// wait for them.
+    pub(crate) fn refill(&self, n: u32) {
+        let mut out = self.frames.borrow_mut();
+        out.credits = out.credits.saturating_add(n);
+        drop(out);
+        self.credit_wake.notify_waiters();
+    }
+
+    /// Queues the completion of the task in wire slot `slot`.
+    pub(crate) fn push_completion(&self, slot: u32, result: Result<(), Failure>) {
         self.push_with(|out| {
             match result {
                 Ok(()) => match out.last_output {
@@ -149,22 +178,69 @@ impl Shared {
             }
             out.last_output = None;
         });
-        self.obs.done.set(self.obs.done.get() + 1);
-        let running = self.running.get() - 1;
-        self.running.set(running);
-        // Only the drain after a stop waits for `idle` (and it checks
-        // `running` first): a notification per idle moment would take the
-        // `Notify`'s lock after nearly every task.
-        if running == 0 && self.stop_requested.get() {
-            self.idle.notify_waiters();
-        }
     }
 
+    /// Queues a message with at most a number in it (a pong, the bye).
     pub(crate) fn push_simple(&self, kind: u8, value: Option<u64>) {
         self.push_with(|out| {
             protocol::put_simple(&mut out.buf, kind, value);
             out.last_output = None;
         });
+    }
+
+    /// Queues the message that the initialiser failed with `message`.
+    pub(crate) fn push_init_failed(&self, message: &str) {
+        let max_frame = self.max_frame;
+        self.push_with(|out| {
+            let _ = protocol::put_value(&mut out.buf, kind::INIT_FAILED, message, max_frame);
+        });
+    }
+
+    /// Queues the ready message, then the outputs held back until it.
+    pub(crate) fn push_ready(&self) {
+        self.push_with(|out| {
+            protocol::put_simple(&mut out.buf, kind::READY, None);
+            if let Some(early) = out.early.take() {
+                out.buf.extend_from_slice(&early);
+            }
+            out.last_output = None;
+        });
+    }
+
+    /// Refuses further outputs, and lets the writer return once the frames
+    /// queued so far are written.
+    pub(crate) fn close(&self) {
+        self.closing.set(true);
+        self.writer_wake.notify_one();
+    }
+
+    /// Writes queued frames to `io` until the outbox closes; one `write` per
+    /// batch.
+    pub(crate) async fn write_to(&self, mut io: WriteHalf) {
+        let mut batch = Vec::new();
+        loop {
+            let took = {
+                let mut out = self.frames.borrow_mut();
+                std::mem::swap(&mut out.buf, &mut batch);
+                out.last_output = None;
+                !batch.is_empty()
+            };
+            if !took {
+                if self.closing.get() {
+                    return;
+                }
+                self.writer_wake.notified().await;
+                continue;
+            }
+            if transport::write_batch(&mut io, &batch).await.is_err() {
+                // The parent is gone: nobody is left to work for.
+                std::process::exit(0);
+            }
+            batch.clear();
+            if batch.capacity() > 4 * 1024 * 1024 {
+                batch = Vec::new();
+            }
+        }
     }
 }
 
@@ -175,7 +251,7 @@ impl Shared {
 /// and the nested async state machines (with the wait for credits inline)
 /// made an echo handler's future 232 bytes, moved twice per task.
 pub(crate) struct Emit<'a, O> {
-    shared: &'a Shared,
+    outbox: &'a Outbox,
     slot: Option<u32>,
     value: Option<O>,
     /// The wait for credits, boxed: it is needed only when the window is shut.
@@ -204,42 +280,14 @@ impl<O: Serialize> Future for Emit<'_, O> {
             let Some(value) = this.value.take() else {
                 panic!("`Emit` polled after it completed");
             };
-            match this.shared.try_emit(this.slot, value) {
+            match this.outbox.try_emit(this.slot, value) {
                 Err(e) if e.is_full() => this.value = Some(e.into_inner()),
                 other => return Poll::Ready(other),
             }
             // Single-threaded: nothing can return credits between the check
             // above and this wait's registration (its first poll, next turn
             // of this loop), so no wake-up is missed.
-            this.credits = Some(Box::pin(this.shared.credit_wake.notified()));
-        }
-    }
-}
-
-/// Writes queued frames until the worker closes; one `write` per batch.
-pub(crate) async fn write_loop(shared: Rc<Shared>, mut io: WriteHalf) {
-    let mut batch = Vec::new();
-    loop {
-        let took = {
-            let mut out = shared.out.borrow_mut();
-            std::mem::swap(&mut out.buf, &mut batch);
-            out.last_output = None;
-            !batch.is_empty()
-        };
-        if !took {
-            if shared.closing.get() {
-                return;
-            }
-            shared.writer_wake.notified().await;
-            continue;
-        }
-        if transport::write_batch(&mut io, &batch).await.is_err() {
-            // The parent is gone: nobody is left to work for.
-            std::process::exit(0);
-        }
-        batch.clear();
-        if batch.capacity() > 4 * 1024 * 1024 {
-            batch = Vec::new();
+            this.credits = Some(Box::pin(this.outbox.credit_wake.notified()));
         }
     }
 }

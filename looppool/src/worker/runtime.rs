@@ -1,15 +1,12 @@
 //! The worker process: its loop, its connection to the parent, and its tasks.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 
-use tokio::sync::Notify;
-
 use super::context::{InitContext, TaskContext};
 use super::entry::SIGNALS_ENV;
-use super::outbox::{write_loop, OutBuf, Shared};
 use super::panic::{install_panic_hook, CatchUnwind};
+use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
 use super::Worker;
 use crate::codec::{self, DEFAULT_MAX_FRAME};
@@ -115,28 +112,11 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     let max_frame = usize::try_from(init.max_frame).unwrap_or(usize::MAX);
     reader.set_max_frame(max_frame);
     sys::set_thread_name(&format!("{}-w{}", init.pool, init.index));
-    let shared = Rc::new(Shared {
-        index: init.index as usize,
-        pool_name: init.pool.clone(),
-        max_frame,
-        out: RefCell::new(OutBuf {
-            buf: Vec::with_capacity(64 * 1024),
-            credits: init.output_credits,
-            last_output: None,
-            early: Some(Vec::new()),
-        }),
-        writer_wake: Notify::new(),
-        credit_wake: Notify::new(),
-        running: Cell::new(0),
-        idle: Notify::new(),
-        stop_requested: Cell::new(false),
-        stop_wake: Notify::new(),
-        closing: Cell::new(false),
-        task_timeout: (init.task_timeout_ms > 0)
-            .then(|| std::time::Duration::from_millis(init.task_timeout_ms)),
-        obs: super::observe::Observe::new(&init),
-    });
-    let writer_task = tokio::task::spawn_local(write_loop(shared.clone(), writer));
+    let shared = Rc::new(Shared::new(&init, max_frame));
+    let writer_task = {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move { shared.out.write_to(writer).await })
+    };
     super::observe::begin(&shared);
 
     // The user's initialiser.
@@ -159,43 +139,28 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     let worker = match worker {
         Ok(w) => w,
         Err(message) => {
-            shared.push_with(|out| {
-                let _ = protocol::put_value(&mut out.buf, kind::INIT_FAILED, &message, max_frame);
-            });
-            shared.closing.set(true);
-            shared.writer_wake.notify_one();
+            shared.out.push_init_failed(&message);
+            shared.out.close();
             let _ = writer_task.await;
             return EXIT_INIT_FAILED;
         }
     };
-    shared.push_with(|out| {
-        protocol::put_simple(&mut out.buf, kind::READY, None);
-        if let Some(early) = out.early.take() {
-            out.buf.extend_from_slice(&early);
-        }
-        out.last_output = None;
-    });
+    shared.out.push_ready();
     super::observe::start(&shared);
 
     tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader));
 
     // Serve until the parent's stop message, which arrives behind every task
     // it sent us; then drain the running tasks.
-    while !shared.stop_requested.get() {
-        shared.stop_wake.notified().await;
-    }
-    while shared.running.get() > 0 {
-        shared.idle.notified().await;
-    }
+    shared.stopped_and_idle().await;
     if let Err(panic) = CatchUnwind(Box::pin(worker.shutdown())).await {
         eprintln!(
             "looppool worker {}: shutdown hook panicked: {panic}",
             shared.index
         );
     }
-    shared.push_simple(kind::BYE, None);
-    shared.closing.set(true);
-    shared.writer_wake.notify_one();
+    shared.out.push_simple(kind::BYE, None);
+    shared.out.close();
     let _ = writer_task.await;
     0
 }
@@ -215,7 +180,7 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
                 Ok(ToWorker::Task { slot, payload }) => {
                     match codec::get_serde::<W::Task>(payload) {
                         Ok(task) => {
-                            shared.running.set(shared.running.get() + 1);
+                            shared.task_started();
                             let cx = TaskContext::new(shared.clone(), slot);
                             let worker = worker.clone();
                             match shared.task_timeout {
@@ -234,7 +199,7 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
                             }
                         }
                         Err(e) => {
-                            shared.running.set(shared.running.get() + 1);
+                            shared.task_started();
                             let message = format!("cannot deserialize the task: {e}");
                             shared.complete(
                                 slot,
@@ -246,17 +211,9 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
                         }
                     }
                 }
-                Ok(ToWorker::Credit(n)) => {
-                    let mut out = shared.out.borrow_mut();
-                    out.credits = out.credits.saturating_add(n);
-                    drop(out);
-                    shared.credit_wake.notify_waiters();
-                }
-                Ok(ToWorker::Stop) => {
-                    shared.stop_requested.set(true);
-                    shared.stop_wake.notify_waiters();
-                }
-                Ok(ToWorker::Ping(nonce)) => shared.push_simple(kind::PONG, Some(nonce)),
+                Ok(ToWorker::Credit(n)) => shared.out.refill(n),
+                Ok(ToWorker::Stop) => shared.request_stop(),
+                Ok(ToWorker::Ping(nonce)) => shared.out.push_simple(kind::PONG, Some(nonce)),
                 Ok(ToWorker::Init(..)) => protocol_exit(&shared, "a second init message"),
                 Err(e) => protocol_exit(&shared, &e.to_string()),
             }

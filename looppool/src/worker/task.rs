@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use super::outbox::Shared;
 use super::panic::{in_task, panic_message, CatchUnwind};
+use super::shared::Shared;
 use super::BoxError;
 use crate::protocol::Failure;
 

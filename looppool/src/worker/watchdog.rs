@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::outbox::Shared;
+use super::shared::Shared;
 use crate::protocol::report::{Blocked, ReportFrame};
 use crate::protocol::{self, kind};
 
@@ -108,10 +108,10 @@ impl Watch {
             blocked_ms,
             threshold_ms: self.threshold.as_millis() as u64,
             slots,
-            running: shared.running.get() as u64,
+            running: shared.running() as u64,
         });
-        let max_frame = shared.max_frame;
-        shared.try_push_frame(usize::MAX, |buf| {
+        let max_frame = shared.out.max_frame();
+        shared.out.try_push_frame(usize::MAX, |buf| {
             let _ = protocol::put_value(buf, kind::REPORT, &frame, max_frame);
         });
     }
