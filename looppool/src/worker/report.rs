@@ -76,7 +76,6 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             }
         };
         let (rss_bytes, max_rss_bytes) = memory();
-        let obs = &shared.obs;
         let report = Resources {
             pid: std::process::id(),
             interval_us: wall.as_micros() as u64,
@@ -88,7 +87,7 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             loop_busy: fraction(now.busy.saturating_sub(prev.busy)).min(1.0),
             loop_parks: now.parks.saturating_sub(prev.parks),
             tasks_running: shared.running() as u64,
-            tasks_done: obs.done.get(),
+            tasks_done: shared.done(),
             outputs: shared.out.outputs(),
             logs_dropped: super::logging::dropped_total(),
         };

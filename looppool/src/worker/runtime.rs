@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use super::context::{InitContext, TaskContext};
 use super::entry::SIGNALS_ENV;
+use super::observe::Observe;
 use super::panic::{install_panic_hook, CatchUnwind};
 use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
@@ -113,11 +114,12 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     reader.set_max_frame(max_frame);
     sys::set_thread_name(&format!("{}-w{}", init.pool, init.index));
     let shared = Rc::new(Shared::new(&init, max_frame));
+    let obs = Observe::new(&init);
     let writer_task = {
         let shared = shared.clone();
         tokio::task::spawn_local(async move { shared.out.write_to(writer).await })
     };
-    super::observe::begin(&shared);
+    obs.begin(&shared);
 
     // The user's initialiser.
     let init_value = codec::get_serde::<W::Init>(&init_payload)
@@ -146,7 +148,7 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
         }
     };
     shared.out.push_ready();
-    super::observe::start(&shared);
+    obs.start(&shared);
 
     tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader));
 

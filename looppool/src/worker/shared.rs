@@ -1,12 +1,13 @@
 //! The state everything running in one worker process shares.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::observe::Observe;
 use super::outbox::Outbox;
+use super::watchdog::Watch;
 use crate::protocol::{Failure, Init};
 
 /// State shared by everything running in one worker process.
@@ -17,6 +18,8 @@ pub(crate) struct Shared {
     pub(crate) out: Outbox,
     /// Tasks started and not yet completed.
     running: Cell<usize>,
+    /// Tasks completed or failed, for reports.
+    done: Cell<u64>,
     /// Woken when `running` drops to zero.
     idle: Notify,
     /// Set when the parent asked the worker to stop.
@@ -24,8 +27,8 @@ pub(crate) struct Shared {
     stop_wake: Notify,
     /// Tasks running longer than this fail.
     pub(crate) task_timeout: Option<Duration>,
-    /// Counts for reports, and the blocked-loop watch.
-    pub(crate) obs: Observe,
+    /// The blocked-loop watch, when the pool asked for one.
+    pub(crate) watch: Option<Arc<Watch>>,
 }
 
 impl Shared {
@@ -36,18 +39,25 @@ impl Shared {
             pool_name: init.pool.clone(),
             out: Outbox::new(max_frame, init.output_credits),
             running: Cell::new(0),
+            done: Cell::new(0),
             idle: Notify::new(),
             stop_requested: Cell::new(false),
             stop_wake: Notify::new(),
             task_timeout: (init.task_timeout_ms > 0)
                 .then(|| Duration::from_millis(init.task_timeout_ms)),
-            obs: Observe::new(init),
+            watch: (init.blocked_threshold_ms > 0)
+                .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
         }
     }
 
     /// Tasks started and not yet completed.
     pub(crate) fn running(&self) -> usize {
         self.running.get()
+    }
+
+    /// Tasks completed or failed so far.
+    pub(crate) fn done(&self) -> u64 {
+        self.done.get()
     }
 
     /// Counts a task as started; [`complete`](Self::complete) ends it.
@@ -58,7 +68,7 @@ impl Shared {
     /// Queues the completion of the task in wire slot `slot`, and counts it.
     pub(crate) fn complete(&self, slot: u32, result: Result<(), Failure>) {
         self.out.push_completion(slot, result);
-        self.obs.done.set(self.obs.done.get() + 1);
+        self.done.set(self.done.get() + 1);
         let running = self.running.get() - 1;
         self.running.set(running);
         // Only the drain after a stop waits for `idle` (and it checks
@@ -67,6 +77,22 @@ impl Shared {
         if running == 0 && self.stop_requested.get() {
             self.idle.notify_waiters();
         }
+    }
+
+    /// Runs `poll`, a poll of the task in wire slot `slot`, under the
+    /// blocked-loop watch.
+    #[inline]
+    pub(crate) fn polling<R>(&self, slot: u32, poll: impl FnOnce() -> R) -> R {
+        match &self.watch {
+            None => poll(),
+            Some(watch) => watch.polling(slot, poll, || self.loop_turned(watch)),
+        }
+    }
+
+    /// The loop turned: tells the watch, which reports a blocked episode
+    /// that just ended.
+    pub(crate) fn loop_turned(&self, watch: &Watch) {
+        watch.turned(&self.out, self.running.get());
     }
 
     /// Records the parent's stop message.

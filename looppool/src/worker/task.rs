@@ -41,7 +41,7 @@ pub(crate) fn run_task<F>(
     let mut noop = Context::from_waker(Waker::noop());
     // The future is polled again by the spawned task (with a real waker) if
     // it is not ready now, so the no-op waker loses nothing.
-    let polled = shared.obs.polling(shared, slot, || {
+    let polled = shared.polling(slot, || {
         in_task(|| {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 let fut = cell
@@ -149,8 +149,6 @@ impl<F: Future + Unpin> Future for Polling<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
         let fut = &mut this.fut;
-        this.shared
-            .obs
-            .polling(this.shared, this.slot, || Pin::new(fut).poll(cx))
+        this.shared.polling(this.slot, || Pin::new(fut).poll(cx))
     }
 }
