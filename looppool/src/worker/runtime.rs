@@ -10,10 +10,10 @@ use super::panic::{install_panic_hook, CatchUnwind};
 use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
 use super::Worker;
-use crate::codec::{self, DEFAULT_MAX_FRAME};
-use crate::protocol::{self, kind, Failure, Hello, ToWorker};
+use crate::codec::{self, CodecError, DEFAULT_MAX_FRAME};
+use crate::protocol::{self, kind, Failure, Hello, Init, ToWorker};
 use crate::sys;
-use crate::transport::{self, Connection, FrameReader};
+use crate::transport::{self, Connection, FrameReader, WriteHalf};
 
 /// Exit code of a worker whose initialiser failed.
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
@@ -74,41 +74,13 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     let Connection { reader, mut writer } = conn;
 
     // Handshake: say who we are, then wait for our place in the pool.
-    let mut hello = Vec::new();
-    let me = Hello {
-        fingerprint: super::fingerprint::<W>(),
-        worker: W::NAME.into(),
-        pid: std::process::id(),
-    };
-    if protocol::put_hello(&mut hello, &me, DEFAULT_MAX_FRAME).is_err()
-        || transport::write_batch(&mut writer, &hello).await.is_err()
-    {
+    if !say_hello::<W>(&mut writer).await {
         return 1;
     }
     let mut reader = FrameReader::new(reader, DEFAULT_MAX_FRAME);
-    let (init, init_payload) = loop {
-        match reader.next_frame() {
-            Ok(Some(body)) => match ToWorker::decode(body) {
-                Ok(ToWorker::Init(init, payload)) => break (init, payload.to_vec()),
-                Ok(other) => {
-                    eprintln!("looppool worker: expected init, got {other:?}");
-                    return EXIT_PROTOCOL;
-                }
-                Err(e) => {
-                    eprintln!("looppool worker: bad init frame: {e}");
-                    return EXIT_PROTOCOL;
-                }
-            },
-            Ok(None) => match reader.fill().await {
-                Ok(true) => {}
-                // The parent refused us (or died): nothing to do.
-                Ok(false) | Err(_) => return 1,
-            },
-            Err(e) => {
-                eprintln!("looppool worker: {e}");
-                return EXIT_PROTOCOL;
-            }
-        }
+    let (init, init_payload) = match wait_for_init(&mut reader).await {
+        Ok(init) => init,
+        Err(code) => return code,
     };
     let max_frame = usize::try_from(init.max_frame).unwrap_or(usize::MAX);
     reader.set_max_frame(max_frame);
@@ -121,25 +93,8 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     };
     obs.begin(&shared);
 
-    // The user's initialiser.
-    let init_value = codec::get_serde::<W::Init>(&init_payload)
-        .map_err(|e| format!("cannot deserialize the init payload: {e}"));
-    let worker = match init_value {
-        Ok(value) => {
-            let cx = InitContext {
-                shared: shared.clone(),
-                _output: std::marker::PhantomData,
-            };
-            match CatchUnwind(Box::pin(W::init(value, cx))).await {
-                Ok(Ok(worker)) => Ok(Rc::new(worker)),
-                Ok(Err(e)) => Err(error_chain(&*e)),
-                Err(panic) => Err(panic),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    let worker = match worker {
-        Ok(w) => w,
+    let worker = match init_worker::<W>(&shared, &init_payload).await {
+        Ok(worker) => worker,
         Err(message) => {
             shared.out.push_init_failed(&message);
             shared.out.close();
@@ -155,16 +110,78 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     // Serve until the parent's stop message, which arrives behind every task
     // it sent us; then drain the running tasks.
     shared.stopped_and_idle().await;
+    shut_down(worker, &shared).await;
+    shared.out.push_simple(kind::BYE, None);
+    shared.out.close();
+    let _ = writer_task.await;
+    0
+}
+
+/// Sends the hello message that names worker `W`; false when it cannot.
+async fn say_hello<W: Worker>(writer: &mut WriteHalf) -> bool {
+    let mut hello = Vec::new();
+    let me = Hello {
+        fingerprint: super::fingerprint::<W>(),
+        worker: W::NAME.into(),
+        pid: std::process::id(),
+    };
+    protocol::put_hello(&mut hello, &me, DEFAULT_MAX_FRAME).is_ok()
+        && transport::write_batch(writer, &hello).await.is_ok()
+}
+
+/// Waits for the parent's `init` message: the worker's place in the pool
+/// and the initialiser's payload. Gives the exit code when none comes.
+async fn wait_for_init(reader: &mut FrameReader) -> Result<(Init, Vec<u8>), i32> {
+    loop {
+        match reader.next_frame() {
+            Ok(Some(body)) => match ToWorker::decode(body) {
+                Ok(ToWorker::Init(init, payload)) => return Ok((init, payload.to_vec())),
+                Ok(other) => {
+                    eprintln!("looppool worker: expected init, got {other:?}");
+                    return Err(EXIT_PROTOCOL);
+                }
+                Err(e) => {
+                    eprintln!("looppool worker: bad init frame: {e}");
+                    return Err(EXIT_PROTOCOL);
+                }
+            },
+            Ok(None) => match reader.fill().await {
+                Ok(true) => {}
+                // The parent refused us (or died): nothing to do.
+                Ok(false) | Err(_) => return Err(1),
+            },
+            Err(e) => {
+                eprintln!("looppool worker: {e}");
+                return Err(EXIT_PROTOCOL);
+            }
+        }
+    }
+}
+
+/// Runs the user's initialiser on `payload`; the failure's message when it
+/// fails, panics or the payload does not decode.
+async fn init_worker<W: Worker>(shared: &Rc<Shared>, payload: &[u8]) -> Result<Rc<W>, String> {
+    let value = codec::get_serde::<W::Init>(payload)
+        .map_err(|e| format!("cannot deserialize the init payload: {e}"))?;
+    let cx = InitContext {
+        shared: shared.clone(),
+        _output: std::marker::PhantomData,
+    };
+    match CatchUnwind(Box::pin(W::init(value, cx))).await {
+        Ok(Ok(worker)) => Ok(Rc::new(worker)),
+        Ok(Err(e)) => Err(error_chain(&*e)),
+        Err(panic) => Err(panic),
+    }
+}
+
+/// Runs the user's shutdown hook; a panic in it is printed, not reported.
+async fn shut_down<W: Worker>(worker: Rc<W>, shared: &Shared) {
     if let Err(panic) = CatchUnwind(Box::pin(worker.shutdown())).await {
         eprintln!(
             "looppool worker {}: shutdown hook panicked: {panic}",
             shared.index
         );
     }
-    shared.out.push_simple(kind::BYE, None);
-    shared.out.close();
-    let _ = writer_task.await;
-    0
 }
 
 /// Reads the parent's frames: tasks, credits, pings and the stop message.
@@ -200,17 +217,7 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
                                 ),
                             }
                         }
-                        Err(e) => {
-                            shared.task_started();
-                            let message = format!("cannot deserialize the task: {e}");
-                            shared.complete(
-                                slot,
-                                Err(Failure {
-                                    message,
-                                    panicked: false,
-                                }),
-                            );
-                        }
+                        Err(e) => reject_task(&shared, slot, &e),
                     }
                 }
                 Ok(ToWorker::Credit(n)) => shared.out.refill(n),
@@ -229,6 +236,20 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
     }
 }
 
+/// Fails the task in wire slot `slot`, whose payload did not decode.
+fn reject_task(shared: &Shared, slot: u32, e: &CodecError) {
+    shared.task_started();
+    let message = format!("cannot deserialize the task: {e}");
+    shared.complete(
+        slot,
+        Err(Failure {
+            message,
+            panicked: false,
+        }),
+    );
+}
+
+/// Ends the process after the parent broke the protocol.
 fn protocol_exit(shared: &Shared, what: &str) -> ! {
     eprintln!(
         "looppool worker {}: protocol error from the parent: {what}",
