@@ -28,6 +28,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::panic::payload_text;
 use super::shared::Shared;
 use crate::codec::CodecError;
 use crate::protocol::report::{self as wire, LogRecord};
@@ -106,14 +107,7 @@ pub(crate) fn forward_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
     if QUEUE.get().is_none() {
         return false;
     }
-    let payload = info.payload();
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    };
+    let message = payload_text(info.payload());
     let location = info.location();
     let thread = std::thread::current();
     let mut rec = LogRecord {

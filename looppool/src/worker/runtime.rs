@@ -5,8 +5,9 @@ use std::rc::Rc;
 
 use super::context::{InitContext, TaskContext};
 use super::entry::SIGNALS_ENV;
+use super::logging;
 use super::observe::Observe;
-use super::panic::{install_panic_hook, CatchUnwind};
+use super::panic::{self, CatchUnwind};
 use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
 use super::Worker;
@@ -37,7 +38,7 @@ pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
         sys::ignore_termination_signals();
     }
     std::env::remove_var(SIGNALS_ENV);
-    install_panic_hook();
+    panic::install_hook(logging::forward_panic);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
