@@ -22,7 +22,7 @@ mod task;
 mod watchdog;
 
 pub use context::{Emitter, InitContext, TaskContext};
-pub use entry::{run_if_worker, WORKER_ENV};
+pub use entry::WORKER_ENV;
 pub use runtime::{run_worker_runtime, serve};
 
 #[doc(hidden)]

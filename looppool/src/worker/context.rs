@@ -93,7 +93,7 @@ impl<O> fmt::Debug for InitContext<O> {
 
 impl<O: Serialize> InitContext<O> {
     /// This worker's index in the pool, from 0.
-    pub fn index(&self) -> usize {
+    pub fn worker_index(&self) -> usize {
         self.shared.index
     }
 

@@ -19,19 +19,6 @@ pub fn requested_worker() -> Option<String> {
     Some(name)
 }
 
-/// Runs `W` when this process was started as a worker; returns otherwise.
-///
-/// The one-type form of [`worker_main!`](crate::worker_main): call it first
-/// in `main`.
-pub fn run_if_worker<W: Worker>() {
-    if let Some(name) = requested_worker() {
-        if name == W::NAME {
-            run::<W>();
-        }
-        unknown_worker(&name, &[W::NAME]);
-    }
-}
-
 /// Runs worker `W` in this process until the pool stops it, then exits.
 pub fn run<W: Worker>() -> ! {
     let code = runtime::main::<W>();
