@@ -248,8 +248,8 @@ impl Outbox {
 /// the window is shut.
 ///
 /// Written by hand rather than as an `async fn`: a task's future holds it,
-/// and the nested async state machines (with the wait for credits inline)
-/// made an echo handler's future 232 bytes, moved twice per task.
+/// and nested async state machines (with the wait for credits inline) made
+/// that future much larger, and it is moved on every task.
 pub(crate) struct Emit<'a, O> {
     outbox: &'a Outbox,
     slot: Option<u32>,
@@ -264,9 +264,9 @@ impl<O> Unpin for Emit<'_, O> {}
 impl<O: Serialize> Future for Emit<'_, O> {
     type Output = Result<(), EmitError<O>>;
 
-    // Inlined into the handler's future, as is `try_emit`: returned through
-    // memory, the 32-byte result was stored in pieces and reloaded whole by
-    // the caller, a stalled load that cost more than the rest of the emit.
+    // Inlined into the handler's future, as is `try_emit`: a result returned
+    // through memory was stored in pieces and reloaded whole by the caller,
+    // a stalled load that cost more than the rest of the emit.
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();

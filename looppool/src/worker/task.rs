@@ -16,17 +16,17 @@ use crate::protocol::Failure;
 /// its first poll (most do) leaves the cell empty for the next task of the
 /// same type, so it costs no allocation; a task that has to wait keeps its
 /// cell, moved into the spawned task, and the next one allocates anew.
-/// (A fresh `Box` per task cost the worker a third of its instructions in
-/// `malloc` and `free`.)
+/// (With a fresh `Box` per task, `malloc` and `free` were a large share of
+/// the worker's work.)
 pub(crate) type TaskCell<F> = Pin<Box<Option<F>>>;
 
 /// Starts a task: polls its future once in place, and spawns it only if it
 /// has to wait. `spare` is the spare cell for futures of this type.
 ///
 /// The future is made by `make` right where it is stored: built first and
-/// then passed in, it was copied twice on the way into the cell, and those
-/// copies (stalled on loads of what was just stored) were about a sixth of
-/// the worker's time per task in the W1 benchmark.
+/// then passed in, it was copied on the way into the cell, and those copies
+/// (stalled on loads of what was just stored) were a measurable part of the
+/// worker's time per task.
 #[inline(always)]
 pub(crate) fn run_task<F>(
     shared: &Rc<Shared>,
