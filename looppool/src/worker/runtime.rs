@@ -1,13 +1,11 @@
-//! The worker process: its loop, its connection to the parent, and its tasks.
+//! Serving a worker over its connection: the handshake, the initialiser,
+//! the read loop that starts tasks, and the drain after the stop.
 
-use std::future::Future;
 use std::rc::Rc;
 
 use super::context::{InitContext, TaskContext};
-use super::entry::SIGNALS_ENV;
-use super::logging;
 use super::observe::Observe;
-use super::panic::{self, CatchUnwind};
+use super::panic::CatchUnwind;
 use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
 use super::Worker;
@@ -23,46 +21,6 @@ pub(crate) const EXIT_UNKNOWN_WORKER: i32 = 4;
 /// Exit code of a worker that broke off because of a protocol error.
 pub(crate) const EXIT_PROTOCOL: i32 = 5;
 
-/// The worker's whole life: handshake, init, serve, drain. Returns the exit code.
-pub(crate) fn main<W: Worker>() -> i32 {
-    run_worker_runtime(serve_inherited::<W>())
-}
-
-/// Runs `body` the way a worker process runs: the termination signals as the
-/// pool asked, the panic hook that reports panics to the parent, and one
-/// current-thread tokio runtime with a `LocalSet`. Returns `body`'s exit code.
-pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
-    if std::env::var_os(SIGNALS_ENV).is_some_and(|v| v == "inherit") {
-        sys::default_termination_signals();
-    } else {
-        sys::ignore_termination_signals();
-    }
-    std::env::remove_var(SIGNALS_ENV);
-    panic::install_hook(logging::forward_panic);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("looppool worker: cannot build its runtime: {e}");
-            return 1;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, body)
-}
-
-async fn serve_inherited<W: Worker>() -> i32 {
-    match sys::inherited_stream().and_then(Connection::unix) {
-        Ok(conn) => serve::<W>(conn).await,
-        Err(e) => {
-            eprintln!("looppool worker: {e}");
-            1
-        }
-    }
-}
-
 /// Serves worker `W` over `conn`, whatever carries it, until the pool stops
 /// it or the connection ends; returns the exit code the process should exit
 /// with (0 after a clean stop).
@@ -70,7 +28,8 @@ async fn serve_inherited<W: Worker>() -> i32 {
 /// This is what a worker process runs on the connection its pool gave it. A
 /// [`Connector`](crate::transport::Connector) runs it at the far end of the
 /// connections it makes. It must run inside a tokio `LocalSet` on a
-/// current-thread runtime, such as the one [`run_worker_runtime`] provides.
+/// current-thread runtime, such as the one
+/// [`run_worker_runtime`](crate::worker::run_worker_runtime) provides.
 pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     let Connection { reader, mut writer } = conn;
 
