@@ -8,6 +8,8 @@
 //!
 //! From the bottom up; a module uses only those above it in this list:
 //!
+//! - `process`: what the pool and a worker process agree on outside the
+//!   wire: environment markers, exit codes.
 //! - `outbox`: the frames going to the parent, the output-credit window and
 //!   the write loop.
 //! - `panic`: catching panics around user code, their message, the hook.
@@ -35,6 +37,7 @@ mod logging;
 mod observe;
 mod outbox;
 mod panic;
+mod process;
 mod report;
 pub(crate) mod runtime;
 mod shared;
@@ -42,7 +45,8 @@ mod task;
 mod watchdog;
 
 pub use context::{Emitter, InitContext, TaskContext};
-pub use entry::{run_worker_runtime, WORKER_ENV};
+pub use entry::run_worker_runtime;
+pub use process::WORKER_ENV;
 pub use runtime::serve;
 
 #[doc(hidden)]

@@ -3,19 +3,14 @@
 
 use std::future::Future;
 
-use super::runtime::{self, serve};
+use super::process::{EXIT_UNKNOWN_WORKER, WORKER_ENV};
+use super::runtime::serve;
 use super::{logging, panic, Worker};
 use crate::sys;
 use crate::transport::Connection;
 
-/// The environment variable through which a pool tells the program it starts
-/// which [`Worker`] to run. It is removed on reading, so a worker may start
-/// pools of its own.
-pub const WORKER_ENV: &str = "LOOPPOOL_WORKER";
-
-/// Set by the pool to `inherit` when workers keep the default SIGINT/SIGTERM
-/// actions rather than ignoring them.
-pub(crate) const SIGNALS_ENV: &str = "LOOPPOOL_SIGNALS";
+// The supervisor reads the marker's name here.
+pub(crate) use super::process::SIGNALS_ENV;
 
 /// The worker name this process was started to run, if a pool started it.
 /// Reading removes the marker.
@@ -38,7 +33,7 @@ pub fn unknown_worker(name: &str, known: &[&str]) -> ! {
         "looppool: this program was asked to run worker {name:?} but knows only {known:?}; \
          list that worker type in looppool::worker_main!"
     );
-    std::process::exit(runtime::EXIT_UNKNOWN_WORKER)
+    std::process::exit(EXIT_UNKNOWN_WORKER)
 }
 
 /// Runs `body` the way a worker process runs: the termination signals as the

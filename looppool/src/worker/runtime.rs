@@ -6,6 +6,7 @@ use std::rc::Rc;
 use super::context::{InitContext, TaskContext};
 use super::observe::Observe;
 use super::panic::CatchUnwind;
+use super::process::EXIT_PROTOCOL;
 use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
 use super::Worker;
@@ -14,12 +15,8 @@ use crate::protocol::{self, kind, Failure, Hello, Init, ToWorker};
 use crate::sys;
 use crate::transport::{self, Connection, FrameReader, WriteHalf};
 
-/// Exit code of a worker whose initialiser failed.
-pub(crate) const EXIT_INIT_FAILED: i32 = 3;
-/// Exit code of a program asked to run a worker it does not know.
-pub(crate) const EXIT_UNKNOWN_WORKER: i32 = 4;
-/// Exit code of a worker that broke off because of a protocol error.
-pub(crate) const EXIT_PROTOCOL: i32 = 5;
+// The supervisor reads the exit codes here.
+pub(crate) use super::process::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
 
 /// Serves worker `W` over `conn`, whatever carries it, until the pool stops
 /// it or the connection ends; returns the exit code the process should exit
