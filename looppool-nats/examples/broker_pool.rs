@@ -85,7 +85,7 @@ impl Worker for Cruncher {
             .unwrap_or_default();
         Ok(Cruncher {
             place: Place {
-                worker: cx.index(),
+                worker: cx.worker_index(),
                 host: read("/proc/sys/kernel/hostname").trim().to_owned(),
                 pid: std::process::id(),
                 netns,

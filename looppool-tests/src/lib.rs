@@ -144,8 +144,8 @@ impl Worker for Probe {
     type Output = u64;
 
     async fn init(init: ProbeInit, cx: InitContext<u64>) -> Result<Self, BoxError> {
-        if init.fail_on == Some(cx.index()) {
-            return Err(format!("refusing to start worker {}", cx.index()).into());
+        if init.fail_on == Some(cx.worker_index()) {
+            return Err(format!("refusing to start worker {}", cx.worker_index()).into());
         }
         if let Some(path) = &init.fail_if_exists {
             if path.exists() {
@@ -165,7 +165,7 @@ impl Worker for Probe {
             });
         }
         Ok(Probe {
-            index: cx.index(),
+            index: cx.worker_index(),
             offset: init.offset,
             state: RefCell::new(HashMap::new()),
             held: RefCell::new(Vec::new()),

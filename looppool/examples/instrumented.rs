@@ -45,8 +45,10 @@ impl Worker for Instrumented {
     type Output = u64;
 
     async fn init(_: (), cx: InitContext<u64>) -> Result<Self, BoxError> {
-        tracing::info!(pool = cx.pool_name(), "worker {} ready", cx.index());
-        Ok(Instrumented { index: cx.index() })
+        tracing::info!(pool = cx.pool_name(), "worker {} ready", cx.worker_index());
+        Ok(Instrumented {
+            index: cx.worker_index(),
+        })
     }
 
     async fn handle(self: Rc<Self>, job: Job, cx: TaskContext<u64>) -> Result<(), BoxError> {

@@ -3,6 +3,28 @@
 //! A worker process runs one single-threaded tokio runtime. Its state lives on
 //! that thread only, so it need not be `Send`; tasks run concurrently on the
 //! loop, each as its own future.
+//!
+//! # Layout
+//!
+//! From the bottom up; a module uses only those above it in this list:
+//!
+//! - `process`: what the pool and a worker process agree on outside the
+//!   wire: environment markers, exit codes.
+//! - `outbox`: the frames going to the parent, the output-credit window and
+//!   the write loop.
+//! - `panic`: catching panics around user code, their message, the hook.
+//! - `watchdog`: the blocked-loop detector's state and thread.
+//! - `shared`: the state of one worker process (its outbox, task counts,
+//!   the stop, the watch).
+//! - `task`: running one task: its cell, its first poll, its completion.
+//! - `context`: what user code sees ([`Emitter`], [`InitContext`],
+//!   [`TaskContext`]).
+//! - `logging`: `tracing` events and stray panics forwarded to the parent.
+//! - `report`: the periodic resource report.
+//! - `observe`: what the parent asked to observe, and starting it.
+//! - `runtime`: [`serve`]: the handshake, the initialiser, the read loop,
+//!   the drain.
+//! - `entry`: how a process becomes a worker, and [`run_worker_runtime`].
 
 use std::future::Future;
 use std::rc::Rc;
@@ -13,13 +35,19 @@ mod context;
 pub(crate) mod entry;
 mod logging;
 mod observe;
+mod outbox;
+mod panic;
+mod process;
 mod report;
 pub(crate) mod runtime;
+mod shared;
+mod task;
 mod watchdog;
 
 pub use context::{Emitter, InitContext, TaskContext};
-pub use entry::{run_if_worker, WORKER_ENV};
-pub use runtime::{run_worker_runtime, serve};
+pub use entry::run_worker_runtime;
+pub use process::WORKER_ENV;
+pub use runtime::serve;
 
 #[doc(hidden)]
 pub mod __private {

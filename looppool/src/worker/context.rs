@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use super::runtime::Shared;
+use super::shared::Shared;
 use crate::error::EmitError;
 
 /// Emits outputs from a worker to the parent's output stream.
@@ -64,7 +64,7 @@ impl<O: Serialize> Emitter<O> {
     /// Cancel safe: if the future is dropped before it completes, nothing
     /// was emitted.
     pub fn emit(&self, value: O) -> impl Future<Output = Result<(), EmitError<O>>> + '_ {
-        self.shared.emit(self.slot, value)
+        self.shared.out.emit(self.slot, value)
     }
 
     /// Emits `value` if the output window has room, without waiting.
@@ -73,7 +73,7 @@ impl<O: Serialize> Emitter<O> {
     /// As [`emit`](Self::emit), plus a [full](EmitError::is_full) error when
     /// the window is exhausted.
     pub fn try_emit(&self, value: O) -> Result<(), EmitError<O>> {
-        self.shared.try_emit(self.slot, value)
+        self.shared.out.try_emit(self.slot, value)
     }
 }
 
@@ -93,7 +93,7 @@ impl<O> fmt::Debug for InitContext<O> {
 
 impl<O: Serialize> InitContext<O> {
     /// This worker's index in the pool, from 0.
-    pub fn index(&self) -> usize {
+    pub fn worker_index(&self) -> usize {
         self.shared.index
     }
 

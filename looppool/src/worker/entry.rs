@@ -1,15 +1,16 @@
-//! How a process becomes a worker: the environment marker and the entry point.
+//! How a process becomes a worker: the environment markers, the entry
+//! point, and the process's signals, panic hook and runtime.
 
-use super::{runtime, Worker};
+use std::future::Future;
 
-/// The environment variable through which a pool tells the program it starts
-/// which [`Worker`] to run. It is removed on reading, so a worker may start
-/// pools of its own.
-pub const WORKER_ENV: &str = "LOOPPOOL_WORKER";
+use super::process::{EXIT_UNKNOWN_WORKER, WORKER_ENV};
+use super::runtime::serve;
+use super::{logging, panic, Worker};
+use crate::sys;
+use crate::transport::Connection;
 
-/// Set by the pool to `inherit` when workers keep the default SIGINT/SIGTERM
-/// actions rather than ignoring them.
-pub(crate) const SIGNALS_ENV: &str = "LOOPPOOL_SIGNALS";
+// The supervisor reads the marker's name here.
+pub(crate) use super::process::SIGNALS_ENV;
 
 /// The worker name this process was started to run, if a pool started it.
 /// Reading removes the marker.
@@ -19,22 +20,10 @@ pub fn requested_worker() -> Option<String> {
     Some(name)
 }
 
-/// Runs `W` when this process was started as a worker; returns otherwise.
-///
-/// The one-type form of [`worker_main!`](crate::worker_main): call it first
-/// in `main`.
-pub fn run_if_worker<W: Worker>() {
-    if let Some(name) = requested_worker() {
-        if name == W::NAME {
-            run::<W>();
-        }
-        unknown_worker(&name, &[W::NAME]);
-    }
-}
-
-/// Runs worker `W` in this process until the pool stops it, then exits.
+/// Runs worker `W` in this process until the pool stops it, then exits:
+/// handshake, init, serve, drain.
 pub fn run<W: Worker>() -> ! {
-    let code = runtime::main::<W>();
+    let code = run_worker_runtime(serve_inherited::<W>());
     std::process::exit(code)
 }
 
@@ -44,5 +33,40 @@ pub fn unknown_worker(name: &str, known: &[&str]) -> ! {
         "looppool: this program was asked to run worker {name:?} but knows only {known:?}; \
          list that worker type in looppool::worker_main!"
     );
-    std::process::exit(runtime::EXIT_UNKNOWN_WORKER)
+    std::process::exit(EXIT_UNKNOWN_WORKER)
+}
+
+/// Runs `body` the way a worker process runs: the termination signals as the
+/// pool asked, the panic hook that reports panics to the parent, and one
+/// current-thread tokio runtime with a `LocalSet`. Returns `body`'s exit code.
+pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
+    if std::env::var_os(SIGNALS_ENV).is_some_and(|v| v == "inherit") {
+        sys::default_termination_signals();
+    } else {
+        sys::ignore_termination_signals();
+    }
+    std::env::remove_var(SIGNALS_ENV);
+    panic::install_hook(logging::forward_panic);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("looppool worker: cannot build its runtime: {e}");
+            return 1;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, body)
+}
+
+async fn serve_inherited<W: Worker>() -> i32 {
+    match sys::inherited_stream().and_then(Connection::unix) {
+        Ok(conn) => serve::<W>(conn).await,
+        Err(e) => {
+            eprintln!("looppool worker: {e}");
+            1
+        }
+    }
 }

@@ -28,7 +28,8 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::runtime::Shared;
+use super::panic::payload_text;
+use super::shared::Shared;
 use crate::codec::CodecError;
 use crate::protocol::report::{self as wire, LogRecord};
 use crate::protocol::{self, kind};
@@ -78,7 +79,7 @@ pub(crate) fn install(shared: &Rc<Shared>, level: LevelFilter) {
         return;
     }
     let queue = LogQueue {
-        max_frame: shared.max_frame,
+        max_frame: shared.out.max_frame(),
         frames: Mutex::new(Vec::new()),
         queued: AtomicUsize::new(0),
         dropped_since: AtomicU64::new(0),
@@ -106,14 +107,7 @@ pub(crate) fn forward_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
     if QUEUE.get().is_none() {
         return false;
     }
-    let payload = info.payload();
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    };
+    let message = payload_text(info.payload());
     let location = info.location();
     let thread = std::thread::current();
     let mut rec = LogRecord {
@@ -147,7 +141,7 @@ fn send(rec: &mut LogRecord, may_block: bool) -> bool {
         if let Some(shared) = shared {
             rec.dropped = q.dropped_since.swap(0, Ordering::Relaxed);
             let mut encoded = true;
-            let written = shared.try_push_frame(LOG_BUFFER, |buf| {
+            let written = shared.out.try_push_frame(LOG_BUFFER, |buf| {
                 encoded = encode(buf, rec, q.max_frame);
             });
             if written && encoded {
@@ -233,7 +227,9 @@ async fn drain(shared: Weak<Shared>) {
             let moved = {
                 let mut frames = crate::sync::lock(&q.frames);
                 let moved = frames.is_empty()
-                    || shared.try_push_frame(LOG_BUFFER, |buf| buf.extend_from_slice(&frames));
+                    || shared
+                        .out
+                        .try_push_frame(LOG_BUFFER, |buf| buf.extend_from_slice(&frames));
                 if moved {
                     frames.clear();
                     q.queued.store(0, Ordering::Release);
@@ -253,7 +249,7 @@ async fn drain(shared: Weak<Shared>) {
                         line: None,
                         dropped,
                     };
-                    shared.try_push_frame(usize::MAX, |buf| {
+                    shared.out.try_push_frame(usize::MAX, |buf| {
                         let _ = protocol::put_value(buf, kind::LOG, &rec, usize::MAX);
                     });
                 }

@@ -1,29 +1,21 @@
-//! The worker's side of observability: the counts its reports carry, and
-//! the start of the reporter, the blocked-loop watchdog and log forwarding.
+//! The worker's side of observability: what the parent asked for, and the
+//! start of the reporter, the blocked-loop watchdog and log forwarding.
 //! See [`crate::metrics`] for what each does.
 
-use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::runtime::Shared;
+use super::shared::Shared;
 use super::watchdog::Watch;
 use super::{logging, report, watchdog};
 use crate::protocol::report::{self as wire, STATSD_ENV};
 use crate::protocol::Init;
 
-/// Per-process observability state, part of the worker's `Shared`.
+/// What the parent asked the worker to report, read from its `init`
+/// message before the initialiser runs.
 #[derive(Debug)]
 pub(crate) struct Observe {
-    /// Tasks completed or failed.
-    pub(crate) done: Cell<u64>,
-    /// Outputs emitted.
-    pub(crate) outputs: Cell<u64>,
-    watch: Option<Arc<Watch>>,
     report_interval: Option<Duration>,
     log_level: tracing::level_filters::LevelFilter,
     statsd: Option<(String, String)>,
@@ -32,10 +24,6 @@ pub(crate) struct Observe {
 impl Observe {
     pub(crate) fn new(init: &Init) -> Self {
         Observe {
-            done: Cell::new(0),
-            outputs: Cell::new(0),
-            watch: (init.blocked_threshold_ms > 0)
-                .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
             report_interval: (init.report_interval_ms > 0)
                 .then(|| Duration::from_millis(init.report_interval_ms)),
             log_level: wire::filter_from_u8(init.log_level),
@@ -43,13 +31,19 @@ impl Observe {
         }
     }
 
-    /// Runs `poll`, a poll of the task in wire slot `slot`, under the
-    /// blocked-loop watch.
-    #[inline]
-    pub(crate) fn polling<R>(&self, shared: &Shared, slot: u32, poll: impl FnOnce() -> R) -> R {
-        match &self.watch {
-            None => poll(),
-            Some(watch) => watch.polling(shared, slot, poll),
+    /// Before the initialiser: starts forwarding log events and panics.
+    pub(crate) fn begin(&self, shared: &Rc<Shared>) {
+        logging::install(shared, self.log_level);
+    }
+
+    /// After the worker is ready: starts the reporter and the watchdog.
+    pub(crate) fn start(&self, shared: &Rc<Shared>) {
+        if let Some(watch) = &shared.watch {
+            start_watchdog(shared, watch.clone());
+        }
+        if let Some(interval) = self.report_interval {
+            let statsd = statsd_sender(shared, self.statsd.as_ref());
+            tokio::task::spawn_local(report::run(shared.clone(), interval, statsd));
         }
     }
 }
@@ -63,40 +57,29 @@ fn statsd_target() -> Option<(String, String)> {
     Some((addr.to_owned(), prefix.to_owned()))
 }
 
-/// A task's future, polled under the blocked-loop watch.
-pub(crate) struct Polling<'a, F> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) slot: u32,
-    pub(crate) fut: F,
-}
-
-impl<F: Future + Unpin> Future for Polling<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let fut = &mut this.fut;
-        this.shared
-            .obs
-            .polling(this.shared, this.slot, || Pin::new(fut).poll(cx))
+/// Starts the watchdog thread and the loop's stamping task.
+fn start_watchdog(shared: &Rc<Shared>, watch: Arc<Watch>) {
+    let who = format!(
+        "worker {} (pid {}) of pool {:?}",
+        shared.index,
+        std::process::id(),
+        shared.pool_name
+    );
+    if !watchdog::start_thread(&watch, who) {
+        return;
     }
-}
-
-/// Before the initialiser: starts forwarding log events and panics.
-pub(crate) fn begin(shared: &Rc<Shared>) {
-    logging::install(shared, shared.obs.log_level);
-}
-
-/// After the worker is ready: starts the reporter and the watchdog.
-pub(crate) fn start(shared: &Rc<Shared>) {
-    let obs = &shared.obs;
-    if let Some(watch) = &obs.watch {
-        watchdog::start(shared, watch.clone());
-    }
-    if let Some(interval) = obs.report_interval {
-        let statsd = statsd_sender(shared, obs.statsd.as_ref());
-        tokio::task::spawn_local(report::run(shared.clone(), interval, statsd));
-    }
+    let shared = Rc::downgrade(shared);
+    tokio::task::spawn_local(async move {
+        let mut ticker = tokio::time::interval(watch.period());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.loop_turned(&watch);
+        }
+    });
 }
 
 #[cfg(feature = "statsd")]

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::runtime::Shared;
+use super::shared::Shared;
 use crate::protocol::report::{ReportFrame, Resources};
 use crate::protocol::{self, kind};
 use crate::sys;
@@ -76,7 +76,6 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             }
         };
         let (rss_bytes, max_rss_bytes) = memory();
-        let obs = &shared.obs;
         let report = Resources {
             pid: std::process::id(),
             interval_us: wall.as_micros() as u64,
@@ -87,17 +86,17 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             loop_global_queue: metrics.global_queue_depth() as u64,
             loop_busy: fraction(now.busy.saturating_sub(prev.busy)).min(1.0),
             loop_parks: now.parks.saturating_sub(prev.parks),
-            tasks_running: shared.running.get() as u64,
-            tasks_done: obs.done.get(),
-            outputs: obs.outputs.get(),
+            tasks_running: shared.running() as u64,
+            tasks_done: shared.done(),
+            outputs: shared.out.outputs(),
             logs_dropped: super::logging::dropped_total(),
         };
         if let Some(send) = &statsd {
             send(shared.index, &report);
         }
-        let max_frame = shared.max_frame;
+        let max_frame = shared.out.max_frame();
         let frame = ReportFrame::Resources(report);
-        shared.try_push_frame(usize::MAX, |buf| {
+        shared.out.try_push_frame(usize::MAX, |buf| {
             let _ = protocol::put_value(buf, kind::REPORT, &frame, max_frame);
         });
         prev = now;

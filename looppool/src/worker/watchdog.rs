@@ -12,12 +12,11 @@
 //! The cost on the hot path is two relaxed atomic stores per task poll (the
 //! slot being polled) and one relaxed load.
 
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::runtime::Shared;
+use super::outbox::Outbox;
 use crate::protocol::report::{Blocked, ReportFrame};
 use crate::protocol::{self, kind};
 
@@ -66,26 +65,32 @@ impl Watch {
     }
 
     /// How often the loop stamps and the watchdog checks.
-    fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         (self.threshold / 4).max(Duration::from_millis(1))
     }
 
-    /// Runs `poll`, the poll of the task in wire slot `slot`, and reports an
-    /// episode that it (or something before it) blocked the loop through.
+    /// Runs `poll`, the poll of the task in wire slot `slot`, and calls
+    /// `turned` when an episode is open, which it (or something before it)
+    /// blocked the loop through.
     #[inline]
-    pub(crate) fn polling<R>(&self, shared: &Shared, slot: u32, poll: impl FnOnce() -> R) -> R {
+    pub(crate) fn polling<R>(
+        &self,
+        slot: u32,
+        poll: impl FnOnce() -> R,
+        turned: impl FnOnce(),
+    ) -> R {
         self.current.store(slot.wrapping_add(1), Ordering::Relaxed);
         let r = poll();
         self.current.store(0, Ordering::Relaxed);
         if self.flagged.load(Ordering::Relaxed) {
-            self.turned(shared);
+            turned();
         }
         r
     }
 
     /// The loop turned: stamps the time and sends the episode that ended,
-    /// if one did.
-    pub(crate) fn turned(&self, shared: &Shared) {
+    /// if one did, to `out`; `running` is the number of tasks running.
+    pub(crate) fn turned(&self, out: &Outbox, running: usize) {
         let ended = {
             let mut ep = crate::sync::lock(&self.episode);
             let now = self.now_ms();
@@ -108,10 +113,10 @@ impl Watch {
             blocked_ms,
             threshold_ms: self.threshold.as_millis() as u64,
             slots,
-            running: shared.running.get() as u64,
+            running: running as u64,
         });
-        let max_frame = shared.max_frame;
-        shared.try_push_frame(usize::MAX, |buf| {
+        let max_frame = out.max_frame();
+        out.try_push_frame(usize::MAX, |buf| {
             let _ = protocol::put_value(buf, kind::REPORT, &frame, max_frame);
         });
     }
@@ -148,33 +153,18 @@ impl Watch {
     }
 }
 
-/// Starts the watchdog thread and the loop's stamping task.
-pub(crate) fn start(shared: &Rc<Shared>, watch: Arc<Watch>) {
+/// Starts the watchdog thread for `who` (the worker, as the thread's
+/// message names it); false when it cannot start. The loop must then call
+/// [`Watch::turned`] every [`Watch::period`].
+pub(crate) fn start_thread(watch: &Arc<Watch>, who: String) -> bool {
     watch.turned_ms.store(watch.now_ms(), Ordering::Relaxed);
-    let who = format!(
-        "worker {} (pid {}) of pool {:?}",
-        shared.index,
-        std::process::id(),
-        shared.pool_name
-    );
     let thread_watch = watch.clone();
     let spawned = std::thread::Builder::new()
         .name("looppool-watchdog".into())
         .spawn(move || thread_watch.watch(&who));
     if let Err(e) = spawned {
         tracing::warn!("cannot start the blocked-loop watchdog: {e}");
-        return;
+        return false;
     }
-    let shared = Rc::downgrade(shared);
-    tokio::task::spawn_local(async move {
-        let mut ticker = tokio::time::interval(watch.period());
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            watch.turned(&shared);
-        }
-    });
+    true
 }

@@ -1,0 +1,293 @@
+//! The worker's outgoing frames and its output-credit window.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::codec::{self, CodecError};
+use crate::error::{EmitError, EmitErrorKind};
+use crate::protocol::{self, kind, Failure};
+use crate::transport::{self, WriteHalf};
+
+/// The worker's end of the wire going out: the frames waiting to be
+/// written and the output-credit window. Only its own methods touch them.
+pub(crate) struct Outbox {
+    max_frame: usize,
+    frames: RefCell<Frames>,
+    /// Woken on the empty → non-empty transition of `frames.buf`.
+    writer_wake: Notify,
+    /// Woken when the parent returns output credits.
+    credit_wake: Notify,
+    /// Set once the last frame is queued: the writer returns when drained.
+    closing: Cell<bool>,
+    /// Outputs emitted, for reports.
+    outputs: Cell<u64>,
+}
+
+/// Frames waiting to be written, and the output window.
+struct Frames {
+    buf: Vec<u8>,
+    /// Outputs the worker may still emit before the parent takes some.
+    credits: u32,
+    /// Where the last frame in `buf` starts, when it is an output of a task
+    /// (start offset, slot): a completion right behind it is folded into it.
+    last_output: Option<(usize, u32)>,
+    /// Outputs emitted before the ready message (by the initialiser or its
+    /// background work): the parent reads only handshake messages until
+    /// then, so they are held here and queued right behind it.
+    early: Option<Vec<u8>>,
+}
+
+impl Outbox {
+    /// An outbox for frames up to `max_frame` bytes, with `credits` outputs
+    /// in its window, holding outputs back until [`push_ready`](Self::push_ready).
+    pub(crate) fn new(max_frame: usize, credits: u32) -> Self {
+        Outbox {
+            max_frame,
+            frames: RefCell::new(Frames {
+                buf: Vec::with_capacity(64 * 1024),
+                credits,
+                last_output: None,
+                early: Some(Vec::new()),
+            }),
+            writer_wake: Notify::new(),
+            credit_wake: Notify::new(),
+            closing: Cell::new(false),
+            outputs: Cell::new(0),
+        }
+    }
+
+    /// The largest frame the parent accepts.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Outputs emitted so far.
+    pub(crate) fn outputs(&self) -> u64 {
+        self.outputs.get()
+    }
+
+    fn push_with(&self, f: impl FnOnce(&mut Frames)) {
+        let mut out = self.frames.borrow_mut();
+        let was_empty = out.buf.is_empty();
+        f(&mut out);
+        if was_empty && !out.buf.is_empty() {
+            self.writer_wake.notify_one();
+        }
+    }
+
+    /// Appends a frame that is not an output (a report or a log record)
+    /// unless the out buffer already holds `limit` bytes or is in use
+    /// further up this thread's stack; false when it did not.
+    pub(crate) fn try_push_frame(&self, limit: usize, f: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Ok(mut out) = self.frames.try_borrow_mut() else {
+            return false;
+        };
+        if out.buf.len() >= limit {
+            return false;
+        }
+        let was_empty = out.buf.is_empty();
+        f(&mut out.buf);
+        out.last_output = None;
+        drop(out);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        true
+    }
+
+    /// Queues `value` as an output of the task in wire slot `slot` (none:
+    /// of no task), spending one credit; a full error when none is left.
+    #[inline(always)]
+    pub(crate) fn try_emit<O: Serialize>(
+        &self,
+        slot: Option<u32>,
+        value: O,
+    ) -> Result<(), EmitError<O>> {
+        let mut out = self.frames.borrow_mut();
+        if self.closing.get() {
+            return Err(EmitError::new(EmitErrorKind::Closed, value));
+        }
+        if out.credits == 0 {
+            return Err(EmitError::new(EmitErrorKind::Full, value));
+        }
+        let was_empty = out.buf.is_empty();
+        let early = out.early.is_some();
+        let Frames {
+            buf, early: held, ..
+        } = &mut *out;
+        let target = held.as_mut().unwrap_or(buf);
+        let start = target.len();
+        let tag = slot.map_or(0, |s| u64::from(s) + 1);
+        match protocol::put_tagged(target, kind::OUTPUT, tag, &value, self.max_frame) {
+            Ok(()) => {}
+            Err(CodecError::TooLarge { len, max }) => {
+                return Err(EmitError::new(EmitErrorKind::TooLarge { len, max }, value))
+            }
+            Err(e) => return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value)),
+        }
+        out.credits -= 1;
+        if !early {
+            out.last_output = slot.map(|s| (start, s));
+        }
+        self.outputs.set(self.outputs.get() + 1);
+        drop(out);
+        if was_empty && !early {
+            self.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Emits `value`, waiting while the output window is shut.
+    pub(crate) fn emit<O: Serialize>(&self, slot: Option<u32>, value: O) -> Emit<'_, O> {
+        Emit {
+            outbox: self,
+            slot,
+            value: Some(value),
+            credits: None,
+        }
+    }
+
+    /// Adds the `n` credits the parent returned, and wakes the emits that
+    /// wait for them.
+    pub(crate) fn refill(&self, n: u32) {
+        let mut out = self.frames.borrow_mut();
+        out.credits = out.credits.saturating_add(n);
+        drop(out);
+        self.credit_wake.notify_waiters();
+    }
+
+    /// Queues the completion of the task in wire slot `slot`.
+    pub(crate) fn push_completion(&self, slot: u32, result: Result<(), Failure>) {
+        self.push_with(|out| {
+            match result {
+                Ok(()) => match out.last_output {
+                    Some((start, s)) if s == slot => {
+                        // The task's last output is the buffer's last frame:
+                        // mark it as completing the task instead of writing a
+                        // separate completion frame.
+                        out.buf[start + codec::HEADER_LEN] = kind::OUTPUT_DONE;
+                    }
+                    _ => protocol::put_simple(&mut out.buf, kind::DONE, Some(slot.into())),
+                },
+                Err(failure) => protocol::put_failed(&mut out.buf, slot, &failure, self.max_frame),
+            }
+            out.last_output = None;
+        });
+    }
+
+    /// Queues a message with at most a number in it (a pong, the bye).
+    pub(crate) fn push_simple(&self, kind: u8, value: Option<u64>) {
+        self.push_with(|out| {
+            protocol::put_simple(&mut out.buf, kind, value);
+            out.last_output = None;
+        });
+    }
+
+    /// Queues the message that the initialiser failed with `message`.
+    pub(crate) fn push_init_failed(&self, message: &str) {
+        let max_frame = self.max_frame;
+        self.push_with(|out| {
+            let _ = protocol::put_value(&mut out.buf, kind::INIT_FAILED, message, max_frame);
+        });
+    }
+
+    /// Queues the ready message, then the outputs held back until it.
+    pub(crate) fn push_ready(&self) {
+        self.push_with(|out| {
+            protocol::put_simple(&mut out.buf, kind::READY, None);
+            if let Some(early) = out.early.take() {
+                out.buf.extend_from_slice(&early);
+            }
+            out.last_output = None;
+        });
+    }
+
+    /// Refuses further outputs, and lets the writer return once the frames
+    /// queued so far are written.
+    pub(crate) fn close(&self) {
+        self.closing.set(true);
+        self.writer_wake.notify_one();
+    }
+
+    /// Writes queued frames to `io` until the outbox closes; one `write` per
+    /// batch.
+    pub(crate) async fn write_to(&self, mut io: WriteHalf) {
+        let mut batch = Vec::new();
+        loop {
+            let took = {
+                let mut out = self.frames.borrow_mut();
+                std::mem::swap(&mut out.buf, &mut batch);
+                out.last_output = None;
+                !batch.is_empty()
+            };
+            if !took {
+                if self.closing.get() {
+                    return;
+                }
+                self.writer_wake.notified().await;
+                continue;
+            }
+            if transport::write_batch(&mut io, &batch).await.is_err() {
+                // The parent is gone: nobody is left to work for.
+                std::process::exit(0);
+            }
+            batch.clear();
+            if batch.capacity() > 4 * 1024 * 1024 {
+                batch = Vec::new();
+            }
+        }
+    }
+}
+
+/// The future of an `emit`: tries at once, and waits for credits only if
+/// the window is shut.
+///
+/// Written by hand rather than as an `async fn`: a task's future holds it,
+/// and nested async state machines (with the wait for credits inline) made
+/// that future much larger, and it is moved on every task.
+pub(crate) struct Emit<'a, O> {
+    outbox: &'a Outbox,
+    slot: Option<u32>,
+    value: Option<O>,
+    /// The wait for credits, boxed: it is needed only when the window is shut.
+    credits: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+}
+
+// `Emit` holds no self-references: the wait it boxes is pinned in the box.
+impl<O> Unpin for Emit<'_, O> {}
+
+impl<O: Serialize> Future for Emit<'_, O> {
+    type Output = Result<(), EmitError<O>>;
+
+    // Inlined into the handler's future, as is `try_emit`: a result returned
+    // through memory was stored in pieces and reloaded whole by the caller,
+    // a stalled load that cost more than the rest of the emit.
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if let Some(wait) = &mut this.credits {
+                if wait.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.credits = None;
+            }
+            let Some(value) = this.value.take() else {
+                panic!("`Emit` polled after it completed");
+            };
+            match this.outbox.try_emit(this.slot, value) {
+                Err(e) if e.is_full() => this.value = Some(e.into_inner()),
+                other => return Poll::Ready(other),
+            }
+            // Single-threaded: nothing can return credits between the check
+            // above and this wait's registration (its first poll, next turn
+            // of this loop), so no wake-up is missed.
+            this.credits = Some(Box::pin(this.outbox.credit_wake.notified()));
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The state everything running in one worker process shares.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::outbox::Outbox;
+use super::watchdog::Watch;
+use crate::protocol::{Failure, Init};
+
+/// State shared by everything running in one worker process.
+pub(crate) struct Shared {
+    pub(crate) index: usize,
+    pub(crate) pool_name: String,
+    /// The frames going to the parent, and the output window.
+    pub(crate) out: Outbox,
+    /// Tasks started and not yet completed.
+    running: Cell<usize>,
+    /// Tasks completed or failed, for reports.
+    done: Cell<u64>,
+    /// Woken when `running` drops to zero.
+    idle: Notify,
+    /// Set when the parent asked the worker to stop.
+    stop_requested: Cell<bool>,
+    stop_wake: Notify,
+    /// Tasks running longer than this fail.
+    pub(crate) task_timeout: Option<Duration>,
+    /// The blocked-loop watch, when the pool asked for one.
+    pub(crate) watch: Option<Arc<Watch>>,
+}
+
+impl Shared {
+    /// The state of the worker the parent's `init` message describes.
+    pub(crate) fn new(init: &Init, max_frame: usize) -> Self {
+        Shared {
+            index: init.index as usize,
+            pool_name: init.pool.clone(),
+            out: Outbox::new(max_frame, init.output_credits),
+            running: Cell::new(0),
+            done: Cell::new(0),
+            idle: Notify::new(),
+            stop_requested: Cell::new(false),
+            stop_wake: Notify::new(),
+            task_timeout: (init.task_timeout_ms > 0)
+                .then(|| Duration::from_millis(init.task_timeout_ms)),
+            watch: (init.blocked_threshold_ms > 0)
+                .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
+        }
+    }
+
+    /// Tasks started and not yet completed.
+    pub(crate) fn running(&self) -> usize {
+        self.running.get()
+    }
+
+    /// Tasks completed or failed so far.
+    pub(crate) fn done(&self) -> u64 {
+        self.done.get()
+    }
+
+    /// Counts a task as started; [`complete`](Self::complete) ends it.
+    pub(crate) fn task_started(&self) {
+        self.running.set(self.running.get() + 1);
+    }
+
+    /// Queues the completion of the task in wire slot `slot`, and counts it.
+    pub(crate) fn complete(&self, slot: u32, result: Result<(), Failure>) {
+        self.out.push_completion(slot, result);
+        self.done.set(self.done.get() + 1);
+        let running = self.running.get() - 1;
+        self.running.set(running);
+        // Only the drain after a stop waits for `idle` (and it checks
+        // `running` first): a notification per idle moment would take the
+        // `Notify`'s lock after nearly every task.
+        if running == 0 && self.stop_requested.get() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Runs `poll`, a poll of the task in wire slot `slot`, under the
+    /// blocked-loop watch.
+    #[inline]
+    pub(crate) fn polling<R>(&self, slot: u32, poll: impl FnOnce() -> R) -> R {
+        match &self.watch {
+            None => poll(),
+            Some(watch) => watch.polling(slot, poll, || self.loop_turned(watch)),
+        }
+    }
+
+    /// The loop turned: tells the watch, which reports a blocked episode
+    /// that just ended.
+    pub(crate) fn loop_turned(&self, watch: &Watch) {
+        watch.turned(&self.out, self.running.get());
+    }
+
+    /// Records the parent's stop message.
+    pub(crate) fn request_stop(&self) {
+        self.stop_requested.set(true);
+        self.stop_wake.notify_waiters();
+    }
+
+    /// Waits for the parent's stop message, then for the running tasks.
+    pub(crate) async fn stopped_and_idle(&self) {
+        while !self.stop_requested.get() {
+            self.stop_wake.notified().await;
+        }
+        while self.running.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
