@@ -37,7 +37,7 @@ mod logging;
 mod observe;
 mod outbox;
 mod panic;
-mod process;
+pub(crate) mod process;
 mod report;
 pub(crate) mod runtime;
 mod shared;

@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 use crate::event::ExitStatus;
 use crate::sys;
 use crate::transport::{self, ConnectFuture, Connection, Connector, Link};
-use crate::worker::entry::SIGNALS_ENV;
-use crate::worker::WORKER_ENV;
+use crate::worker::process::{SIGNALS_ENV, WORKER_ENV};
 
 /// Starts workers as child processes that die with this process.
 #[derive(Debug)]
@@ -124,7 +123,7 @@ impl LocalProcesses {
     /// Why a worker that closed its connection before the handshake ended
     /// with `status`, with what to change.
     pub(crate) fn early_exit_reason(&self, status: Option<ExitStatus>) -> String {
-        use crate::worker::runtime::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
+        use crate::worker::process::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
         let program = self.program.display();
         let worker = self.worker_name;
         let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());

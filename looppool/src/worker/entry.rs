@@ -8,9 +8,7 @@ use super::runtime::serve;
 use super::{logging, panic, Worker};
 use crate::sys;
 use crate::transport::Connection;
-
-// The supervisor reads the marker's name here.
-pub(crate) use super::process::SIGNALS_ENV;
+use crate::worker::process::SIGNALS_ENV;
 
 /// The worker name this process was started to run, if a pool started it.
 /// Reading removes the marker.

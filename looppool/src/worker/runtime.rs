@@ -14,9 +14,7 @@ use crate::codec::{self, CodecError, DEFAULT_MAX_FRAME};
 use crate::protocol::{self, kind, Failure, Hello, Init, ToWorker};
 use crate::sys;
 use crate::transport::{self, Connection, FrameReader, WriteHalf};
-
-// The supervisor reads the exit codes here.
-pub(crate) use super::process::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
+use crate::worker::process::EXIT_INIT_FAILED;
 
 /// Serves worker `W` over `conn`, whatever carries it, until the pool stops
 /// it or the connection ends; returns the exit code the process should exit
