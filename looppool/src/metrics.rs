@@ -9,7 +9,7 @@
 //!
 //! # Resource reports
 //!
-//! With [`PoolBuilder::report_interval`] (or when statsd or Prometheus is
+//! With [`PoolBuilder::report_interval`](crate::PoolBuilder::report_interval) (or when statsd or Prometheus is
 //! configured, every 10 s) each worker measures, once per interval, its CPU
 //! use as a fraction of one core (`getrusage` user + system time over wall
 //! time), its resident and peak resident memory (`VmRSS` and `VmHWM`), its
@@ -62,7 +62,7 @@
 //! # Blocked loops
 //!
 //! A handler that computes without awaiting holds up every other task of
-//! its worker. With [`PoolBuilder::blocked_threshold`] (Tornado's
+//! its worker. With [`PoolBuilder::blocked_threshold`](crate::PoolBuilder::blocked_threshold) (Tornado's
 //! `set_blocking_log_threshold`) a watchdog thread in each worker notices
 //! when the loop has not turned for longer than the threshold and writes a
 //! line to the worker's standard error at once (the loop itself cannot send
@@ -74,7 +74,7 @@
 //! # One log
 //!
 //! Each worker forwards its `tracing` events at or above
-//! [`PoolBuilder::worker_log_level`] (default `INFO`), and the panics of its
+//! [`PoolBuilder::worker_log_level`](crate::PoolBuilder::worker_log_level) (default `INFO`), and the panics of its
 //! background work, to the parent, which emits them again to its own
 //! subscriber: target `looppool::worker`, the original level and message,
 //! and the fields `pool`, `worker`, `pid`, `log.target`, `log.file`,

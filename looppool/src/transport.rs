@@ -320,3 +320,18 @@ impl FrameReader {
 pub(crate) async fn write_batch(io: &mut WriteHalf, batch: &[u8]) -> io::Result<()> {
     io.write_all(batch).await
 }
+
+/// Writes one batch of frames, taken whole from a side's queue, then
+/// empties it for the next; a buffer that a burst grew past 4 MiB is let go
+/// (the next burst grows a new one), so a quiet connection holds little.
+///
+/// Both ends' writers use it: each takes its batch and waits for more in
+/// its own way, and writes and recycles the batch here.
+pub(crate) async fn flush_batch(io: &mut WriteHalf, batch: &mut Vec<u8>) -> io::Result<()> {
+    io.write_all(batch).await?;
+    batch.clear();
+    if batch.capacity() > 4 * 1024 * 1024 {
+        *batch = Vec::new();
+    }
+    Ok(())
+}

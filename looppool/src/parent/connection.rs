@@ -38,13 +38,9 @@ pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: W
             }
             continue;
         }
-        if transport::write_batch(&mut io, &batch).await.is_err() {
+        if transport::flush_batch(&mut io, &mut batch).await.is_err() {
             // The worker is gone; the reader sees the end and reports it.
             return;
-        }
-        batch.clear();
-        if batch.capacity() > 4 * 1024 * 1024 {
-            batch = Vec::with_capacity(64 * 1024);
         }
     }
 }

@@ -414,7 +414,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// A [`StartError`] when the settings are invalid, or any worker fails to
     /// start; the workers already started are then killed.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
-        let (workers, max_workers, task_credits, output_credits) = self.validate()?;
+        let (workers, max_workers, task_slots, output_credits) = self.validate()?;
         let init_payload = encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
@@ -443,7 +443,7 @@ impl<W: Worker> PoolBuilder<W> {
             source,
         };
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
-            .map(|i| Arc::new(Lane::new(i, task_credits, self.max_frame, self.retries)))
+            .map(|i| Arc::new(Lane::new(i, task_slots, self.max_frame, self.retries)))
             .collect();
         hub.attach(&lanes);
 

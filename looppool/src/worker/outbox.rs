@@ -232,13 +232,9 @@ impl Outbox {
                 self.writer_wake.notified().await;
                 continue;
             }
-            if transport::write_batch(&mut io, &batch).await.is_err() {
+            if transport::flush_batch(&mut io, &mut batch).await.is_err() {
                 // The parent is gone: nobody is left to work for.
                 std::process::exit(0);
-            }
-            batch.clear();
-            if batch.capacity() > 4 * 1024 * 1024 {
-                batch = Vec::new();
             }
         }
     }
