@@ -67,8 +67,8 @@ fn decode_output<O: DeserializeOwned>(payload: &[u8]) -> Result<O, String> {
 }
 
 /// What one read hands to the output stream: batches of at most
-/// [`SpareBatches::batch_items`](super::batches::SpareBatches::batch_items) items each (see there), all full but the
-/// last.
+/// [`SpareBatches::batch_items`](super::batches::SpareBatches::batch_items)
+/// items each (see there), all full but the last.
 struct Collected<'a, O> {
     lane: &'a Lane<O>,
     /// The batch being filled.
@@ -138,11 +138,7 @@ enum Frame<'a, O> {
     Log(&'a [u8]),
 }
 
-/// Decodes one frame body from the worker.
-///
-/// A function rather than a closure in the read loop: the compiler left the
-/// closure out of line, and its result, returned through memory, was
-/// reloaded by a stalled caller.
+/// Decodes one frame body from the worker (inlined, as `decode_output`).
 #[inline(always)]
 fn decode_frame<O: DeserializeOwned>(body: &[u8]) -> Result<Frame<'_, O>, String> {
     let msg = FromWorker::decode(body).map_err(|e| e.to_string())?;
@@ -185,9 +181,13 @@ struct Reader<O> {
     worker: usize,
     pid: u32,
     outputs: BatchSender<O>,
+}
+
+/// What a reader keeps from one read to the next.
+struct Between<O> {
     /// Whether the worker said goodbye.
     bye: bool,
-    /// Kept from one read to the next: the list of full batches.
+    /// The list of full batches (empty between reads, its capacity kept).
     full: Vec<(Vec<Output<O>>, u32)>,
 }
 
@@ -214,12 +214,14 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     mut reader: FrameReader,
     outputs: BatchSender<O>,
 ) -> ReadEnd {
-    let mut this = Reader {
+    let this = Reader {
         worker: lane.index,
         pid: lane.pid(),
         lane,
         generation,
         outputs,
+    };
+    let mut between = Between {
         bye: false,
         full: Vec::new(),
     };
@@ -228,10 +230,16 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
             Ok(true) => {}
             // (A peer that dies with unread input resets the connection;
             // `fill` reports that as the end of the stream too.)
-            Ok(false) => return if this.bye { ReadEnd::Bye } else { ReadEnd::Eof },
+            Ok(false) => {
+                return if between.bye {
+                    ReadEnd::Bye
+                } else {
+                    ReadEnd::Eof
+                }
+            }
             Err(e) => return ReadEnd::Broken(e.to_string()),
         }
-        if let Some(end) = this.read(&mut reader) {
+        if let Some(end) = this.read(&mut reader, &mut between) {
             return end;
         }
     }
@@ -244,14 +252,14 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
     /// then delivers the outputs. Returns how the connection ended, if it
     /// did.
     #[inline(always)]
-    fn read(&mut self, reader: &mut FrameReader) -> Option<ReadEnd> {
-        let lane = self.lane.clone();
+    fn read(&self, reader: &mut FrameReader, between: &mut Between<O>) -> Option<ReadEnd> {
+        let lane = &*self.lane;
         let worker = self.worker;
         let mut got = Collected {
-            lane: &lane,
+            lane,
             items: lane.batches.empty(),
             credits: 0,
-            full: std::mem::take(&mut self.full),
+            full: std::mem::take(&mut between.full),
         };
         let mut tally = ReadTally::default();
         let mut st = lane.lock();
@@ -274,7 +282,7 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                     continue;
                 }
                 Ok(Frame::Bye) => {
-                    self.bye = true;
+                    between.bye = true;
                     continue;
                 }
                 Ok(Frame::Pong) => {
@@ -334,7 +342,7 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
         if tally.freed > 0 && waiters {
             lane.wake_waiters();
         }
-        self.deliver(got);
+        between.full = self.deliver(got);
         if let Some(excess) = overdrawn {
             return Some(ReadEnd::Broken(format!(
                 "the worker exceeded its output credit window by {}: it does not wait for credits",
@@ -370,8 +378,9 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
         }
     }
 
-    /// Hands one read's batches to the output stream.
-    fn deliver(&mut self, mut got: Collected<'_, O>) {
+    /// Hands one read's batches to the output stream; returns the emptied
+    /// list of full batches, to keep.
+    fn deliver(&self, mut got: Collected<'_, O>) -> Vec<(Vec<Output<O>>, u32)> {
         let last = (!got.items.is_empty()).then_some((got.items, got.credits));
         for (items, credits) in got.full.drain(..).chain(last) {
             let batch = Batch {
@@ -387,6 +396,6 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 self.lane.batches.keep(returned.0.items);
             }
         }
-        self.full = got.full;
+        got.full
     }
 }
