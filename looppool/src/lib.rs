@@ -75,6 +75,13 @@
 //! wait for the parent's consumer ([`TaskContext::emit`] waits,
 //! [`TaskContext::try_emit`] returns *full*). No output is ever dropped.
 //!
+//! Round-robin sends ([`Pool::submit`], [`Pool::try_submit`],
+//! [`Pool::call`]) go to the workers strictly in turn while every worker
+//! has room, and skip a worker whose queue is full (a slow, stopped or
+//! wedged one) while another has room: they wait, or refuse, only when
+//! every worker is full. Targeted sends ([`Pool::submit_to`],
+//! [`Pool::broadcast`]) wait for their worker.
+//!
 //! # Failure semantics
 //!
 //! | what happens | a `submit`ted task | a `call` |
@@ -85,7 +92,7 @@
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
-//! | the worker's loop stops answering heartbeats ([`PoolBuilder::heartbeat`]) | the worker is killed and replaced; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
 //! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
 //! | the worker is recycled ([`PoolBuilder::recycle_after_tasks`], [`PoolBuilder::recycle_above_memory`]) or removed by [`Pool::resize`] | it drains first: every task it holds completes | completes |
 //!
@@ -208,6 +215,9 @@ pub use error::{
 };
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};
-pub use pool::{Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId};
+pub use pool::{
+    Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+};
 pub use supervisor::RestartPolicy;
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

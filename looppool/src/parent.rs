@@ -9,3 +9,4 @@ pub(crate) mod lane;
 pub(crate) mod outputs;
 pub(crate) mod reports;
 mod slots;
+pub(crate) mod space;

@@ -17,9 +17,10 @@ mod builder;
 pub use crate::output::Output;
 pub use crate::parent::outputs::Outputs;
 pub use crate::task_id::TaskId;
-pub use builder::{PoolBuilder, Signals};
+pub use builder::{PoolBuilder, Signals, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
 
 use crate::parent::lane::{self, CallOutcome, Lane, PushError};
+use crate::parent::space::AnySpace;
 
 /// What [`Pool::shutdown_timeout`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub(crate) struct Inner<O: serde::de::DeserializeOwned + Send + 'static> {
     hub: Arc<crate::metrics::Hub>,
     /// The next worker for round-robin sends.
     next: AtomicUsize,
+    /// Wakes round-robin senders that found every worker full.
+    space: Arc<AnySpace>,
 }
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for Inner<O> {
@@ -88,6 +91,7 @@ impl<W: Worker> Pool<W> {
         lanes: Arc<[Arc<Lane<W::Output>>]>,
         sup: Arc<Supervisor<W::Output>>,
         hub: Arc<crate::metrics::Hub>,
+        space: Arc<AnySpace>,
     ) -> Self {
         Pool {
             inner: Arc::new(Inner {
@@ -95,6 +99,7 @@ impl<W: Worker> Pool<W> {
                 sup,
                 hub,
                 next: AtomicUsize::new(0),
+                space,
             }),
             _worker: PhantomData,
         }
@@ -194,7 +199,8 @@ impl<W: Worker> Pool<W> {
         index
     }
 
-    /// Sends a task to the next worker in turn, waiting while its queue is full.
+    /// Sends a task to the next worker in turn, skipping a worker whose
+    /// queue is full while another has room, and waiting while none has.
     ///
     /// Returns the task's id; the task's outputs, or its failure, arrive in
     /// the [`Outputs`] stream.
@@ -227,48 +233,81 @@ impl<W: Worker> Pool<W> {
                 Err(_) => {}
             }
         }
-        self.push_round_robin(worker, &task, None)
+        self.push_any(&task, None)
             .await
             .map(|(id, _)| id)
             .map_err(|(kind, _)| SubmitError::new(kind, task))
     }
 
-    /// Pushes to `worker`, the one picked in turn; if that worker was
-    /// removed by a concurrent shrink, picks again.
-    async fn push_round_robin(
+    /// Pushes to the next worker in turn that has room, waiting while none
+    /// has. Returns the task's id and its worker.
+    async fn push_any(
         &self,
-        mut worker: usize,
+        task: &W::Task,
+        call: Option<lane::CallSender<W::Output>>,
+    ) -> Result<(TaskId, usize), (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
+        let mut call = Some(call);
+        self.inner
+            .space
+            .retry_until(|| match self.try_push_any(task, call.take().flatten()) {
+                Err((SubmitErrorKind::Full, back)) => {
+                    call = Some(back);
+                    None
+                }
+                done => Some(done),
+            })
+            .await
+    }
+
+    /// Pushes to the next worker in turn that has room: strict round-robin
+    /// while every worker has room, and a full (or restarting) worker is
+    /// skipped rather than waited on. A [`Full`](SubmitErrorKind::Full)
+    /// error only when no worker has room.
+    fn try_push_any(
+        &self,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
     ) -> Result<(TaskId, usize), (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
-        loop {
-            match self.push(worker, task, call).await {
-                Ok(id) => return Ok((id, worker)),
-                Err((SubmitErrorKind::Closed | SubmitErrorKind::NoSuchWorker { .. }, back))
-                    if worker >= self.workers() && !self.inner.sup.is_stopping() =>
-                {
-                    call = back;
-                    worker = self.pick();
+        let n = self.workers();
+        let start = self.pick();
+        for k in 0..n {
+            let worker = if start + k < n {
+                start + k
+            } else {
+                start + k - n
+            };
+            match self.inner.lanes[worker].try_push(task, call) {
+                Ok(id) => {
+                    if k > 0 {
+                        // The turn goes on from the worker that took it.
+                        self.inner.next.store(worker + 1, Ordering::Relaxed);
+                    }
+                    return Ok((id, worker));
                 }
-                Err(e) => return Err(e),
+                Err((PushError::Full | PushError::Down, back)) => call = back,
+                // A lane closes for good only when the pool stops, or
+                // when a shrink removed its worker meanwhile: skip it then.
+                Err((PushError::Closed, back)) if !self.inner.sup.is_stopping() => call = back,
+                Err((e, back)) => return Err((e.into_kind(), back)),
             }
         }
+        if n == 0 || self.inner.sup.is_stopping() {
+            return Err((SubmitErrorKind::Closed, call));
+        }
+        Err((SubmitErrorKind::Full, call))
     }
 
-    /// Sends a task to the next worker in turn if its queue has room.
+    /// Sends a task to the next worker in turn that has room; a worker whose
+    /// queue is full is skipped.
     ///
     /// # Errors
-    /// A [full](SubmitError::is_full) error, with the task inside, when the
-    /// queue is at its bound; otherwise as [`submit`](Self::submit).
-    pub fn try_submit(&self, mut task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        loop {
-            let worker = self.pick();
-            match self.try_submit_to(worker, task) {
-                Err(e) if worker >= self.workers() && !self.inner.sup.is_stopping() => {
-                    task = e.into_inner()
-                }
-                other => return other,
-            }
+    /// A [full](SubmitError::is_full) error, with the task inside, when
+    /// every worker's queue is at its bound; otherwise as
+    /// [`submit`](Self::submit).
+    pub fn try_submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        match self.try_push_any(&task, None) {
+            Ok((id, _)) => Ok(id),
+            Err((kind, _)) => Err(SubmitError::new(kind, task)),
         }
     }
 
@@ -368,7 +407,7 @@ impl<W: Worker> Pool<W> {
     /// its reply is discarded.
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
-        match self.push_round_robin(self.pick(), &task, Some(tx)).await {
+        match self.push_any(&task, Some(tx)).await {
             Ok((id, worker)) => Self::await_reply(rx, worker, id).await,
             Err((kind, _)) => Err(CallError::Submit(SubmitError::new(kind, task))),
         }

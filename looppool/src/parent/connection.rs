@@ -335,7 +335,7 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
         let mut waiters = false;
         if !tally.replaced {
             overdrawn = lane.settle_read(&mut st, got.spent(), tally.replies).err();
-            waiters = st.space_waiters_any();
+            waiters = lane.has_waiters(&st);
         }
         drop(st);
         self.log_failures(&tally.failures);

@@ -10,7 +10,7 @@
 //! queued meanwhile, and a lone call is still flushed at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -20,6 +20,7 @@ use super::credits::{OutputWindow, Overdrawn};
 use super::reports::LaneObs;
 pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry};
 use super::slots::{SlotMore, Slots};
+use super::space::AnySpace;
 use crate::event::RecycleReason;
 use crate::protocol::{self, kind};
 
@@ -86,6 +87,8 @@ pub(crate) struct Lane<O> {
     pub(crate) writer_wake: Notify,
     /// Wakes submitters waiting for a slot, or for the lane to reopen.
     space: Notify,
+    /// Wakes round-robin senders waiting for room on any lane of the pool.
+    any_space: Arc<AnySpace>,
     /// Mirrors `status == Open` for round-robin choice without the lock.
     up: AtomicBool,
     /// Set when a submitter should yield before its next push (see
@@ -139,6 +142,7 @@ impl<O> Lane<O> {
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
+            any_space: Arc::default(),
             up: AtomicBool::new(false),
             yield_due: AtomicBool::new(false),
             retries,
@@ -176,9 +180,21 @@ impl<O> Lane<O> {
         crate::sync::lock(&self.state)
     }
 
-    /// Wakes every submitter waiting on this lane.
+    /// Makes the lane wake `any_space` (its pool's) when it has room.
+    pub(crate) fn sharing_space(mut self, any_space: Arc<AnySpace>) -> Self {
+        self.any_space = any_space;
+        self
+    }
+
+    /// Whether some sender waits for room on this lane, or on any lane.
+    pub(crate) fn has_waiters(&self, st: &LaneState<O>) -> bool {
+        st.space_waiters_any() || self.any_space.has_waiters()
+    }
+
+    /// Wakes every submitter waiting on this lane, or on any lane.
     pub(crate) fn wake_waiters(&self) {
         self.space.notify_waiters();
+        self.any_space.wake();
     }
 
     /// Appends a control frame (stop, ping), behind any owed credits.

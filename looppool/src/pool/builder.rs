@@ -16,11 +16,19 @@ use crate::error::{BuildError, StartError};
 use crate::event::WorkerEvent;
 use crate::parent::lane::Lane;
 use crate::parent::outputs::Outputs;
+use crate::parent::space::AnySpace;
 use crate::supervisor::{
     encode_init, launch_all, ConnectorRef, EventHook, LaunchSpec, LocalOptions, LocalProcesses,
     RestartPolicy, Supervisor, Tuning, WorkerSource,
 };
 use crate::worker::{fingerprint, Worker};
+
+/// How often the default heartbeat pings each worker.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a worker's loop may go without answering the default heartbeat
+/// before the worker is replaced.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What workers do with SIGINT and SIGTERM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,7 +131,10 @@ impl<W: Worker> PoolBuilder<W> {
             restart: RestartPolicy::default(),
             on_event: None,
             retries: 0,
-            tuning: Tuning::default(),
+            tuning: Tuning {
+                heartbeat: Some((DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT)),
+                ..Tuning::default()
+            },
             recycle_rss: None,
             task_timeout: None,
             observe: Default::default(),
@@ -289,8 +300,22 @@ impl<W: Worker> PoolBuilder<W> {
     /// Pings every worker each `interval`, and kills (then replaces) a
     /// worker whose loop has not answered for `timeout`: its tasks are
     /// reported lost with [`LossCause::Unresponsive`](crate::LossCause::Unresponsive).
+    ///
+    /// On by default, every [`DEFAULT_HEARTBEAT_INTERVAL`] with a timeout of
+    /// [`DEFAULT_HEARTBEAT_TIMEOUT`]: a stopped or wedged worker (a
+    /// `SIGSTOP`, a deadlock, a handler that never yields) is replaced
+    /// rather than holding its tasks for ever. A worker whose handlers
+    /// legitimately block its loop for longer needs a longer timeout, or
+    /// [`no_heartbeat`](Self::no_heartbeat).
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.tuning.heartbeat = Some((interval, timeout));
+        self
+    }
+
+    /// Turns the heartbeat off: a worker is replaced only when its process
+    /// or its connection ends.
+    pub fn no_heartbeat(mut self) -> Self {
+        self.tuning.heartbeat = None;
         self
     }
 
@@ -442,8 +467,12 @@ impl<W: Worker> PoolBuilder<W> {
             observe,
             source,
         };
+        let space = Arc::new(AnySpace::default());
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
-            .map(|i| Arc::new(Lane::new(i, task_slots, self.max_frame, self.retries)))
+            .map(|i| {
+                let lane = Lane::new(i, task_slots, self.max_frame, self.retries);
+                Arc::new(lane.sharing_space(space.clone()))
+            })
             .collect();
         hub.attach(&lanes);
 
@@ -465,7 +494,7 @@ impl<W: Worker> PoolBuilder<W> {
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
         let outputs = Outputs::new(rx, lanes.clone());
-        Ok((Pool::from_parts(lanes, sup, hub), outputs))
+        Ok((Pool::from_parts(lanes, sup, hub, space), outputs))
     }
 }
 
