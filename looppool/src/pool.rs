@@ -22,6 +22,12 @@ pub use builder::{PoolBuilder, Signals, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEAR
 use crate::parent::lane::{self, CallOutcome, Lane, PushError};
 use crate::parent::space::AnySpace;
 
+/// Why a send did not happen, with the caller's reply channel given back.
+type NotPushed<O> = (SubmitErrorKind, Option<lane::CallSender<O>>);
+
+/// A round-robin send's result: the task's id and its worker.
+type Pushed<O> = Result<(TaskId, usize), NotPushed<O>>;
+
 /// What [`Pool::shutdown_timeout`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -245,7 +251,7 @@ impl<W: Worker> Pool<W> {
         &self,
         task: &W::Task,
         call: Option<lane::CallSender<W::Output>>,
-    ) -> Result<(TaskId, usize), (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
+    ) -> Pushed<W::Output> {
         let mut call = Some(call);
         self.inner
             .space
@@ -267,7 +273,7 @@ impl<W: Worker> Pool<W> {
         &self,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
-    ) -> Result<(TaskId, usize), (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
+    ) -> Pushed<W::Output> {
         let n = self.workers();
         let start = self.pick();
         for k in 0..n {
@@ -354,7 +360,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
-    ) -> Result<TaskId, (SubmitErrorKind, Option<lane::CallSender<W::Output>>)> {
+    ) -> Result<TaskId, NotPushed<W::Output>> {
         let lane = self.lane(worker).map_err(|k| (k, None))?;
         loop {
             if lane.take_yield_due() {
