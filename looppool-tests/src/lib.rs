@@ -103,6 +103,14 @@ pub enum Job {
         /// Milliseconds to block between the write and the exit.
         linger_ms: u64,
     },
+    /// Emit `value`; then, on worker `hold_on` only, sleep a minute (so the
+    /// task is still held when its worker is killed), elsewhere complete.
+    EmitThenHoldOn {
+        /// The worker index on which the task holds.
+        hold_on: usize,
+        /// The value emitted first.
+        value: u64,
+    },
 }
 
 impl Job {
@@ -249,6 +257,12 @@ impl Worker for Probe {
                 sys::write_connection(&bytes)?;
                 std::thread::sleep(Duration::from_millis(linger_ms));
                 std::process::exit(0);
+            }
+            Job::EmitThenHoldOn { hold_on, value } => {
+                cx.emit(value).await?;
+                if cx.worker_index() == hold_on {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
             }
         }
         Ok(())

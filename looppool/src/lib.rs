@@ -99,7 +99,11 @@
 //! With [`PoolBuilder::retry_lost`]`(n)`, a task lost with its worker is
 //! first re-sent to a live worker, up to `n` times, under its original
 //! [`TaskId`]; only then is it reported lost. Use it for idempotent work only:
-//! a lost task may have run partly before its worker died.
+//! a lost task may have run partly before its worker died, and the outputs
+//! its first run emitted were delivered. Every output names the attempt
+//! that made it ([`Output::attempt`], [`TaskId::attempt`]: 0 for the first
+//! run), so a consumer that must see each output once keeps those of the
+//! task's last attempt.
 //!
 //! Every task accepted by `submit` ends in exactly one of: its outputs
 //! followed by completion (no item), a `Failed` item, or a `Lost` item. A

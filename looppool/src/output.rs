@@ -57,6 +57,12 @@ impl<O> Output<O> {
         }
     }
 
+    /// Which attempt of its task this item comes from (see
+    /// [`TaskId::attempt`]), if it concerns a task.
+    pub fn attempt(&self) -> Option<u32> {
+        self.task().map(|t| t.attempt())
+    }
+
     /// The task this item concerns, if any.
     pub fn task(&self) -> Option<TaskId> {
         match self {

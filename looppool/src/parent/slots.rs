@@ -115,14 +115,16 @@ impl<O> Slots<O> {
     #[inline]
     pub(super) fn id(&self, slot: u32, lane: u32) -> TaskId {
         let seq = self.seq[slot as usize];
-        if seq & MORE != 0 {
-            if let Some(SlotMore { id: Some(id), .. }) = self.more[slot as usize].as_deref() {
-                return *id;
-            }
+        let id = TaskId::new(lane, seq & !MORE);
+        if seq & MORE == 0 {
+            return id;
         }
-        TaskId {
-            worker: lane,
-            seq: seq & !MORE,
+        match self.more[slot as usize].as_deref() {
+            Some(more) => {
+                let attempt = more.retry.as_ref().map_or(0, |r| r.attempts);
+                more.id.unwrap_or(id).with_attempt(attempt)
+            }
+            None => id,
         }
     }
 
@@ -172,7 +174,7 @@ mod tests {
         assert!(!slots.is_busy(2));
         slots.fill(2, 41, None);
         assert!(slots.is_busy(2));
-        assert_eq!(slots.id(2, 7), TaskId { worker: 7, seq: 41 });
+        assert_eq!(slots.id(2, 7), TaskId::new(7, 41));
         assert!(slots.call(2).is_none());
         assert!(matches!(slots.take(2), (None, None)));
         assert!(!slots.is_busy(2));
@@ -181,11 +183,11 @@ mod tests {
     #[test]
     fn extras_come_back_with_the_task_and_leave_with_it() {
         let mut slots = Slots::<u64>::new(4);
-        let foreign = TaskId { worker: 1, seq: 9 };
+        let foreign = TaskId::new(1, 9);
         slots.fill(0, 5, extras(Some(foreign)));
         slots.fill(3, 6, extras(None));
         assert_eq!(slots.id(0, 0), foreign);
-        assert_eq!(slots.id(3, 0), TaskId { worker: 0, seq: 6 });
+        assert_eq!(slots.id(3, 0), TaskId::new(0, 6));
         slots.call(3).expect("a call").reply = Some(12);
         assert_eq!(slots.busy().collect::<Vec<_>>(), [0, 3]);
         let (call, _) = slots.take(3);
@@ -193,7 +195,7 @@ mod tests {
         // The slot is reused by a plain task: the old extras are gone.
         slots.fill(3, 8, None);
         assert!(slots.call(3).is_none());
-        assert_eq!(slots.id(3, 0), TaskId { worker: 0, seq: 8 });
+        assert_eq!(slots.id(3, 0), TaskId::new(0, 8));
     }
 
     #[test]

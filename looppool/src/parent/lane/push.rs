@@ -117,13 +117,7 @@ impl<O> Lane<O> {
             None => {
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                (
-                    TaskId {
-                        worker: self.index as u32,
-                        seq,
-                    },
-                    0,
-                )
+                (TaskId::new(self.index as u32, seq), 0)
             }
         };
         let foreign = id.worker != self.index as u32;
