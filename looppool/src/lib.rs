@@ -189,6 +189,8 @@
 //!
 //! Linux. The parent-death signal and `/proc/self/exe` are Linux features.
 #![doc(test(attr(deny(warnings), allow(dead_code))))]
+// On docs.rs (all features), each item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codec;
 mod error;
