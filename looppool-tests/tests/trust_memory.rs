@@ -79,7 +79,9 @@ async fn a_runaway_task_dies_at_the_memory_limit_and_is_reported_out_of_memory()
             Output::Lost { task, lost: why } if task == hog => {
                 lost = Some((*why, started.elapsed()));
             }
-            Output::Value { task: Some(task), .. } if others.remove(&task) => {}
+            Output::Value {
+                task: Some(task), ..
+            } if others.remove(&task) => {}
             other => panic!("unexpected item {other:?}"),
         }
     }

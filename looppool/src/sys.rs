@@ -128,6 +128,9 @@ unsafe fn set_data_limit(bytes: u64) -> io::Result<()> {
 
 /// The memory limit the abort handler compares with, in bytes.
 static ABORT_LIMIT: AtomicU64 = AtomicU64::new(0);
+/// The exit code `on_abort` exits with.
+static ABORT_EXIT_CODE: AtomicI32 = AtomicI32::new(1);
+
 /// The page size, read before the handler may need it (sysconf is not
 /// async-signal-safe).
 static PAGE_SIZE: AtomicU64 = AtomicU64::new(4096);
@@ -159,9 +162,6 @@ pub(crate) fn exit_on_abort_at_memory_limit(limit: u64, code: i32) {
         libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
     }
 }
-
-/// The exit code `on_abort` exits with.
-static ABORT_EXIT_CODE: AtomicI32 = AtomicI32::new(1);
 
 /// The SIGABRT handler of a worker with a memory limit: exits with the
 /// out-of-memory code when the data segment is within a quarter of the
@@ -223,7 +223,9 @@ fn data_bytes() -> Option<u64> {
         if !digit.is_ascii_digit() {
             return None;
         }
-        pages = pages.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+        pages = pages
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
     }
     pages.checked_mul(PAGE_SIZE.load(Ordering::Relaxed))
 }
