@@ -102,8 +102,8 @@
 //! - Workers never outlive the parent: local ones receive the parent-death
 //!   signal; remote ones exit when the parent's heartbeats stop.
 //! - `pids()` of remote workers are process ids on their own hosts.
-//!   `recycle_above_memory` is unavailable (it samples local pids); recycle
-//!   by task count instead.
+//!   `recycle_above_memory` and `memory_limit` are unavailable (they act on
+//!   local processes); recycle by task count instead.
 //! - Round trips cost broker hops: each task is a persisted message, its
 //!   completion another (batched with others under load).
 //!

@@ -70,6 +70,12 @@ pub enum Job {
     /// Keep this many bytes of (touched) memory for the rest of the worker's
     /// life, then emit the total held.
     Hold(u64),
+    /// Allocate and touch memory without end, as a runaway task would: push
+    /// 16 MiB vectors of nonzero bytes, yielding to the loop after each,
+    /// until this many bytes are held (a cap, so that a test without a
+    /// working limit cannot take the machine down); then emit the total
+    /// held and free it.
+    Hog(u64),
     /// Emit an output of this many bytes' worth (a vector), exercising frame limits.
     Big(u64),
     /// Log `message` at `level` (1 error … 5 trace) with a field
@@ -220,6 +226,17 @@ impl Worker for Probe {
                     held.push(vec![1u8; bytes as usize]);
                     held.iter().map(|b| b.len() as u64).sum()
                 };
+                cx.emit(total).await?;
+            }
+            Job::Hog(cap) => {
+                const CHUNK: usize = 16 << 20;
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                let mut total = 0u64;
+                while total < cap {
+                    hoard.push(vec![0xa5; CHUNK]);
+                    total += CHUNK as u64;
+                    tokio::task::yield_now().await;
+                }
                 cx.emit(total).await?;
             }
             Job::Big(bytes) => {

@@ -140,6 +140,12 @@ pub enum LossCause {
     PoolKilled,
     /// The worker's loop stopped answering heartbeats and it was killed.
     Unresponsive,
+    /// The worker ran out of memory: an allocation failed at its
+    /// [`memory_limit`](crate::PoolBuilder::memory_limit), or the kernel's
+    /// OOM killer killed it. See the
+    /// [failure semantics](crate#out-of-memory) for exactly when a worker's
+    /// end is reported so.
+    OutOfMemory,
 }
 
 impl fmt::Display for LossCause {
@@ -154,6 +160,7 @@ impl fmt::Display for LossCause {
             LossCause::ShutdownDeadline => f.write_str("killed at the shutdown deadline"),
             LossCause::PoolKilled => f.write_str("pool killed"),
             LossCause::Unresponsive => f.write_str("worker stopped answering heartbeats"),
+            LossCause::OutOfMemory => f.write_str("worker ran out of memory"),
         }
     }
 }

@@ -93,6 +93,7 @@
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
 //! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the worker's allocations pass [`PoolBuilder::memory_limit`] (a runaway task), or the kernel's OOM killer kills it | it dies at once and is replaced; [`Output::Lost`] with [`LossCause::OutOfMemory`] (see [below](#out-of-memory)) | [`CallError::WorkerLost`] |
 //! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
 //! | the worker is recycled ([`PoolBuilder::recycle_after_tasks`], [`PoolBuilder::recycle_above_memory`]) or removed by [`Pool::resize`] | it drains first: every task it holds completes | completes |
 //!
@@ -113,6 +114,39 @@
 //! breaks the whole pool and fails every pending task, and the original
 //! looppool keeps routing to the dead worker. Here only the dead worker's own
 //! tasks fail, each with a reason, and nothing waits forever.
+//!
+//! ## Out of memory
+//!
+//! [`PoolBuilder::recycle_above_memory`] drains a worker, so it waits for a
+//! task that allocates without end. [`PoolBuilder::memory_limit`] does not:
+//! it sets each worker's `RLIMIT_DATA` (heap, anonymous private mappings,
+//! writable data) before it executes, so the kernel refuses the allocation
+//! that would pass it. Rust then prints "memory allocation of N bytes
+//! failed" and aborts, and on stable Rust nothing can run in between. So
+//! the worker catches the abort itself (a SIGABRT handler, installed only
+//! under a limit) and the pool reports [`LossCause::OutOfMemory`] exactly
+//! when:
+//!
+//! - the worker exited with code 7, which its SIGABRT handler uses when the
+//!   abort comes with its data segment (the `data` of `/proc/self/statm`)
+//!   within a quarter of the limit and no panic in progress; the pool
+//!   reads that code so only when it set a limit. The exit status is then
+//!   `Code(7)`, not `Signal(SIGABRT)`; or
+//! - the worker died of a SIGKILL the pool did not send, and the kernel's
+//!   OOM-kill count (`oom_kill` in `/proc/vmstat`, Linux 4.13 and later)
+//!   rose between the worker's start and its end. The count is
+//!   system-wide: another process OOM-killed while someone else (not the
+//!   pool) SIGKILLs a worker is reported as out of memory too.
+//!
+//! An out-of-memory end may still show as [`LossCause::Crashed`]: when one
+//! allocation larger than a quarter of the limit fails while the rest is
+//! little used (a 200 MiB request at 100 MiB of a 256 MiB limit), when the
+//! allocation failure ends the worker other than by an abort (C code that
+//! checks `malloc` and exits, say), or when the OOM killer acts where `/proc/vmstat` has no
+//! `oom_kill`. Conversely, an explicit `abort` (not a panic) with the data
+//! segment within a quarter of the limit is reported as out of memory. A
+//! task's panic is never reported so. A worker reached through a
+//! connector is never reported so, as it has no limit.
 //!
 //! Workers never outlive the parent: each is started with a parent-death
 //! signal (SIGKILL, armed from a thread that lives as long as the process),

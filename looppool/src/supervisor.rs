@@ -52,6 +52,11 @@ pub(crate) struct ChildSlot {
     pid: u32,
     /// Set when someone else reaped the child.
     reaped: Option<ExitStatus>,
+    /// The kernel's OOM-kill count when the child started, to tell an OOM
+    /// kill from other kills (see `Supervisor::oom_killed`).
+    oom_kills_at_start: Option<u64>,
+    /// Set when the pool sent the child SIGKILL itself.
+    killed: bool,
 }
 
 /// A worker whose lane is open, ready to be served.
@@ -192,6 +197,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             let mut slot = crate::sync::lock(&self.children[index]);
             slot.child = Some(peer);
             slot.pid = pid;
+            slot.oom_kills_at_start = crate::sys::oom_kills();
+            slot.killed = false;
         }
         let recycle_at = self
             .tuning
@@ -216,6 +223,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         let mut slot = crate::sync::lock(&self.children[index]);
         if let Some(child) = &mut slot.child {
             child.kill();
+            slot.killed = true;
         }
     }
 

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
@@ -94,6 +95,141 @@ unsafe fn prepare_connection(conn_fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `cmd`'s child run with its data segment limited to `bytes`: the
+/// soft and hard `RLIMIT_DATA`, which bounds the heap, anonymous private
+/// mappings and writable data (not the stack, code or shared mappings), so
+/// that an allocation past it fails. The child cannot raise it again
+/// (unless it has `CAP_SYS_RESOURCE`).
+pub(crate) fn limit_memory(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `set_data_limit` makes one async-signal-safe system call and
+    // allocates nothing, as a pre_exec hook must.
+    unsafe {
+        cmd.pre_exec(move || set_data_limit(bytes));
+    }
+}
+
+/// Runs in the forked child, between `fork` and `exec`: sets `RLIMIT_DATA`.
+///
+/// # Safety
+/// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
+/// calls and allocates nothing.
+unsafe fn set_data_limit(bytes: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads a `rlimit` through a valid pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The memory limit the abort handler compares with, in bytes.
+static ABORT_LIMIT: AtomicU64 = AtomicU64::new(0);
+/// The exit code `on_abort` exits with.
+static ABORT_EXIT_CODE: AtomicI32 = AtomicI32::new(1);
+
+/// The page size, read before the handler may need it (sysconf is not
+/// async-signal-safe).
+static PAGE_SIZE: AtomicU64 = AtomicU64::new(4096);
+
+/// Makes this process exit with `code` instead of dying of SIGABRT when it
+/// aborts with its data segment near `limit`: when less than a quarter of
+/// `limit` is left, outside a panic. Rust's handler for a failed allocation
+/// prints "memory allocation of N bytes failed" and aborts; on stable Rust
+/// nothing can run in between, so the abort itself is caught.
+pub(crate) fn exit_on_abort_at_memory_limit(limit: u64, code: i32) {
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page > 0 {
+        PAGE_SIZE.store(page as u64, Ordering::Relaxed);
+    }
+    ABORT_LIMIT.store(limit, Ordering::Relaxed);
+    ABORT_EXIT_CODE.store(code, Ordering::Relaxed);
+    let handler: extern "C" fn(libc::c_int) = on_abort;
+    // SAFETY: a zeroed `sigaction` is a valid empty one; we fill in the
+    // handler (async-signal-safe, see `on_abort`) and flags, and sigaction
+    // reads it through a valid pointer. SA_RESETHAND restores the default
+    // action on entry, so an abort the handler lets pass still kills the
+    // process with SIGABRT (abort raises it again).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+    }
+}
+
+/// The SIGABRT handler of a worker with a memory limit: exits with the
+/// out-of-memory code when the data segment is within a quarter of the
+/// limit and no panic is in progress; otherwise returns, and the abort
+/// proceeds.
+///
+/// Async-signal-safe: atomics, `std::thread::panicking` (an atomic load
+/// when no panic is in progress, and a thread-local read otherwise), and
+/// the system calls open, read, close, write and _exit on stack buffers.
+extern "C" fn on_abort(_signal: libc::c_int) {
+    // A panic with panic = "abort" (or a panic while panicking) is a
+    // panic, whatever the memory.
+    if std::thread::panicking() {
+        return;
+    }
+    let limit = ABORT_LIMIT.load(Ordering::Relaxed);
+    let Some(data) = data_bytes() else { return };
+    if data.saturating_add(limit / 4) < limit {
+        return;
+    }
+    let message = b"looppool worker: aborted with its data segment at its memory limit; \
+exiting as out of memory\n";
+    // SAFETY: write reads from a static buffer; _exit ends the process
+    // without running anything of ours.
+    unsafe {
+        libc::write(2, message.as_ptr().cast(), message.len());
+        libc::_exit(ABORT_EXIT_CODE.load(Ordering::Relaxed));
+    }
+}
+
+/// This process's data segment in bytes (the `data` field of
+/// `/proc/self/statm`: private writable mappings and the stack), read
+/// without allocating.
+fn data_bytes() -> Option<u64> {
+    let mut buf = [0u8; 256];
+    // SAFETY: open takes a NUL-terminated static path; read writes at most
+    // `buf.len()` bytes into a live stack buffer; close ends our own
+    // descriptor.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    // Fields: size resident shared text lib data dt, in pages.
+    let field = text
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+        .nth(5)?;
+    let mut pages = 0u64;
+    for &digit in field {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        pages = pages
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    pages.checked_mul(PAGE_SIZE.load(Ordering::Relaxed))
+}
+
 /// Takes ownership of the connection descriptor the parent passed in.
 pub(crate) fn inherited_stream() -> io::Result<std::os::unix::net::UnixStream> {
     // SAFETY: fstat on a descriptor number only reads; it tells whether the
@@ -156,6 +292,18 @@ pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// How many processes the kernel's OOM killer has killed since boot (the
+/// `oom_kill` counter of `/proc/vmstat`, Linux 4.13 and later), if known.
+pub(crate) fn oom_kills() -> Option<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU time (user plus system) this process has used, all threads.

@@ -88,6 +88,7 @@ pub struct PoolBuilder<W: Worker> {
     retries: u32,
     tuning: Tuning,
     recycle_rss: Option<u64>,
+    memory_limit: Option<u64>,
     task_timeout: Option<Duration>,
     connector: Option<ConnectorRef>,
     /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
@@ -111,6 +112,11 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
 /// Default per-worker bound on queued plus running tasks, and on outputs not
 /// yet taken: large enough that batching works, small enough to bound memory.
 const DEFAULT_PER_WORKER: usize = 2048;
+
+/// The smallest `memory_limit`: room for a worker's runtime and buffers.
+const MIN_MEMORY_LIMIT: u64 = 32 << 20;
+/// The largest `memory_limit`: a process's address space (256 TiB).
+const MAX_MEMORY_LIMIT: u64 = 1 << 48;
 
 impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
@@ -136,6 +142,7 @@ impl<W: Worker> PoolBuilder<W> {
                 ..Tuning::default()
             },
             recycle_rss: None,
+            memory_limit: None,
             task_timeout: None,
             observe: Default::default(),
             _worker: PhantomData,
@@ -211,8 +218,8 @@ impl<W: Worker> PoolBuilder<W> {
     /// processes over socketpairs: a broker transport, for example.
     ///
     /// The program, its arguments, the signal disposition and process titles
-    /// are then the connector's business, and `recycle_above_memory` is
-    /// refused (it samples local processes by pid). Everything else (the
+    /// are then the connector's business, and `recycle_above_memory` and
+    /// `memory_limit` are refused (they act on local processes). Everything else (the
     /// handshake, bounds, supervision, retries, events, statistics, shutdown)
     /// works as with local processes. See [`Connector`](crate::transport::Connector)
     /// for an example.
@@ -283,8 +290,38 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// Replaces each worker, after draining it, once its resident memory
     /// passes about `bytes` (±10 % per worker), sampled every 100 ms.
+    ///
+    /// This waits for the worker's tasks to finish, so it cannot stop a
+    /// task that allocates without end; [`memory_limit`](Self::memory_limit)
+    /// does.
     pub fn recycle_above_memory(mut self, bytes: u64) -> Self {
         self.recycle_rss = Some(bytes);
+        self
+    }
+
+    /// Limits each worker's memory to `bytes`, enforced by the kernel: a
+    /// worker whose allocations pass it dies at once, and its tasks are
+    /// reported lost with [`LossCause::OutOfMemory`](crate::LossCause::OutOfMemory);
+    /// it is replaced under the restart policy. Default: no limit. At least
+    /// 32 MiB, for the worker's runtime.
+    ///
+    /// The limit is the worker's `RLIMIT_DATA`, set before it executes: its
+    /// heap, anonymous private mappings and writable data, counted when
+    /// allocated, touched or not (its resident memory, which
+    /// `recycle_above_memory` samples, is at most that plus its code and
+    /// stack). An allocation past it fails, and Rust aborts the process
+    /// ("memory allocation of N bytes failed"); the worker catches that
+    /// abort and exits with a code the pool reads as out of memory. The
+    /// [failure semantics](crate#out-of-memory) say exactly when a worker's
+    /// end is reported so.
+    ///
+    /// With [`recycle_above_memory`](Self::recycle_above_memory) the two
+    /// work as a soft and a hard limit: a worker that grows past the
+    /// recycling threshold is drained and replaced with nothing lost; one
+    /// whose task keeps allocating meets the hard limit and loses its
+    /// tasks. The recycling threshold must therefore be below this limit.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
         self
     }
 
@@ -370,6 +407,7 @@ impl<W: Worker> PoolBuilder<W> {
                  (recycle_after_tasks) instead",
             ));
         }
+        self.check_memory_limit()?;
         if self.start_timeout.is_zero() {
             return Err(BuildError::new(
                 "start_timeout(0) leaves no time for a worker to start; use a positive duration",
@@ -379,6 +417,39 @@ impl<W: Worker> PoolBuilder<W> {
             return Err(BuildError::new(
                 "task_timeout(0) would fail every task; use a positive duration",
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks `memory_limit` alone and with the settings it combines with.
+    fn check_memory_limit(&self) -> Result<(), BuildError> {
+        let Some(limit) = self.memory_limit else {
+            return Ok(());
+        };
+        if limit < MIN_MEMORY_LIMIT {
+            return Err(BuildError::new(format!(
+                "memory_limit({limit}) is below the 32 MiB ({MIN_MEMORY_LIMIT} bytes) a worker \
+                 needs for its runtime; use at least {MIN_MEMORY_LIMIT}"
+            )));
+        }
+        if limit > MAX_MEMORY_LIMIT {
+            return Err(BuildError::new(format!(
+                "memory_limit({limit}) is above the 256 TiB address space of a process, so it \
+                 would limit nothing; use at most {MAX_MEMORY_LIMIT}, or leave it unset"
+            )));
+        }
+        if self.connector.is_some() {
+            return Err(BuildError::new(
+                "memory_limit is set on local processes as they start and cannot limit \
+                 workers reached through a connector; limit them where they are started",
+            ));
+        }
+        if let Some(recycle) = self.recycle_rss.filter(|&r| r >= limit) {
+            return Err(BuildError::new(format!(
+                "recycle_above_memory({recycle}) is not below memory_limit({limit}): workers \
+                 would meet the hard limit before they are recycled; recycle below the limit \
+                 (say at three quarters of it)"
+            )));
         }
         Ok(())
     }
@@ -453,6 +524,7 @@ impl<W: Worker> PoolBuilder<W> {
                 inherit_signals: self.signals == Signals::Terminate,
                 titles: self.titles,
                 statsd: observe.statsd.clone(),
+                memory_limit: self.memory_limit,
             }))),
         };
         let spec = LaunchSpec {

@@ -12,6 +12,7 @@ use crate::event::{ExitStatus, LossCause, WorkerEvent};
 use crate::parent::connection::{read_loop, write_loop, ReadEnd};
 use crate::parent::lane::Lane;
 use crate::parent::outputs::BatchSender;
+use crate::worker::process::EXIT_OUT_OF_MEMORY;
 
 /// How a served worker ended, as far as its replacement is concerned.
 enum Ended {
@@ -140,7 +141,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         let recycled = lane.take_recycle_reason();
         let held = lane.take_held(stopping);
         let clean = matches!(end, ReadEnd::Bye) && status == ExitStatus::Code(0);
-        let cause = self.loss_cause(lane, end);
+        let cause = self.loss_cause(index, lane, end, status);
         let lost = WorkerLost {
             worker: index,
             pid,
@@ -176,13 +177,47 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         Ended::Died
     }
 
-    /// Why a worker whose connection ended with `end` lost its tasks.
-    fn loss_cause(&self, lane: &Lane<O>, end: ReadEnd) -> LossCause {
+    /// Why worker `index`, whose connection ended with `end` and whose
+    /// process ended with `status`, lost its tasks.
+    fn loss_cause(
+        &self,
+        index: usize,
+        lane: &Lane<O>,
+        end: ReadEnd,
+        status: ExitStatus,
+    ) -> LossCause {
         let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
-        match end {
+        let cause = match end {
             _ if unresponsive => LossCause::Unresponsive,
             ReadEnd::Broken(why) => LossCause::Protocol(why),
             _ => self.state.borrow().loss_cause(),
+        };
+        if cause == LossCause::Crashed && self.out_of_memory(index, status) {
+            return LossCause::OutOfMemory;
+        }
+        cause
+    }
+
+    /// Whether a worker that ended with `status` ran out of memory: it
+    /// exited with the code its abort handler uses at its memory limit, or
+    /// it died of a SIGKILL the pool did not send while the kernel's
+    /// OOM-kill count rose (since the worker started).
+    fn out_of_memory(&self, index: usize, status: ExitStatus) -> bool {
+        let limited = match &self.spec.source {
+            super::WorkerSource::Local(local) => local.memory_limit().is_some(),
+            super::WorkerSource::Connector(_) => false,
+        };
+        match status {
+            ExitStatus::Code(EXIT_OUT_OF_MEMORY) => limited,
+            ExitStatus::Signal(libc::SIGKILL) => {
+                let slot = crate::sync::lock(&self.children[index]);
+                !slot.killed
+                    && matches!(
+                        (slot.oom_kills_at_start, crate::sys::oom_kills()),
+                        (Some(before), Some(now)) if now > before
+                    )
+            }
+            _ => false,
         }
     }
 
@@ -241,6 +276,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     }
                     Ok(None) if Instant::now() > grace => {
                         child.kill();
+                        slot.killed = true;
                     }
                     Ok(None) => {}
                     Err(_) => {

@@ -123,6 +123,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             let mut slot = crate::sync::lock(slot);
             if let Some(mut child) = slot.child.take() {
                 child.kill();
+                slot.killed = true;
                 // Reap at once, so no zombie outlives the pool.
                 slot.reaped = child.wait().ok();
             }

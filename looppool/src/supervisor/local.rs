@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use crate::event::ExitStatus;
 use crate::sys;
 use crate::transport::{self, ConnectFuture, Connection, Connector, Link};
-use crate::worker::process::{SIGNALS_ENV, WORKER_ENV};
+use crate::worker::process::{MEMORY_ENV, SIGNALS_ENV, WORKER_ENV};
 
 /// Starts workers as child processes that die with this process.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub(crate) struct LocalProcesses {
     worker_name: &'static str,
     /// The pool's name, for process titles; `None` leaves titles alone.
     title_pool: Option<String>,
+    /// The limit on each worker's data segment, in bytes.
+    memory_limit: Option<u64>,
 }
 
 /// How a local pool starts its workers.
@@ -38,6 +40,8 @@ pub(crate) struct LocalOptions {
     pub(crate) titles: bool,
     /// The statsd address and prefix the workers report to.
     pub(crate) statsd: Option<(String, String)>,
+    /// The limit on each worker's data segment, in bytes.
+    pub(crate) memory_limit: Option<u64>,
 }
 
 impl LocalProcesses {
@@ -53,6 +57,9 @@ impl LocalProcesses {
                 format!("{addr} {prefix}").into(),
             ));
         }
+        if let Some(bytes) = options.memory_limit {
+            env.push((MEMORY_ENV.into(), bytes.to_string().into()));
+        }
         LocalProcesses {
             named: options.program.is_some(),
             // /proc/self/exe names the running image even if the file was replaced.
@@ -63,7 +70,13 @@ impl LocalProcesses {
             env,
             worker_name: options.worker_name,
             title_pool: options.titles.then_some(options.pool_name),
+            memory_limit: options.memory_limit,
         }
+    }
+
+    /// The limit on each worker's data segment, if the pool set one.
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     /// The program the workers run.
@@ -102,6 +115,9 @@ impl LocalProcesses {
         let (parent_end, child_end) = transport::socketpair()?;
         let mut cmd = self.command(index);
         sys::pass_connection(&mut cmd, child_end.as_raw_fd());
+        if let Some(bytes) = self.memory_limit {
+            sys::limit_memory(&mut cmd, bytes);
+        }
         let spawned = sys::spawn_tied_child(cmd).await;
         // The child has its own copy now; ours must close so that its end of
         // the connection is the only one left.

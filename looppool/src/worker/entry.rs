@@ -8,7 +8,7 @@ use super::runtime::serve;
 use super::{logging, panic, Worker};
 use crate::sys;
 use crate::transport::Connection;
-use crate::worker::process::SIGNALS_ENV;
+use crate::worker::process::{EXIT_OUT_OF_MEMORY, MEMORY_ENV, SIGNALS_ENV};
 
 /// The worker name this process was started to run, if a pool started it.
 /// Reading removes the marker.
@@ -44,6 +44,13 @@ pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
         sys::ignore_termination_signals();
     }
     std::env::remove_var(SIGNALS_ENV);
+    if let Some(limit) = std::env::var(MEMORY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        sys::exit_on_abort_at_memory_limit(limit, EXIT_OUT_OF_MEMORY);
+    }
+    std::env::remove_var(MEMORY_ENV);
     panic::install_hook(logging::forward_panic);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,9 +10,18 @@ pub const WORKER_ENV: &str = "LOOPPOOL_WORKER";
 /// actions rather than ignoring them.
 pub(crate) const SIGNALS_ENV: &str = "LOOPPOOL_SIGNALS";
 
+/// Set by the pool to the worker's memory limit in bytes when it set one
+/// (`PoolBuilder::memory_limit`): the worker then exits with
+/// [`EXIT_OUT_OF_MEMORY`] instead of aborting when an allocation fails at
+/// the limit.
+pub(crate) const MEMORY_ENV: &str = "LOOPPOOL_MEMORY_LIMIT";
+
 /// Exit code of a worker whose initialiser failed.
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
 /// Exit code of a program asked to run a worker it does not know.
 pub(crate) const EXIT_UNKNOWN_WORKER: i32 = 4;
 /// Exit code of a worker that broke off because of a protocol error.
 pub(crate) const EXIT_PROTOCOL: i32 = 5;
+/// Exit code of a worker that aborted with its data segment at its memory
+/// limit (see `sys::exit_on_abort_at_memory_limit`).
+pub(crate) const EXIT_OUT_OF_MEMORY: i32 = 7;
