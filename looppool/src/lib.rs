@@ -82,6 +82,8 @@
 //! | the handler returns `Err` or panics | an [`Output::Failed`] item; the worker carries on | [`CallError::Task`] |
 //! | the worker process dies (killed, `abort`, `exit`) | an [`Output::Lost`] item naming worker, pid and exit status | [`CallError::WorkerLost`] |
 //! | the worker breaks the protocol (garbage, oversize frame, undecodable output) | the connection is closed, the worker killed and replaced; its tasks are [`Output::Lost`] with [`LossCause::Protocol`] | [`CallError::WorkerLost`] |
+//! | a task's `Serialize` panics in `submit` or `call` | the panic reaches the caller; nothing was sent, the worker's queue goes on | the same |
+//! | an output's `Serialize` panics in the worker (inside `emit`) | an [`Output::Failed`] item (`panicked`); nothing of the output was sent, the worker carries on | [`CallError::Task`] |
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
