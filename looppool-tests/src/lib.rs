@@ -103,6 +103,15 @@ pub enum Job {
         /// Milliseconds to block between the write and the exit.
         linger_ms: u64,
     },
+    /// Write these chunks straight to the connection, one after another,
+    /// blocking the loop `gap_ms` between two: a frame that arrives slowly.
+    /// Then complete normally.
+    WriteRawSlowly {
+        /// The chunks.
+        chunks: Vec<Vec<u8>>,
+        /// Milliseconds between two chunks.
+        gap_ms: u64,
+    },
 }
 
 impl Job {
@@ -245,6 +254,14 @@ impl Worker for Probe {
                 cx.emit(0).await?;
             }
             Job::WriteRaw(bytes) => sys::write_connection(&bytes)?,
+            Job::WriteRawSlowly { chunks, gap_ms } => {
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(Duration::from_millis(gap_ms));
+                    }
+                    sys::write_connection(chunk)?;
+                }
+            }
             Job::WriteRawThenExit { bytes, linger_ms } => {
                 sys::write_connection(&bytes)?;
                 std::thread::sleep(Duration::from_millis(linger_ms));
