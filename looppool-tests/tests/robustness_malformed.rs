@@ -126,6 +126,9 @@ async fn misbehave_in(
         text.contains("worker 0") && text.contains("protocol violation") && text.contains(expect),
         "{text}"
     );
+    // It did not crash: the pool killed it, and says so.
+    assert!(!text.contains("crash"), "{text}");
+    assert!(text.contains("the pool killed it"), "{text}");
 
     // The worker's submitted tasks are lost alike, in order; worker 1's
     // task is not affected.
@@ -171,8 +174,19 @@ async fn misbehave_in(
             .any(|e| matches!(e, WorkerEvent::Started { worker: 0, pid } if *pid == new_pid)),
         "{events:#?}"
     );
-    // ... and logged, naming the worker.
+    // ... and logged, naming the worker: as killed by the pool, not died.
     let lines = log.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("ERROR")
+            && l.contains("worker killed by the pool")
+            && l.contains("worker=0")
+            && l.contains(expect)),
+        "no log line says the pool killed worker 0: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("worker died")),
+        "{lines:#?}"
+    );
     assert!(
         lines.iter().any(|l| l.contains("ERROR")
             && l.contains("misbehaving worker")
