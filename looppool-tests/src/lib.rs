@@ -117,6 +117,15 @@ pub enum Job {
         /// The value emitted first.
         value: u64,
     },
+    /// Write these chunks straight to the connection, one after another,
+    /// blocking the loop `gap_ms` between two: a frame that arrives slowly.
+    /// Then complete normally.
+    WriteRawSlowly {
+        /// The chunks.
+        chunks: Vec<Vec<u8>>,
+        /// Milliseconds between two chunks.
+        gap_ms: u64,
+    },
 }
 
 impl Job {
@@ -270,6 +279,14 @@ impl Worker for Probe {
                 cx.emit(0).await?;
             }
             Job::WriteRaw(bytes) => sys::write_connection(&bytes)?,
+            Job::WriteRawSlowly { chunks, gap_ms } => {
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(Duration::from_millis(gap_ms));
+                    }
+                    sys::write_connection(chunk)?;
+                }
+            }
             Job::WriteRawThenExit { bytes, linger_ms } => {
                 sys::write_connection(&bytes)?;
                 std::thread::sleep(Duration::from_millis(linger_ms));
@@ -355,6 +372,86 @@ impl Worker for Blob {
         }
         Ok(())
     }
+}
+
+/// A value whose `Serialize` panics, after writing part of its encoding,
+/// when `panic` is set: a serializer bug, on either side of the wire. It
+/// deserializes as it serializes otherwise, as the pair `(value, panic)`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "(u64, bool)")]
+pub struct Fragile {
+    /// The value.
+    pub value: u64,
+    /// Panic when serialized.
+    pub panic: bool,
+}
+
+impl From<(u64, bool)> for Fragile {
+    fn from((value, panic): (u64, bool)) -> Self {
+        Fragile { value, panic }
+    }
+}
+
+impl Serialize for Fragile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.value)?;
+        if self.panic {
+            panic!("Fragile({}) refuses to be serialized", self.value);
+        }
+        t.serialize_element(&self.panic)?;
+        t.end()
+    }
+}
+
+/// What a [`Brittle`] worker is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BrittleJob {
+    /// Emit the value back (one with `panic` set panics in the parent's
+    /// `submit`, before it is sent).
+    Echo(Fragile),
+    /// Emit `Fragile { value, panic: true }`: its serialization panics in
+    /// the worker, inside `emit`.
+    EmitPanicking(u64),
+}
+
+/// A worker whose task and output types can panic when serialized; see
+/// [`BrittleJob`].
+#[derive(Debug)]
+pub struct Brittle;
+
+impl Worker for Brittle {
+    const NAME: &'static str = "brittle";
+    type Init = ();
+    type Task = BrittleJob;
+    type Output = Fragile;
+
+    async fn init(_: (), _: InitContext<Fragile>) -> Result<Self, BoxError> {
+        Ok(Brittle)
+    }
+
+    async fn handle(
+        self: Rc<Self>,
+        job: BrittleJob,
+        cx: TaskContext<Fragile>,
+    ) -> Result<(), BoxError> {
+        match job {
+            BrittleJob::Echo(value) => cx.emit(value).await?,
+            BrittleJob::EmitPanicking(value) => cx.emit(Fragile { value, panic: true }).await?,
+        }
+        Ok(())
+    }
+}
+
+/// A builder for a pool of [`Brittle`]s run by the test worker program.
+#[macro_export]
+macro_rules! brittle_pool {
+    () => {
+        looppool::Pool::<$crate::Brittle>::builder()
+            .program(env!("CARGO_BIN_EXE_test-worker"))
+            .name("brittle")
+    };
 }
 
 /// A builder for a pool of [`Probe`]s run by the test worker program.

@@ -13,10 +13,10 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use looppool::{CallError, LossCause, Output, WorkerEvent, WorkerLost};
-use looppool_tests::{next_output, probe_pool, process_gone, recorder, Job};
+use looppool_tests::{next_output, probe_pool, process_gone, recorder, Job, Probe};
 
 /// Frame limit of the pools here: small, so that oversize is cheap to say.
 const MAX_FRAME: usize = 64 * 1024;
@@ -76,9 +76,19 @@ impl Log {
 /// break the protocol; worker 1 runs a short task meanwhile. Checks what
 /// the module's doc promises and returns how the call was lost.
 async fn misbehave(job: Job, expect: &str) -> WorkerLost {
+    misbehave_in(probe_pool!(), job, expect).await.0
+}
+
+/// [`misbehave`] in a pool built from `builder`; also returns how long the
+/// call took to be reported lost.
+async fn misbehave_in(
+    builder: looppool::PoolBuilder<Probe>,
+    job: Job,
+    expect: &str,
+) -> (WorkerLost, Duration) {
     let (log, _guard) = Log::install();
     let (events, hook) = recorder();
-    let (pool, mut outputs) = probe_pool!()
+    let (pool, mut outputs) = builder
         .workers(2)
         .max_frame(MAX_FRAME)
         .on_event(hook)
@@ -97,10 +107,12 @@ async fn misbehave(job: Job, expect: &str) -> WorkerLost {
         .unwrap();
 
     // The call that misbehaves is lost, with the reason.
+    let called = Instant::now();
     let err = tokio::time::timeout(Duration::from_secs(20), pool.call_to(0, job))
         .await
         .expect("the call ends")
         .unwrap_err();
+    let took = called.elapsed();
     let CallError::WorkerLost(lost) = err else {
         panic!("expected a lost worker, got {err:?}")
     };
@@ -114,6 +126,9 @@ async fn misbehave(job: Job, expect: &str) -> WorkerLost {
         text.contains("worker 0") && text.contains("protocol violation") && text.contains(expect),
         "{text}"
     );
+    // It did not crash: the pool killed it, and says so.
+    assert!(!text.contains("crash"), "{text}");
+    assert!(text.contains("the pool killed it"), "{text}");
 
     // The worker's submitted tasks are lost alike, in order; worker 1's
     // task is not affected.
@@ -159,8 +174,19 @@ async fn misbehave(job: Job, expect: &str) -> WorkerLost {
             .any(|e| matches!(e, WorkerEvent::Started { worker: 0, pid } if *pid == new_pid)),
         "{events:#?}"
     );
-    // ... and logged, naming the worker.
+    // ... and logged, naming the worker: as killed by the pool, not died.
     let lines = log.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("ERROR")
+            && l.contains("worker killed by the pool")
+            && l.contains("worker=0")
+            && l.contains(expect)),
+        "no log line says the pool killed worker 0: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("worker died")),
+        "{lines:#?}"
+    );
     assert!(
         lines.iter().any(|l| l.contains("ERROR")
             && l.contains("misbehaving worker")
@@ -170,7 +196,7 @@ async fn misbehave(job: Job, expect: &str) -> WorkerLost {
         "no log line names worker 0 and {expect:?}: {lines:#?}"
     );
     pool.shutdown().await;
-    lost
+    (lost, took)
 }
 
 #[tokio::test]
@@ -343,6 +369,73 @@ async fn a_frame_cut_short_by_the_workers_exit_is_a_protocol_loss() {
         "frame truncated",
     )
     .await;
+}
+
+/// Garbage whose first four bytes read as a length under the limit: the
+/// parent waits for the rest of that "frame" only as long as bytes keep
+/// coming, then breaks the connection, though the worker lives on.
+#[tokio::test]
+async fn a_frame_that_stops_arriving_is_a_protocol_loss() {
+    // A header that announces 1000 bytes, then 10 of them.
+    let mut bytes = 1000u32.to_le_bytes().to_vec();
+    bytes.extend([OUTPUT; 10]);
+    let bound = Duration::from_millis(500);
+    let (_, took) = misbehave_in(
+        probe_pool!().frame_timeout(bound),
+        Job::WriteRaw(bytes),
+        "frame of 1000 bytes incomplete after 500ms",
+    )
+    .await;
+    assert!(took >= bound, "cut after {took:?}");
+    assert!(took < bound + Duration::from_secs(3), "cut after {took:?}");
+}
+
+/// The rule is about progress: a frame whose bytes keep coming, each well
+/// within the bound, is not cut, however long it takes in all.
+#[tokio::test]
+async fn a_frame_that_arrives_slowly_but_steadily_is_not_cut() {
+    let (events, hook) = recorder();
+    let (pool, mut outputs) = probe_pool!()
+        .workers(1)
+        .max_frame(MAX_FRAME)
+        .frame_timeout(Duration::from_millis(1000))
+        .on_event(hook)
+        .start()
+        .await
+        .unwrap();
+    let pid = pool.pids()[0];
+    // An unsolicited output (tag 0, value 77) in five pieces, 400 ms apart:
+    // 1.6 s in all, the first piece half a header.
+    let whole = frame(OUTPUT, &[0, 77]);
+    let chunks = [
+        &whole[..2],
+        &whole[2..4],
+        &whole[4..5],
+        &whole[5..6],
+        &whole[6..],
+    ]
+    .map(<[u8]>::to_vec)
+    .to_vec();
+    let started = Instant::now();
+    pool.submit(Job::WriteRawSlowly {
+        chunks,
+        gap_ms: 400,
+    })
+    .await
+    .unwrap();
+    let out = next_output(&mut outputs).await;
+    assert_eq!((out.task(), out.value()), (None, Some(&77)), "{out:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1600));
+    assert_eq!(pool.call(Job::WhoAmI).await.unwrap(), 0);
+    assert_eq!(pool.pids()[0], pid);
+    let events = events.lock().unwrap().clone();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, WorkerEvent::Crashed { .. })),
+        "{events:#?}"
+    );
+    pool.shutdown().await;
 }
 
 /// A worker that dies with input it never read resets the connection

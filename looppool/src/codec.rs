@@ -53,26 +53,66 @@ impl std::fmt::Display for CodecError {
 
 impl std::error::Error for CodecError {}
 
-/// Starts a frame in `buf`: reserves the length prefix and writes the kind.
-/// Returns the frame's start offset, to hand to [`finish_frame`].
-#[inline]
-pub(crate) fn begin_frame(buf: &mut Vec<u8>, kind: u8) -> usize {
-    let start = buf.len();
-    buf.extend_from_slice(&[0, 0, 0, 0, kind]);
-    start
+/// A frame being appended to a buffer, between its length prefix and its
+/// completion. Every frame is written through one.
+///
+/// Dropped before [`finish`](Self::finish) (by an error returned with `?`,
+/// or by a panic in a `Serialize` impl writing the payload), it removes
+/// what was written of its frame, so the buffer never holds part of a
+/// frame: the frames queued before it, and those queued after, go out
+/// intact whoever's code failed in between.
+pub(crate) struct FrameWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
 }
 
-/// Completes the frame begun at `start`: checks its size and fills in its
-/// length. An oversize frame is removed again, so the buffer stays valid.
-#[inline]
-pub(crate) fn finish_frame(buf: &mut Vec<u8>, start: usize, max: usize) -> Result<(), CodecError> {
-    let len = buf.len() - start - HEADER_LEN;
-    if len > max {
-        buf.truncate(start);
-        return Err(CodecError::TooLarge { len, max });
+impl<'a> FrameWriter<'a> {
+    /// Starts a frame in `buf`: reserves the length prefix and writes the kind.
+    #[inline(always)]
+    pub(crate) fn begin(buf: &'a mut Vec<u8>, kind: u8) -> Self {
+        let start = buf.len();
+        buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        FrameWriter { buf, start }
     }
-    buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(())
+
+    /// Completes the frame: checks its size and fills in its length. An
+    /// oversize frame is removed again, so the buffer stays valid.
+    #[inline(always)]
+    pub(crate) fn finish(self, max: usize) -> Result<(), CodecError> {
+        let len = self.buf.len() - self.start - HEADER_LEN;
+        if len > max {
+            // Dropped: the frame is taken out.
+            return Err(CodecError::TooLarge { len, max });
+        }
+        let start = self.start;
+        self.buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        // Complete: keep it (the writer holds only a borrow, nothing leaks).
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for FrameWriter<'_> {
+    type Target = Vec<u8>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Vec<u8> {
+        self.buf
+    }
+}
+
+impl std::ops::DerefMut for FrameWriter<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+}
+
+impl Drop for FrameWriter<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        self.buf.truncate(self.start);
+    }
 }
 
 /// Appends `value` as a LEB128 varint.

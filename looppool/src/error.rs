@@ -236,9 +236,16 @@ impl fmt::Display for WorkerLost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "worker {} (pid {}) lost: {}, {}",
-            self.worker, self.pid, self.cause, self.status
-        )
+            "worker {} (pid {}) lost: {}",
+            self.worker, self.pid, self.cause
+        )?;
+        match self.cause {
+            LossCause::Protocol(_) | LossCause::Unresponsive => {
+                write!(f, "; the pool killed it ({})", self.status)
+            }
+            // These say it themselves.
+            _ => write!(f, ", {}", self.status),
+        }
     }
 }
 

@@ -23,7 +23,10 @@ pub enum WorkerEvent {
         /// Its process id.
         pid: u32,
     },
-    /// A worker ended without being asked to (or was killed by the pool).
+    /// A worker ended without being asked to, or the pool killed it:
+    /// `cause` says which ([`LossCause::killed_by_pool`]), and a worker the
+    /// pool killed for breaking the protocol has a
+    /// [`LossCause::Protocol`] cause whatever its exit status.
     Crashed {
         /// Index of the worker.
         worker: usize,
@@ -146,6 +149,17 @@ pub enum LossCause {
     /// [failure semantics](crate#out-of-memory) for exactly when a worker's
     /// end is reported so.
     OutOfMemory,
+}
+
+impl LossCause {
+    /// Whether the pool ended the worker itself (for breaking the
+    /// protocol, not answering heartbeats, at a shutdown deadline, or with
+    /// the pool), rather than the worker dying on its own: its exit status
+    /// (`SIGKILL`, or an exit code such as 137 from a program between the
+    /// pool and the worker) is then the pool's doing.
+    pub fn killed_by_pool(&self) -> bool {
+        !matches!(self, LossCause::Crashed)
+    }
 }
 
 impl fmt::Display for LossCause {

@@ -89,6 +89,10 @@
 //! | the handler returns `Err` or panics | an [`Output::Failed`] item; the worker carries on | [`CallError::Task`] |
 //! | the worker process dies (killed, `abort`, `exit`) | an [`Output::Lost`] item naming worker, pid and exit status | [`CallError::WorkerLost`] |
 //! | the worker breaks the protocol (garbage, oversize frame, undecodable output) | the connection is closed, the worker killed and replaced; its tasks are [`Output::Lost`] with [`LossCause::Protocol`] | [`CallError::WorkerLost`] |
+//! | (how that is reported) | the [`WorkerEvent::Crashed`] event's cause is [`LossCause::Protocol`] too ([`LossCause::killed_by_pool`]), and the [`WorkerLost`] message says "the pool killed it (signal 9 (SIGKILL))", not a crash | the same message |
+//! | a frame from the worker stops part-way: no byte of it for [`PoolBuilder::frame_timeout`] (10 s by default), as when garbage reads as a plausible length | as a protocol breach: killed and replaced; [`Output::Lost`] with [`LossCause::Protocol`] ("frame of N bytes incomplete after T") | [`CallError::WorkerLost`] |
+//! | a task's `Serialize` panics in `submit` or `call` | the panic reaches the caller; nothing was sent, the worker's queue goes on | the same |
+//! | an output's `Serialize` panics in the worker (inside `emit`) | an [`Output::Failed`] item (`panicked`); nothing of the output was sent, the worker carries on | [`CallError::Task`] |
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |

@@ -215,6 +215,13 @@ impl<W: Worker> Pool<W> {
     /// The task is given back if the pool is shutting down or failed, or the
     /// task cannot be encoded or exceeds the frame limit.
     ///
+    /// # Panics
+    /// When the task's `Serialize` panics, as would any code of the caller:
+    /// nothing of the task was sent, and the worker's queue goes on. So do
+    /// every other method that sends a task (`call` included); a panic is a
+    /// bug in the task's type, not an error to handle, so it is not turned
+    /// into one.
+    ///
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before it completes, the task
     /// was not sent.

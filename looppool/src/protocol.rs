@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError, Fields};
+use crate::codec::{self, CodecError, Fields, FrameWriter};
 
 /// Version of this wire protocol; both ends must agree at the handshake.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -223,11 +223,11 @@ impl<'a> FromWorker<'a> {
 
 /// Appends a hello frame.
 pub(crate) fn put_hello(buf: &mut Vec<u8>, hello: &Hello, max: usize) -> Result<(), CodecError> {
-    let start = codec::begin_frame(buf, kind::HELLO);
-    buf.extend_from_slice(HELLO_MAGIC);
-    codec::put_varint(buf, PROTOCOL_VERSION.into());
-    codec::put_serde(buf, hello)?;
-    codec::finish_frame(buf, start, max)
+    let mut frame = FrameWriter::begin(buf, kind::HELLO);
+    frame.extend_from_slice(HELLO_MAGIC);
+    codec::put_varint(&mut frame, PROTOCOL_VERSION.into());
+    codec::put_serde(&mut frame, hello)?;
+    frame.finish(max)
 }
 
 /// Appends an init frame; `payload` is the already encoded init value.
@@ -237,20 +237,20 @@ pub(crate) fn put_init(
     payload: &[u8],
     max: usize,
 ) -> Result<(), CodecError> {
-    let start = codec::begin_frame(buf, kind::INIT);
-    codec::put_serde(buf, init)?;
-    buf.extend_from_slice(payload);
-    codec::finish_frame(buf, start, max)
+    let mut frame = FrameWriter::begin(buf, kind::INIT);
+    codec::put_serde(&mut frame, init)?;
+    frame.extend_from_slice(payload);
+    frame.finish(max)
 }
 
 /// Appends a frame whose body is a kind and one varint (or nothing).
 pub(crate) fn put_simple(buf: &mut Vec<u8>, kind: u8, value: Option<u64>) {
-    let start = codec::begin_frame(buf, kind);
+    let mut frame = FrameWriter::begin(buf, kind);
     if let Some(v) = value {
-        codec::put_varint(buf, v);
+        codec::put_varint(&mut frame, v);
     }
     // Cannot fail: a kind and a varint are far below any frame limit.
-    let _ = codec::finish_frame(buf, start, usize::MAX);
+    let _ = frame.finish(usize::MAX);
 }
 
 /// Appends a frame of `kind`, a varint `tag`, and `value` in postcard.
@@ -258,6 +258,9 @@ pub(crate) fn put_simple(buf: &mut Vec<u8>, kind: u8, value: Option<u64>) {
 /// Always inlined: it encodes every output, and as a call its prologue,
 /// epilogue and argument moves were a measurable share of the per-item
 /// work.
+///
+/// Should `value`'s `Serialize` panic, the frame is taken out of `buf`
+/// before the panic goes on (see [`FrameWriter`]); so in every `put_*`.
 #[inline(always)]
 pub(crate) fn put_tagged<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
@@ -266,13 +269,10 @@ pub(crate) fn put_tagged<T: Serialize + ?Sized>(
     value: &T,
     max: usize,
 ) -> Result<(), CodecError> {
-    let start = codec::begin_frame(buf, kind);
-    codec::put_varint(buf, tag);
-    if let Err(e) = codec::put_serde(buf, value) {
-        buf.truncate(start);
-        return Err(e);
-    }
-    codec::finish_frame(buf, start, max)
+    let mut frame = FrameWriter::begin(buf, kind);
+    codec::put_varint(&mut frame, tag);
+    codec::put_serde(&mut frame, value)?;
+    frame.finish(max)
 }
 
 /// Appends a `TASK` frame for `slot` carrying `task`; returns the offset in
@@ -284,14 +284,11 @@ pub(crate) fn put_task<T: Serialize + ?Sized>(
     task: &T,
     max: usize,
 ) -> Result<usize, CodecError> {
-    let start = codec::begin_frame(buf, kind::TASK);
-    codec::put_varint(buf, slot.into());
-    let payload = buf.len();
-    if let Err(e) = codec::put_serde(buf, task) {
-        buf.truncate(start);
-        return Err(e);
-    }
-    codec::finish_frame(buf, start, max)?;
+    let mut frame = FrameWriter::begin(buf, kind::TASK);
+    codec::put_varint(&mut frame, slot.into());
+    let payload = frame.len();
+    codec::put_serde(&mut frame, task)?;
+    frame.finish(max)?;
     Ok(payload)
 }
 
@@ -303,11 +300,11 @@ pub(crate) fn put_encoded_task(
     payload: &[u8],
     max: usize,
 ) -> Result<usize, CodecError> {
-    let start = codec::begin_frame(buf, kind::TASK);
-    codec::put_varint(buf, slot.into());
-    let at = buf.len();
-    buf.extend_from_slice(payload);
-    codec::finish_frame(buf, start, max)?;
+    let mut frame = FrameWriter::begin(buf, kind::TASK);
+    codec::put_varint(&mut frame, slot.into());
+    let at = frame.len();
+    frame.extend_from_slice(payload);
+    frame.finish(max)?;
     Ok(at)
 }
 
@@ -318,12 +315,9 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     value: &T,
     max: usize,
 ) -> Result<(), CodecError> {
-    let start = codec::begin_frame(buf, kind);
-    if let Err(e) = codec::put_serde(buf, value) {
-        buf.truncate(start);
-        return Err(e);
-    }
-    codec::finish_frame(buf, start, max)
+    let mut frame = FrameWriter::begin(buf, kind);
+    codec::put_serde(&mut frame, value)?;
+    frame.finish(max)
 }
 
 /// Appends a task failure frame.

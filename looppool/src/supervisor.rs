@@ -148,7 +148,11 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 cause,
                 lost_tasks,
             } => {
-                tracing::error!(pool = %self.spec.pool_name, worker, pid, %status, %cause, lost_tasks, "worker died")
+                if cause.killed_by_pool() {
+                    tracing::error!(pool = %self.spec.pool_name, worker, pid, %status, %cause, lost_tasks, "worker killed by the pool")
+                } else {
+                    tracing::error!(pool = %self.spec.pool_name, worker, pid, %status, %cause, lost_tasks, "worker died")
+                }
             }
             WorkerEvent::StartFailed { worker, error } => {
                 tracing::error!(pool = %self.spec.pool_name, worker, %error, "worker failed to start")

@@ -13,11 +13,12 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 
-use crate::codec::{CodecError, FrameDecoder};
+use crate::codec::{CodecError, FrameDecoder, HEADER_LEN};
 
 mod connector;
 pub mod frame;
@@ -229,6 +230,8 @@ pub(crate) struct FrameReader {
     buf: Vec<u8>,
     end: usize,
     decoder: FrameDecoder,
+    /// How long a begun frame may go without a byte (none: forever).
+    frame_timeout: Option<Duration>,
 }
 
 /// Why reading frames stopped.
@@ -236,6 +239,15 @@ pub(crate) struct FrameReader {
 pub(crate) enum ReadError {
     Io(io::Error),
     Codec(CodecError),
+    /// A begun frame went [`FrameReader::set_frame_timeout`] without a byte.
+    Stalled {
+        /// The length its header announced, if the header arrived whole.
+        len: Option<usize>,
+        /// Bytes of it (header included) that arrived.
+        have: usize,
+        /// The timeout.
+        after: Duration,
+    },
 }
 
 impl std::fmt::Display for ReadError {
@@ -243,6 +255,25 @@ impl std::fmt::Display for ReadError {
         match self {
             ReadError::Io(e) => write!(f, "read failed: {e}"),
             ReadError::Codec(e) => e.fmt(f),
+            ReadError::Stalled {
+                len: Some(len),
+                have,
+                after,
+            } => write!(
+                f,
+                "frame of {len} bytes incomplete after {after:?} without a byte \
+                 ({} of them arrived)",
+                have - HEADER_LEN
+            ),
+            ReadError::Stalled {
+                len: None,
+                have,
+                after,
+            } => write!(
+                f,
+                "frame header incomplete after {after:?} without a byte \
+                 ({have} of its {HEADER_LEN} bytes arrived)"
+            ),
         }
     }
 }
@@ -261,7 +292,16 @@ impl FrameReader {
             buf: Vec::new(),
             end: 0,
             decoder: FrameDecoder::new(max_frame),
+            frame_timeout: None,
         }
+    }
+
+    /// Gives up on a frame that, once begun, goes `timeout` without a byte:
+    /// [`fill`](Self::fill) then fails with [`ReadError::Stalled`]. Without
+    /// it, a peer whose garbage reads as a plausible length is waited for
+    /// forever.
+    pub(crate) fn set_frame_timeout(&mut self, timeout: Duration) {
+        self.frame_timeout = Some(timeout);
     }
 
     /// Changes the largest frame accepted from now on.
@@ -287,9 +327,36 @@ impl FrameReader {
         if self.buf.len() - self.end < want {
             self.buf.resize(self.end + want, 0);
         }
+        // Bytes read earlier that are not a whole frame: a frame has begun
+        // (the decoder's frames were compacted away above).
+        let begun = self.end;
+        let timeout = self.frame_timeout.filter(|_| begun > 0);
         let mut room = ReadBuf::new(&mut self.buf[self.end..]);
         let io = &mut self.io;
-        let n = match std::future::poll_fn(|cx| io.as_mut().poll_read(cx, &mut room)).await {
+        // The timer is armed only when a read inside a begun frame has to
+        // wait: not per read, and not between frames. It runs from about
+        // the last byte that came (the previous `fill` returned on it), so
+        // a large frame that keeps arriving is never cut.
+        let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+        let read = std::future::poll_fn(|cx| {
+            let polled = io.as_mut().poll_read(cx, &mut room);
+            if let (Poll::Pending, Some(limit)) = (&polled, timeout) {
+                if timer.is_none() {
+                    timer.set(Some(tokio::time::sleep(limit)));
+                }
+                if let Some(timer) = timer.as_mut().as_pin_mut() {
+                    if std::future::Future::poll(timer, cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+            polled.map(Some)
+        })
+        .await;
+        let Some(read) = read else {
+            return Err(self.stalled(begun));
+        };
+        let n = match read {
             Ok(()) => room.filled().len(),
             // A peer that exits with input it never read resets the
             // connection rather than closing it: for us the stream ends
@@ -306,6 +373,19 @@ impl FrameReader {
         }
         self.end += n;
         Ok(true)
+    }
+
+    /// The error for a frame of which `have` bytes came, then none.
+    #[cold]
+    fn stalled(&self, have: usize) -> ReadError {
+        let len = self.buf[..have]
+            .first_chunk::<HEADER_LEN>()
+            .map(|h| u32::from_le_bytes(*h) as usize);
+        ReadError::Stalled {
+            len,
+            have,
+            after: self.frame_timeout.unwrap_or_default(),
+        }
     }
 
     /// The next complete frame body already read, if any.

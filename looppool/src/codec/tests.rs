@@ -2,9 +2,9 @@ use super::*;
 
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut buf = Vec::new();
-    let start = begin_frame(&mut buf, kind);
-    buf.extend_from_slice(body);
-    finish_frame(&mut buf, start, DEFAULT_MAX_FRAME).unwrap();
+    let mut f = FrameWriter::begin(&mut buf, kind);
+    f.extend_from_slice(body);
+    f.finish(DEFAULT_MAX_FRAME).unwrap();
     buf
 }
 
@@ -55,12 +55,9 @@ fn oversize_frame_is_refused_before_its_body_arrives() {
 #[test]
 fn oversize_frame_is_not_written() {
     let mut buf = vec![1, 2, 3];
-    let start = begin_frame(&mut buf, 1);
-    buf.extend_from_slice(&[0; 32]);
-    assert!(matches!(
-        finish_frame(&mut buf, start, 8),
-        Err(CodecError::TooLarge { .. })
-    ));
+    let mut f = FrameWriter::begin(&mut buf, 1);
+    f.extend_from_slice(&[0; 32]);
+    assert!(matches!(f.finish(8), Err(CodecError::TooLarge { .. })));
     assert_eq!(buf, vec![1, 2, 3]);
 }
 
@@ -95,9 +92,9 @@ fn frames_strategy() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
 fn encode_all(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut wire = Vec::new();
     for (kind, body) in frames {
-        let start = begin_frame(&mut wire, *kind);
-        wire.extend_from_slice(body);
-        finish_frame(&mut wire, start, DEFAULT_MAX_FRAME).unwrap();
+        let mut f = FrameWriter::begin(&mut wire, *kind);
+        f.extend_from_slice(body);
+        f.finish(DEFAULT_MAX_FRAME).unwrap();
     }
     wire
 }
@@ -249,9 +246,9 @@ proptest! {
         max in 0usize..64,
     ) {
         let mut buf = prefix.clone();
-        let start = begin_frame(&mut buf, kind);
-        buf.extend(std::iter::repeat_n(0xa5, body_len));
-        let result = finish_frame(&mut buf, start, max);
+        let mut f = FrameWriter::begin(&mut buf, kind);
+        f.extend(std::iter::repeat_n(0xa5, body_len));
+        let result = f.finish(max);
         if body_len < max {
             prop_assert_eq!(result, Ok(()));
             prop_assert_eq!(buf.len(), prefix.len() + HEADER_LEN + 1 + body_len);
@@ -459,4 +456,25 @@ proptest! {
         same::<(u64, u8)>(&bytes)?;
         same::<Option<u64>>(&bytes)?;
     }
+}
+
+#[test]
+fn a_frame_whose_serialize_panics_is_taken_out() {
+    struct Panics;
+    impl Serialize for Panics {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeTuple;
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&7u8)?;
+            panic!("no");
+        }
+    }
+    let mut buf = frame(1, &[1, 2]);
+    let before = buf.clone();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut f = FrameWriter::begin(&mut buf, 2);
+        put_serde(&mut f, &Panics)
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(buf, before);
 }

@@ -80,6 +80,7 @@ pub struct PoolBuilder<W: Worker> {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     max_frame: usize,
+    frame_timeout: Duration,
     start_timeout: Duration,
     signals: Signals,
     titles: bool,
@@ -117,6 +118,8 @@ const DEFAULT_PER_WORKER: usize = 2048;
 const MIN_MEMORY_LIMIT: u64 = 32 << 20;
 /// The largest `memory_limit`: a process's address space (256 TiB).
 const MAX_MEMORY_LIMIT: u64 = 1 << 48;
+/// Default [`PoolBuilder::frame_timeout`].
+const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
@@ -131,6 +134,7 @@ impl<W: Worker> PoolBuilder<W> {
             args: Vec::new(),
             connector: None,
             max_frame: DEFAULT_MAX_FRAME,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
             start_timeout: Duration::from_secs(30),
             signals: Signals::Ignore,
             titles: true,
@@ -232,6 +236,24 @@ impl<W: Worker> PoolBuilder<W> {
     /// or output that encodes larger is refused at its sender.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
+        self
+    }
+
+    /// How long a frame from a worker, once begun, may go without a byte
+    /// arriving (default 10 s). Past it, the worker is taken for one that
+    /// broke the protocol (garbage whose first bytes read as a plausible
+    /// length would otherwise be waited for forever): it is killed and
+    /// replaced, its tasks lost with
+    /// [`LossCause::Protocol`](crate::LossCause::Protocol).
+    ///
+    /// The rule is about progress, not total time: a large frame that keeps
+    /// arriving, however slowly, is never cut. Only a frame cut off mid-way
+    /// is: by garbage, or by a worker whose loop stays blocked (a handler
+    /// that computes without awaiting) while its writer has written part of
+    /// a frame the socket could not take whole. Raise it above the longest
+    /// such block; `Duration::MAX` waits forever.
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = timeout;
         self
     }
 
@@ -395,6 +417,11 @@ impl<W: Worker> PoolBuilder<W> {
                 )));
             }
         }
+        if self.frame_timeout.is_zero() {
+            return Err(BuildError::new(
+                "frame_timeout(0) would cut every frame that takes two reads; use a few seconds",
+            ));
+        }
         if self.tuning.recycle_tasks == Some(0) {
             return Err(BuildError::new(
                 "recycle_after_tasks(0) would recycle workers before any task; use at least 1",
@@ -534,6 +561,7 @@ impl<W: Worker> PoolBuilder<W> {
             init_payload,
             output_credits,
             max_frame: self.max_frame,
+            frame_timeout: self.frame_timeout,
             start_timeout: self.start_timeout,
             task_timeout: self.task_timeout,
             observe,

@@ -278,9 +278,9 @@ fn encode_up(buf: &mut Vec<u8>, msg: &Up) {
             } else {
                 kind::LOG
             };
-            let start = codec::begin_frame(buf, k);
-            buf.extend_from_slice(b);
-            codec::finish_frame(buf, start, max).unwrap()
+            let mut f = codec::FrameWriter::begin(buf, k);
+            f.extend_from_slice(b);
+            f.finish(max).unwrap()
         }
         Up::Pong(n) => put_simple(buf, kind::PONG, Some(*n)),
     }
@@ -290,9 +290,9 @@ fn encode_down(buf: &mut Vec<u8>, msg: &Down) {
     let max = DEFAULT_MAX_FRAME;
     match msg {
         Down::Init(bytes) => {
-            let start = codec::begin_frame(buf, kind::INIT);
-            buf.extend_from_slice(bytes);
-            codec::finish_frame(buf, start, max).unwrap()
+            let mut f = codec::FrameWriter::begin(buf, kind::INIT);
+            f.extend_from_slice(bytes);
+            f.finish(max).unwrap()
         }
         Down::Task(slot, t) => put_tagged(buf, kind::TASK, (*slot).into(), t, max).unwrap(),
         Down::Credit(n) => put_simple(buf, kind::CREDIT, Some((*n).into())),

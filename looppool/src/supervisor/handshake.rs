@@ -41,6 +41,8 @@ pub(super) async fn handshake(
     send_init(spec, index, &mut writer).await?;
     // From here on the worker may send frames up to the pool's limit.
     reader.set_max_frame(spec.max_frame);
+    // ... and must not stop half-way through one.
+    reader.set_frame_timeout(spec.frame_timeout);
     loop {
         let ready = next_message(&mut reader, spec, index, true, |msg| {
             await_ready(spec, index, pid, msg)

@@ -16,6 +16,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) init_payload: Vec<u8>,
     pub(crate) output_credits: u32,
     pub(crate) max_frame: usize,
+    /// How long a begun frame from a worker may go without a byte.
+    pub(crate) frame_timeout: Duration,
     pub(crate) start_timeout: Duration,
     pub(crate) task_timeout: Option<Duration>,
     /// Reports, blocked-loop watch and log forwarding.

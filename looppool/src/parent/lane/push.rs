@@ -47,6 +47,19 @@ impl PushError {
     }
 }
 
+/// Wakes the writer for frames queued before a task whose encoding
+/// panicked, as the error path does; forgotten when the encoding returns.
+struct WakeOnUnwind<'a>(&'a tokio::sync::Notify, bool);
+
+impl Drop for WakeOnUnwind<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.notify_one();
+        }
+    }
+}
+
 impl<O> Lane<O> {
     /// Encodes `task` into the lane if it has a free slot.
     ///
@@ -100,7 +113,13 @@ impl<O> Lane<O> {
         // Credits owed to the worker ride in front of the task: no frame,
         // write or wake-up of their own.
         st.send_owed();
-        let payload_start = match encode(&mut st.out, slot, self.max_frame) {
+        // A task's `Serialize` may panic: its frame is then taken out again
+        // (see `codec::FrameWriter`), the slot is still free, and the panic
+        // goes on to the caller, with the credits queued above woken for.
+        let wake = WakeOnUnwind(&self.writer_wake, was_empty);
+        let encoded = encode(&mut st.out, slot, self.max_frame);
+        std::mem::forget(wake);
+        let payload_start = match encoded {
             Ok(at) => at,
             Err(e) => {
                 drop(st);
