@@ -103,6 +103,16 @@ pub enum Job {
         /// Milliseconds to block between the write and the exit.
         linger_ms: u64,
     },
+    /// `fork()` without exec: the forked copy keeps the connection (fd 3)
+    /// open, sleeps `linger_ms` and `_exit`s; the worker emits its pid and
+    /// carries on. A worker that then dies leaves its connection held open.
+    Fork {
+        /// How long the forked copy lives, in milliseconds.
+        linger_ms: u64,
+    },
+    /// Start `sleep 1000` as a child process (left running, not waited for)
+    /// and emit its pid.
+    SpawnSleep,
 }
 
 impl Job {
@@ -249,6 +259,17 @@ impl Worker for Probe {
                 sys::write_connection(&bytes)?;
                 std::thread::sleep(Duration::from_millis(linger_ms));
                 std::process::exit(0);
+            }
+            Job::Fork { linger_ms } => {
+                let pid = sys::fork_holding_connection(Duration::from_millis(linger_ms))?;
+                cx.emit(u64::from(pid)).await?;
+            }
+            Job::SpawnSleep => {
+                let child = std::process::Command::new("sleep")
+                    .arg("1000")
+                    .stdin(std::process::Stdio::null())
+                    .spawn()?;
+                cx.emit(u64::from(child.id())).await?;
             }
         }
         Ok(())

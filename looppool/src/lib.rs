@@ -81,6 +81,7 @@
 //! |---|---|---|
 //! | the handler returns `Err` or panics | an [`Output::Failed`] item; the worker carries on | [`CallError::Task`] |
 //! | the worker process dies (killed, `abort`, `exit`) | an [`Output::Lost`] item naming worker, pid and exit status | [`CallError::WorkerLost`] |
+//! | the worker process dies while a process it forked holds its connection open | the same: its exit is seen from the process (a pidfd), not only from the connection, which is read for what the worker wrote and then closed | [`CallError::WorkerLost`] |
 //! | the worker breaks the protocol (garbage, oversize frame, undecodable output) | the connection is closed, the worker killed and replaced; its tasks are [`Output::Lost`] with [`LossCause::Protocol`] | [`CallError::WorkerLost`] |
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |

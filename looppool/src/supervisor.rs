@@ -60,6 +60,8 @@ struct Serving {
     generation: u64,
     reader: crate::transport::FrameReader,
     writer: crate::transport::WriteHalf,
+    /// Notice of the process's exit, for a local process.
+    exit: Option<crate::sys::ProcessExit>,
 }
 
 /// State shared by the pool handle and the driver tasks.
@@ -187,6 +189,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             pid,
             reader,
             writer,
+            exit,
         } = launched;
         {
             let mut slot = crate::sync::lock(&self.children[index]);
@@ -208,6 +211,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             generation,
             reader,
             writer,
+            exit,
         })
     }
 
