@@ -1,9 +1,10 @@
-//! A worker's death is seen from its process, not only from its connection.
+//! A worker's death is seen from its process, not only from its connection,
+//! and the processes a worker started end with it.
 
 use std::time::{Duration, Instant};
 
 use looppool::{CallError, ExitStatus, LossCause, Output};
-use looppool_tests::{eventually, next_output, probe_pool, sys, Job};
+use looppool_tests::{eventually, next_output, probe_pool, process_gone, sys, Job};
 
 /// Kills process `pid` when dropped, so that a process a test's worker
 /// started never outlives the test, whatever the test's outcome.
@@ -106,5 +107,68 @@ async fn shutdown_timeout_returns_by_its_deadline_when_a_fork_holds_the_connecti
     assert!(
         matches!(&lost, Output::Lost { lost, .. } if lost.cause == LossCause::ShutdownDeadline),
         "{lost:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_forked_copy_of_a_dead_worker_is_killed_with_it() {
+    let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
+    let forked = emitted_pid(&pool, &mut outputs, 0, Job::Fork { linger_ms: 30_000 }).await;
+    let _forked = KillOnDrop(forked);
+    let err = tokio::time::timeout(Duration::from_secs(5), pool.call_to(0, Job::Exit(3)))
+        .await
+        .expect("the call returns within 5 s")
+        .unwrap_err();
+    assert!(matches!(err, CallError::WorkerLost(_)), "{err:?}");
+    assert!(
+        eventually(Duration::from_secs(3), || process_gone(forked)).await,
+        "the forked copy {forked} outlived its worker"
+    );
+}
+
+/// Starts `sleep 1000` from worker 0 of a fresh one-worker pool, ends the
+/// worker with `end`, and checks that the sleep goes with it.
+async fn the_sleep_goes_with_its_worker(
+    end: impl FnOnce(&looppool::Pool<looppool_tests::Probe>, u32),
+) {
+    let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
+    let worker = pool.pids()[0].unwrap();
+    let sleep = emitted_pid(&pool, &mut outputs, 0, Job::SpawnSleep).await;
+    let _sleep = KillOnDrop(sleep);
+    assert!(!process_gone(sleep));
+    end(&pool, worker);
+    assert!(
+        eventually(Duration::from_secs(3), || process_gone(worker)).await,
+        "the worker {worker} did not end"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || process_gone(sleep)).await,
+        "sleep ({sleep}) outlived its worker ({worker})"
+    );
+    pool.shutdown_timeout(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_process_a_worker_started_dies_when_the_worker_is_sigkilled() {
+    the_sleep_goes_with_its_worker(|_, worker| sys::signal(worker, libc::SIGKILL)).await;
+}
+
+#[tokio::test]
+async fn a_process_a_worker_started_dies_when_the_pool_kills_the_worker() {
+    the_sleep_goes_with_its_worker(|pool, _| pool.kill_worker(0)).await;
+}
+
+#[tokio::test]
+async fn a_process_a_worker_started_dies_when_the_worker_drains_and_exits() {
+    let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
+    let worker = pool.pids()[0].unwrap();
+    let sleep = emitted_pid(&pool, &mut outputs, 0, Job::SpawnSleep).await;
+    let _sleep = KillOnDrop(sleep);
+    let report = pool.shutdown_timeout(Duration::from_secs(5)).await;
+    assert!(report.drained, "{report:?}");
+    assert!(process_gone(worker));
+    assert!(
+        eventually(Duration::from_secs(3), || process_gone(sleep)).await,
+        "sleep ({sleep}) outlived its worker ({worker})"
     );
 }

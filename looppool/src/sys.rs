@@ -114,8 +114,8 @@ pub(crate) fn inherited_stream() -> io::Result<std::os::unix::net::UnixStream> {
     }
 }
 
-/// Ignores SIGINT and SIGTERM, so a terminal's Ctrl-C reaches only the parent,
-/// which then drains the pool by message.
+/// Ignores SIGINT and SIGTERM, so that only the parent decides to stop the
+/// pool, by message.
 pub(crate) fn ignore_termination_signals() {
     // SAFETY: installing SIG_IGN has no handler code to run.
     unsafe {
@@ -202,6 +202,48 @@ pub(crate) fn register_unix(
     // registration asks of its caller.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// Sends SIGKILL to every process in process group `pgid`. The caller must
+/// hold the group's leader, process `pgid`, unreaped (a child it has not
+/// waited for), so that the number names no other group. A group already
+/// empty is no error.
+pub(crate) fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        // 0 would be our own group, 1 init's: never ours to kill.
+        return;
+    }
+    // SAFETY: killpg takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+/// Whether child `pid` has exited, without reaping it (it stays a zombie,
+/// its pid reserved, until it is waited for).
+pub(crate) fn has_exited(pid: u32) -> io::Result<bool> {
+    let pid = libc::id_t::from(pid);
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: waitid writes a `siginfo_t` through a valid pointer and
+    // touches nothing else; WNOWAIT leaves the child unreaped.
+    let done = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            info.as_mut_ptr(),
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if done == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed, then filled in by waitid: initialised either way. With
+    // WNOHANG and no exited child, waitid leaves `si_pid` zero.
+    let exited = unsafe { info.assume_init().si_pid() } != 0;
+    Ok(exited)
 }
 
 /// Notice of a child process's exit, from the process itself rather than
