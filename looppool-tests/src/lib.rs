@@ -126,6 +126,16 @@ pub enum Job {
         /// Milliseconds between two chunks.
         gap_ms: u64,
     },
+    /// `fork()` without exec: the forked copy keeps the connection (fd 3)
+    /// open, sleeps `linger_ms` and `_exit`s; the worker emits its pid and
+    /// carries on. A worker that then dies leaves its connection held open.
+    Fork {
+        /// How long the forked copy lives, in milliseconds.
+        linger_ms: u64,
+    },
+    /// Start `sleep 1000` as a child process (left running, not waited for)
+    /// and emit its pid.
+    SpawnSleep,
 }
 
 impl Job {
@@ -297,6 +307,17 @@ impl Worker for Probe {
                 if cx.worker_index() == hold_on {
                     tokio::time::sleep(Duration::from_secs(60)).await;
                 }
+            }
+            Job::Fork { linger_ms } => {
+                let pid = sys::fork_holding_connection(Duration::from_millis(linger_ms))?;
+                cx.emit(u64::from(pid)).await?;
+            }
+            Job::SpawnSleep => {
+                let child = std::process::Command::new("sleep")
+                    .arg("1000")
+                    .stdin(std::process::Stdio::null())
+                    .spawn()?;
+                cx.emit(u64::from(child.id())).await?;
             }
         }
         Ok(())

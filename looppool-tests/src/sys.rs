@@ -48,3 +48,24 @@ pub(crate) fn write_connection(mut bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Forks this process without exec. The copy keeps every descriptor,
+/// the connection (fd 3) among them, sleeps `linger` and `_exit`s; this
+/// process gets the copy's pid.
+pub(crate) fn fork_holding_connection(linger: Duration) -> std::io::Result<u32> {
+    let sleep = libc::timespec {
+        tv_sec: linger.as_secs() as libc::time_t,
+        tv_nsec: linger.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the child makes only async-signal-safe calls (nanosleep,
+    // _exit) on memory prepared before the fork, as a child forked from a
+    // process with threads must.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            libc::nanosleep(&sleep, std::ptr::null_mut());
+            libc::_exit(0)
+        },
+        pid => Ok(pid as u32),
+    }
+}

@@ -50,14 +50,27 @@ async fn settles(fds: usize, pids: &[u32]) {
     );
 }
 
-/// The sockets this process holds, as `socket:[inode]`, once per descriptor.
-fn sockets() -> Vec<String> {
+/// The descriptors this process holds that match `pick`, by what
+/// `/proc/self/fd` says they are (`socket:[inode]`, say), once per
+/// descriptor.
+fn descriptors(pick: impl Fn(&str) -> bool) -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|l| l.to_string_lossy().into_owned())
-        .filter(|l| l.starts_with("socket:"))
+        .filter(|l| pick(l))
         .collect()
+}
+
+/// The sockets this process holds, once per descriptor.
+fn sockets() -> Vec<String> {
+    descriptors(|l| l.starts_with("socket:"))
+}
+
+/// The pidfds this process holds (the pool watches each local worker's
+/// process through one).
+fn pidfds() -> Vec<String> {
+    descriptors(|l| l.contains("pidfd"))
 }
 
 /// Ends worker `w`'s current process in one of four ways, through a call
@@ -183,14 +196,22 @@ async fn thousands_of_restarts_leak_no_descriptors_processes_or_memory() {
     );
 
     // Shutting down closes the workers' connections (one or two
-    // descriptors each, as the transport sees fit), and nothing else.
+    // descriptors each, as the transport sees fit) and the pidfds their
+    // processes are watched through, and nothing else.
     let sockets = sockets()
         .iter()
         .filter(|s| !runtime_sockets.contains(s))
         .count();
     assert!(sockets >= 2, "the two workers' connections are sockets");
+    let pidfds = pidfds().len();
+    assert_eq!(
+        pidfds,
+        2,
+        "one pidfd per worker: {:?}",
+        descriptors(|_| true)
+    );
     pool.shutdown().await;
-    settles(fds - sockets, &[]).await;
+    settles(fds - sockets - pidfds, &[]).await;
 }
 
 #[tokio::test]

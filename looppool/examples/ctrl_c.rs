@@ -1,10 +1,11 @@
 //! Graceful shutdown on Ctrl-C: a pool of 4 workers serves a stream of tasks
 //! until the parent gets SIGINT or SIGTERM, then drains and exits 0.
 //!
-//! Workers ignore SIGINT and SIGTERM (the default), so a Ctrl-C in a terminal,
-//! which reaches the whole process group, stops only the parent's producer;
-//! the parent then drains the pool by message and every accepted task
-//! completes.
+//! Each worker runs in a process group of its own, so a Ctrl-C in a
+//! terminal, which reaches the foreground process group, reaches only the
+//! parent (and workers ignore SIGINT and SIGTERM anyway, by default): it
+//! stops the parent's producer; the parent then drains the pool by message
+//! and every accepted task completes.
 //!
 //! ```sh
 //! cargo run --release --example ctrl_c     # then press Ctrl-C

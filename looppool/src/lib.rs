@@ -88,6 +88,8 @@
 //! |---|---|---|
 //! | the handler returns `Err` or panics | an [`Output::Failed`] item; the worker carries on | [`CallError::Task`] |
 //! | the worker process dies (killed, `abort`, `exit`) | an [`Output::Lost`] item naming worker, pid and exit status | [`CallError::WorkerLost`] |
+//! | the worker process dies while a process it forked holds its connection open | the same: its exit is seen from the process (a pidfd), not only from the connection, which is read for what the worker wrote and then closed | [`CallError::WorkerLost`] |
+//! | the worker ends (dies, is killed, drains and exits) having started processes of its own | its descendants in its process group are killed with SIGKILL as it ends; its tasks fare as above | as above |
 //! | the worker breaks the protocol (garbage, oversize frame, undecodable output) | the connection is closed, the worker killed and replaced; its tasks are [`Output::Lost`] with [`LossCause::Protocol`] | [`CallError::WorkerLost`] |
 //! | (how that is reported) | the [`WorkerEvent::Crashed`] event's cause is [`LossCause::Protocol`] too ([`LossCause::killed_by_pool`]), and the [`WorkerLost`] message says "the pool killed it (signal 9 (SIGKILL))", not a crash | the same message |
 //! | a frame from the worker stops part-way: no byte of it for [`PoolBuilder::frame_timeout`] (10 s by default), as when garbage reads as a plausible length | as a protocol breach: killed and replaced; [`Output::Lost`] with [`LossCause::Protocol`] ("frame of N bytes incomplete after T") | [`CallError::WorkerLost`] |
@@ -155,6 +157,24 @@
 //! Workers never outlive the parent: each is started with a parent-death
 //! signal (SIGKILL, armed from a thread that lives as long as the process),
 //! and exits when its connection ends.
+//!
+//! Each local worker leads a process group of its own, and the processes it
+//! starts (and theirs) belong to it unless they leave it (`setsid`,
+//! `setpgid`). When a worker ends, however it ends, the pool kills that
+//! group with SIGKILL before it reaps the worker, so nothing the worker
+//! started outlives it; that includes a copy it `fork`ed that still holds
+//! its connection. If the parent itself dies without dropping its pool
+//! (killed, or `exit` with the pool alive), the workers die by the
+//! parent-death signal but nobody is left to kill their groups: their
+//! descendants then live on unless they set a parent-death signal of their
+//! own.
+//!
+//! Since workers are not in the parent's process group, a terminal's Ctrl-C
+//! (SIGINT to the foreground process group) reaches only the parent, and so
+//! does Ctrl-Z. The parent decides: a parent that handles the signal drains
+//! the pool by message ([`Pool::shutdown`]); one that dies of it takes its
+//! workers down through the parent-death signal. [`Signals`] says what a
+//! worker does with SIGINT or SIGTERM sent to it directly.
 //!
 //! # Testing your workers
 //!

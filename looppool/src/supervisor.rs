@@ -65,6 +65,8 @@ struct Serving {
     generation: u64,
     reader: crate::transport::FrameReader,
     writer: crate::transport::WriteHalf,
+    /// Notice of the process's exit, for a local process.
+    exit: Option<crate::sys::ProcessExit>,
 }
 
 /// State shared by the pool handle and the driver tasks.
@@ -196,6 +198,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             pid,
             reader,
             writer,
+            exit,
         } = launched;
         {
             let mut slot = crate::sync::lock(&self.children[index]);
@@ -219,6 +222,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             generation,
             reader,
             writer,
+            exit,
         })
     }
 

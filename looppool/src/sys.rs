@@ -2,7 +2,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -250,8 +250,8 @@ pub(crate) fn inherited_stream() -> io::Result<std::os::unix::net::UnixStream> {
     }
 }
 
-/// Ignores SIGINT and SIGTERM, so a terminal's Ctrl-C reaches only the parent,
-/// which then drains the pool by message.
+/// Ignores SIGINT and SIGTERM, so that only the parent decides to stop the
+/// pool, by message.
 pub(crate) fn ignore_termination_signals() {
     // SAFETY: installing SIG_IGN has no handler code to run.
     unsafe {
@@ -350,6 +350,98 @@ pub(crate) fn register_unix(
     // registration asks of its caller.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// Sends SIGKILL to every process in process group `pgid`. The caller must
+/// hold the group's leader, process `pgid`, unreaped (a child it has not
+/// waited for), so that the number names no other group. A group already
+/// empty is no error.
+pub(crate) fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        // 0 would be our own group, 1 init's: never ours to kill.
+        return;
+    }
+    // SAFETY: killpg takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+/// Whether child `pid` has exited, without reaping it (it stays a zombie,
+/// its pid reserved, until it is waited for).
+pub(crate) fn has_exited(pid: u32) -> io::Result<bool> {
+    let pid = libc::id_t::from(pid);
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: waitid writes a `siginfo_t` through a valid pointer and
+    // touches nothing else; WNOWAIT leaves the child unreaped.
+    let done = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            info.as_mut_ptr(),
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if done == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed, then filled in by waitid: initialised either way. With
+    // WNOHANG and no exited child, waitid leaves `si_pid` zero.
+    let exited = unsafe { info.assume_init().si_pid() } != 0;
+    Ok(exited)
+}
+
+/// Notice of a child process's exit, from the process itself rather than
+/// from its connection: a pidfd, readable once the process has exited
+/// (whether or not it has been reaped yet).
+pub(crate) struct ProcessExit {
+    pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
+}
+
+impl std::fmt::Debug for ProcessExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessExit")
+            .field("pidfd", &self.pidfd.get_ref().as_raw_fd())
+            .finish()
+    }
+}
+
+impl ProcessExit {
+    /// Watches process `pid`, registered with the current runtime. The
+    /// caller must hold `pid` unreaped (a child it has not waited for), so
+    /// that the number cannot name another process yet.
+    pub(crate) fn watch(pid: u32) -> io::Result<Self> {
+        let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+        // SAFETY: pidfd_open takes a pid and flags and touches no memory of
+        // ours; it returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just opened for us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: the `OwnedFd` owns the descriptor, keeps it open and
+        // returns the same one from `as_raw_fd` for its whole life, which
+        // is what registration asks of its caller.
+        let pidfd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        Ok(ProcessExit { pidfd })
+    }
+
+    /// Returns once the process has exited.
+    pub(crate) async fn exited(&self) {
+        // A pidfd stays readable once its process has exited: the readiness
+        // is never cleared, so the first readable event is the answer. An
+        // error (a runtime shutting down) is no exit: wait on.
+        if self.pidfd.readable().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;

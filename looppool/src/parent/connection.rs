@@ -208,12 +208,28 @@ struct ReadTally {
 }
 
 /// Reads the worker's frames until the connection ends.
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
+    lane: Arc<Lane<O>>,
+    generation: u64,
+    reader: FrameReader,
+    outputs: BatchSender<O>,
+) -> ReadEnd {
+    read_loop_until(lane, generation, reader, outputs, std::future::pending()).await
+}
+
+/// Reads the worker's frames until the connection ends, or until `ended`
+/// completes, which then counts as the end of the connection (a worker
+/// process that exited while something else holds its connection open).
+/// `ended` is polled only when no input is at hand.
+pub(crate) async fn read_loop_until<O: DeserializeOwned + Send + 'static>(
     lane: Arc<Lane<O>>,
     generation: u64,
     mut reader: FrameReader,
     outputs: BatchSender<O>,
+    ended: impl std::future::Future<Output = ()>,
 ) -> ReadEnd {
+    let mut ended = std::pin::pin!(ended);
     let this = Reader {
         worker: lane.index,
         pid: lane.pid(),
@@ -226,7 +242,12 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
         full: Vec::new(),
     };
     loop {
-        match reader.fill().await {
+        let filled = tokio::select! {
+            biased;
+            filled = reader.fill() => filled,
+            () = &mut ended => Ok(false),
+        };
+        match filled {
             Ok(true) => {}
             // (A peer that dies with unread input resets the connection;
             // `fill` reports that as the end of the stream too.)

@@ -30,17 +30,27 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// before the worker is replaced.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What workers do with SIGINT and SIGTERM.
+/// What workers do with SIGINT and SIGTERM sent to them.
+///
+/// Each local worker runs in a process group of its own (so that what it
+/// starts can be killed with it), so a terminal's Ctrl-C, which goes to the
+/// terminal's foreground process group, reaches only the parent either way:
+/// the parent decides, draining the pool by message ([`Pool::shutdown`]),
+/// or dying of the signal and taking its workers down through their
+/// parent-death signal. These settings matter for signals sent to a worker
+/// (`kill <pid>`, or to its process group), and are inherited by the
+/// programs a worker executes.
+///
+/// [`Pool::shutdown`]: crate::Pool::shutdown
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Signals {
-    /// Ignore them (the default): a terminal's Ctrl-C reaches the whole
-    /// process group, and the parent, not each worker, decides to drain the
-    /// pool by message.
+    /// Ignore them (the default): only the parent, not each worker, decides
+    /// to stop the pool, by message.
     #[default]
     Ignore,
-    /// Keep the signals' default actions: they terminate the workers at
-    /// once.
+    /// Keep the signals' default actions: they terminate a worker at once
+    /// (the pool reports its tasks lost and replaces it, as for a crash).
     Terminate,
 }
 

@@ -9,10 +9,14 @@ use super::policy::Backoff;
 use super::{Serving, Supervisor};
 use crate::error::WorkerLost;
 use crate::event::{ExitStatus, LossCause, WorkerEvent};
-use crate::parent::connection::{read_loop, write_loop, ReadEnd};
+use crate::parent::connection::{read_loop_until, write_loop, ReadEnd};
 use crate::parent::lane::Lane;
 use crate::parent::outputs::BatchSender;
 use crate::worker::process::EXIT_OUT_OF_MEMORY;
+
+/// How long the connection of a worker process that exited is read on when
+/// it does not end (something else holds it open).
+const EXITED_READ_GRACE: Duration = Duration::from_millis(500);
 
 /// How a served worker ended, as far as its replacement is concerned.
 enum Ended {
@@ -105,6 +109,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             generation,
             reader,
             writer,
+            exit,
         } = serving;
         let lane = &self.lanes[index];
         let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer));
@@ -114,7 +119,22 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     .heartbeat(index, pid, generation, interval, timeout),
             )
         });
-        let end = read_loop(lane.clone(), generation, reader, outputs.clone()).await;
+        // A local worker's exit ends its connection even if a process it
+        // forked still holds the connection open.
+        let exited = async {
+            let Some(exit) = &exit else {
+                return std::future::pending().await;
+            };
+            exit.exited().await;
+            // Its own end of the connection closed as it exited, and what it
+            // wrote before is waiting to be read. Kill what is left of it (a
+            // forked copy holding the connection), then read to the end of
+            // the connection, or for a moment at most if it does not end.
+            self.kill(index);
+            tokio::time::sleep(EXITED_READ_GRACE).await;
+            tracing::warn!(pool = %self.spec.pool_name, worker = index, pid, "the worker exited but its connection stayed open (a process it forked holds it): closing it");
+        };
+        let end = read_loop_until(lane.clone(), generation, reader, outputs.clone(), exited).await;
         writer_task.abort();
         if let Some(heartbeat) = heartbeat {
             heartbeat.abort();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::handshake::{handshake, Handshaken, EARLY_EOF};
 use super::spec::{LaunchSpec, WorkerSource};
 use crate::error::StartError;
+use crate::sys::ProcessExit;
 use crate::transport::{self, FrameReader, Link, Peer};
 
 /// A worker that completed its handshake and ran its initialiser.
@@ -17,6 +18,8 @@ pub(crate) struct Launched {
     pub(crate) pid: u32,
     pub(crate) reader: FrameReader,
     pub(crate) writer: transport::WriteHalf,
+    /// Notice of the process's exit, for a worker that is a local process.
+    pub(crate) exit: Option<ProcessExit>,
 }
 
 impl std::fmt::Debug for Launched {
@@ -32,6 +35,7 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
     let connector = spec.source.connector();
     let hello_seen = AtomicBool::new(false);
     let peer = Mutex::new(None::<Box<dyn Peer>>);
+    let exit = Mutex::new(None::<ProcessExit>);
     let connected = async {
         let Link {
             connection,
@@ -44,6 +48,17 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
                 program: connector.describe(),
                 source,
             })?;
+        // Watch the process from the start, while it cannot have been
+        // reaped, so that its pid names it and no other.
+        if let Some(pid) = p.process_id() {
+            match ProcessExit::watch(pid) {
+                Ok(watch) => *crate::sync::lock(&exit) = Some(watch),
+                Err(e) => tracing::warn!(
+                    worker = index, pid, error = %e,
+                    "cannot watch the worker's process (pidfd_open): only the end of its connection will tell that it ended"
+                ),
+            }
+        }
         *crate::sync::lock(&peer) = Some(p);
         handshake(spec, index, connection, &hello_seen).await
     };
@@ -60,6 +75,7 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
                 pid,
                 reader,
                 writer,
+                exit: exit.into_inner().unwrap_or_else(|e| e.into_inner()),
             })
         }
         Ok(Err(e)) => e,

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use crate::event::ExitStatus;
 use crate::sys;
-use crate::transport::{self, ConnectFuture, Connection, Connector, Link};
+use crate::transport::{self, ConnectFuture, Connection, Connector, Link, Peer};
 use crate::worker::process::{MEMORY_ENV, SIGNALS_ENV, WORKER_ENV};
 
 /// Starts workers as child processes that die with this process.
@@ -103,7 +103,10 @@ impl LocalProcesses {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // Its own process group, so that the processes it starts can be
+            // killed with it (see `WorkerProcess`).
+            .process_group(0);
         if let Some(pool) = &self.title_pool {
             cmd.arg0(self.title(pool, index));
         }
@@ -126,7 +129,10 @@ impl LocalProcesses {
         match Connection::unix(parent_end) {
             Ok(connection) => Ok(Link {
                 connection,
-                peer: Box::new(child),
+                peer: Box::new(WorkerProcess {
+                    child,
+                    reaped: false,
+                }),
             }),
             Err(e) => {
                 let _ = child.kill();
@@ -155,6 +161,59 @@ impl LocalProcesses {
                  with looppool::worker_main!({worker}) as the first line of main?",
             ),
         }
+    }
+}
+
+/// A local worker process, the leader of a process group of its own. The
+/// processes it starts, and theirs, are in that group unless they leave
+/// it; when the worker ends, however it ends, they are killed with it.
+///
+/// The group is killed only while the worker is unreaped: until then its
+/// pid, which is the group's id, names no other process and no other group.
+#[derive(Debug)]
+struct WorkerProcess {
+    child: std::process::Child,
+    reaped: bool,
+}
+
+impl WorkerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Peer for WorkerProcess {
+    fn kill(&mut self) {
+        if !self.reaped {
+            sys::kill_process_group(self.pid());
+        }
+        let _ = self.child.kill();
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        if !self.reaped {
+            if !sys::has_exited(self.pid())? {
+                return Ok(None);
+            }
+            // Exited but not reaped: kill what it left behind, then reap.
+            sys::kill_process_group(self.pid());
+        }
+        let status = self.child.try_wait()?;
+        self.reaped |= status.is_some();
+        Ok(status.map(ExitStatus::from))
+    }
+
+    fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        if !self.reaped {
+            sys::kill_process_group(self.pid());
+        }
+        let status = self.child.wait()?;
+        self.reaped = true;
+        Ok(ExitStatus::from(status))
+    }
+
+    fn process_id(&self) -> Option<u32> {
+        Some(self.pid())
     }
 }
 

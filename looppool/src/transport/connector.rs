@@ -131,6 +131,18 @@ pub trait Peer: Send + 'static {
 
     /// Blocks until the worker ended. Called only after [`kill`](Peer::kill).
     fn wait(&mut self) -> io::Result<ExitStatus>;
+
+    /// The id of the worker's process, when the worker is a child process
+    /// of this one that only this peer waits for (reaps).
+    ///
+    /// The pool then watches the process itself (a pidfd) and takes its
+    /// exit as the end of the connection, even if a process it forked still
+    /// holds the connection open; what the worker wrote before it exited is
+    /// still read. `None` (the default), as for a worker reached through a
+    /// broker: the end of the connection alone says that the worker ended.
+    fn process_id(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl Peer for std::process::Child {
@@ -144,6 +156,10 @@ impl Peer for std::process::Child {
 
     fn wait(&mut self) -> io::Result<ExitStatus> {
         std::process::Child::wait(self).map(ExitStatus::from)
+    }
+
+    fn process_id(&self) -> Option<u32> {
+        Some(self.id())
     }
 }
 
