@@ -82,7 +82,7 @@ async fn every_task_has_one_fate_and_its_own_outputs_under_kills_and_stops() {
                 let Some(pid) = pool.pids()[victim] else {
                     continue;
                 };
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     pool.kill_worker(victim);
                     kills += 1;
                 } else {

@@ -127,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let job = match i % 20 {
                 7 => Job::Fail(format!("task {i} found nothing")),
                 13 => Job::Panic(format!("task {i} tripped")),
-                _ if i % 2 == 0 => Job::Compute(2),
+                _ if i.is_multiple_of(2) => Job::Compute(2),
                 _ => Job::Wait(20),
             };
             pool.submit(job).await?;
