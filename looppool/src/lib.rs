@@ -95,6 +95,7 @@
 //! | a frame from the worker stops part-way: no byte of it for [`PoolBuilder::frame_timeout`] (10 s by default), as when garbage reads as a plausible length | as a protocol breach: killed and replaced; [`Output::Lost`] with [`LossCause::Protocol`] ("frame of N bytes incomplete after T") | [`CallError::WorkerLost`] |
 //! | a task's `Serialize` panics in `submit` or `call` | the panic reaches the caller; nothing was sent, the worker's queue goes on | the same |
 //! | an output's `Serialize` panics in the worker (inside `emit`) | an [`Output::Failed`] item (`panicked`); nothing of the output was sent, the worker carries on | [`CallError::Task`] |
+//! | the `submit` (or `submit_to`, `call`) future is dropped before it completes (a `select!`, a timeout) | nothing was sent | nothing was sent, unless the task was already sent: it then runs and its reply is discarded |
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
