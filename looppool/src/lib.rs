@@ -208,6 +208,9 @@ pub use error::{
 };
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};
-pub use pool::{Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId};
+pub use pool::{
+    Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId,
+    DEFAULT_UNREAD_OUTPUTS_WARNING,
+};
 pub use supervisor::RestartPolicy;
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

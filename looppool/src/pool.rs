@@ -17,7 +17,7 @@ mod builder;
 pub use crate::output::Output;
 pub use crate::parent::outputs::Outputs;
 pub use crate::task_id::TaskId;
-pub use builder::{PoolBuilder, Signals};
+pub use builder::{PoolBuilder, Signals, DEFAULT_UNREAD_OUTPUTS_WARNING};
 
 use crate::parent::lane::{self, CallOutcome, Lane, PushError};
 

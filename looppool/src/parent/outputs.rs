@@ -107,8 +107,9 @@ impl<O> Outputs<O> {
                     if let Some(lane) = self.lanes.get(self.current_from) {
                         lane.batches.keep(std::mem::take(&mut self.current));
                     }
-                } else if matches!(item, Output::Value { .. }) {
-                    // Each value spent one credit.
+                } else if !matches!(item, Output::Lost { .. }) {
+                    // Each value or failure spent at least one credit (a
+                    // large one more, which come back with the batch's end).
                     self.taken += 1;
                     if self.taken == RETURN_EVERY {
                         self.give_back_some();

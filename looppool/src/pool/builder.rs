@@ -67,6 +67,7 @@ pub struct PoolBuilder<W: Worker> {
     max_workers: Option<usize>,
     max_tasks: Option<usize>,
     max_results: Option<usize>,
+    max_result_bytes: Option<usize>,
     name: String,
     init: W::Init,
     program: Option<PathBuf>,
@@ -94,6 +95,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("workers", &self.workers)
             .field("max_tasks", &self.max_tasks)
             .field("max_results", &self.max_results)
+            .field("max_result_bytes", &self.max_result_bytes)
             .field("name", &self.name)
             .field("program", &self.program)
             .finish_non_exhaustive()
@@ -104,6 +106,13 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
 /// yet taken: large enough that batching works, small enough to bound memory.
 const DEFAULT_PER_WORKER: usize = 2048;
 
+/// Default bound on the bytes of outputs not yet taken, for the whole pool.
+const DEFAULT_MAX_RESULT_BYTES: usize = 256 << 20;
+
+/// How long a worker waits on unread outputs before the pool warns, unless
+/// [`PoolBuilder::unread_outputs_warning`] says otherwise.
+pub const DEFAULT_UNREAD_OUTPUTS_WARNING: Duration = Duration::from_secs(5);
+
 impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
         PoolBuilder {
@@ -111,6 +120,7 @@ impl<W: Worker> PoolBuilder<W> {
             max_workers: None,
             max_tasks: None,
             max_results: None,
+            max_result_bytes: None,
             name: "pool".into(),
             init: Default::default(),
             program: None,
@@ -161,6 +171,39 @@ impl<W: Worker> PoolBuilder<W> {
     /// with new tasks and no output credits, and each such task waits.
     pub fn max_results(mut self, n: usize) -> Self {
         self.max_results = Some(n);
+        self
+    }
+
+    /// Bound on the bytes of outputs (and failures) not yet taken from the
+    /// [`Outputs`] stream, counted as encoded on the wire, split evenly
+    /// between workers (default 256 MiB for the pool). Workers wait in
+    /// `emit` beyond it, as beyond [`max_results`](Self::max_results).
+    ///
+    /// The two bounds are one window of output credits per worker: an item
+    /// costs one credit, or one per `max_result_bytes / max_results` bytes
+    /// of its encoding when larger, so whichever bound is reached first
+    /// holds the worker. An item costs at most half a worker's window
+    /// (otherwise a worker could wait for credits the parent holds back
+    /// for the next task frame), so an item larger than half a worker's
+    /// share of the bytes waits for half its window only: the worst case
+    /// per worker is its share of `max_result_bytes`, or two such items,
+    /// whichever is more. With the defaults a pool's parent holds at most
+    /// 256 MiB of unread outputs, or two outputs per worker when outputs
+    /// are larger than half a worker's share. See
+    /// [the bounds](crate#every-queue-is-bounded).
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = Some(bytes);
+        self
+    }
+
+    /// Warns (once per episode, naming the worker and how long it waited)
+    /// when a worker has waited for output credits for `threshold`
+    /// because the [`Outputs`] stream is alive but not read: its window is
+    /// spent, and comes back only as the consumer takes items. Default:
+    /// 5 s ([`DEFAULT_UNREAD_OUTPUTS_WARNING`]); `Duration::ZERO` turns
+    /// the warning off.
+    pub fn unread_outputs_warning(mut self, threshold: Duration) -> Self {
+        self.tuning.unread_outputs = Some(threshold);
         self
     }
 
@@ -359,8 +402,9 @@ impl<W: Worker> PoolBuilder<W> {
     }
 
     /// Checks the settings; returns the number of workers, the most
-    /// workers, and each worker's task slots and output credits.
-    fn validate(&self) -> Result<(usize, usize, u32, u32), BuildError> {
+    /// workers, each worker's task slots and output credits, and the bytes
+    /// one credit covers.
+    fn validate(&self) -> Result<(usize, usize, u32, u32, u64), BuildError> {
         let workers = match self.workers {
             Some(0) => {
                 return Err(BuildError::new(
@@ -394,6 +438,15 @@ impl<W: Worker> PoolBuilder<W> {
         };
         let tasks = per_worker("max_tasks", self.max_tasks)?;
         let results = per_worker("max_results", self.max_results)?;
+        let result_bytes = self.max_result_bytes.unwrap_or(DEFAULT_MAX_RESULT_BYTES);
+        if result_bytes < workers {
+            return Err(BuildError::new(format!(
+                "max_result_bytes({result_bytes}) is smaller than the number of workers \
+                 ({workers}): each worker needs room for at least one byte"
+            )));
+        }
+        // At least a byte per credit: below that, max_results is the bound.
+        let credit_bytes = ((result_bytes / workers) as u64 / u64::from(results)).max(1);
         self.check_settings()?;
         self.observe.validate()?;
         let max_workers = self.max_workers.unwrap_or((workers * 4).max(16)).min(4096);
@@ -402,7 +455,7 @@ impl<W: Worker> PoolBuilder<W> {
                 "max_workers({max_workers}) is smaller than workers({workers}); raise max_workers"
             )));
         }
-        Ok((workers, max_workers, tasks, results))
+        Ok((workers, max_workers, tasks, results, credit_bytes))
     }
 
     /// Starts every worker and waits until each has completed its handshake
@@ -414,7 +467,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// A [`StartError`] when the settings are invalid, or any worker fails to
     /// start; the workers already started are then killed.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
-        let (workers, max_workers, task_slots, output_credits) = self.validate()?;
+        let (workers, max_workers, task_slots, output_credits, credit_bytes) = self.validate()?;
         let init_payload = encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
@@ -436,6 +489,7 @@ impl<W: Worker> PoolBuilder<W> {
             pool_name: self.name,
             init_payload,
             output_credits,
+            credit_bytes,
             max_frame: self.max_frame,
             start_timeout: self.start_timeout,
             task_timeout: self.task_timeout,
@@ -461,6 +515,13 @@ impl<W: Worker> PoolBuilder<W> {
         drop(tx);
         if let Some(limit) = self.recycle_rss {
             sup.spawn_memory_watch(limit);
+        }
+        let unread = sup
+            .tuning
+            .unread_outputs
+            .unwrap_or(DEFAULT_UNREAD_OUTPUTS_WARNING);
+        if !unread.is_zero() {
+            sup.spawn_unread_watch(unread);
         }
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
