@@ -25,9 +25,11 @@ pub(crate) type BatchSender<O> = mpsc::UnboundedSender<Batch<O>>;
 /// them (there is no order between workers).
 ///
 /// The channel behind it needs no bound of its own: workers may only emit
-/// while they hold output credits, and the stream hands credits back as the
-/// consumer takes items, so at most the pool's `max_results` values are ever
-/// waiting here. When the consumer is slow, workers wait in `emit`.
+/// (or report a failure) while they hold output credits, and the stream
+/// hands credits back as the consumer takes items, so at most the pool's
+/// `max_results` items, and about its `max_result_bytes`, are ever waiting
+/// here (see [the bounds](crate#every-queue-is-bounded-by-credits)). When the consumer
+/// is slow, workers wait in `emit`.
 ///
 /// Dropping the stream discards further outputs (returning their credits), so
 /// a program that only uses `call` does not stall its workers.

@@ -163,7 +163,9 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// Bound on outputs emitted by workers and not yet taken from the
     /// [`Outputs`] stream, split evenly between workers (default 2048 per
-    /// worker). Workers wait in `emit` beyond it.
+    /// worker). Workers wait in `emit` beyond it, and to report failures,
+    /// which count as outputs; see also
+    /// [`max_result_bytes`](Self::max_result_bytes).
     ///
     /// For throughput, make it about twice `max_tasks`: a task's slot is
     /// freed when its output reaches the parent, before the consumer takes
@@ -190,7 +192,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// whichever is more. With the defaults a pool's parent holds at most
     /// 256 MiB of unread outputs, or two outputs per worker when outputs
     /// are larger than half a worker's share. See
-    /// [the bounds](crate#every-queue-is-bounded).
+    /// [the bounds](crate#every-queue-is-bounded-by-credits).
     pub fn max_result_bytes(mut self, bytes: usize) -> Self {
         self.max_result_bytes = Some(bytes);
         self
