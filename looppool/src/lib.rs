@@ -68,12 +68,30 @@
 //! completions and credits, with a handshake that checks the protocol
 //! version and the message types.
 //!
-//! Every queue is bounded by credits, as the original Python package's two
-//! semaphores did: each worker holds at most `max_tasks / workers` queued plus
-//! running tasks ([`Pool::submit`] waits, [`Pool::try_submit`] returns the
-//! task in a *full* error), and at most `max_results / workers` outputs may
-//! wait for the parent's consumer ([`TaskContext::emit`] waits,
-//! [`TaskContext::try_emit`] returns *full*). No output is ever dropped.
+//! # Every queue is bounded by credits
+//!
+//! As the original Python package's two semaphores did: each worker holds
+//! at most `max_tasks / workers` queued plus running tasks ([`Pool::submit`]
+//! waits, [`Pool::try_submit`] returns the task in a *full* error), and at
+//! most `max_results / workers` outputs may wait for the parent's consumer
+//! ([`TaskContext::emit`] waits, [`TaskContext::try_emit`] returns *full*).
+//! No output is ever dropped.
+//!
+//! Outputs are bounded in bytes too ([`PoolBuilder::max_result_bytes`],
+//! default 256 MiB for the pool, split per worker), by the same credits: an
+//! output frame costs one credit, or one per `max_result_bytes /
+//! max_results` bytes of its encoding when larger, so whichever bound is
+//! reached first holds the worker. A frame costs at most half a worker's
+//! window, so the worst case per worker is its share of `max_result_bytes`,
+//! or two outputs larger than half that share, whichever is more (bytes
+//! counted as encoded; the decoded values may be larger or smaller). A
+//! task's failure spends credits as an output does: `Failed` items count
+//! against both bounds (a `call`'s failure, as its reply, goes to the
+//! caller and its credits come back at once). When a worker has waited on
+//! unread outputs for [`PoolBuilder::unread_outputs_warning`] (default
+//! 5 s), the pool logs a warning naming it, once per episode: a program
+//! that keeps the [`Outputs`] stream but does not read it stalls its
+//! workers, and should drop the stream instead.
 //!
 //! Round-robin sends ([`Pool::submit`], [`Pool::try_submit`],
 //! [`Pool::call`]) go to the workers strictly in turn while every worker
@@ -87,6 +105,8 @@
 //! | what happens | a `submit`ted task | a `call` |
 //! |---|---|---|
 //! | the handler returns `Err` or panics | an [`Output::Failed`] item; the worker carries on | [`CallError::Task`] |
+//! | the handler fails while nobody reads the outputs | its failure waits for an output credit, as an `emit` does: `Failed` items count against `max_results` and `max_result_bytes` | [`CallError::Task`] (the credit comes back at once) |
+//! | outputs stay unread for [`PoolBuilder::unread_outputs_warning`] | workers wait in `emit` (and to report failures); one warning per waiting worker and episode | as a `submit`ted task |
 //! | the worker process dies (killed, `abort`, `exit`) | an [`Output::Lost`] item naming worker, pid and exit status | [`CallError::WorkerLost`] |
 //! | the worker process dies while a process it forked holds its connection open | the same: its exit is seen from the process (a pidfd), not only from the connection, which is read for what the worker wrote and then closed | [`CallError::WorkerLost`] |
 //! | the worker ends (dies, is killed, drains and exits) having started processes of its own | its descendants in its process group are killed with SIGKILL as it ends; its tasks fare as above | as above |
@@ -282,7 +302,7 @@ pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};
 pub use pool::{
     Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId,
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_UNREAD_OUTPUTS_WARNING,
 };
 pub use supervisor::RestartPolicy;
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

@@ -17,7 +17,10 @@ mod builder;
 pub use crate::output::Output;
 pub use crate::parent::outputs::Outputs;
 pub use crate::task_id::TaskId;
-pub use builder::{PoolBuilder, Signals, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
+pub use builder::{
+    PoolBuilder, Signals, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_UNREAD_OUTPUTS_WARNING,
+};
 
 use crate::parent::lane::{self, CallOutcome, Lane, PushError};
 use crate::parent::space::AnySpace;

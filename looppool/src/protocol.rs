@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError, Fields, FrameWriter};
 
 /// Version of this wire protocol; both ends must agree at the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: a failure spends output credits as an output does, and a frame spends
+/// credits by its size ([`output_cost`]), with the bytes per credit in
+/// [`Init`].
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The first bytes of a worker's hello, so that a program that is not a
 /// looppool worker is recognised as such rather than misread.
@@ -61,6 +65,32 @@ pub(crate) struct Init {
     pub(crate) log_level: u8,
     /// Fail tasks running longer than this (0: no limit).
     pub(crate) task_timeout_ms: u64,
+    /// The frame bytes one output credit covers (see [`output_cost`]).
+    pub(crate) credit_bytes: u64,
+}
+
+/// The output credits an output or failure frame of `body` bytes spends,
+/// both ends agree: one per `credit_bytes` bytes begun, at least one, and
+/// at most half the `window` (at least one).
+///
+/// The cap keeps the parent's owed credits safe to hold back (see
+/// `Lane::owe_output_credits`): a worker that holds half its window can
+/// always send. Most frames fit in one credit's bytes, the one comparison
+/// of the hot path.
+#[inline(always)]
+pub(crate) fn output_cost(body: usize, credit_bytes: u64, window: u32) -> u32 {
+    if body as u64 <= credit_bytes {
+        1
+    } else {
+        large_output_cost(body, credit_bytes, window)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn large_output_cost(body: usize, credit_bytes: u64, window: u32) -> u32 {
+    let cap = (window / 2).max(1);
+    (body as u64).div_ceil(credit_bytes.max(1)).min(cap.into()) as u32
 }
 
 /// A task failure as the worker reports it.

@@ -40,6 +40,8 @@ pub(crate) struct Tuning {
     pub(crate) heartbeat: Option<(Duration, Duration)>,
     /// Recycle a worker after about this many tasks.
     pub(crate) recycle_tasks: Option<u64>,
+    /// Warn when a worker waits on unread outputs this long.
+    pub(crate) unread_outputs: Option<Duration>,
 }
 
 pub(crate) type EventHook = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
@@ -211,7 +213,12 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             .tuning
             .recycle_tasks
             .map(|n| jittered(n, pid.into()).max(1));
-        let generation = self.lanes[index].open(pid, recycle_at, self.spec.output_credits)?;
+        let generation = self.lanes[index].open(
+            pid,
+            recycle_at,
+            self.spec.output_credits,
+            self.spec.credit_bytes,
+        )?;
         if self.is_stopping() {
             // A shutdown began while this worker was starting.
             self.lanes[index].stop();

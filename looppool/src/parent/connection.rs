@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::lane::{Delivered, Lane, SlotEvent};
+use super::lane::{Delivered, Lane, LaneState, SlotEvent};
 use super::outputs::{Batch, BatchSender};
 use crate::codec;
 use crate::output::Output;
@@ -73,7 +73,7 @@ struct Collected<'a, O> {
     lane: &'a Lane<O>,
     /// The batch being filled.
     items: Vec<Output<O>>,
-    /// Output credits its items spent (one per value).
+    /// Output credits its items spent (each its frame's cost).
     credits: u32,
     /// Batches already full, with their credits, in order.
     full: Vec<(Vec<Output<O>>, u32)>,
@@ -81,10 +81,10 @@ struct Collected<'a, O> {
 
 impl<O> Collected<'_, O> {
     #[inline(always)]
-    fn deliver(&mut self, worker: usize, delivered: Delivered<O>) {
+    fn deliver(&mut self, worker: usize, delivered: Delivered<O>, cost: u32) {
         match delivered {
-            Delivered::Value { task, value } => self.value(worker, Some(task), value),
-            Delivered::Failed(error) => self.push(Output::Failed(Box::new(error)), 0),
+            Delivered::Value { task, value } => self.value(worker, Some(task), value, cost),
+            Delivered::Failed(error) => self.push(Output::Failed(Box::new(error)), cost),
         }
     }
 
@@ -107,16 +107,16 @@ impl<O> Collected<'_, O> {
     }
 
     #[inline(always)]
-    fn value(&mut self, worker: usize, task: Option<TaskId>, value: O) {
+    fn value(&mut self, worker: usize, task: Option<TaskId>, value: O, cost: u32) {
         let item = Output::Value {
             worker,
             task,
             value,
         };
-        self.push(item, 1);
+        self.push(item, cost);
     }
 
-    /// Output credits the collected values spent.
+    /// Output credits the collected items spent.
     fn spent(&self) -> u32 {
         self.credits + self.full.iter().map(|(_, c)| c).sum::<u32>()
     }
@@ -205,6 +205,23 @@ struct ReadTally {
     /// The lane passed to another connection while its lock was released
     /// (for a report): its state is then no longer this reader's to update.
     replaced: bool,
+}
+
+impl ReadTally {
+    /// Notes a failure event, to log it once the lane's lock is released.
+    #[inline(always)]
+    fn note_failure<O>(&mut self, st: &LaneState<O>, worker: usize, event: &SlotEvent<O>) {
+        if let SlotEvent::Failed {
+            slot,
+            message,
+            panicked,
+        } = event
+        {
+            if let Some(task) = st.task_in_slot(*slot, worker as u32) {
+                self.failures.push((task, message.clone(), *panicked));
+            }
+        }
+    }
 }
 
 /// Reads the worker's frames until the connection ends.
@@ -296,10 +313,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                     break;
                 }
             };
+            // What an output or failure frame spends (most cost one).
+            let cost = st.output_cost(body.len());
             let event = match decode_frame::<O>(body) {
                 Ok(Frame::Slot(event)) => event,
                 Ok(Frame::Unsolicited(value)) => {
-                    got.value(worker, None, value);
+                    got.value(worker, None, value, cost);
                     continue;
                 }
                 Ok(Frame::Bye) => {
@@ -327,23 +346,15 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                     break;
                 }
             };
-            if let SlotEvent::Failed {
-                slot,
-                message,
-                panicked,
-            } = &event
-            {
-                if let Some(task) = st.task_in_slot(*slot, worker as u32) {
-                    tally.failures.push((task, message.clone(), *panicked));
-                }
-            }
+            tally.note_failure(&st, worker, &event);
             // Inlined: as a call, the closure's work (a push of the item)
             // was cheaper than the call itself.
             let applied = st.apply(
                 worker,
                 event,
+                cost,
                 #[inline(always)]
-                |d| got.deliver(worker, d),
+                |d| got.deliver(worker, d, cost),
                 &mut tally.replies,
                 &mut tally.freed,
             );

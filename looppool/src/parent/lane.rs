@@ -262,8 +262,23 @@ impl<O> Lane<O> {
         }
     }
 
+    /// How long the worker has waited for output credits the consumer
+    /// holds, with its pid, once per episode, when that is at least
+    /// `threshold`.
+    pub(crate) fn unreported_wait(&self, threshold: Duration) -> Option<(u32, Duration)> {
+        let mut st = self.lock();
+        if !matches!(
+            st.status,
+            Status::Open | Status::Stopping | Status::Recycling
+        ) {
+            return None;
+        }
+        let waited = st.window.unreported_wait(threshold)?;
+        Some((st.pid, waited))
+    }
+
     /// Settles one read of the worker's frames: counts the `spent` output
-    /// credits (outputs for the stream and `replies` to calls), owes back
+    /// credits (items for the stream and `replies` to calls), owes back
     /// the replies' credits at once (a caller took them), and asks the
     /// worker to recycle if it completed its share of tasks.
     ///
@@ -286,12 +301,15 @@ impl<O> Lane<O> {
         Ok(())
     }
 
-    /// Opens the lane for a newly connected worker; returns its generation.
+    /// Opens the lane for a newly connected worker, with a window of
+    /// `output_credits` credits of `credit_bytes` bytes; returns its
+    /// generation.
     pub(crate) fn open(
         &self,
         pid: u32,
         recycle_at: Option<u64>,
         output_credits: u32,
+        credit_bytes: u64,
     ) -> Option<u64> {
         let mut st = self.lock();
         if st.status == Status::Closed {
@@ -309,7 +327,7 @@ impl<O> Lane<O> {
         st.counters.starts += 1;
         st.recycle_at = recycle_at;
         st.recycle_reason = None;
-        st.window = OutputWindow::new(output_credits);
+        st.window = OutputWindow::new(output_credits, credit_bytes);
         st.out.clear();
         self.up.store(true, Ordering::Relaxed);
         self.pong();
@@ -433,6 +451,12 @@ impl<O> Lane<O> {
 }
 
 impl<O> LaneState<O> {
+    /// The output credits an output or failure frame of `body` bytes cost.
+    #[inline(always)]
+    pub(crate) fn output_cost(&mut self, body: usize) -> u32 {
+        self.window.cost(body)
+    }
+
     /// The connection the lane serves now.
     pub(crate) fn generation(&self) -> u64 {
         self.generation

@@ -25,9 +25,11 @@ pub(crate) type BatchSender<O> = mpsc::UnboundedSender<Batch<O>>;
 /// them (there is no order between workers).
 ///
 /// The channel behind it needs no bound of its own: workers may only emit
-/// while they hold output credits, and the stream hands credits back as the
-/// consumer takes items, so at most the pool's `max_results` values are ever
-/// waiting here. When the consumer is slow, workers wait in `emit`.
+/// (or report a failure) while they hold output credits, and the stream
+/// hands credits back as the consumer takes items, so at most the pool's
+/// `max_results` items, and about its `max_result_bytes`, are ever waiting
+/// here (see [the bounds](crate#every-queue-is-bounded-by-credits)). When the consumer
+/// is slow, workers wait in `emit`.
 ///
 /// Dropping the stream discards further outputs (returning their credits), so
 /// a program that only uses `call` does not stall its workers.
@@ -107,8 +109,9 @@ impl<O> Outputs<O> {
                     if let Some(lane) = self.lanes.get(self.current_from) {
                         lane.batches.keep(std::mem::take(&mut self.current));
                     }
-                } else if matches!(item, Output::Value { .. }) {
-                    // Each value spent one credit.
+                } else if !matches!(item, Output::Lost { .. }) {
+                    // Each value or failure spent at least one credit (a
+                    // large one more, which come back with the batch's end).
                     self.taken += 1;
                     if self.taken == RETURN_EVERY {
                         self.give_back_some();

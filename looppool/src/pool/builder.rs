@@ -87,6 +87,7 @@ pub struct PoolBuilder<W: Worker> {
     max_workers: Option<usize>,
     max_tasks: Option<usize>,
     max_results: Option<usize>,
+    max_result_bytes: Option<usize>,
     name: String,
     init: W::Init,
     program: Option<PathBuf>,
@@ -116,6 +117,7 @@ impl<W: Worker> fmt::Debug for PoolBuilder<W> {
             .field("workers", &self.workers)
             .field("max_tasks", &self.max_tasks)
             .field("max_results", &self.max_results)
+            .field("max_result_bytes", &self.max_result_bytes)
             .field("name", &self.name)
             .field("program", &self.program)
             .finish_non_exhaustive()
@@ -132,6 +134,12 @@ const MIN_MEMORY_LIMIT: u64 = 32 << 20;
 const MAX_MEMORY_LIMIT: u64 = 1 << 48;
 /// Default [`PoolBuilder::frame_timeout`].
 const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on the bytes of outputs not yet taken, for the whole pool.
+const DEFAULT_MAX_RESULT_BYTES: usize = 256 << 20;
+
+/// How long a worker waits on unread outputs before the pool warns, unless
+/// [`PoolBuilder::unread_outputs_warning`] says otherwise.
+pub const DEFAULT_UNREAD_OUTPUTS_WARNING: Duration = Duration::from_secs(5);
 
 impl<W: Worker> PoolBuilder<W> {
     pub(crate) fn new() -> Self {
@@ -140,6 +148,7 @@ impl<W: Worker> PoolBuilder<W> {
             max_workers: None,
             max_tasks: None,
             max_results: None,
+            max_result_bytes: None,
             name: "pool".into(),
             init: Default::default(),
             program: None,
@@ -187,7 +196,9 @@ impl<W: Worker> PoolBuilder<W> {
 
     /// Bound on outputs emitted by workers and not yet taken from the
     /// [`Outputs`] stream, split evenly between workers (default 2048 per
-    /// worker). Workers wait in `emit` beyond it.
+    /// worker). Workers wait in `emit` beyond it, and to report failures,
+    /// which count as outputs; see also
+    /// [`max_result_bytes`](Self::max_result_bytes).
     ///
     /// For throughput, make it about twice `max_tasks`: a task's slot is
     /// freed when its output reaches the parent, before the consumer takes
@@ -195,6 +206,39 @@ impl<W: Worker> PoolBuilder<W> {
     /// with new tasks and no output credits, and each such task waits.
     pub fn max_results(mut self, n: usize) -> Self {
         self.max_results = Some(n);
+        self
+    }
+
+    /// Bound on the bytes of outputs (and failures) not yet taken from the
+    /// [`Outputs`] stream, counted as encoded on the wire, split evenly
+    /// between workers (default 256 MiB for the pool). Workers wait in
+    /// `emit` beyond it, as beyond [`max_results`](Self::max_results).
+    ///
+    /// The two bounds are one window of output credits per worker: an item
+    /// costs one credit, or one per `max_result_bytes / max_results` bytes
+    /// of its encoding when larger, so whichever bound is reached first
+    /// holds the worker. An item costs at most half a worker's window
+    /// (otherwise a worker could wait for credits the parent holds back
+    /// for the next task frame), so an item larger than half a worker's
+    /// share of the bytes waits for half its window only: the worst case
+    /// per worker is its share of `max_result_bytes`, or two such items,
+    /// whichever is more. With the defaults a pool's parent holds at most
+    /// 256 MiB of unread outputs, or two outputs per worker when outputs
+    /// are larger than half a worker's share. See
+    /// [the bounds](crate#every-queue-is-bounded-by-credits).
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = Some(bytes);
+        self
+    }
+
+    /// Warns (once per episode, naming the worker and how long it waited)
+    /// when a worker has waited for output credits for `threshold`
+    /// because the [`Outputs`] stream is alive but not read: its window is
+    /// spent, and comes back only as the consumer takes items. Default:
+    /// 5 s ([`DEFAULT_UNREAD_OUTPUTS_WARNING`]); `Duration::ZERO` turns
+    /// the warning off.
+    pub fn unread_outputs_warning(mut self, threshold: Duration) -> Self {
+        self.tuning.unread_outputs = Some(threshold);
         self
     }
 
@@ -399,7 +443,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// A [`StartError`] when the settings are invalid, or any worker fails to
     /// start; the workers already started are then killed.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
-        let (workers, max_workers, task_slots, output_credits) = self.validate()?;
+        let (workers, max_workers, task_slots, output_credits, credit_bytes) = self.validate()?;
         let init_payload = encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
@@ -422,6 +466,7 @@ impl<W: Worker> PoolBuilder<W> {
             pool_name: self.name,
             init_payload,
             output_credits,
+            credit_bytes,
             max_frame: self.max_frame,
             frame_timeout: self.frame_timeout,
             start_timeout: self.start_timeout,
@@ -452,6 +497,13 @@ impl<W: Worker> PoolBuilder<W> {
         drop(tx);
         if let Some(limit) = self.recycle_rss {
             sup.spawn_memory_watch(limit);
+        }
+        let unread = sup
+            .tuning
+            .unread_outputs
+            .unwrap_or(DEFAULT_UNREAD_OUTPUTS_WARNING);
+        if !unread.is_zero() {
+            sup.spawn_unread_watch(unread);
         }
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));

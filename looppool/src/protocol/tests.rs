@@ -86,6 +86,7 @@ fn parent_messages_round_trip() {
         blocked_threshold_ms: 0,
         log_level: 2,
         task_timeout_ms: 0,
+        credit_bytes: 4096,
     };
     put_init(&mut buf, &init, b"xyz", DEFAULT_MAX_FRAME).unwrap();
     put_tagged(&mut buf, kind::TASK, 17, "hi", DEFAULT_MAX_FRAME).unwrap();
@@ -213,11 +214,17 @@ fn init_strategy() -> impl Strategy<Value = Down> {
         text(),
         any::<u32>(),
         any::<u64>(),
-        (any::<u64>(), any::<u64>(), any::<u8>(), any::<u64>()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
         vec(any::<u8>(), 0..8),
     )
         .prop_map(
-            |(index, pool, credits, max_frame, (r, b, log, extra), payload)| {
+            |(index, pool, credits, max_frame, (r, b, log, extra, unit), payload)| {
                 let mut bytes = Vec::new();
                 codec::put_varint(&mut bytes, index.into());
                 codec::put_serde(&mut bytes, &pool).unwrap();
@@ -227,6 +234,7 @@ fn init_strategy() -> impl Strategy<Value = Down> {
                 codec::put_varint(&mut bytes, b);
                 bytes.push(log);
                 codec::put_varint(&mut bytes, extra);
+                codec::put_varint(&mut bytes, unit);
                 bytes.extend_from_slice(&payload);
                 Down::Init(bytes)
             },
@@ -579,7 +587,7 @@ struct Read {
 /// holds `tasks` submitted tasks, in slots `0..tasks`.
 fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -> Read {
     let lane = Arc::new(Lane::<u64>::new(0, 8, max_frame, 0));
-    let generation = lane.open(1, None, 1_000).unwrap();
+    let generation = lane.open(1, None, 1_000, 1 << 20).unwrap();
     for _ in 0..tasks {
         lane.try_push(&(), None).map_err(|_| ()).unwrap();
     }

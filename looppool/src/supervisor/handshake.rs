@@ -168,6 +168,7 @@ async fn send_init(
         blocked_threshold_ms: spec.observe.blocked_threshold_ms,
         log_level: spec.observe.log_level,
         task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
+        credit_bytes: spec.credit_bytes,
     };
     let mut buf = Vec::new();
     protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)

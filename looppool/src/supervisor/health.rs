@@ -1,5 +1,6 @@
-//! Health watches: the heartbeat that catches a stuck loop, and the memory
-//! watch that recycles a bloated worker.
+//! Health watches: the heartbeat that catches a stuck loop, the memory
+//! watch that recycles a bloated worker, and the watch that tells of
+//! workers waiting on unread outputs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,6 +61,36 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     if rss > jittered(limit, pid.into()) {
                         lane.recycle_for_memory(rss);
                     }
+                }
+            }
+        });
+    }
+
+    /// Warns, once per episode, of each worker that has waited for output
+    /// credits for `threshold` or longer because nobody takes its items
+    /// from the output stream (a program that keeps the stream but does
+    /// not read it otherwise hangs without a word). Checks a few times per
+    /// threshold, at most every second.
+    pub(crate) fn spawn_unread_watch(self: &Arc<Self>, threshold: Duration) {
+        let sup = Arc::downgrade(self);
+        let every = (threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(sup) = sup.upgrade() else { return };
+                for (worker, lane) in sup.lanes.iter().enumerate() {
+                    let Some((pid, waited)) = lane.unreported_wait(threshold) else {
+                        continue;
+                    };
+                    tracing::warn!(
+                        pool = %sup.spec.pool_name,
+                        worker,
+                        pid,
+                        waited_ms = waited.as_millis() as u64,
+                        "worker {worker} has waited {waited:.1?} on unread outputs: its output \
+                         credits are spent and come back only as the Outputs stream is read; \
+                         read it, or drop it to discard outputs"
+                    );
                 }
             }
         });

@@ -15,6 +15,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) pool_name: String,
     pub(crate) init_payload: Vec<u8>,
     pub(crate) output_credits: u32,
+    /// The output frame bytes one output credit covers.
+    pub(crate) credit_bytes: u64,
     pub(crate) max_frame: usize,
     /// How long a begun frame from a worker may go without a byte.
     pub(crate) frame_timeout: Duration,

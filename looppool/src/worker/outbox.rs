@@ -17,6 +17,10 @@ use crate::transport::{self, WriteHalf};
 /// written and the output-credit window. Only its own methods touch them.
 pub(crate) struct Outbox {
     max_frame: usize,
+    /// The frame bytes one output credit covers.
+    credit_bytes: u64,
+    /// The whole output window, in credits.
+    window: u32,
     frames: RefCell<Frames>,
     /// Woken on the empty → non-empty transition of `frames.buf`.
     writer_wake: Notify,
@@ -31,7 +35,8 @@ pub(crate) struct Outbox {
 /// Frames waiting to be written, and the output window.
 struct Frames {
     buf: Vec<u8>,
-    /// Outputs the worker may still emit before the parent takes some.
+    /// Output credits left: an output or a failure spends
+    /// [`output_cost`](protocol::output_cost) of them (one unless large).
     credits: u32,
     /// Where the last frame in `buf` starts, when it is an output of a task
     /// (start offset, slot): a completion right behind it is folded into it.
@@ -43,11 +48,14 @@ struct Frames {
 }
 
 impl Outbox {
-    /// An outbox for frames up to `max_frame` bytes, with `credits` outputs
-    /// in its window, holding outputs back until [`push_ready`](Self::push_ready).
-    pub(crate) fn new(max_frame: usize, credits: u32) -> Self {
+    /// An outbox for frames up to `max_frame` bytes, with a window of
+    /// `credits` output credits of `credit_bytes` bytes each, holding
+    /// outputs back until [`push_ready`](Self::push_ready).
+    pub(crate) fn new(max_frame: usize, credits: u32, credit_bytes: u64) -> Self {
         Outbox {
             max_frame,
+            credit_bytes: credit_bytes.max(1),
+            window: credits,
             frames: RefCell::new(Frames {
                 buf: Vec::with_capacity(64 * 1024),
                 credits,
@@ -101,7 +109,8 @@ impl Outbox {
     }
 
     /// Queues `value` as an output of the task in wire slot `slot` (none:
-    /// of no task), spending one credit; a full error when none is left.
+    /// of no task), spending its credits; a full error when too few are
+    /// left.
     #[inline(always)]
     pub(crate) fn try_emit<O: Serialize>(
         &self,
@@ -118,7 +127,10 @@ impl Outbox {
         let was_empty = out.buf.is_empty();
         let early = out.early.is_some();
         let Frames {
-            buf, early: held, ..
+            buf,
+            early: held,
+            credits,
+            ..
         } = &mut *out;
         let target = held.as_mut().unwrap_or(buf);
         let start = target.len();
@@ -130,7 +142,14 @@ impl Outbox {
             }
             Err(e) => return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value)),
         }
-        out.credits -= 1;
+        let body = target.len() - start - codec::HEADER_LEN;
+        let cost = protocol::output_cost(body, self.credit_bytes, self.window);
+        if cost > *credits {
+            // A large output, and too few credits for it: taken back.
+            target.truncate(start);
+            return Err(EmitError::new(EmitErrorKind::Full, value));
+        }
+        *credits -= cost;
         if !early {
             out.last_output = slot.map(|s| (start, s));
         }
@@ -162,22 +181,61 @@ impl Outbox {
     }
 
     /// Queues the completion of the task in wire slot `slot`.
-    pub(crate) fn push_completion(&self, slot: u32, result: Result<(), Failure>) {
+    pub(crate) fn push_done(&self, slot: u32) {
         self.push_with(|out| {
-            match result {
-                Ok(()) => match out.last_output {
-                    Some((start, s)) if s == slot => {
-                        // The task's last output is the buffer's last frame:
-                        // mark it as completing the task instead of writing a
-                        // separate completion frame.
-                        out.buf[start + codec::HEADER_LEN] = kind::OUTPUT_DONE;
-                    }
-                    _ => protocol::put_simple(&mut out.buf, kind::DONE, Some(slot.into())),
-                },
-                Err(failure) => protocol::put_failed(&mut out.buf, slot, &failure, self.max_frame),
+            match out.last_output {
+                Some((start, s)) if s == slot => {
+                    // The task's last output is the buffer's last frame:
+                    // mark it as completing the task instead of writing a
+                    // separate completion frame.
+                    out.buf[start + codec::HEADER_LEN] = kind::OUTPUT_DONE;
+                }
+                _ => protocol::put_simple(&mut out.buf, kind::DONE, Some(slot.into())),
             }
             out.last_output = None;
         });
+    }
+
+    /// Queues the failure of the task in wire slot `slot`, spending output
+    /// credits as an output of its size would: the parent holds a failure
+    /// for its consumer as it holds a value (and gives a call's credits
+    /// back at once). Gives the failure back when too few credits are left.
+    pub(crate) fn try_push_failed(&self, slot: u32, failure: Failure) -> Result<(), Failure> {
+        let mut out = self.frames.borrow_mut();
+        if out.credits == 0 {
+            return Err(failure);
+        }
+        let was_empty = out.buf.is_empty();
+        let start = out.buf.len();
+        protocol::put_failed(&mut out.buf, slot, &failure, self.max_frame);
+        let body = out.buf.len() - start - codec::HEADER_LEN;
+        let cost = protocol::output_cost(body, self.credit_bytes, self.window);
+        if cost > out.credits {
+            out.buf.truncate(start);
+            return Err(failure);
+        }
+        out.credits -= cost;
+        out.last_output = None;
+        drop(out);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues the failure of the task in wire slot `slot`, waiting while
+    /// the output window is shut, as [`emit`](Self::emit) does.
+    pub(crate) async fn push_failed(&self, slot: u32, mut failure: Failure) {
+        loop {
+            // Single-threaded: nothing returns credits between the attempt
+            // and the wait, whose `Notified` is woken once it exists.
+            let credits = self.credit_wake.notified();
+            match self.try_push_failed(slot, failure) {
+                Ok(()) => return,
+                Err(back) => failure = back,
+            }
+            credits.await;
+        }
     }
 
     /// Queues a message with at most a number in it (a pong, the bye).

@@ -192,7 +192,7 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
 }
 
 /// Fails the task in wire slot `slot`, whose payload did not decode.
-fn reject_task(shared: &Shared, slot: u32, e: &CodecError) {
+fn reject_task(shared: &Rc<Shared>, slot: u32, e: &CodecError) {
     shared.task_started();
     let message = format!("cannot deserialize the task: {e}");
     shared.complete(

@@ -1,6 +1,7 @@
 //! The state everything running in one worker process shares.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ impl Shared {
         Shared {
             index: init.index as usize,
             pool_name: init.pool.clone(),
-            out: Outbox::new(max_frame, init.output_credits),
+            out: Outbox::new(max_frame, init.output_credits, init.credit_bytes),
             running: Cell::new(0),
             done: Cell::new(0),
             idle: Notify::new(),
@@ -66,8 +67,30 @@ impl Shared {
     }
 
     /// Queues the completion of the task in wire slot `slot`, and counts it.
-    pub(crate) fn complete(&self, slot: u32, result: Result<(), Failure>) {
-        self.out.push_completion(slot, result);
+    ///
+    /// A failure spends output credits (the parent holds it for its
+    /// consumer as it holds a value): when the window is shut, the task
+    /// ends only once its failure is queued, in a task of its own that
+    /// waits for credits, so that a drain waits for it too.
+    pub(crate) fn complete(self: &Rc<Self>, slot: u32, result: Result<(), Failure>) {
+        match result {
+            Ok(()) => self.out.push_done(slot),
+            Err(failure) => {
+                if let Err(failure) = self.out.try_push_failed(slot, failure) {
+                    let shared = self.clone();
+                    tokio::task::spawn_local(async move {
+                        shared.out.push_failed(slot, failure).await;
+                        shared.ended();
+                    });
+                    return;
+                }
+            }
+        }
+        self.ended();
+    }
+
+    /// Counts a task as ended.
+    fn ended(&self) {
         self.done.set(self.done.get() + 1);
         let running = self.running.get() - 1;
         self.running.set(running);

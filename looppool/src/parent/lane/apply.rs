@@ -61,12 +61,15 @@ impl<O> LaneState<O> {
         self.space_waiters > 0
     }
 
-    /// Applies one slot event; returns what to deliver to the output stream
-    /// and whether an output credit can go straight back to the worker.
+    /// Applies one slot event, whose frame cost `cost` output credits;
+    /// returns what to deliver to the output stream and adds to
+    /// `credits_back` the credits that can go straight back to the worker
+    /// (a call's reply or failure goes to its caller, not to the stream).
     pub(crate) fn apply(
         &mut self,
         worker: usize,
         event: SlotEvent<O>,
+        cost: u32,
         mut deliver: impl FnMut(Delivered<O>),
         credits_back: &mut u32,
         freed: &mut usize,
@@ -90,7 +93,7 @@ impl<O> LaneState<O> {
                 // A call's reply goes to its caller, not to the stream:
                 // the output window is free again at once.
                 *reply = Some(value);
-                *credits_back += 1;
+                *credits_back += cost;
             }
             _ => deliver(Delivered::Value { task: id, value }),
         };
@@ -113,6 +116,7 @@ impl<O> LaneState<O> {
                 match self.slots.take(slot) {
                     (Some(call), _) => {
                         let _ = call.tx.send(CallOutcome::Failed(error));
+                        *credits_back += cost;
                     }
                     _ => deliver(Delivered::Failed(error)),
                 }

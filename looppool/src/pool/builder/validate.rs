@@ -1,7 +1,9 @@
 //! Checking a builder's settings before a pool starts: each refusal says
 //! what to change.
 
-use super::{PoolBuilder, DEFAULT_PER_WORKER, MAX_MEMORY_LIMIT, MIN_MEMORY_LIMIT};
+use super::{
+    PoolBuilder, DEFAULT_MAX_RESULT_BYTES, DEFAULT_PER_WORKER, MAX_MEMORY_LIMIT, MIN_MEMORY_LIMIT,
+};
 use crate::error::BuildError;
 use crate::worker::Worker;
 
@@ -110,8 +112,9 @@ impl<W: Worker> PoolBuilder<W> {
     }
 
     /// Checks the settings; returns the number of workers, the most
-    /// workers, and each worker's task slots and output credits.
-    pub(super) fn validate(&self) -> Result<(usize, usize, u32, u32), BuildError> {
+    /// workers, each worker's task slots and output credits, and the bytes
+    /// one credit covers.
+    pub(super) fn validate(&self) -> Result<(usize, usize, u32, u32, u64), BuildError> {
         let workers = match self.workers {
             Some(0) => {
                 return Err(BuildError::new(
@@ -145,6 +148,15 @@ impl<W: Worker> PoolBuilder<W> {
         };
         let tasks = per_worker("max_tasks", self.max_tasks)?;
         let results = per_worker("max_results", self.max_results)?;
+        let result_bytes = self.max_result_bytes.unwrap_or(DEFAULT_MAX_RESULT_BYTES);
+        if result_bytes < workers {
+            return Err(BuildError::new(format!(
+                "max_result_bytes({result_bytes}) is smaller than the number of workers \
+                 ({workers}): each worker needs room for at least one byte"
+            )));
+        }
+        // At least a byte per credit: below that, max_results is the bound.
+        let credit_bytes = ((result_bytes / workers) as u64 / u64::from(results)).max(1);
         self.check_settings()?;
         self.observe.validate()?;
         let max_workers = self.max_workers.unwrap_or((workers * 4).max(16)).min(4096);
@@ -153,6 +165,6 @@ impl<W: Worker> PoolBuilder<W> {
                 "max_workers({max_workers}) is smaller than workers({workers}); raise max_workers"
             )));
         }
-        Ok((workers, max_workers, tasks, results))
+        Ok((workers, max_workers, tasks, results, credit_bytes))
     }
 }
