@@ -91,6 +91,15 @@
 //! them once); redeliveries are de-duplicated on both sides; and silence
 //! while a side is disconnected does not count against liveness.
 //!
+//! **Known limit.** A broker that is killed and restarted *under load* may
+//! redeliver task messages it had already delivered. Workers recognise a
+//! repeat only by its stream sequence, so such a task can run twice, and
+//! its second completion can reach whichever task then holds its slot; a
+//! worker that reports on a slot the parent no longer holds is replaced as a
+//! protocol breach, its tasks lost. A clean broker restart (no kill under
+//! load) does not show this. Until outputs carry their task's full identity,
+//! do not rely on broker restarts under load for exactly-once results.
+//!
 //! # Differences from local mode
 //!
 //! - A task or output must fit in one broker message: `max_frame` is the
