@@ -96,8 +96,8 @@
 //! repeat only by its stream sequence, so such a task can run twice, and
 //! its second completion can reach whichever task then holds its slot; a
 //! worker that reports on a slot the parent no longer holds is replaced as a
-//! protocol breach, its tasks lost. A clean broker restart (no kill under
-//! load) does not show this. Until outputs carry their task's full identity,
+//! protocol breach, its tasks lost. It has been seen with the broker killed
+//! (`kill -9`) under load. Until outputs carry their task's full identity,
 //! do not rely on broker restarts under load for exactly-once results.
 //!
 //! # Differences from local mode
