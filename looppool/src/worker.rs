@@ -179,6 +179,30 @@ macro_rules! worker_main {
     }};
 }
 
+/// `W`'s type as its program names it, without module paths
+/// (`Doubler`, `Echo<Job>`), for messages that tell what to write.
+pub(crate) fn short_type_name<W: ?Sized>() -> String {
+    let full = std::any::type_name::<W>();
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            // A path's prefix: keep only what follows its last `::`.
+            chars.next();
+            segment.clear();
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
+}
+
 /// A stable fingerprint of a worker's message types, checked at the handshake.
 pub(crate) fn fingerprint<W: Worker>() -> u64 {
     // FNV-1a: stable across builds and compilers, unlike std's hasher.
