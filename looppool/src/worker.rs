@@ -145,6 +145,15 @@ pub trait Worker: Sized + 'static {
 /// [`Worker`] type this program can run. In a process that a pool started,
 /// it runs the requested worker and exits; in any other process it returns.
 ///
+/// `main` may be a plain `fn main` or a `#[tokio::main]` one (either
+/// flavour), and it may be the first line of a `#[tokio::test]`: inside a
+/// runtime, the worker runs on a thread of its own with its own
+/// current-thread runtime, and the process exits from there, so the rest of
+/// `main` never runs in a worker. A program without it cannot start pools
+/// from a process a pool started: its `start` fails with
+/// [`StartError::NotAWorker`](crate::StartError::NotAWorker) rather than
+/// start the program again in every worker.
+///
 /// ```no_run
 /// # use std::rc::Rc;
 /// # use looppool::{BoxError, InitContext, TaskContext, Worker};
@@ -157,9 +166,10 @@ pub trait Worker: Sized + 'static {
 /// #         cx.emit(2 * x).await?; Ok(())
 /// #     }
 /// # }
-/// fn main() {
+/// #[tokio::main]
+/// async fn main() {
 ///     looppool::worker_main!(Doubler);
-///     // ... the parent's code: build a runtime, start a pool of Doublers ...
+///     // ... the parent's code: start a pool of Doublers ...
 /// }
 /// ```
 #[macro_export]
