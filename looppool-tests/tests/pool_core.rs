@@ -390,7 +390,10 @@ async fn a_program_that_is_not_a_worker_is_refused_clearly() {
         matches!(err, looppool::StartError::Handshake { worker: 0, .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("looppool worker program"), "{err}");
+    assert!(
+        err.to_string().contains("instead of becoming worker"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -120,7 +120,7 @@ async fn a_hello_without_the_magic_is_not_a_looppool_worker() {
             program,
             "is not a looppool worker",
             "magic",
-            "looppool::worker_main!(probe)",
+            "looppool::worker_main!(Probe)",
         ],
     );
 }
@@ -161,7 +161,7 @@ async fn a_silent_program_times_out_with_a_hint() {
         &reason,
         &[
             "sent no hello within 500ms",
-            "looppool::worker_main!(probe)",
+            "looppool::worker_main!(Probe)",
             "start_timeout",
         ],
     );
@@ -174,8 +174,8 @@ async fn a_program_that_exits_at_once_is_not_a_looppool_worker() {
         &reason,
         &[
             "exited before the handshake (exit code 0)",
-            "is it a looppool worker program",
-            "looppool::worker_main!(probe)",
+            "instead of becoming worker \"probe\"",
+            "looppool::worker_main!(Probe)",
         ],
     );
 }
@@ -195,7 +195,7 @@ async fn a_program_that_does_not_know_the_worker_says_so() {
         reason,
         &[
             "does not know a worker named \"blob\"",
-            "list it in looppool::worker_main!",
+            "list Blob in looppool::worker_main!",
         ],
     );
 }
@@ -214,7 +214,7 @@ async fn a_missing_or_unrunnable_program_fails_before_anything_starts() {
             &[
                 &program.display().to_string(),
                 "does not exist or is not a file",
-                "looppool::worker_main!(probe)",
+                "looppool::worker_main!(Probe)",
             ],
         );
     }

@@ -66,13 +66,24 @@ pub enum StartError {
         /// The initialiser's error message.
         message: String,
     },
+    /// This process was started by a pool as a worker but never became one
+    /// (no [`worker_main!`](crate::worker_main) ran), so it may not start a
+    /// pool: its workers would be this program again, each starting a pool
+    /// of its own. Nothing was started.
+    NotAWorker {
+        /// The name of the worker this process was asked to run.
+        requested: String,
+        /// The worker type to list in `worker_main!`, as the program names
+        /// it, when the pool being started runs the requested worker.
+        worker_type: Option<String>,
+    },
 }
 
 impl StartError {
     /// Index of the worker that failed to start, if one did.
     pub fn worker(&self) -> Option<usize> {
         match self {
-            StartError::Config(_) | StartError::Closed => None,
+            StartError::Config(_) | StartError::Closed | StartError::NotAWorker { .. } => None,
             StartError::Spawn { worker, .. }
             | StartError::Handshake { worker, .. }
             | StartError::Init { worker, .. } => Some(*worker),
@@ -97,6 +108,20 @@ impl fmt::Display for StartError {
             }
             StartError::Init { worker, message } => {
                 write!(f, "worker {worker} initialiser failed: {message}")
+            }
+            StartError::NotAWorker {
+                requested,
+                worker_type,
+            } => {
+                let listed = worker_type.as_deref().unwrap_or("YourWorker");
+                write!(
+                    f,
+                    "this process was started by a looppool pool as worker {requested:?} but never \
+                     became a worker, so it may not start a pool (each worker would start \
+                     workers of its own): put `looppool::worker_main!({listed})` as the first \
+                     line of `main` (a `#[tokio::main]` one too), or point the pool at a worker \
+                     program with `.program(...)`"
+                )
             }
         }
     }

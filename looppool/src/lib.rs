@@ -34,27 +34,26 @@
 //!     }
 //! }
 //!
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     // In a process the pool started, this runs the worker and never returns.
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // The first line: in a process the pool started, this runs the worker
+//!     // (on a thread of its own, outside this runtime) and never returns.
 //!     looppool::worker_main!(Doubler);
 //!
-//!     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-//!     rt.block_on(async {
-//!         let (pool, mut outputs) = Pool::<Doubler>::builder().workers(2).start().await?;
-//!         assert_eq!(pool.call(21).await?, 42);
-//!         for x in 0..10 {
-//!             pool.submit(x).await?;
+//!     let (pool, mut outputs) = Pool::<Doubler>::builder().workers(2).start().await?;
+//!     assert_eq!(pool.call(21).await?, 42);
+//!     for x in 0..10 {
+//!         pool.submit(x).await?;
+//!     }
+//!     let mut sum = 0;
+//!     for _ in 0..10 {
+//!         if let Some(Output::Value { value, .. }) = outputs.next().await {
+//!             sum += value;
 //!         }
-//!         let mut sum = 0;
-//!         for _ in 0..10 {
-//!             if let Some(Output::Value { value, .. }) = outputs.next().await {
-//!                 sum += value;
-//!             }
-//!         }
-//!         assert_eq!(sum, 90);
-//!         pool.shutdown().await;
-//!         Ok(())
-//!     })
+//!     }
+//!     assert_eq!(sum, 90);
+//!     pool.shutdown().await;
+//!     Ok(())
 //! }
 //! ```
 //!

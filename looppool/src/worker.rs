@@ -145,6 +145,15 @@ pub trait Worker: Sized + 'static {
 /// [`Worker`] type this program can run. In a process that a pool started,
 /// it runs the requested worker and exits; in any other process it returns.
 ///
+/// `main` may be a plain `fn main` or a `#[tokio::main]` one (either
+/// flavour), and it may be the first line of a `#[tokio::test]`: inside a
+/// runtime, the worker runs on a thread of its own with its own
+/// current-thread runtime, and the process exits from there, so the rest of
+/// `main` never runs in a worker. A program without it cannot start pools
+/// from a process a pool started: its `start` fails with
+/// [`StartError::NotAWorker`](crate::StartError::NotAWorker) rather than
+/// start the program again in every worker.
+///
 /// ```no_run
 /// # use std::rc::Rc;
 /// # use looppool::{BoxError, InitContext, TaskContext, Worker};
@@ -157,9 +166,10 @@ pub trait Worker: Sized + 'static {
 /// #         cx.emit(2 * x).await?; Ok(())
 /// #     }
 /// # }
-/// fn main() {
+/// #[tokio::main]
+/// async fn main() {
 ///     looppool::worker_main!(Doubler);
-///     // ... the parent's code: build a runtime, start a pool of Doublers ...
+///     // ... the parent's code: start a pool of Doublers ...
 /// }
 /// ```
 #[macro_export]
@@ -177,6 +187,30 @@ macro_rules! worker_main {
             );
         }
     }};
+}
+
+/// `W`'s type as its program names it, without module paths
+/// (`Doubler`, `Echo<Job>`), for messages that tell what to write.
+pub(crate) fn short_type_name<W: ?Sized>() -> String {
+    let full = std::any::type_name::<W>();
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            // A path's prefix: keep only what follows its last `::`.
+            chars.next();
+            segment.clear();
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
 }
 
 /// A stable fingerprint of a worker's message types, checked at the handshake.

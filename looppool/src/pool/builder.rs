@@ -21,7 +21,7 @@ use crate::supervisor::{
     encode_init, launch_all, ConnectorRef, EventHook, LaunchSpec, LocalOptions, LocalProcesses,
     RestartPolicy, Supervisor, Tuning, WorkerSource,
 };
-use crate::worker::{fingerprint, Worker};
+use crate::worker::{fingerprint, short_type_name, Worker};
 
 mod validate;
 
@@ -442,7 +442,17 @@ impl<W: Worker> PoolBuilder<W> {
     /// # Errors
     /// A [`StartError`] when the settings are invalid, or any worker fails to
     /// start; the workers already started are then killed.
+    /// [`StartError::NotAWorker`], before anything is started, in a process
+    /// that a pool started as a worker but that never became one (its
+    /// `main` lacks [`worker_main!`](crate::worker_main) as the first line):
+    /// a pool started there would start this program again, and so on.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
+        if let Some(requested) = crate::worker::entry::unclaimed_worker_marker() {
+            return Err(StartError::NotAWorker {
+                worker_type: (requested == W::NAME).then(short_type_name::<W>),
+                requested,
+            });
+        }
         let (workers, max_workers, task_slots, output_credits, credit_bytes) = self.validate()?;
         let init_payload = encode_init(&self.init)
             .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
@@ -453,6 +463,7 @@ impl<W: Worker> PoolBuilder<W> {
                 program: self.program,
                 args: self.args,
                 worker_name: W::NAME,
+                worker_type: short_type_name::<W>(),
                 pool_name: self.name.clone(),
                 inherit_signals: self.signals == Signals::Terminate,
                 titles: self.titles,
@@ -462,6 +473,7 @@ impl<W: Worker> PoolBuilder<W> {
         };
         let spec = LaunchSpec {
             worker_name: W::NAME,
+            worker_type: short_type_name::<W>(),
             fingerprint: fingerprint::<W>(),
             pool_name: self.name,
             init_payload,

@@ -85,7 +85,7 @@ async fn next_message<T>(
                      looppool hello ({e}); use a program whose main starts with \
                      looppool::worker_main!({})",
                     spec.source.connector().describe(),
-                    spec.worker_name
+                    spec.worker_type
                 ),
             )
         }

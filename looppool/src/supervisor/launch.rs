@@ -103,11 +103,11 @@ fn timed_out(spec: &LaunchSpec, index: usize, reached: bool, hello_seen: bool) -
              (raise start_timeout, or make init faster)"
         ),
         WorkerSource::Local(local) => format!(
-            "{} sent no hello within {timeout:?}: is it a looppool worker program, with \
-             looppool::worker_main!({}) as the first line of main? (If it starts \
-             slowly, raise start_timeout.)",
+            "{} sent no hello within {timeout:?} for worker {:?}: {} (if it starts \
+             slowly, raise start_timeout)",
             local.program().display(),
             spec.worker_name,
+            local.worker_main_hint(),
         ),
         WorkerSource::Connector(_) if !reached => format!(
             "{} reached no worker within {timeout:?} (raise start_timeout if workers join slowly)",

@@ -22,6 +22,8 @@ pub(crate) struct LocalProcesses {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     worker_name: &'static str,
+    /// The worker's Rust type, as `worker_main!` lists it.
+    worker_type: String,
     /// The pool's name, for process titles; `None` leaves titles alone.
     title_pool: Option<String>,
     /// The limit on each worker's data segment, in bytes.
@@ -35,6 +37,8 @@ pub(crate) struct LocalOptions {
     pub(crate) program: Option<PathBuf>,
     pub(crate) args: Vec<OsString>,
     pub(crate) worker_name: &'static str,
+    /// The worker's Rust type, as `worker_main!` lists it.
+    pub(crate) worker_type: String,
     pub(crate) pool_name: String,
     pub(crate) inherit_signals: bool,
     pub(crate) titles: bool,
@@ -69,6 +73,7 @@ impl LocalProcesses {
             args: options.args,
             env,
             worker_name: options.worker_name,
+            worker_type: options.worker_type,
             title_pool: options.titles.then_some(options.pool_name),
             memory_limit: options.memory_limit,
         }
@@ -77,6 +82,16 @@ impl LocalProcesses {
     /// The limit on each worker's data segment, if the pool set one.
     pub(crate) fn memory_limit(&self) -> Option<u64> {
         self.memory_limit
+    }
+
+    /// What a worker program needs in order to become a worker, for
+    /// messages about one that did not.
+    pub(crate) fn worker_main_hint(&self) -> String {
+        format!(
+            "put looppool::worker_main!({}) as the first line of its main (a #[tokio::main] \
+             one too), or point the pool at a worker program with .program(...)",
+            self.worker_type
+        )
     }
 
     /// The program the workers run.
@@ -148,17 +163,19 @@ impl LocalProcesses {
         use crate::worker::process::{EXIT_INIT_FAILED, EXIT_UNKNOWN_WORKER};
         let program = self.program.display();
         let worker = self.worker_name;
+        let worker_type = &self.worker_type;
         let status_text = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
         match status {
             Some(ExitStatus::Code(EXIT_UNKNOWN_WORKER)) => format!(
-                "{program} does not know a worker named {worker:?}: list it in looppool::worker_main! ({status_text})",
+                "{program} does not know a worker named {worker:?}: list {worker_type} in looppool::worker_main! ({status_text})",
             ),
             Some(ExitStatus::Code(EXIT_INIT_FAILED)) => {
                 format!("the initialiser failed ({status_text})")
             }
             _ => format!(
-                "{program} exited before the handshake ({status_text}): is it a looppool worker program, \
-                 with looppool::worker_main!({worker}) as the first line of main?",
+                "{program} exited before the handshake ({status_text}) instead of becoming worker \
+                 {worker:?}: {}",
+                self.worker_main_hint(),
             ),
         }
     }

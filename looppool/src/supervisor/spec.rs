@@ -11,6 +11,8 @@ use crate::transport::Connector;
 #[derive(Debug, Clone)]
 pub(crate) struct LaunchSpec {
     pub(crate) worker_name: &'static str,
+    /// The worker's Rust type, as `worker_main!` lists it, for hints.
+    pub(crate) worker_type: String,
     pub(crate) fingerprint: u64,
     pub(crate) pool_name: String,
     pub(crate) init_payload: Vec<u8>,

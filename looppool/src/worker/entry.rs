@@ -20,9 +20,48 @@ pub fn requested_worker() -> Option<String> {
 
 /// Runs worker `W` in this process until the pool stops it, then exits:
 /// handshake, init, serve, drain.
+///
+/// Called inside a tokio runtime (`worker_main!` as the first line of a
+/// `#[tokio::main]` or `#[tokio::test]` function), where no runtime can
+/// be started, the worker runs on a thread of its own with its own
+/// runtime, while this thread waits for it; the process exits from here
+/// either way, so the caller's `main` never goes on. The caller's runtime
+/// stays idle (with `worker_main!` first, none of its tasks has run). Signal dispositions, the
+/// parent-death signal (armed before `exec`, for the whole process) and
+/// descriptor 3 are the process's, so they hold on any thread.
 pub fn run<W: Worker>() -> ! {
-    let code = run_worker_runtime(serve_inherited::<W>());
+    let code = if tokio::runtime::Handle::try_current().is_ok() {
+        run_on_own_thread::<W>()
+    } else {
+        run_worker_runtime(serve_inherited::<W>())
+    };
     std::process::exit(code)
+}
+
+/// Runs worker `W` on a new thread and returns its exit code.
+fn run_on_own_thread<W: Worker>() -> i32 {
+    /// As large as a main thread's stack, so that a worker's code needs no
+    /// less stack here than it would in a program without a runtime.
+    const STACK: usize = 8 << 20;
+    let spawned = std::thread::Builder::new()
+        .name("looppool-worker".into())
+        .stack_size(STACK)
+        .spawn(|| run_worker_runtime(serve_inherited::<W>()));
+    match spawned {
+        // A panic that escaped the worker exits as an unwinding `main` does.
+        Ok(thread) => thread.join().unwrap_or(101),
+        Err(e) => {
+            eprintln!("looppool worker: cannot start its thread: {e}");
+            1
+        }
+    }
+}
+
+/// The worker name this process was started to run, if a pool started it
+/// and it never became a worker: the marker is still there (only
+/// [`requested_worker`], in `worker_main!`, removes it).
+pub(crate) fn unclaimed_worker_marker() -> Option<String> {
+    std::env::var(WORKER_ENV).ok()
 }
 
 /// Exits a process asked to run a worker it does not know.
@@ -37,6 +76,9 @@ pub fn unknown_worker(name: &str, known: &[&str]) -> ! {
 /// Runs `body` the way a worker process runs: the termination signals as the
 /// pool asked, the panic hook that reports panics to the parent, and one
 /// current-thread tokio runtime with a `LocalSet`. Returns `body`'s exit code.
+///
+/// It builds a runtime, so it must be called outside any (from a plain
+/// `fn main`, or from a thread of its own).
 pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
     if std::env::var_os(SIGNALS_ENV).is_some_and(|v| v == "inherit") {
         sys::default_termination_signals();

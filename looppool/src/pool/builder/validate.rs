@@ -36,7 +36,7 @@ impl<W: Worker> PoolBuilder<W> {
                      program whose main starts with looppool::worker_main!({}) (in tests, \
                      env!(\"CARGO_BIN_EXE_<name>\") names a binary of the package)",
                     program.display(),
-                    W::NAME
+                    crate::worker::short_type_name::<W>()
                 )));
             }
         }
