@@ -233,7 +233,7 @@ async fn a_program_that_never_joins_is_a_start_error() {
         .start()
         .await
         .unwrap_err();
-    let text = err.to_string();
+    let text = looppool_tests::report(&err);
     assert!(text.contains("before joining"), "{text}");
     // And a bad pool id is refused before anything starts.
     let err = NatsPoolBuilder::<Probe>::new(&server.url, "no.dots")
@@ -241,7 +241,7 @@ async fn a_program_that_never_joins_is_a_start_error() {
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("pool id"), "{err}");
+    assert!(looppool_tests::report(&err).contains("pool id"), "{err}");
 }
 
 #[tokio::test]
