@@ -92,6 +92,7 @@ pub struct NatsPoolBuilder<W: Worker> {
     silence: Duration,
     ack_wait: Duration,
     storage: StorageType,
+    init: Option<W::Init>,
     configure: Option<Configure<W>>,
 }
 
@@ -126,6 +127,7 @@ impl<W: Worker> NatsPoolBuilder<W> {
             silence: Duration::from_secs(3),
             ack_wait: Duration::from_secs(30),
             storage: StorageType::File,
+            init: None,
             configure: None,
         }
     }
@@ -222,8 +224,26 @@ impl<W: Worker> NatsPoolBuilder<W> {
         self
     }
 
+    /// The value every worker's [`init`](Worker::init) receives (as
+    /// [`PoolBuilder::init`]). Required unless `W::Init` is `()`: the pool
+    /// refuses to start with neither this nor
+    /// [`init_default`](Self::init_default).
+    pub fn init(mut self, value: W::Init) -> Self {
+        self.init = Some(value);
+        self
+    }
+
+    /// Sends every worker `W::Init::default()` (as
+    /// [`PoolBuilder::init_default`]).
+    pub fn init_default(self) -> Self
+    where
+        W::Init: Default,
+    {
+        self.init(W::Init::default())
+    }
+
     /// Any other setting of the underlying [`PoolBuilder`]: `max_results`,
-    /// `init`, `restart_policy`, `on_event`, `heartbeat`, `task_timeout`,
+    /// `restart_policy`, `on_event`, `heartbeat`, `task_timeout`,
     /// `report_interval` and so on. (`workers`, `max_tasks`, `max_frame`
     /// and `connector` are set by this builder.)
     pub fn configure(
@@ -307,6 +327,9 @@ impl<W: Worker> NatsPoolBuilder<W> {
             .name(names.pool())
             .start_timeout(Duration::from_secs(60))
             .retry_lost(max_deliveries - 1);
+        if let Some(init) = self.init {
+            builder = builder.init(init);
+        }
         if let Some(f) = self.configure {
             builder = f(builder);
         }

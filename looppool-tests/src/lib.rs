@@ -485,6 +485,7 @@ macro_rules! probe_pool {
         looppool::Pool::<$crate::Probe>::builder()
             .program(env!("CARGO_BIN_EXE_test-worker"))
             .name("probe")
+            .init_default()
     };
 }
 
@@ -495,6 +496,7 @@ macro_rules! blob_pool {
         looppool::Pool::<$crate::Blob>::builder()
             .program(env!("CARGO_BIN_EXE_test-worker"))
             .name("blob")
+            .init_default()
     };
 }
 
@@ -615,4 +617,17 @@ where
             pool.submit(job).await.unwrap();
         }
     })
+}
+
+/// `err` and each of its sources, joined with `": "`, as `anyhow`'s
+/// `{:#}` prints a chain: what a report shows of a looppool error.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

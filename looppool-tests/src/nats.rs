@@ -122,6 +122,7 @@ pub fn probe_pool(
 ) -> looppool_nats::NatsPoolBuilder<crate::Probe> {
     looppool_nats::NatsPoolBuilder::<crate::Probe>::new(url, pool)
         .program(program)
+        .init_default()
         .liveness(Duration::from_millis(200), Duration::from_millis(1000))
         .ack_wait(Duration::from_secs(2))
 }

@@ -228,20 +228,22 @@ async fn a_program_that_never_joins_is_a_start_error() {
     };
     // `true` exits at once without joining.
     let err = NatsPoolBuilder::<Probe>::new(&server.url, "nojoin")
+        .init_default()
         .program("/bin/true")
         .local_workers(1)
         .start()
         .await
         .unwrap_err();
-    let text = err.to_string();
+    let text = looppool_tests::report(&err);
     assert!(text.contains("before joining"), "{text}");
     // And a bad pool id is refused before anything starts.
     let err = NatsPoolBuilder::<Probe>::new(&server.url, "no.dots")
+        .init_default()
         .local_workers(1)
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("pool id"), "{err}");
+    assert!(looppool_tests::report(&err).contains("pool id"), "{err}");
 }
 
 #[tokio::test]

@@ -414,19 +414,28 @@ async fn observability_settings_are_checked() {
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("blocked_threshold"), "{err}");
+    assert!(
+        looppool_tests::report(&err).contains("blocked_threshold"),
+        "{err}"
+    );
     let err = probe_pool!()
         .report_interval(Duration::ZERO)
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("report_interval"), "{err}");
+    assert!(
+        looppool_tests::report(&err).contains("report_interval"),
+        "{err}"
+    );
     let err = probe_pool!()
         .statsd(Statsd::new("no-such-host.invalid:8125", "x"))
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("statsd address"), "{err}");
+    assert!(
+        looppool_tests::report(&err).contains("statsd address"),
+        "{err}"
+    );
     // A taken port.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err = probe_pool!()
@@ -434,5 +443,5 @@ async fn observability_settings_are_checked() {
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("Prometheus"), "{err}");
+    assert!(looppool_tests::report(&err).contains("Prometheus"), "{err}");
 }

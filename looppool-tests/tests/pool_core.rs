@@ -351,7 +351,10 @@ async fn shutdown_with_deadline_kills_stragglers_and_reports_their_tasks() {
 #[tokio::test]
 async fn invalid_settings_are_refused_with_a_reason() {
     let err = probe_pool!().workers(0).start().await.unwrap_err();
-    assert!(err.to_string().contains("at least one worker"), "{err}");
+    assert!(
+        looppool_tests::report(&err).contains("at least one worker"),
+        "{err}"
+    );
     let err = probe_pool!()
         .workers(4)
         .max_tasks(3)
@@ -359,7 +362,7 @@ async fn invalid_settings_are_refused_with_a_reason() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string()
+        looppool_tests::report(&err)
             .contains("max_tasks(3) is smaller than the number of workers (4)"),
         "{err}"
     );
@@ -369,18 +372,26 @@ async fn invalid_settings_are_refused_with_a_reason() {
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("max_results(2)"), "{err}");
+    assert!(
+        looppool_tests::report(&err).contains("max_results(2)"),
+        "{err}"
+    );
     let err = looppool::Pool::<looppool_tests::Probe>::builder()
+        .init_default()
         .program("/nonexistent/worker")
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/worker"), "{err}");
+    assert!(
+        looppool_tests::report(&err).contains("/nonexistent/worker"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_program_that_is_not_a_worker_is_refused_clearly() {
     let err = looppool::Pool::<looppool_tests::Probe>::builder()
+        .init_default()
         .program("/bin/true")
         .workers(1)
         .start()
@@ -391,7 +402,7 @@ async fn a_program_that_is_not_a_worker_is_refused_clearly() {
         "{err:?}"
     );
     assert!(
-        err.to_string().contains("instead of becoming worker"),
+        looppool_tests::report(&err).contains("instead of becoming worker"),
         "{err}"
     );
 }

@@ -22,6 +22,7 @@ fn scratch(name: &str) -> PathBuf {
 /// The handshake failure of a pool of probes run by `program args`.
 async fn handshake_failure(program: &str, args: &[&str]) -> String {
     let err = Pool::<Probe>::builder()
+        .init_default()
         .program(program)
         .args(args)
         .workers(2)
@@ -71,6 +72,7 @@ async fn a_binary_swapped_under_a_running_pool_is_refused_on_restart() {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_test-worker"), &link).unwrap();
     let (events, hook) = recorder();
     let (pool, _outputs) = Pool::<Probe>::builder()
+        .init_default()
         .program(&link)
         .workers(1)
         .on_event(hook)
@@ -183,6 +185,7 @@ async fn a_program_that_exits_at_once_is_not_a_looppool_worker() {
 #[tokio::test]
 async fn a_program_that_does_not_know_the_worker_says_so() {
     let err = Pool::<Blob>::builder()
+        .init_default()
         .program(env!("CARGO_BIN_EXE_probe-v2"))
         .workers(1)
         .start()
@@ -240,6 +243,11 @@ async fn a_missing_or_unrunnable_program_fails_before_anything_starts() {
     assert_eq!(program, &not_executable.display().to_string());
     assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains(program.as_str()), "{err}");
+    // The OS error is the source, and a report prints it once.
+    assert_eq!(
+        looppool_tests::report(&err),
+        format!("cannot start worker 0 with {program}: {source}")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -324,8 +332,9 @@ async fn contradictory_settings_fail_fast_and_say_what_to_change() {
             panic!("{what}: expected a configuration error, got {err:?}")
         };
         assert_eq!(err.worker(), None);
-        let text = e.to_string();
-        assert!(text.starts_with("invalid pool configuration: "), "{text}");
+        // A report states the failure, then its cause, once.
+        let text = looppool_tests::report(&err);
+        assert_eq!(text, format!("invalid pool configuration: {e}"));
         for part in parts {
             assert!(
                 text.contains(part),

@@ -225,6 +225,7 @@ async fn hundreds_of_failed_starts_leak_nothing() {
             _ => &["silent"],
         };
         Pool::<Probe>::builder()
+            .init_default()
             .program(program)
             .args(args)
             .workers(2)

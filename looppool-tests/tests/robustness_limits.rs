@@ -60,7 +60,10 @@ async fn an_oversize_task_is_refused_at_submit_and_given_back() {
     }
     // Nothing was written or held: no slot is taken, nothing arrives.
     assert_eq!(pool.in_flight(), vec![0, 0]);
-    assert!(outputs.try_next().is_none());
+    assert_eq!(
+        outputs.try_next().err(),
+        Some(looppool::TryNextError::Empty)
+    );
 
     // Exactly at the limit passes, and its echo (a smaller frame) comes
     // back whole; the workers are the same processes.

@@ -111,7 +111,10 @@ async fn every_task_is_accounted_for_exactly_once_under_random_kills() {
     assert!(kills > 50, "the chaos happened: {kills} kills");
     assert!(values > 0);
     // Nothing more arrives: every task was reported exactly once.
-    assert!(outputs.try_next().is_none());
+    assert_eq!(
+        outputs.try_next().err(),
+        Some(looppool::TryNextError::Empty)
+    );
     assert!(
         eventually(Duration::from_secs(10), || pool
             .pids()

@@ -83,7 +83,7 @@ async fn resize_both_ways_under_load_loses_nothing() {
         assert_eq!(pool.call_to(w, Job::WhoAmI).await.unwrap(), w as u64);
     }
     let err = pool.resize(7).await.unwrap_err();
-    assert!(err.to_string().contains("1 to 6"), "{err}");
+    assert!(looppool_tests::report(&err).contains("1 to 6"), "{err}");
     pool.shutdown().await;
     assert!(outputs.next().await.is_none());
 }

@@ -50,7 +50,7 @@ async fn unread_failures_count_against_the_output_bound() {
     // Nobody reads for a while: the worker runs out of output credits.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut held = 0;
-    while let Some(item) = outputs.try_next() {
+    while let Ok(item) = outputs.try_next() {
         assert!(matches!(item, Output::Failed(_)), "{item:?}");
         held += 1;
     }
@@ -82,7 +82,10 @@ async fn unread_failures_count_against_the_output_bound() {
         .expect("a failing call does not wait for the consumer");
         assert!(matches!(called, Err(CallError::Task(_))), "{called:?}");
     }
-    assert!(outputs.try_next().is_none());
+    assert_eq!(
+        outputs.try_next().err(),
+        Some(looppool::TryNextError::Empty)
+    );
     pool.shutdown().await;
 }
 

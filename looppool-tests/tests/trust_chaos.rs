@@ -147,7 +147,10 @@ async fn every_task_has_one_fate_and_its_own_outputs_under_kills_and_stops() {
     );
     // Nothing more arrives: every task was reported exactly once.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(outputs.try_next().is_none());
+    assert_eq!(
+        outputs.try_next().err(),
+        Some(looppool::TryNextError::Empty)
+    );
     assert!(
         eventually(Duration::from_secs(10), || pool
             .pids()

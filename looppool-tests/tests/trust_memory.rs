@@ -221,6 +221,7 @@ async fn nonsense_memory_limits_are_refused_with_what_to_change() {
         (
             "a limit on workers behind a connector",
             looppool::Pool::<Probe>::builder()
+                .init_default()
                 .connector(Nowhere)
                 .memory_limit(LIMIT),
             &["memory_limit", "connector"],

@@ -1,8 +1,11 @@
 //! Public error types, one per family of operations.
 //!
-//! `Display` texts are short lowercase phrases that describe only their own
-//! level; causes are in [`std::error::Error::source`]. The wording is not part
-//! of the stable API. Errors that carry a value which never left the process
+//! `Display` texts are short lowercase phrases, without a trailing period,
+//! that describe only their own level: an error whose
+//! [`source`](std::error::Error::source) returns a cause does not repeat the
+//! cause's text, so a report that walks the chain (as `anyhow`'s and
+//! `eyre`'s do) prints each cause once. The wording is not part of the
+//! stable API. Errors that carry a value which never left the process
 //! give it back (`into_inner`).
 
 use std::fmt;
@@ -11,6 +14,9 @@ use crate::event::{ExitStatus, LossCause};
 use crate::task_id::TaskId;
 
 /// A setting of [`PoolBuilder`](crate::PoolBuilder) that cannot work.
+///
+/// Its `Display` is the message alone, which says what to change; inside a
+/// [`StartError::Config`] it is the source of "invalid pool configuration".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildError {
     message: String,
@@ -29,7 +35,7 @@ impl BuildError {
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid pool configuration: {}", self.message)
+        f.write_str(&self.message)
     }
 }
 
@@ -39,7 +45,8 @@ impl std::error::Error for BuildError {}
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The builder's settings are invalid.
+    /// The builder's settings are invalid; the [`BuildError`] (also the
+    /// error's [`source`](std::error::Error::source)) says which.
     Config(BuildError),
     /// The worker program could not be executed.
     Spawn {
@@ -47,7 +54,8 @@ pub enum StartError {
         worker: usize,
         /// The program that was executed.
         program: String,
-        /// The operating system's error.
+        /// The operating system's error (also the error's
+        /// [`source`](std::error::Error::source)).
         source: std::io::Error,
     },
     /// The program started but did not complete the looppool handshake.
@@ -94,14 +102,13 @@ impl StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Config(e) => e.fmt(f),
+            StartError::Config(_) => f.write_str("invalid pool configuration"),
             StartError::Closed => f.write_str("pool is closed"),
+            // The OS error is the source: not repeated here.
             StartError::Spawn {
-                worker,
-                program,
-                source,
+                worker, program, ..
             } => {
-                write!(f, "cannot start worker {worker} with {program}: {source}")
+                write!(f, "cannot start worker {worker} with {program}")
             }
             StartError::Handshake { worker, reason } => {
                 write!(f, "worker {worker} failed the handshake: {reason}")
@@ -232,7 +239,11 @@ impl<T> fmt::Display for SubmitError<T> {
 impl<T> std::error::Error for SubmitError<T> {}
 
 /// The worker that held a task is gone: who it was and how it ended.
+///
+/// Read it with its accessors (or its fields); it is `#[non_exhaustive]`:
+/// only the pool creates one, and fields may be added.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerLost {
     /// Index of the worker in the pool.
     pub worker: usize,
@@ -254,6 +265,26 @@ impl WorkerLost {
             status: ExitStatus::Unknown,
             cause: LossCause::PoolKilled,
         }
+    }
+
+    /// Index of the worker in the pool.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Process id of the worker (0 when there was no process to blame).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How the process ended.
+    pub fn status(&self) -> ExitStatus {
+        self.status
+    }
+
+    /// Why the pool gave up on it.
+    pub fn cause(&self) -> &LossCause {
+        &self.cause
     }
 }
 
@@ -277,7 +308,11 @@ impl fmt::Display for WorkerLost {
 impl std::error::Error for WorkerLost {}
 
 /// A task's handler returned an error or panicked; the worker lives on.
+///
+/// Read it with its accessors (or its fields); it is `#[non_exhaustive]`:
+/// only the pool creates one, and fields may be added.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TaskError {
     /// Index of the worker that ran the task.
     pub worker: usize,
@@ -287,6 +322,29 @@ pub struct TaskError {
     pub message: String,
     /// True when the handler panicked rather than returned an error.
     pub panicked: bool,
+}
+
+impl TaskError {
+    /// Index of the worker that ran the task.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// The task that failed.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+
+    /// The error's message (with its sources), or the panic's message and
+    /// location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True when the handler panicked rather than returned an error.
+    pub fn panicked(&self) -> bool {
+        self.panicked
+    }
 }
 
 impl fmt::Display for TaskError {
@@ -303,7 +361,9 @@ impl fmt::Display for TaskError {
 impl std::error::Error for TaskError {}
 
 /// Why a [`call`](crate::Pool::call) did not produce a reply.
-#[derive(Debug)]
+///
+/// `Debug` and `Error` do not need `T: Debug` (the task given back is not
+/// shown), so `call(task).await?` works for any task type.
 #[non_exhaustive]
 pub enum CallError<T> {
     /// The task was not sent; it is given back.
@@ -328,6 +388,21 @@ impl<T> CallError<T> {
     }
 }
 
+impl<T> fmt::Debug for CallError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Submit(e) => f.debug_tuple("Submit").field(e).finish(),
+            CallError::Task(e) => f.debug_tuple("Task").field(e).finish(),
+            CallError::WorkerLost(e) => f.debug_tuple("WorkerLost").field(e).finish(),
+            CallError::NoReply { worker, task } => f
+                .debug_struct("NoReply")
+                .field("worker", worker)
+                .field("task", task)
+                .finish(),
+        }
+    }
+}
+
 impl<T> fmt::Display for CallError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -344,7 +419,7 @@ impl<T> fmt::Display for CallError<T> {
     }
 }
 
-impl<T> std::error::Error for CallError<T> where T: fmt::Debug {}
+impl<T> std::error::Error for CallError<T> {}
 
 /// Why a worker could not emit an output.
 pub struct EmitError<O> {
@@ -418,3 +493,142 @@ impl<O> fmt::Display for EmitError<O> {
 }
 
 impl<O> std::error::Error for EmitError<O> {}
+
+/// Why [`Outputs::try_next`](crate::Outputs::try_next) returned no item.
+///
+/// As tokio's `mpsc::error::TryRecvError`: [`Empty`](Self::Empty) means
+/// try again later (or wait with `next`), [`Ended`](Self::Ended) that no
+/// item will ever come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TryNextError {
+    /// No item is ready now; more may come.
+    Empty,
+    /// The stream has ended: the pool has shut down and every output was
+    /// taken.
+    Ended,
+}
+
+impl fmt::Display for TryNextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryNextError::Empty => f.write_str("no output is ready"),
+            TryNextError::Ended => f.write_str("the output stream has ended"),
+        }
+    }
+}
+
+impl std::error::Error for TryNextError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `err` and its sources joined with ": ", as `anyhow`'s `{:#}`.
+    fn report(err: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn start_errors_print_each_cause_once() {
+        let config = StartError::from(BuildError::new("workers(0) leaves no worker"));
+        assert_eq!(config.to_string(), "invalid pool configuration");
+        assert_eq!(
+            report(&config),
+            "invalid pool configuration: workers(0) leaves no worker"
+        );
+        let spawn = StartError::Spawn {
+            worker: 2,
+            program: "/bin/nope".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(spawn.to_string(), "cannot start worker 2 with /bin/nope");
+        let text = report(&spawn);
+        assert!(text.starts_with("cannot start worker 2 with /bin/nope: "));
+        let cause = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        assert_eq!(text.matches(cause.as_str()).count(), 1, "{text}");
+    }
+
+    #[test]
+    fn error_texts_are_lowercase_without_a_trailing_period() {
+        let lost = WorkerLost::pool_killed(1);
+        let task = TaskError {
+            worker: 0,
+            task: TaskId::new(0, 7),
+            message: "boom".into(),
+            panicked: false,
+        };
+        let texts = [
+            StartError::Closed.to_string(),
+            StartError::from(BuildError::new("x")).to_string(),
+            SubmitError::new(SubmitErrorKind::Full, ()).to_string(),
+            lost.to_string(),
+            task.to_string(),
+            CallError::<()>::NoReply {
+                worker: 0,
+                task: TaskId::new(0, 7),
+            }
+            .to_string(),
+            TryNextError::Empty.to_string(),
+            TryNextError::Ended.to_string(),
+        ];
+        for text in texts {
+            let first = text.chars().next().unwrap();
+            assert!(!first.is_uppercase(), "{text}");
+            assert!(!text.ends_with('.'), "{text}");
+        }
+    }
+
+    /// A task type with neither `Debug` nor `Clone`.
+    struct NotDebug;
+
+    fn refused() -> Result<(), CallError<NotDebug>> {
+        Err(CallError::Submit(SubmitError::new(
+            SubmitErrorKind::Closed,
+            NotDebug,
+        )))
+    }
+
+    fn with_question_mark() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        refused()?;
+        Ok(())
+    }
+
+    #[test]
+    fn call_errors_need_no_debug_task() {
+        let err = with_question_mark().unwrap_err();
+        assert_eq!(err.to_string(), "call not sent: pool is closed");
+        let call = refused().unwrap_err();
+        assert!(format!("{call:?}").starts_with("Submit(SubmitError"));
+        let CallError::Submit(submit) = call else {
+            unreachable!()
+        };
+        let NotDebug = submit.into_inner();
+    }
+
+    #[test]
+    fn accessors_read_what_the_fields_hold() {
+        let task = TaskError {
+            worker: 3,
+            task: TaskId::new(3, 9),
+            message: "it broke".into(),
+            panicked: true,
+        };
+        assert_eq!(task.worker(), 3);
+        assert_eq!(task.task(), TaskId::new(3, 9));
+        assert_eq!(task.message(), "it broke");
+        assert!(task.panicked());
+        let lost = WorkerLost::pool_killed(4);
+        assert_eq!(lost.worker(), 4);
+        assert_eq!(lost.pid(), 0);
+        assert_eq!(lost.status(), ExitStatus::Unknown);
+        assert_eq!(lost.cause(), &LossCause::PoolKilled);
+    }
+}

@@ -295,7 +295,7 @@ pub mod __fuzz;
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{
     BuildError, CallError, EmitError, EmitErrorKind, StartError, SubmitError, SubmitErrorKind,
-    TaskError, WorkerLost,
+    TaskError, TryNextError, WorkerLost,
 };
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};

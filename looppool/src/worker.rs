@@ -101,8 +101,12 @@ pub trait Worker: Sized + 'static {
     const VERSION: u32 = 0;
 
     /// Sent once by the parent to every worker, for its initialiser (this
-    /// replaces sharing data through `fork`).
-    type Init: Serialize + DeserializeOwned + Default + 'static;
+    /// replaces sharing data through `fork`). Give it with
+    /// [`PoolBuilder::init`](crate::PoolBuilder::init): a pool whose `Init`
+    /// is not `()` refuses to start without it (or an explicit
+    /// [`init_default`](crate::PoolBuilder::init_default)). It needs no
+    /// `Default`.
+    type Init: Serialize + DeserializeOwned + 'static;
 
     /// A task, sent by the parent.
     type Task: Serialize + DeserializeOwned + 'static;

@@ -19,6 +19,7 @@ fn main() {
     runtime.block_on(async {
         let (pool, _outputs) = match broker {
             None => looppool::Pool::<looppool_tests::Probe>::builder()
+                .init_default()
                 .program(program)
                 .workers(workers)
                 .name("orphans")
@@ -27,6 +28,7 @@ fn main() {
                 .expect("pool starts"),
             Some(url) => {
                 looppool_nats::NatsPoolBuilder::<looppool_tests::Probe>::new(url, "orphans")
+                    .init_default()
                     .program(program)
                     .local_workers(workers - 1)
                     .remote_workers(1)

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 use super::lane::Lane;
+use crate::error::TryNextError;
 use crate::output::Output;
 
 /// A batch of items from one read of one worker's connection.
@@ -93,11 +94,18 @@ impl<O> Outputs<O> {
     }
 
     /// Takes the next item if one is ready, without waiting.
-    pub fn try_next(&mut self) -> Option<Output<O>> {
+    ///
+    /// # Errors
+    /// [`TryNextError::Empty`] when no item is ready yet (more may come:
+    /// try again, or wait with [`next`](Self::next)), and
+    /// [`TryNextError::Ended`] once the stream has ended (where `next`
+    /// returns `None`).
+    pub fn try_next(&mut self) -> Result<Output<O>, TryNextError> {
         let waker = std::task::Waker::noop();
         match self.poll_next_item(&mut Context::from_waker(waker)) {
-            Poll::Ready(item) => item,
-            Poll::Pending => None,
+            Poll::Ready(Some(item)) => Ok(item),
+            Poll::Ready(None) => Err(TryNextError::Ended),
+            Poll::Pending => Err(TryNextError::Empty),
         }
     }
 

@@ -89,7 +89,8 @@ pub struct PoolBuilder<W: Worker> {
     max_results: Option<usize>,
     max_result_bytes: Option<usize>,
     name: String,
-    init: W::Init,
+    /// `None` until [`init`](Self::init) or [`init_default`](Self::init_default).
+    init: Option<W::Init>,
     program: Option<PathBuf>,
     args: Vec<OsString>,
     max_frame: usize,
@@ -150,7 +151,7 @@ impl<W: Worker> PoolBuilder<W> {
             max_results: None,
             max_result_bytes: None,
             name: "pool".into(),
-            init: Default::default(),
+            init: None,
             program: None,
             args: Vec::new(),
             connector: None,
@@ -248,11 +249,23 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
-    /// The value every worker's [`init`](Worker::init) receives
-    /// (default: `W::Init::default()`).
+    /// The value every worker's [`init`](Worker::init) receives.
+    ///
+    /// Required unless `W::Init` is `()`: [`start`](Self::start) refuses a
+    /// builder with neither this nor [`init_default`](Self::init_default),
+    /// so a forgotten configuration is not silently replaced by a default.
     pub fn init(mut self, value: W::Init) -> Self {
-        self.init = value;
+        self.init = Some(value);
         self
+    }
+
+    /// Sends every worker `W::Init::default()`: the explicit opt-in for a
+    /// pool whose workers need no configuration beyond the default.
+    pub fn init_default(self) -> Self
+    where
+        W::Init: Default,
+    {
+        self.init(W::Init::default())
     }
 
     /// Runs workers from this program instead of re-executing the current
@@ -441,8 +454,11 @@ impl<W: Worker> PoolBuilder<W> {
     ///
     /// # Errors
     /// A [`StartError`] when the settings are invalid, or any worker fails to
-    /// start; the workers already started are then killed.
-    /// [`StartError::NotAWorker`], before anything is started, in a process
+    /// start; the workers already started are then killed. Neither
+    /// [`init`](Self::init) nor [`init_default`](Self::init_default) having
+    /// been called, when `W::Init` is not `()`, is an invalid setting
+    /// ([`StartError::Config`]). [`StartError::NotAWorker`], before anything
+    /// is started, in a process
     /// that a pool started as a worker but that never became one (its
     /// `main` lacks [`worker_main!`](crate::worker_main) as the first line):
     /// a pool started there would start this program again, and so on.
@@ -454,8 +470,24 @@ impl<W: Worker> PoolBuilder<W> {
             });
         }
         let (workers, max_workers, task_slots, output_credits, credit_bytes) = self.validate()?;
-        let init_payload = encode_init(&self.init)
-            .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
+        let init_payload = match &self.init {
+            Some(value) => encode_init(value),
+            // `()` needs no configuration: its encoding is the value's.
+            None if std::any::TypeId::of::<W::Init>() == std::any::TypeId::of::<()>() => {
+                encode_init(&())
+            }
+            None => {
+                return Err(BuildError::new(format!(
+                    "`.init(value)` was not called and the init type of worker {:?} ({}) is \
+                     not `()`: pass the workers' init value with `.init(value)`, or call \
+                     `.init_default()` to send its default",
+                    W::NAME,
+                    std::any::type_name::<W::Init>(),
+                ))
+                .into())
+            }
+        }
+        .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
         let source = match self.connector {
             Some(connector) => WorkerSource::Connector(connector),
