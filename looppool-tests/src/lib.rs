@@ -631,3 +631,37 @@ pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// A small xorshift generator: enough randomness for chaos tests' timing
+/// and choices, seeded by the test.
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Asserts that `pool` is whole again after chaos: every worker has a
+/// process (within 10 s), each answers a call as itself, and the pool has
+/// not failed.
+pub async fn assert_whole(pool: &looppool::Pool<Probe>) {
+    assert!(
+        eventually(Duration::from_secs(10), || pool
+            .pids()
+            .iter()
+            .all(Option::is_some))
+        .await,
+        "full size again"
+    );
+    for w in 0..pool.workers() {
+        assert_eq!(pool.call_to(w, Job::WhoAmI).await.unwrap(), w as u64);
+    }
+    assert!(pool.failure().is_none());
+}

@@ -4,19 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use looppool::{CallError, Output, RestartPolicy, TaskId};
-use looppool_tests::{eventually, probe_pool, Job};
-
-/// A small xorshift generator: enough randomness for kill timing.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use looppool_tests::{assert_whole, probe_pool, Job, Rng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_is_accounted_for_exactly_once_under_random_kills() {
@@ -115,18 +103,7 @@ async fn every_task_is_accounted_for_exactly_once_under_random_kills() {
         outputs.try_next().err(),
         Some(looppool::TryNextError::Empty)
     );
-    assert!(
-        eventually(Duration::from_secs(10), || pool
-            .pids()
-            .iter()
-            .all(Option::is_some))
-        .await,
-        "full size again"
-    );
-    for w in 0..workers {
-        assert_eq!(pool.call_to(w, Job::WhoAmI).await.unwrap(), w as u64);
-    }
-    assert!(pool.failure().is_none());
+    assert_whole(&pool).await;
     pool.shutdown().await;
     assert!(outputs.next().await.is_none());
 }

@@ -7,19 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use looppool::{CallError, LossCause, Output, RestartPolicy, TaskId};
-use looppool_tests::{eventually, probe_pool, sys, Job};
-
-/// A small xorshift generator: enough randomness for the chaos's timing.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use looppool_tests::{assert_whole, probe_pool, sys, Job, Rng};
 
 const WORKERS: usize = 4;
 const SUBMITS: u64 = 190_000;
@@ -151,18 +139,7 @@ async fn every_task_has_one_fate_and_its_own_outputs_under_kills_and_stops() {
         outputs.try_next().err(),
         Some(looppool::TryNextError::Empty)
     );
-    assert!(
-        eventually(Duration::from_secs(10), || pool
-            .pids()
-            .iter()
-            .all(Option::is_some))
-        .await,
-        "full size again"
-    );
-    for w in 0..WORKERS {
-        assert_eq!(pool.call_to(w, Job::WhoAmI).await.unwrap(), w as u64);
-    }
-    assert!(pool.failure().is_none());
+    assert_whole(&pool).await;
     let report = pool.shutdown_timeout(Duration::from_secs(20)).await;
     assert!(report.drained, "{report:?}");
     assert!(outputs.next().await.is_none());
