@@ -109,10 +109,13 @@ async fn log_level_off_forwards_nothing() {
     assert!(pool.call(job).await.is_err());
     // The failure travels behind the log event, had there been one.
     assert!(pool.call(Job::Fail("barrier".into())).await.is_err());
-    wait_for(&capture, "task failure", |e| {
+    let e = wait_for(&capture, "task failure", |e| {
         e.message == "task failed" && e.field("message") == "barrier"
     })
     .await;
+    // Failed tasks are logged at DEBUG by default: the caller has them.
+    assert_eq!(e.level, Level::DEBUG);
+    assert!(e.field("task").starts_with("w0#"), "no task in {e:#?}");
     assert!(capture.matching(from_worker).is_empty());
     pool.shutdown().await;
 }
@@ -120,10 +123,16 @@ async fn log_level_off_forwards_nothing() {
 #[tokio::test]
 async fn panics_reach_the_parent_with_message_and_location() {
     let (capture, _guard) = Capture::install();
-    let (pool, _outputs) = probe_pool!().workers(1).start().await.unwrap();
+    let (pool, _outputs) = probe_pool!()
+        .workers(1)
+        .failed_task_log_level(Level::WARN)
+        .start()
+        .await
+        .unwrap();
     let pid = pool.pids()[0].unwrap().to_string();
 
-    // A handler's panic: a task failure, logged with message and location.
+    // A handler's panic: a task failure, logged with message and location,
+    // at the level asked for.
     let err = pool.call(Job::Panic("boom in a handler".into())).await;
     assert!(matches!(err, Err(CallError::Task(_))), "{err:?}");
     let e = wait_for(&capture, "task panic", |e| {

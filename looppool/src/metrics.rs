@@ -80,7 +80,10 @@
 //! and the fields `pool`, `worker`, `pid`, `log.target`, `log.file`,
 //! `log.line`, `fields` (the event's own fields as text) and `spans` (the
 //! spans it happened in). A handler's panic or error reaches the parent as a
-//! task failure, which the parent logs with its message and location.
+//! task failure, which the parent logs with the pool, worker, pid, task,
+//! message and location, at
+//! [`PoolBuilder::failed_task_log_level`](crate::PoolBuilder::failed_task_log_level)
+//! (default `DEBUG`: the application receives the failure itself).
 //!
 //! A worker buffers at most 1 MiB of log events that its connection has not
 //! taken; beyond that it drops events and counts them. The parent warns
@@ -118,6 +121,8 @@ pub(crate) struct Config {
     pub(crate) report_interval: Option<Duration>,
     pub(crate) blocked_threshold: Option<Duration>,
     pub(crate) log_level: LevelFilter,
+    /// The level failed tasks are logged at in the parent.
+    pub(crate) failed_task_level: tracing::Level,
     #[cfg(feature = "statsd")]
     pub(crate) statsd: Option<Statsd>,
     #[cfg(feature = "prometheus")]
@@ -130,6 +135,7 @@ impl Default for Config {
             report_interval: None,
             blocked_threshold: None,
             log_level: LevelFilter::INFO,
+            failed_task_level: crate::parent::reports::DEFAULT_FAILED_TASK_LEVEL,
             #[cfg(feature = "statsd")]
             statsd: None,
             #[cfg(feature = "prometheus")]
@@ -195,6 +201,7 @@ impl Config {
         let mut hub = Hub {
             pool: pool.to_owned(),
             report_interval: interval,
+            failed_task_level: self.failed_task_level,
             #[cfg(feature = "statsd")]
             statsd: None,
             #[cfg(feature = "statsd")]
@@ -243,6 +250,7 @@ impl Config {
 pub(crate) struct Hub {
     pool: String,
     report_interval: Option<Duration>,
+    failed_task_level: tracing::Level,
     /// The parent's statsd sender.
     #[cfg(feature = "statsd")]
     statsd: Option<Arc<statsd::Sender>>,
@@ -280,7 +288,8 @@ impl Hub {
     pub(crate) fn attach<O>(&self, lanes: &[Arc<Lane<O>>]) {
         let pool: Arc<str> = self.pool.as_str().into();
         for lane in lanes {
-            lane.obs.attach(pool.clone(), self.report_hook());
+            lane.obs
+                .attach(pool.clone(), self.report_hook(), self.failed_task_level);
         }
     }
 

@@ -406,7 +406,9 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
     /// Logs the tasks that failed in one read.
     fn log_failures(&self, failures: &[(TaskId, String, bool)]) {
         for (task, message, panicked) in failures {
-            tracing::warn!(worker = self.worker, pid = self.pid, %task, message = %message, panicked, "task failed");
+            self.lane
+                .obs
+                .log_failed_task(self.worker, self.pid, *task, message, *panicked);
         }
     }
 

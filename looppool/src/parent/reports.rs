@@ -14,6 +14,11 @@ use crate::protocol::report::{self as wire, LogRecord, ReportFrame, Resources};
 use crate::sync::lock;
 use crate::task_id::TaskId;
 
+/// The level failed tasks are logged at unless the builder says otherwise:
+/// the application receives each failure as an item or a call error, and
+/// usually handles or logs it itself.
+pub(crate) const DEFAULT_FAILED_TASK_LEVEL: Level = Level::DEBUG;
+
 /// Called with each resource report as it arrives (worker index, report):
 /// how an exporter (statsd) sees reports as they come.
 pub(crate) type ReportHook = Arc<dyn Fn(usize, &Resources) + Send + Sync>;
@@ -30,6 +35,7 @@ pub(crate) struct LaneObs {
 struct Attached {
     pool: Arc<str>,
     on_report: Option<ReportHook>,
+    failed_task_level: Level,
 }
 
 impl std::fmt::Debug for LaneObs {
@@ -55,8 +61,61 @@ pub(crate) struct ObsState {
 
 impl LaneObs {
     /// Names the pool in log lines, and passes each report to `on_report`.
-    pub(crate) fn attach(&self, pool: Arc<str>, on_report: Option<ReportHook>) {
-        let _ = self.attached.set(Attached { pool, on_report });
+    /// Names the pool in log lines, passes each report to `on_report`, and
+    /// logs failed tasks at `failed_task_level`.
+    pub(crate) fn attach(
+        &self,
+        pool: Arc<str>,
+        on_report: Option<ReportHook>,
+        failed_task_level: Level,
+    ) {
+        let _ = self.attached.set(Attached {
+            pool,
+            on_report,
+            failed_task_level,
+        });
+    }
+
+    /// The level at which failed tasks are logged (see
+    /// `PoolBuilder::failed_task_log_level`).
+    pub(crate) fn failed_task_level(&self) -> Level {
+        self.attached
+            .get()
+            .map_or(DEFAULT_FAILED_TASK_LEVEL, |a| a.failed_task_level)
+    }
+
+    /// Logs a failed task at the pool's level for them, naming the pool,
+    /// the worker, its process and the task.
+    pub(crate) fn log_failed_task(
+        &self,
+        worker: usize,
+        pid: u32,
+        task: TaskId,
+        message: &str,
+        panicked: bool,
+    ) {
+        let pool = self.pool();
+        macro_rules! failed {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    pool,
+                    worker,
+                    pid,
+                    %task,
+                    message = %message,
+                    panicked,
+                    "task failed"
+                )
+            };
+        }
+        match self.failed_task_level() {
+            Level::ERROR => failed!(Level::ERROR),
+            Level::WARN => failed!(Level::WARN),
+            Level::INFO => failed!(Level::INFO),
+            Level::DEBUG => failed!(Level::DEBUG),
+            _ => failed!(Level::TRACE),
+        }
     }
 
     /// Counts tasks reported lost.

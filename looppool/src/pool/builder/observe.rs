@@ -62,4 +62,15 @@ impl<W: Worker> PoolBuilder<W> {
         self.observe.prometheus = Some(addr.into());
         self
     }
+
+    /// The level at which the parent logs each failed task (target
+    /// `looppool::parent::reports`, with the pool, worker, pid, task, message
+    /// and whether it panicked). Default: `DEBUG`, as the application
+    /// receives every failure itself (an [`Output::Failed`](crate::Output::Failed)
+    /// item or a [`CallError::Task`](crate::CallError::Task)); raise it to
+    /// `WARN` to have failures in the log without handling them.
+    pub fn failed_task_log_level(mut self, level: tracing::Level) -> Self {
+        self.observe.failed_task_level = level;
+        self
+    }
 }
