@@ -59,6 +59,12 @@
 //! `…_logs_dropped_total`. [`Pool::prometheus_addr`](crate::Pool::prometheus_addr)
 //! tells the bound address (useful with port 0).
 //!
+//! To scrape these with the application's other metrics instead, from its
+//! own `prometheus-client` registry and HTTP server, register
+//! [`Pool::prometheus_collector`](crate::Pool::prometheus_collector) (a
+//! `PoolCollector`, same families, a fresh snapshot at each scrape) in that
+//! registry; the standalone endpoint is then not needed.
+//!
 //! # Blocked loops
 //!
 //! A handler that computes without awaiting holds up every other task of
@@ -104,6 +110,8 @@ mod prometheus;
 #[cfg(feature = "statsd")]
 pub(crate) mod statsd;
 
+#[cfg(feature = "prometheus")]
+pub use prometheus::PoolCollector;
 #[cfg(feature = "statsd")]
 pub use statsd::Statsd;
 
