@@ -19,7 +19,7 @@
 //!
 //! # statsd
 //!
-//! With `PoolBuilder::statsd` (cargo feature `statsd`, on by default) the
+//! With `PoolBuilder::statsd` (cargo feature `statsd`) the
 //! figures are sent to a statsd server as gauges (`name:value|g`). Names keep
 //! the original package's (`cpu`, `rss`, `maxrss`), put under a scope:
 //!
