@@ -1,4 +1,4 @@
-//! Resource reports, statsd gauges, the Prometheus endpoint and the stats
+//! Resource reports, statsd gauges, the Prometheus endpoint and collector, and the stats
 //! snapshot, with real worker processes and real sockets: a UDP socket bound
 //! by the test stands in for the statsd server.
 
@@ -405,6 +405,66 @@ async fn prometheus_endpoint_serves_every_worker() {
         .unwrap();
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     pool.shutdown().await;
+}
+
+/// Encodes `registry` in the text format.
+fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn prometheus_collector_joins_the_apps_registry() {
+    // No endpoint and no reports: the pool's counts only.
+    let (pool, mut outputs) = probe_pool!().workers(2).start().await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    // The app's own metric beside the pool's.
+    let own = prometheus_client::metrics::counter::Counter::<u64>::default();
+    registry.register("app_requests", "The app's own counter", own.clone());
+    own.inc();
+    registry.register_collector(Box::new(pool.prometheus_collector()));
+
+    for x in 0..3 {
+        pool.submit_to(0, Job::Double(x)).await.unwrap();
+    }
+    pool.submit_to(1, Job::Fail("no".into())).await.unwrap();
+    for _ in 0..4 {
+        next_output(&mut outputs).await;
+    }
+    let body = encode(&registry);
+    // OpenMetrics: the family is named without `_total`, its samples with.
+    assert!(
+        body.contains("# TYPE looppool_worker_tasks_done counter"),
+        "{body}"
+    );
+    let s = samples(&body);
+    let at = |name: &str, worker: usize| -> f64 {
+        let key = format!("{name}{{pool=\"probe\",worker=\"{worker}\"}}");
+        *s.get(&key).unwrap_or_else(|| panic!("no {key} in\n{body}"))
+    };
+    assert_eq!(s["app_requests_total"], 1.0);
+    assert_eq!(s["looppool_workers{pool=\"probe\"}"], 2.0);
+    assert_eq!(at("looppool_worker_tasks_done_total", 0), 3.0);
+    assert_eq!(at("looppool_worker_tasks_done_total", 1), 0.0);
+    assert_eq!(at("looppool_worker_tasks_failed_total", 1), 1.0);
+    assert_eq!(at("looppool_worker_up", 1), 1.0);
+
+    // A fresh snapshot at each scrape.
+    pool.submit_to(0, Job::Double(9)).await.unwrap();
+    next_output(&mut outputs).await;
+    assert_eq!(
+        samples(&encode(&registry))
+            ["looppool_worker_tasks_done_total{pool=\"probe\",worker=\"0\"}"],
+        4.0
+    );
+
+    // The collector does not keep the pool alive; once it is gone it
+    // encodes nothing, and the app's own metrics are still there.
+    drop(pool);
+    let body = encode(&registry);
+    assert!(!body.contains("looppool_"), "{body}");
+    assert_eq!(samples(&body)["app_requests_total"], 1.0);
 }
 
 #[tokio::test]

@@ -4,9 +4,9 @@
 //! index in `ps` (process titles are automatic).
 //!
 //! ```sh
-//! cargo run --release --example instrumented
+//! cargo run --release --example instrumented --features statsd
 //! # with a statsd server elsewhere, and a report every second:
-//! STATSD_ADDR=127.0.0.1:8125 REPORT_INTERVAL_MS=1000 cargo run --release --example instrumented
+//! STATSD_ADDR=127.0.0.1:8125 REPORT_INTERVAL_MS=1000 cargo run --release --example instrumented --features statsd
 //! ```
 //!
 //! Watch the gauges arrive with `nc -ul 8125` in another terminal. The

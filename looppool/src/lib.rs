@@ -258,10 +258,14 @@
 //!
 //! # Feature flags
 //!
-//! - `statsd` (on by default): `PoolBuilder::statsd` sends reports to a
-//!   statsd server, with the `cadence` crate.
-//! - `prometheus`: `PoolBuilder::prometheus` serves the pool's figures at
-//!   `/metrics`, encoded with the `prometheus-client` crate.
+//! None is on by default.
+//!
+//! - `statsd`: `PoolBuilder::statsd` sends reports to a statsd server, with
+//!   the `cadence` crate.
+//! - `prometheus`: `Pool::prometheus_collector` gives a `prometheus-client`
+//!   collector to register in the application's own registry, and
+//!   `PoolBuilder::prometheus` serves the same figures at `/metrics` on a
+//!   port of their own.
 //!
 //! # Platform support
 //!

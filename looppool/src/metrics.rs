@@ -19,7 +19,7 @@
 //!
 //! # statsd
 //!
-//! With `PoolBuilder::statsd` (cargo feature `statsd`, on by default) the
+//! With `PoolBuilder::statsd` (cargo feature `statsd`) the
 //! figures are sent to a statsd server as gauges (`name:value|g`). Names keep
 //! the original package's (`cpu`, `rss`, `maxrss`), put under a scope:
 //!
@@ -58,6 +58,12 @@
 //! `…_tasks_lost_total`, `…_restarts_total`, `…_blocked_total` and
 //! `…_logs_dropped_total`. [`Pool::prometheus_addr`](crate::Pool::prometheus_addr)
 //! tells the bound address (useful with port 0).
+//!
+//! To scrape these with the application's other metrics instead, from its
+//! own `prometheus-client` registry and HTTP server, register
+//! [`Pool::prometheus_collector`](crate::Pool::prometheus_collector) (a
+//! `PoolCollector`, same families, a fresh snapshot at each scrape) in that
+//! registry; the standalone endpoint is then not needed.
 //!
 //! # Blocked loops
 //!
@@ -107,6 +113,8 @@ mod prometheus;
 #[cfg(feature = "statsd")]
 pub(crate) mod statsd;
 
+#[cfg(feature = "prometheus")]
+pub use prometheus::PoolCollector;
 #[cfg(feature = "statsd")]
 pub use statsd::Statsd;
 

@@ -169,6 +169,29 @@ impl<W: Worker> Pool<W> {
         self.inner.hub.prometheus_addr()
     }
 
+    /// A `prometheus-client` collector of this pool's figures, to register
+    /// in the application's own registry, so that they are scraped with its
+    /// other metrics rather than from a port of their own (with the
+    /// `prometheus` feature; see [`PoolCollector`](crate::metrics::PoolCollector)).
+    ///
+    /// Each scrape encodes a fresh [`stats`](Self::stats) snapshot in the
+    /// same families as the `PoolBuilder::prometheus` endpoint. The
+    /// collector holds only a weak reference: it does not keep the pool
+    /// alive, and after the pool is dropped it encodes nothing.
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus_collector(&self) -> crate::metrics::PoolCollector {
+        let inner = Arc::downgrade(&self.inner);
+        let sup = Arc::downgrade(&self.inner.sup);
+        crate::metrics::PoolCollector::new(move || {
+            // Never upgrade the handle itself: the last one dropped during a
+            // scrape would then be dropped (and kill the workers) here.
+            if inner.strong_count() == 0 {
+                return None;
+            }
+            sup.upgrade().map(|sup| snapshot(&sup))
+        })
+    }
+
     /// Why the pool failed (too many restarts), if it did.
     pub fn failure(&self) -> Option<String> {
         self.inner.sup.failure()

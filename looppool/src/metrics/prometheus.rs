@@ -6,14 +6,18 @@
 //! registry is filled from [`PoolStats`] at every scrape, so the figures are
 //! as fresh as the last worker reports and nothing is kept between scrapes.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::{Metric, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,14 +29,38 @@ type IntGauges = Family<Labels, Gauge>;
 type FloatGauges = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter>;
 
-/// Registers a new metric (family) under `name` and returns it.
-fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
-    let metric = M::default();
-    registry.register(name, help, metric.clone());
-    metric
+/// Where [`Families::visit`] puts each family: a registry (the endpoint's)
+/// or a collector's descriptor encoder.
+trait Sink {
+    fn add<M: Metric + TypedMetric + Clone>(&mut self, name: &str, help: &str, metric: &M);
 }
 
-/// The metric families of one scrape, registered in its registry.
+impl Sink for Registry {
+    fn add<M: Metric + TypedMetric + Clone>(&mut self, name: &str, help: &str, metric: &M) {
+        self.register(name, help, metric.clone());
+    }
+}
+
+/// Encodes each family as it is visited; keeps the first error.
+struct Describe<'a> {
+    encoder: DescriptorEncoder<'a>,
+    result: Result<(), fmt::Error>,
+}
+
+impl Sink for Describe<'_> {
+    fn add<M: Metric + TypedMetric + Clone>(&mut self, name: &str, help: &str, metric: &M) {
+        if self.result.is_ok() {
+            self.result = self
+                .encoder
+                // The period `Registry::register` adds to a help text.
+                .encode_descriptor(name, &format!("{help}."), None, M::TYPE)
+                .and_then(|encoder| metric.encode(encoder));
+        }
+    }
+}
+
+/// The metric families of one scrape.
+#[derive(Default)]
 struct Families {
     workers: IntGauges,
     up: IntGauges,
@@ -54,95 +82,100 @@ struct Families {
 }
 
 impl Families {
-    /// Registers every family in `registry`.
-    fn register(registry: &mut Registry) -> Self {
-        Families {
-            workers: register(
-                registry,
-                "looppool_workers",
-                "Worker processes the pool runs",
-            ),
-            up: register(
-                registry,
-                "looppool_worker_up",
-                "Whether the worker has a live process (1) or is being replaced (0)",
-            ),
-            in_flight: register(
-                registry,
-                "looppool_worker_in_flight",
-                "Tasks queued or running on the worker",
-            ),
-            rss: register(
-                registry,
-                "looppool_worker_rss_bytes",
-                "Resident memory of the worker at its last report",
-            ),
-            max_rss: register(
-                registry,
-                "looppool_worker_max_rss_bytes",
-                "Peak resident memory of the worker at its last report",
-            ),
-            alive: register(
-                registry,
-                "looppool_worker_loop_alive_tasks",
-                "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
-            ),
-            global_queue: register(
-                registry,
-                "looppool_worker_loop_global_queue",
-                "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
-            ),
-            running: register(
-                registry,
-                "looppool_worker_tasks_running",
-                "Handlers in progress on the worker at its last report",
-            ),
-            cpu: register(
-                registry,
-                "looppool_worker_cpu",
-                "CPU used by the worker over its last report interval, as a fraction of one core",
-            ),
-            busy: register(
-                registry,
-                "looppool_worker_loop_busy",
-                "Fraction of its last report interval the worker's loop was busy",
-            ),
-            age: register(
-                registry,
-                "looppool_worker_report_age_seconds",
-                "Seconds since the worker's last report arrived",
-            ),
-            done: register(
-                registry,
-                "looppool_worker_tasks_done",
-                "Tasks of this worker index that completed",
-            ),
-            failed: register(
-                registry,
-                "looppool_worker_tasks_failed",
-                "Tasks of this worker index whose handler failed or panicked",
-            ),
-            lost: register(
-                registry,
-                "looppool_worker_tasks_lost",
-                "Tasks of this worker index lost with its process",
-            ),
-            restarts: register(
-                registry,
-                "looppool_worker_restarts",
-                "Times this worker index's process was replaced",
-            ),
-            blocked: register(
-                registry,
-                "looppool_worker_blocked",
-                "Times this worker's loop was blocked past the threshold",
-            ),
-            logs_dropped: register(
-                registry,
-                "looppool_worker_logs_dropped",
-                "Log events this worker dropped because its log buffer was full",
-            ),
-        }
+    /// The families filled from `stats`.
+    fn of(stats: &PoolStats) -> Self {
+        let families = Families::default();
+        families.record(stats);
+        families
+    }
+
+    /// Hands every family, with its name and help, to `sink`.
+    fn visit(&self, sink: &mut impl Sink) {
+        sink.add(
+            "looppool_workers",
+            "Worker processes the pool runs",
+            &self.workers,
+        );
+        sink.add(
+            "looppool_worker_up",
+            "Whether the worker has a live process (1) or is being replaced (0)",
+            &self.up,
+        );
+        sink.add(
+            "looppool_worker_in_flight",
+            "Tasks queued or running on the worker",
+            &self.in_flight,
+        );
+        sink.add(
+            "looppool_worker_rss_bytes",
+            "Resident memory of the worker at its last report",
+            &self.rss,
+        );
+        sink.add(
+            "looppool_worker_max_rss_bytes",
+            "Peak resident memory of the worker at its last report",
+            &self.max_rss,
+        );
+        sink.add(
+            "looppool_worker_loop_alive_tasks",
+            "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
+            &self.alive,
+        );
+        sink.add(
+            "looppool_worker_loop_global_queue",
+            "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
+            &self.global_queue,
+        );
+        sink.add(
+            "looppool_worker_tasks_running",
+            "Handlers in progress on the worker at its last report",
+            &self.running,
+        );
+        sink.add(
+            "looppool_worker_cpu",
+            "CPU used by the worker over its last report interval, as a fraction of one core",
+            &self.cpu,
+        );
+        sink.add(
+            "looppool_worker_loop_busy",
+            "Fraction of its last report interval the worker's loop was busy",
+            &self.busy,
+        );
+        sink.add(
+            "looppool_worker_report_age_seconds",
+            "Seconds since the worker's last report arrived",
+            &self.age,
+        );
+        sink.add(
+            "looppool_worker_tasks_done",
+            "Tasks of this worker index that completed",
+            &self.done,
+        );
+        sink.add(
+            "looppool_worker_tasks_failed",
+            "Tasks of this worker index whose handler failed or panicked",
+            &self.failed,
+        );
+        sink.add(
+            "looppool_worker_tasks_lost",
+            "Tasks of this worker index lost with its process",
+            &self.lost,
+        );
+        sink.add(
+            "looppool_worker_restarts",
+            "Times this worker index's process was replaced",
+            &self.restarts,
+        );
+        sink.add(
+            "looppool_worker_blocked",
+            "Times this worker's loop was blocked past the threshold",
+            &self.blocked,
+        );
+        sink.add(
+            "looppool_worker_logs_dropped",
+            "Log events this worker dropped because its log buffer was full",
+            &self.logs_dropped,
+        );
     }
 
     /// Sets every family from `stats`.
@@ -191,11 +224,71 @@ impl Families {
 /// Encodes `stats` in the Prometheus text format (version 0.0.4).
 pub(crate) fn encode(stats: &PoolStats) -> String {
     let mut registry = Registry::default();
-    Families::register(&mut registry).record(stats);
+    Families::of(stats).visit(&mut registry);
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_text::encode(&mut text, &registry);
     text
+}
+
+/// A `prometheus-client` [`Collector`] of a pool's figures, to register in
+/// the application's own [`Registry`] (from
+/// [`Pool::prometheus_collector`](crate::Pool::prometheus_collector)).
+///
+/// At each scrape it takes a fresh [`Pool::stats`](crate::Pool::stats)
+/// snapshot and encodes the same families as the endpoint of
+/// `PoolBuilder::prometheus` (see [the module docs](crate::metrics#prometheus)).
+/// The worker reports' figures (CPU, memory, loop backlog) appear only when
+/// reports are on (`PoolBuilder::report_interval`, or a statsd or Prometheus
+/// exporter).
+///
+/// The collector does not keep the pool alive: it holds a weak reference,
+/// and once every [`Pool`](crate::Pool) handle is dropped it encodes
+/// nothing at all.
+///
+/// ```no_run
+/// # fn demo(pool: &looppool::Pool<impl looppool::Worker>) {
+/// use prometheus_client::registry::Registry;
+///
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(pool.prometheus_collector()));
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PoolCollector {
+    snapshot: Arc<dyn Fn() -> Option<PoolStats> + Send + Sync>,
+}
+
+impl PoolCollector {
+    /// A collector encoding what `snapshot` returns; nothing once it
+    /// returns `None`.
+    pub(crate) fn new(snapshot: impl Fn() -> Option<PoolStats> + Send + Sync + 'static) -> Self {
+        PoolCollector {
+            snapshot: Arc::new(snapshot),
+        }
+    }
+}
+
+impl fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let Some(stats) = (self.snapshot)() else {
+            return Ok(());
+        };
+        let mut describe = Describe {
+            encoder,
+            result: Ok(()),
+        };
+        Families::of(&stats).visit(&mut describe);
+        describe.result
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the task is aborted (when the
