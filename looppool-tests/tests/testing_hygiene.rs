@@ -60,7 +60,10 @@ fn the_harness_leaves_the_test_process_alone() {
 
     // The handler's panic went through the test's hook like any other.
     assert!(
-        seen.lock().unwrap().iter().any(|m| m.contains("zero is not doubled")),
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("zero is not doubled")),
         "{:?}",
         seen.lock().unwrap()
     );
@@ -78,7 +81,11 @@ fn the_harness_leaves_the_test_process_alone() {
 
     assert_eq!(sys::disposition(libc::SIGINT), sigint, "SIGINT changed");
     assert_eq!(sys::disposition(libc::SIGTERM), sigterm, "SIGTERM changed");
-    assert_eq!(sigint, libc::SIG_DFL, "SIGINT was not the default to begin with");
+    assert_eq!(
+        sigint,
+        libc::SIG_DFL,
+        "SIGINT was not the default to begin with"
+    );
     let after: Vec<_> = std::env::vars_os().collect();
     assert_eq!(after, env, "the environment changed");
     assert_eq!(

@@ -301,6 +301,8 @@
 //!    the pool's lifecycle state.
 //! 7. [`metrics`]: exporters (statsd, Prometheus) reading snapshots.
 //! 8. `pool`: the [`Pool`] handle and its [`PoolBuilder`].
+//! 9. [`testing`]: one worker in a test process, over an in-memory
+//!    connection (it uses only the wire and the worker side).
 //!
 //! # Feature flags
 //!

@@ -185,10 +185,7 @@ impl<W: Worker> TestWorker<W> {
         let mut frame = Vec::new();
         protocol::put_task(&mut frame, 0, &task, DEFAULT_MAX_FRAME)
             .map_err(|e| fail(format!("cannot serialize the task: {e}"), false))?;
-        parent
-            .send(&frame)
-            .await
-            .map_err(|e| fail(e, false))?;
+        parent.send(&frame).await.map_err(|e| fail(e, false))?;
         let mut outputs = Vec::new();
         loop {
             let (last, payload) = match parent.next().await.map_err(|e| fail(e, false))? {
@@ -197,7 +194,10 @@ impl<W: Worker> TestWorker<W> {
                 Frame::Done => return Ok(outputs),
                 Frame::Failed(message, panicked) => return Err(fail(message, panicked)),
                 other => {
-                    return Err(fail(format!("unexpected message from the worker: {other:?}"), false))
+                    return Err(fail(
+                        format!("unexpected message from the worker: {other:?}"),
+                        false,
+                    ))
                 }
             };
             let output = codec::get_serde::<W::Output>(&payload)
@@ -242,7 +242,9 @@ impl<W: Worker> TestWorker<W> {
 
 impl<W: Worker> std::fmt::Debug for TestWorker<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestWorker").field("worker", &W::NAME).finish()
+        f.debug_struct("TestWorker")
+            .field("worker", &W::NAME)
+            .finish()
     }
 }
 
@@ -286,7 +288,10 @@ impl Parent {
                     FromWorker::Hello { protocol, .. } => Frame::Hello(protocol),
                     FromWorker::Ready => Frame::Ready,
                     FromWorker::InitFailed(message) => Frame::InitFailed(message),
-                    FromWorker::Output { slot: None, payload } => {
+                    FromWorker::Output {
+                        slot: None,
+                        payload,
+                    } => {
                         credits += cost;
                         self.unsolicited.push(payload.to_vec());
                         continue;

@@ -25,6 +25,11 @@ use crate::worker::process::EXIT_INIT_FAILED;
 /// connections it makes. It must run inside a tokio `LocalSet` on a
 /// current-thread runtime, such as the one
 /// [`run_worker_runtime`](crate::worker::run_worker_runtime) provides.
+///
+/// It acts for the whole process: it names its thread after the worker,
+/// takes the statsd target out of the environment, may install a global
+/// `tracing` subscriber, and exits the process when the connection ends.
+/// To run a worker inside a test, use [`crate::testing::TestWorker`].
 pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     serve_hosted::<W>(conn, Host::Process).await
 }
