@@ -14,6 +14,19 @@ pub fn signal(pid: u32, signal: libc::c_int) {
     unsafe { libc::kill(pid as libc::pid_t, signal) };
 }
 
+/// This process's current disposition of `signal`: its handler as a
+/// number (`libc::SIG_DFL`, `libc::SIG_IGN` or a function's address).
+pub fn disposition(signal: libc::c_int) -> libc::sighandler_t {
+    // SAFETY: a zeroed sigaction is a valid value to be overwritten, and
+    // with a null new action sigaction only reads the current one into it.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        let rc = libc::sigaction(signal, std::ptr::null(), &mut old);
+        assert_eq!(rc, 0, "sigaction({signal}) failed");
+        old.sa_sigaction
+    }
+}
+
 /// The worker's connection to its pool, descriptor 3, as a stream. Panics
 /// when called a second time: the stream owns the descriptor.
 pub fn connection() -> UnixStream {

@@ -198,8 +198,38 @@
 //!
 //! # Testing your workers
 //!
-//! Under `cargo test` the current executable is the test harness, so point
-//! the pool at a binary of your package that runs your workers:
+//! A handler's logic is quickest to test in the test process itself:
+//! [`testing::TestWorker`] runs one worker on a thread of its own, sending
+//! it serialized tasks as a pool would, and leaves the test process's panic
+//! hook, signal dispositions and environment alone.
+//!
+//! ```
+//! # use std::rc::Rc;
+//! # use looppool::{BoxError, InitContext, TaskContext, Worker};
+//! # struct Doubler;
+//! # impl Worker for Doubler {
+//! #     const NAME: &'static str = "doubler";
+//! #     type Init = (); type Task = u64; type Output = u64;
+//! #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+//! #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+//! #         cx.emit(2 * x).await?; Ok(())
+//! #     }
+//! # }
+//! // tests/doubler.rs (in a `#[tokio::test]`)
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let w = looppool::testing::TestWorker::<Doubler>::start(()).await?;
+//! let outputs: Vec<u64> = w.run(21).await?;
+//! assert_eq!(outputs, [42]);
+//! w.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To test the pool around it (several processes, restarts, timeouts), start
+//! a real pool. Under `cargo test` the current executable is the test
+//! harness, so point the pool at a binary of your package that runs your
+//! workers:
 //!
 //! ```toml
 //! # Cargo.toml
@@ -207,12 +237,25 @@
 //! name = "my-workers"
 //! ```
 //!
-//! ```text
+//! ```no_run
+//! # use std::rc::Rc;
+//! # use looppool::{BoxError, InitContext, TaskContext, Worker};
+//! # struct Doubler;
+//! # impl Worker for Doubler {
+//! #     const NAME: &'static str = "doubler";
+//! #     type Init = (); type Task = u64; type Output = u64;
+//! #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+//! #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+//! #         cx.emit(2 * x).await?; Ok(())
+//! #     }
+//! # }
 //! // src/bin/my-workers.rs
 //! fn main() {
-//!     looppool::worker_main!(my_crate::Doubler);
+//!     looppool::worker_main!(Doubler);
 //! }
+//! ```
 //!
+//! ```text
 //! // tests/doubler.rs
 //! #[tokio::test]
 //! async fn doubles() {
@@ -227,7 +270,10 @@
 //! }
 //! ```
 //!
-//! This crate's own integration tests (`looppool-tests`) are built this way.
+//! The last block is text only because `CARGO_BIN_EXE_*` exists only in an
+//! integration test: this crate's own integration tests (`looppool-tests`,
+//! with its `test-worker` binary, e.g. `tests/api_polish.rs`) are built
+//! exactly this way and compile it in every run.
 //!
 //! # Layout
 //!
@@ -255,6 +301,8 @@
 //!    the pool's lifecycle state.
 //! 7. [`metrics`]: exporters (statsd, Prometheus) reading snapshots.
 //! 8. `pool`: the [`Pool`] handle and its [`PoolBuilder`].
+//! 9. [`testing`]: one worker in a test process, over an in-memory
+//!    connection (it uses only the wire and the worker side).
 //!
 //! # Feature flags
 //!
@@ -287,6 +335,7 @@ mod supervisor;
 mod sync;
 mod sys;
 mod task_id;
+pub mod testing;
 pub mod transport;
 pub mod worker;
 

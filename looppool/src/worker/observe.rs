@@ -22,12 +22,14 @@ pub(crate) struct Observe {
 }
 
 impl Observe {
-    pub(crate) fn new(init: &Init) -> Self {
+    /// What `init` asks for; the statsd target comes from the environment
+    /// when `read_env` (a worker process), never in a test's worker.
+    pub(crate) fn new(init: &Init, read_env: bool) -> Self {
         Observe {
             report_interval: (init.report_interval_ms > 0)
                 .then(|| Duration::from_millis(init.report_interval_ms)),
             log_level: wire::filter_from_u8(init.log_level),
-            statsd: statsd_target(),
+            statsd: if read_env { statsd_target() } else { None },
         }
     }
 

@@ -273,8 +273,9 @@ impl Outbox {
     }
 
     /// Writes queued frames to `io` until the outbox closes; one `write` per
-    /// batch.
-    pub(crate) async fn write_to(&self, mut io: WriteHalf) {
+    /// batch. When the parent is gone, exits the process if `exit_when_gone`
+    /// (a worker process), else stops writing (a test's worker).
+    pub(crate) async fn write_to(&self, mut io: WriteHalf, exit_when_gone: bool) {
         let mut batch = Vec::new();
         loop {
             let took = {
@@ -292,7 +293,10 @@ impl Outbox {
             }
             if transport::flush_batch(&mut io, &mut batch).await.is_err() {
                 // The parent is gone: nobody is left to work for.
-                std::process::exit(0);
+                if exit_when_gone {
+                    std::process::exit(0);
+                }
+                return;
             }
         }
     }

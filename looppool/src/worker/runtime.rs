@@ -25,7 +25,29 @@ use crate::worker::process::EXIT_INIT_FAILED;
 /// connections it makes. It must run inside a tokio `LocalSet` on a
 /// current-thread runtime, such as the one
 /// [`run_worker_runtime`](crate::worker::run_worker_runtime) provides.
+///
+/// It acts for the whole process: it names its thread after the worker,
+/// takes the statsd target out of the environment, may install a global
+/// `tracing` subscriber, and exits the process when the connection ends.
+/// To run a worker inside a test, use [`crate::testing::TestWorker`].
 pub async fn serve<W: Worker>(conn: Connection) -> i32 {
+    serve_hosted::<W>(conn, Host::Process).await
+}
+
+/// Where [`serve_hosted`] runs, and so what it may do to its process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Host {
+    /// A worker's own process: it names its thread, reads its environment
+    /// and exits the process when the parent is gone.
+    Process,
+    /// A test process ([`crate::testing`]): it leaves the thread's name,
+    /// the environment and the process alone, and stops when the parent's
+    /// end of the connection closes.
+    Test,
+}
+
+/// [`serve`], in `host`.
+pub(crate) async fn serve_hosted<W: Worker>(conn: Connection, host: Host) -> i32 {
     let Connection { reader, mut writer } = conn;
 
     // Handshake: say who we are, then wait for our place in the pool.
@@ -39,12 +61,15 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     };
     let max_frame = usize::try_from(init.max_frame).unwrap_or(usize::MAX);
     reader.set_max_frame(max_frame);
-    sys::set_thread_name(&format!("{}-w{}", init.pool, init.index));
+    if host == Host::Process {
+        sys::set_thread_name(&format!("{}-w{}", init.pool, init.index));
+    }
     let shared = Rc::new(Shared::new(&init, max_frame));
-    let obs = Observe::new(&init);
+    let obs = Observe::new(&init, host == Host::Process);
     let writer_task = {
         let shared = shared.clone();
-        tokio::task::spawn_local(async move { shared.out.write_to(writer).await })
+        let exit_when_gone = host == Host::Process;
+        tokio::task::spawn_local(async move { shared.out.write_to(writer, exit_when_gone).await })
     };
     obs.begin(&shared);
 
@@ -60,7 +85,7 @@ pub async fn serve<W: Worker>(conn: Connection) -> i32 {
     shared.out.push_ready();
     obs.start(&shared);
 
-    tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader));
+    tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader, host));
 
     // Serve until the parent's stop message, which arrives behind every task
     // it sent us; then drain the running tasks.
@@ -140,7 +165,12 @@ async fn shut_down<W: Worker>(worker: Rc<W>, shared: &Shared) {
 }
 
 /// Reads the parent's frames: tasks, credits, pings and the stop message.
-async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: FrameReader) {
+async fn read_loop<W: Worker>(
+    worker: Rc<W>,
+    shared: Rc<Shared>,
+    mut reader: FrameReader,
+    host: Host,
+) {
     // Spare cells for the two types of task future (see `TaskCell`).
     let (mut plain, mut timed) = (None, None);
     loop {
@@ -185,7 +215,13 @@ async fn read_loop<W: Worker>(worker: Rc<W>, shared: Rc<Shared>, mut reader: Fra
         match reader.fill().await {
             Ok(true) => {}
             // End of the connection: the parent is gone or dropped the pool.
-            Ok(false) => std::process::exit(0),
+            Ok(false) if host == Host::Process => std::process::exit(0),
+            // A test dropped its worker: drain and stop, leaving the
+            // test process alone.
+            Ok(false) => {
+                shared.request_stop();
+                return;
+            }
             Err(e) => protocol_exit(&shared, &e.to_string()),
         }
     }
