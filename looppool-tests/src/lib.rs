@@ -86,6 +86,14 @@ pub enum Job {
         /// The message.
         message: String,
     },
+    /// Log `message` at info, sleep `ms` on the loop, log it again, then
+    /// emit `ms`: events from a first poll and from a later one.
+    LogAround {
+        /// Milliseconds between the two events.
+        ms: u64,
+        /// The message of both.
+        message: String,
+    },
     /// Log `count` events of `bytes` bytes each at info, all in one poll;
     /// then emit `count`.
     LogFlood {
@@ -220,6 +228,12 @@ impl Worker for Probe {
             Job::Sleep { ms, value } => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 cx.emit(value).await?;
+            }
+            Job::LogAround { ms, message } => {
+                tracing::info!(poll = "first", "{message}");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tracing::info!(poll = "later", "{message}");
+                cx.emit(ms).await?;
             }
             Job::Spin { ms, value } => {
                 let until = Instant::now() + Duration::from_millis(ms);

@@ -252,6 +252,7 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: if the future is dropped before it completes, the task
     /// was not sent.
     pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        let span = tracing::Span::current();
         let worker = self.pick();
         // The common case without the waiting machinery: the worker has a
         // free slot, and the task is pushed synchronously. The nested
@@ -263,7 +264,7 @@ impl<W: Worker> Pool<W> {
                 // Before the push: a future dropped here has sent nothing.
                 tokio::task::yield_now().await;
             }
-            match lane.try_push(&task, None) {
+            match lane.try_push(&task, None, &span) {
                 Ok(id) => return Ok(id),
                 Err((e @ PushError::Codec(_), _)) => {
                     return Err(SubmitError::new(e.into_kind(), task))
@@ -272,7 +273,7 @@ impl<W: Worker> Pool<W> {
                 Err(_) => {}
             }
         }
-        self.push_any(&task, None)
+        self.push_any(&task, None, &span)
             .await
             .map(|(id, _)| id)
             .map_err(|(kind, _)| SubmitError::new(kind, task))
@@ -284,17 +285,20 @@ impl<W: Worker> Pool<W> {
         &self,
         task: &W::Task,
         call: Option<lane::CallSender<W::Output>>,
+        span: &tracing::Span,
     ) -> Pushed<W::Output> {
         let mut call = Some(call);
         self.inner
             .space
-            .retry_until(|| match self.try_push_any(task, call.take().flatten()) {
-                Err((SubmitErrorKind::Full, back)) => {
-                    call = Some(back);
-                    None
-                }
-                done => Some(done),
-            })
+            .retry_until(
+                || match self.try_push_any(task, call.take().flatten(), span) {
+                    Err((SubmitErrorKind::Full, back)) => {
+                        call = Some(back);
+                        None
+                    }
+                    done => Some(done),
+                },
+            )
             .await
     }
 
@@ -306,6 +310,7 @@ impl<W: Worker> Pool<W> {
         &self,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
+        span: &tracing::Span,
     ) -> Pushed<W::Output> {
         let n = self.workers();
         let start = self.pick();
@@ -315,7 +320,7 @@ impl<W: Worker> Pool<W> {
             } else {
                 start + k - n
             };
-            match self.inner.lanes[worker].try_push(task, call) {
+            match self.inner.lanes[worker].try_push(task, call, span) {
                 Ok(id) => {
                     if k > 0 {
                         // The turn goes on from the worker that took it.
@@ -344,7 +349,7 @@ impl<W: Worker> Pool<W> {
     /// every worker's queue is at its bound; otherwise as
     /// [`submit`](Self::submit).
     pub fn try_submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        match self.try_push_any(&task, None) {
+        match self.try_push_any(&task, None, &tracing::Span::current()) {
             Ok((id, _)) => Ok(id),
             Err((kind, _)) => Err(SubmitError::new(kind, task)),
         }
@@ -364,7 +369,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: W::Task,
     ) -> Result<TaskId, SubmitError<W::Task>> {
-        self.push(worker, &task, None)
+        self.push(worker, &task, None, &tracing::Span::current())
             .await
             .map_err(|(e, _)| SubmitError::new(e, task))
     }
@@ -382,7 +387,7 @@ impl<W: Worker> Pool<W> {
             Ok(lane) => lane,
             Err(kind) => return Err(SubmitError::new(kind, task)),
         };
-        match lane.try_push(&task, None) {
+        match lane.try_push(&task, None, &tracing::Span::current()) {
             Ok(id) => Ok(id),
             Err((e, _)) => Err(SubmitError::new(e.into_kind(), task)),
         }
@@ -393,6 +398,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
+        span: &tracing::Span,
     ) -> Result<TaskId, NotPushed<W::Output>> {
         let lane = self.lane(worker).map_err(|k| (k, None))?;
         loop {
@@ -400,7 +406,7 @@ impl<W: Worker> Pool<W> {
                 // Before the push: a future dropped here has sent nothing.
                 tokio::task::yield_now().await;
             }
-            match lane.try_push(task, call) {
+            match lane.try_push(task, call, span) {
                 Ok(id) => return Ok(id),
                 Err((PushError::Full | PushError::Down, back)) => {
                     call = back;
@@ -424,8 +430,9 @@ impl<W: Worker> Pool<W> {
     /// with a copy and others without.
     pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskId>, SubmitError<W::Task>> {
         let mut ids = Vec::with_capacity(self.workers());
+        let span = tracing::Span::current();
         for worker in 0..self.workers() {
-            match self.push(worker, &task, None).await {
+            match self.push(worker, &task, None, &span).await {
                 Ok(id) => ids.push(id),
                 Err((kind, _)) => return Err(SubmitError::new(kind, task)),
             }
@@ -446,7 +453,10 @@ impl<W: Worker> Pool<W> {
     /// its reply is discarded.
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
-        match self.push_any(&task, Some(tx)).await {
+        match self
+            .push_any(&task, Some(tx), &tracing::Span::current())
+            .await
+        {
             Ok((id, worker)) => Self::await_reply(rx, worker, id).await,
             Err((kind, _)) => Err(CallError::Submit(SubmitError::new(kind, task))),
         }
@@ -465,7 +475,10 @@ impl<W: Worker> Pool<W> {
         task: W::Task,
     ) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
-        let id = match self.push(worker, &task, Some(tx)).await {
+        let id = match self
+            .push(worker, &task, Some(tx), &tracing::Span::current())
+            .await
+        {
             Ok(id) => id,
             Err((kind, _)) => return Err(CallError::Submit(SubmitError::new(kind, task))),
         };

@@ -15,7 +15,7 @@ use crate::codec::{self, CodecError, Fields, FrameWriter};
 /// 2: a failure spends output credits as an output does, and a frame spends
 /// credits by its size ([`output_cost`]), with the bytes per credit in
 /// [`Init`].
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The first bytes of a worker's hello, so that a program that is not a
 /// looppool worker is recognised as such rather than misread.

@@ -398,7 +398,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                         .collect()
                 })
             }
-            Frame::Log(body) => self.lane.obs.on_log(self.worker, self.pid, body),
+            Frame::Log(body) => {
+                let lane = &self.lane;
+                lane.obs.on_log(self.worker, self.pid, body, |slot| {
+                    lane.lock().span_in_slot(slot)
+                })
+            }
             _ => {}
         }
     }

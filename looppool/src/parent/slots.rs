@@ -32,11 +32,13 @@ pub(crate) struct Held<O> {
     pub(crate) retry: Option<Retry>,
 }
 
-/// What a retry needs: the encoded task and how often it was already lost.
+/// What a retry needs: the encoded task, how often it was already lost, and
+/// the span it was submitted in.
 #[derive(Debug)]
 pub(crate) struct Retry {
     pub(crate) payload: Box<[u8]>,
     pub(crate) attempts: u32,
+    pub(crate) span: Option<tracing::Span>,
 }
 
 /// The `seq` of a free slot (a lane's sequence numbers never reach it).
@@ -51,6 +53,9 @@ pub(super) struct SlotMore<O> {
     pub(super) id: Option<TaskId>,
     pub(super) call: Option<Call<O>>,
     pub(super) retry: Option<Retry>,
+    /// The span the task was submitted in: its worker's log records for it
+    /// are relayed inside it.
+    pub(super) span: Option<tracing::Span>,
 }
 
 /// A `call` waiting for its task.
@@ -137,14 +142,29 @@ impl<O> Slots<O> {
         self.more[slot as usize].as_deref_mut()?.call.as_mut()
     }
 
-    /// Frees busy `slot`; returns its task's caller and retry copy.
+    /// The span the task in busy `slot` was submitted in, if any.
+    pub(super) fn span(&self, slot: u32) -> Option<&tracing::Span> {
+        if self.seq.get(slot as usize)? & MORE == 0 {
+            return None;
+        }
+        self.more[slot as usize].as_deref()?.span.as_ref()
+    }
+
+    /// Frees busy `slot`; returns its task's caller and retry copy (which
+    /// takes the task's span along).
     #[inline]
     pub(super) fn take(&mut self, slot: u32) -> (Option<Call<O>>, Option<Retry>) {
         let i = slot as usize;
         let had_more = self.seq[i] & MORE != 0;
         self.seq[i] = FREE;
         match had_more.then(|| self.more[i].take()).flatten() {
-            Some(more) => (more.call, more.retry),
+            Some(more) => {
+                let mut retry = more.retry;
+                if let Some(r) = &mut retry {
+                    r.span = more.span;
+                }
+                (more.call, retry)
+            }
             None => (None, None),
         }
     }
@@ -165,6 +185,7 @@ mod tests {
             id,
             call: Some(Call { tx, reply: None }),
             retry: None,
+            span: None,
         }))
     }
 

@@ -189,7 +189,7 @@ fn await_ready(
     match msg {
         FromWorker::Ready => Ok(true),
         FromWorker::Log(body) => {
-            crate::parent::reports::relay_log(&spec.pool_name, index, pid, body);
+            crate::parent::reports::relay_log(&spec.pool_name, index, pid, body, |_| None);
             Ok(false)
         }
         FromWorker::InitFailed(message) => Err(StartError::Init {

@@ -75,7 +75,13 @@ async fn resend<O>(
 ) {
     use crate::parent::lane::PushError;
     loop {
-        match lane.try_push_retry(id, &retry.payload, retry.attempts + 1, call) {
+        match lane.try_push_retry(
+            id,
+            &retry.payload,
+            retry.attempts + 1,
+            call,
+            retry.span.as_ref(),
+        ) {
             Ok(_) => return,
             Err((PushError::Full | PushError::Down, back)) => {
                 call = back;

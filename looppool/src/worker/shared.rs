@@ -30,6 +30,10 @@ pub(crate) struct Shared {
     pub(crate) task_timeout: Option<Duration>,
     /// The blocked-loop watch, when the pool asked for one.
     pub(crate) watch: Option<Arc<Watch>>,
+    /// One more than the wire slot of the task being polled; 0 between
+    /// tasks. Log records name it, so that the parent can relay a handler's
+    /// events in the span its task was submitted in.
+    polled: Cell<u32>,
 }
 
 impl Shared {
@@ -48,6 +52,7 @@ impl Shared {
                 .then(|| Duration::from_millis(init.task_timeout_ms)),
             watch: (init.blocked_threshold_ms > 0)
                 .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
+            polled: Cell::new(0),
         }
     }
 
@@ -106,10 +111,20 @@ impl Shared {
     /// blocked-loop watch.
     #[inline]
     pub(crate) fn polling<R>(&self, slot: u32, poll: impl FnOnce() -> R) -> R {
-        match &self.watch {
+        // The poll cannot unwind past here: the task's panics are caught
+        // inside it.
+        self.polled.set(slot.wrapping_add(1));
+        let r = match &self.watch {
             None => poll(),
             Some(watch) => watch.polling(slot, poll, || self.loop_turned(watch)),
-        }
+        };
+        self.polled.set(0);
+        r
+    }
+
+    /// The wire slot of the task being polled, if one is.
+    pub(crate) fn polled_slot(&self) -> Option<u32> {
+        self.polled.get().checked_sub(1)
     }
 
     /// The loop turned: tells the watch, which reports a blocked episode

@@ -44,6 +44,12 @@ impl<O> LaneState<O> {
         self.slots.is_busy(slot).then(|| self.slots.id(slot, lane))
     }
 
+    /// The span the task in `slot` was submitted in, if it holds a task
+    /// that had one.
+    pub(crate) fn span_in_slot(&self, slot: u32) -> Option<tracing::Span> {
+        self.slots.span(slot).cloned()
+    }
+
     /// Frees the slot of a task that completed, answering its caller.
     fn complete(&mut self, slot: u32, freed: &mut usize) {
         if let (Some(call), _) = self.slots.take(slot) {
