@@ -252,7 +252,6 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: if the future is dropped before it completes, the task
     /// was not sent.
     pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        let span = tracing::Span::current();
         let worker = self.pick();
         // The common case without the waiting machinery: the worker has a
         // free slot, and the task is pushed synchronously. The nested
@@ -264,7 +263,7 @@ impl<W: Worker> Pool<W> {
                 // Before the push: a future dropped here has sent nothing.
                 tokio::task::yield_now().await;
             }
-            match lane.try_push(&task, None, &span) {
+            match try_push_here(lane, &task) {
                 Ok(id) => return Ok(id),
                 Err((e @ PushError::Codec(_), _)) => {
                     return Err(SubmitError::new(e.into_kind(), task))
@@ -273,7 +272,13 @@ impl<W: Worker> Pool<W> {
                 Err(_) => {}
             }
         }
-        self.push_any(&task, None, &span)
+        self.submit_waiting(task).await
+    }
+
+    /// `submit` when its worker had no room: waits for any worker's.
+    async fn submit_waiting(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
+        let span = sending_span();
+        self.push_any(&task, None, span.as_ref())
             .await
             .map(|(id, _)| id)
             .map_err(|(kind, _)| SubmitError::new(kind, task))
@@ -285,7 +290,7 @@ impl<W: Worker> Pool<W> {
         &self,
         task: &W::Task,
         call: Option<lane::CallSender<W::Output>>,
-        span: &tracing::Span,
+        span: Option<&tracing::Span>,
     ) -> Pushed<W::Output> {
         let mut call = Some(call);
         self.inner
@@ -310,7 +315,7 @@ impl<W: Worker> Pool<W> {
         &self,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
-        span: &tracing::Span,
+        span: Option<&tracing::Span>,
     ) -> Pushed<W::Output> {
         let n = self.workers();
         let start = self.pick();
@@ -349,7 +354,7 @@ impl<W: Worker> Pool<W> {
     /// every worker's queue is at its bound; otherwise as
     /// [`submit`](Self::submit).
     pub fn try_submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        match self.try_push_any(&task, None, &tracing::Span::current()) {
+        match self.try_push_any(&task, None, sending_span().as_ref()) {
             Ok((id, _)) => Ok(id),
             Err((kind, _)) => Err(SubmitError::new(kind, task)),
         }
@@ -369,7 +374,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: W::Task,
     ) -> Result<TaskId, SubmitError<W::Task>> {
-        self.push(worker, &task, None, &tracing::Span::current())
+        self.push(worker, &task, None, sending_span().as_ref())
             .await
             .map_err(|(e, _)| SubmitError::new(e, task))
     }
@@ -387,7 +392,7 @@ impl<W: Worker> Pool<W> {
             Ok(lane) => lane,
             Err(kind) => return Err(SubmitError::new(kind, task)),
         };
-        match lane.try_push(&task, None, &tracing::Span::current()) {
+        match lane.try_push(&task, None, sending_span().as_ref()) {
             Ok(id) => Ok(id),
             Err((e, _)) => Err(SubmitError::new(e.into_kind(), task)),
         }
@@ -398,7 +403,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: &W::Task,
         mut call: Option<lane::CallSender<W::Output>>,
-        span: &tracing::Span,
+        span: Option<&tracing::Span>,
     ) -> Result<TaskId, NotPushed<W::Output>> {
         let lane = self.lane(worker).map_err(|k| (k, None))?;
         loop {
@@ -430,9 +435,9 @@ impl<W: Worker> Pool<W> {
     /// with a copy and others without.
     pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskId>, SubmitError<W::Task>> {
         let mut ids = Vec::with_capacity(self.workers());
-        let span = tracing::Span::current();
+        let span = sending_span();
         for worker in 0..self.workers() {
-            match self.push(worker, &task, None, &span).await {
+            match self.push(worker, &task, None, span.as_ref()).await {
                 Ok(id) => ids.push(id),
                 Err((kind, _)) => return Err(SubmitError::new(kind, task)),
             }
@@ -454,7 +459,7 @@ impl<W: Worker> Pool<W> {
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
         match self
-            .push_any(&task, Some(tx), &tracing::Span::current())
+            .push_any(&task, Some(tx), sending_span().as_ref())
             .await
         {
             Ok((id, worker)) => Self::await_reply(rx, worker, id).await,
@@ -476,7 +481,7 @@ impl<W: Worker> Pool<W> {
     ) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
         let id = match self
-            .push(worker, &task, Some(tx), &tracing::Span::current())
+            .push(worker, &task, Some(tx), sending_span().as_ref())
             .await
         {
             Ok(id) => id,
@@ -571,4 +576,39 @@ fn snapshot<O: serde::de::DeserializeOwned + Send + 'static>(
 ) -> crate::PoolStats {
     let active = sup.active.load(Ordering::Relaxed);
     crate::stats::collect(&sup.spec.pool_name, &sup.lanes, active, |i| sup.pid(i))
+}
+
+/// Pushes `task` to `lane` as `submit`'s common case does: with the span it
+/// is sent in, which is looked up out of line, only once a `tracing`
+/// subscriber was set.
+#[inline(always)]
+fn try_push_here<O, T: serde::Serialize>(
+    lane: &Lane<O>,
+    task: &T,
+) -> Result<TaskId, (PushError, Option<lane::CallSender<O>>)> {
+    if tracing::dispatcher::has_been_set() {
+        return try_push_in_span(lane, task);
+    }
+    lane.try_push(task, None, None)
+}
+
+#[cold]
+#[inline(never)]
+fn try_push_in_span<O, T: serde::Serialize>(
+    lane: &Lane<O>,
+    task: &T,
+) -> Result<TaskId, (PushError, Option<lane::CallSender<O>>)> {
+    lane.try_push(task, None, sending_span().as_ref())
+}
+
+/// The span a task is sent in, if any: its worker's log records are relayed
+/// inside it (see [the parent's span](crate::metrics#the-parents-span)).
+/// Nothing to look up while no `tracing` subscriber was ever set.
+#[inline(always)]
+fn sending_span() -> Option<tracing::Span> {
+    if !tracing::dispatcher::has_been_set() {
+        return None;
+    }
+    let span = tracing::Span::current();
+    (!span.is_none()).then_some(span)
 }

@@ -385,12 +385,14 @@ impl<O> Lane<O> {
         let busy: Vec<u32> = slots.busy().collect();
         for slot in busy {
             let id = slots.id(slot, index);
+            let span = slots.take_span(slot);
             let (call, retry) = slots.take(slot);
             free.push(slot);
             held.push(Held {
                 id,
                 call: call.map(|c| c.tx),
                 retry,
+                span,
             });
         }
         held.sort_by_key(|h| (h.id.worker != index, h.id));

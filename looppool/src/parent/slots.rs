@@ -30,15 +30,15 @@ pub(crate) struct Held<O> {
     pub(crate) call: Option<CallSender<O>>,
     /// The encoded task, kept when lost tasks may be retried.
     pub(crate) retry: Option<Retry>,
+    /// The span the task was sent in, if any.
+    pub(crate) span: Option<tracing::Span>,
 }
 
-/// What a retry needs: the encoded task, how often it was already lost, and
-/// the span it was submitted in.
+/// What a retry needs: the encoded task and how often it was already lost.
 #[derive(Debug)]
 pub(crate) struct Retry {
     pub(crate) payload: Box<[u8]>,
     pub(crate) attempts: u32,
-    pub(crate) span: Option<tracing::Span>,
 }
 
 /// The `seq` of a free slot (a lane's sequence numbers never reach it).
@@ -150,23 +150,34 @@ impl<O> Slots<O> {
         self.more[slot as usize].as_deref()?.span.as_ref()
     }
 
-    /// Frees busy `slot`; returns its task's caller and retry copy (which
-    /// takes the task's span along).
+    /// Takes the span of the task in busy `slot`, if it has one.
+    pub(super) fn take_span(&mut self, slot: u32) -> Option<tracing::Span> {
+        if self.seq[slot as usize] & MORE == 0 {
+            return None;
+        }
+        self.more[slot as usize].as_deref_mut()?.span.take()
+    }
+
+    /// Frees busy `slot`; returns its task's caller and retry copy.
     #[inline]
     pub(super) fn take(&mut self, slot: u32) -> (Option<Call<O>>, Option<Retry>) {
         let i = slot as usize;
         let had_more = self.seq[i] & MORE != 0;
         self.seq[i] = FREE;
         match had_more.then(|| self.more[i].take()).flatten() {
-            Some(more) => {
-                let mut retry = more.retry;
-                if let Some(r) = &mut retry {
-                    r.span = more.span;
-                }
-                (more.call, retry)
-            }
+            Some(more) => Self::unpack(more),
             None => (None, None),
         }
+    }
+
+    /// A freed task's caller and retry copy; the rest of its extras are
+    /// dropped here, out of the common path.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::boxed_local)] // Freeing the box is part of what moves here.
+    fn unpack(more: Box<SlotMore<O>>) -> (Option<Call<O>>, Option<Retry>) {
+        let more = *more;
+        (more.call, more.retry)
     }
 
     /// The busy slots, in slot order.

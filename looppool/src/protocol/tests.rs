@@ -589,9 +589,7 @@ fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -
     let lane = Arc::new(Lane::<u64>::new(0, 8, max_frame, 0));
     let generation = lane.open(1, None, 1_000, 1 << 20).unwrap();
     for _ in 0..tasks {
-        lane.try_push(&(), None, &tracing::Span::none())
-            .map_err(|_| ())
-            .unwrap();
+        lane.try_push(&(), None, None).map_err(|_| ()).unwrap();
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = FrameReader::new(Box::pin(Chunked::new(wire, cuts)), max_frame);

@@ -35,6 +35,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                         task.id,
                         retry,
                         task.call,
+                        task.span,
                         lost.clone(),
                         outputs.clone(),
                     ));
@@ -70,18 +71,13 @@ async fn resend<O>(
     id: TaskId,
     retry: Retry,
     mut call: Option<CallSender<O>>,
+    span: Option<tracing::Span>,
     lost: WorkerLost,
     outputs: BatchSender<O>,
 ) {
     use crate::parent::lane::PushError;
     loop {
-        match lane.try_push_retry(
-            id,
-            &retry.payload,
-            retry.attempts + 1,
-            call,
-            retry.span.as_ref(),
-        ) {
+        match lane.try_push_retry(id, &retry.payload, retry.attempts + 1, call, span.as_ref()) {
             Ok(_) => return,
             Err((PushError::Full | PushError::Down, back)) => {
                 call = back;

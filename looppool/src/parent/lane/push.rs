@@ -70,7 +70,7 @@ impl<O> Lane<O> {
         &self,
         task: &T,
         call: Option<CallSender<O>>,
-        span: &tracing::Span,
+        span: Option<&tracing::Span>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         self.push_with(
             call,
@@ -90,8 +90,6 @@ impl<O> Lane<O> {
         call: Option<CallSender<O>>,
         span: Option<&tracing::Span>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
-        let none = tracing::Span::none();
-        let span = span.unwrap_or(&none);
         self.push_with(call, Some((id, attempts)), span, |out, slot, max| {
             protocol::put_encoded_task(out, slot, payload, max)
         })
@@ -102,8 +100,8 @@ impl<O> Lane<O> {
         &self,
         call: Option<CallSender<O>>,
         retried: Option<(TaskId, u32)>,
-        // The span the task was submitted in (`Span::none()` for none).
-        span: &tracing::Span,
+        // The span the task was sent in, if any.
+        span: Option<&tracing::Span>,
         // Appends the task's frame; returns where its payload begins.
         encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
@@ -149,14 +147,13 @@ impl<O> Lane<O> {
         let foreign = id.worker != self.index as u32;
         // Written without closures: ones that captured `call` cost a drop
         // check per task even when not called.
-        let more = if call.is_some() || self.retries > 0 || foreign || !span.is_none() {
+        let more = if call.is_some() || self.retries > 0 || foreign || span.is_some() {
             // Keeping a copy of every task costs an allocation per task, so
             // it is done only when lost tasks are to be retried.
             let retry = if self.retries > 0 {
                 Some(Retry {
                     payload: st.out[payload_start..].into(),
                     attempts,
-                    span: None,
                 })
             } else {
                 None
@@ -165,7 +162,7 @@ impl<O> Lane<O> {
                 id: if foreign { Some(id) } else { None },
                 call: call.map(|tx| Call { tx, reply: None }),
                 retry,
-                span: (!span.is_none()).then(|| span.clone()),
+                span: span.cloned(),
             }))
         } else {
             None
