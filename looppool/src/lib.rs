@@ -353,8 +353,9 @@ pub use error::{
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};
 pub use pool::{
-    Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId,
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_UNREAD_OUTPUTS_WARNING,
+    BlockedCancel, Dispatch, Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals,
+    TaskBuilder, TaskId, DEFAULT_CANCEL_GRACE, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_UNREAD_OUTPUTS_WARNING,
 };
 pub use supervisor::RestartPolicy;
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

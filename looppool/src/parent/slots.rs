@@ -19,6 +19,7 @@ pub(crate) enum CallOutcome<O> {
     Failed(TaskError),
     Lost(WorkerLost),
     NoReply,
+    Cancelled,
 }
 
 pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
@@ -30,6 +31,8 @@ pub(crate) struct Held<O> {
     pub(crate) call: Option<CallSender<O>>,
     /// The encoded task, kept when lost tasks may be retried.
     pub(crate) retry: Option<Retry>,
+    /// Why it was being cancelled, if it was: its fate is then that.
+    pub(crate) cancel: Option<super::lane::CancelReason>,
 }
 
 /// What a retry needs: the encoded task and how often it was already lost.
