@@ -94,7 +94,12 @@ async fn keyed_tasks_start_in_order_on_one_worker_under_load() {
     let keys = producer.await.unwrap();
     let mut worker_of: HashMap<u64, usize> = HashMap::new();
     for (task, worker, value) in results {
-        assert_eq!(value % 2, 1, "a task of key {} started out of order", keys[&task]);
+        assert_eq!(
+            value % 2,
+            1,
+            "a task of key {} started out of order",
+            keys[&task]
+        );
         assert_eq!(value / 2, worker as u64);
         let first = *worker_of.entry(keys[&task]).or_insert(worker);
         assert_eq!(first, worker, "key {} moved", keys[&task]);
@@ -116,9 +121,11 @@ async fn a_key_keeps_its_worker_across_a_crash_and_its_replacement() {
     let victim = before[0];
     let pid = pool.pids()[victim].unwrap();
     pool.kill_worker(victim);
-    assert!(eventually(Duration::from_secs(10), || pool.pids()[victim]
-        .is_some_and(|p| p != pid))
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), || pool.pids()[victim]
+            .is_some_and(|p| p != pid))
+        .await
+    );
     assert_whole(&pool).await;
     let after = workers_of_keys(&pool, 32, 1).await;
     assert_eq!(before, after, "no key moved");
@@ -147,7 +154,10 @@ async fn resize_moves_only_the_keys_of_removed_workers() {
     pool.resize(4).await.unwrap();
     let grown = workers_of_keys(&pool, 64, 2).await;
     for (k, (a, b)) in three.iter().zip(&grown).enumerate() {
-        assert!(a == b || *b == 3, "key {k} moved from {a} to {b}, not to the new worker");
+        assert!(
+            a == b || *b == 3,
+            "key {k} moved from {a} to {b}, not to the new worker"
+        );
     }
     assert_eq!(grown, four, "the same keys as before the shrink");
     pool.shutdown().await;

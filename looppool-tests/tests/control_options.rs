@@ -12,7 +12,10 @@ async fn a_task_past_its_own_deadline_fails_as_one_past_the_pool_timeout() {
     let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
     let started = Instant::now();
     let id = pool
-        .task(Job::Mark { value: 1, ms: 60_000 })
+        .task(Job::Mark {
+            value: 1,
+            ms: 60_000,
+        })
         .timeout(Duration::from_millis(300))
         .submit()
         .await
@@ -21,7 +24,11 @@ async fn a_task_past_its_own_deadline_fails_as_one_past_the_pool_timeout() {
     match next_output(&mut outputs).await {
         Output::Failed(e) => {
             assert_eq!(e.task, id);
-            assert!(e.message.contains("exceeded its deadline of 300ms"), "{}", e.message);
+            assert!(
+                e.message.contains("exceeded its deadline of 300ms"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected its deadline, got {other:?}"),
     }
@@ -39,7 +46,10 @@ async fn a_task_past_its_own_deadline_fails_as_one_past_the_pool_timeout() {
         other => panic!("{other:?}"),
     }
     // A task within its deadline completes.
-    let quick = pool.task(Job::Double(5)).timeout(Duration::from_secs(5)).call();
+    let quick = pool
+        .task(Job::Double(5))
+        .timeout(Duration::from_secs(5))
+        .call();
     assert_eq!(quick.await.unwrap(), 10);
     assert_eq!(pool.in_flight(), [0]);
     pool.shutdown().await;
@@ -55,7 +65,10 @@ async fn a_task_deadline_replaces_the_pool_wide_timeout() {
         .unwrap();
     // Longer than the pool's timeout, within its own.
     let job = Job::Sleep { ms: 400, value: 7 };
-    let longer = pool.task(job.clone()).timeout(Duration::from_secs(5)).call();
+    let longer = pool
+        .task(job.clone())
+        .timeout(Duration::from_secs(5))
+        .call();
     assert_eq!(longer.await.unwrap(), 7);
     // Without one, the pool's timeout applies.
     match pool.call(job).await {
@@ -76,8 +89,9 @@ async fn a_task_whose_deadline_passes_behind_a_stopped_worker_never_starts() {
     let pid = pool.pids()[0].unwrap();
     sys::signal(pid, libc::SIGSTOP);
     assert!(
-        eventually(Duration::from_secs(5), || looppool_tests::process_state(pid)
-            == Some('T'))
+        eventually(Duration::from_secs(5), || looppool_tests::process_state(
+            pid
+        ) == Some('T'))
         .await
     );
     // Fill the connection, so the task waits in the parent's buffer.
