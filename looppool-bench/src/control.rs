@@ -27,7 +27,7 @@ const CANCELS: usize = 2_000;
 const HOL_CALLS: usize = 2_000;
 /// Short calls per repetition under round-robin, each other one behind a
 /// long task.
-const HOL_RR_CALLS: usize = 200;
+const HOL_RR_CALLS: usize = 40;
 /// The long tasks' busy loop.
 const LONG_SPIN_US: u32 = 100_000;
 
@@ -136,28 +136,22 @@ async fn hol_series(
         spin_us: 0,
         sleep_ms: 0,
     };
-    let feeder = long.then(|| {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            // Two in flight: the next starts as soon as one ends.
-            let long = MixedTask {
-                spin_us: LONG_SPIN_US,
-                sleep_ms: 0,
-            };
-            loop {
-                if pool.in_flight().first().is_some_and(|&n| n < 2) {
-                    if pool.submit_to(0, long).await.is_err() {
-                        return;
-                    }
-                } else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+    // Two feeders, each calling a long task on worker 0 as soon as its
+    // last one ended: one always runs and the next waits behind it, with
+    // no idle gap between them.
+    let long_task = MixedTask {
+        spin_us: LONG_SPIN_US,
+        sleep_ms: 0,
+    };
+    let feeders: Vec<_> = (0..if long { 2 } else { 0 })
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { while pool.call_to(0, long_task).await.is_ok() {} })
         })
-    });
+        .collect();
     if long {
         // The long tasks are under way before the first short call.
-        while pool.in_flight()[0] == 0 {
+        while pool.in_flight()[0] < 2 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -171,7 +165,7 @@ async fn hol_series(
         }
         series.push(Latency::from_nanos(&samples));
     }
-    if let Some(feeder) = feeder {
+    for feeder in feeders {
         feeder.abort();
     }
     pool.shutdown_timeout(Duration::from_secs(1)).await;

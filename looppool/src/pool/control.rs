@@ -153,8 +153,11 @@ impl<W: Worker> Pool<W> {
     /// for a `submit`ted task, [`CallError::Cancelled`](crate::CallError::Cancelled)
     /// for a `call`, unless it completed (or failed) before the worker read
     /// the cancel, which then stands. A task whose frame the pool has not
-    /// yet written to its worker never starts; a running one has its
-    /// handler dropped at the await point where it waits, or, if it awaits
+    /// yet written to its worker's connection (a worker that is stopped,
+    /// or slow to read) never starts. A worker starts each task as it reads
+    /// it, so a task already written starts, and is then dropped at its
+    /// first await point, as a running one is: its handler is dropped at
+    /// the await point where it waits, or, if it awaits
     /// [`TaskContext::cancelled`](crate::TaskContext::cancelled), after it
     /// returns or its grace period passes; a handler that blocks its loop
     /// is dealt with by [`BlockedCancel`]. If its worker dies meanwhile,
