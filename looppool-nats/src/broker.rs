@@ -20,6 +20,26 @@ pub(crate) struct Broker {
     outputs: stream::Stream,
 }
 
+/// `url` without credentials (the user and password, or token, before an
+/// `@`), for messages: `nats://user:secret@host:4222` is
+/// `nats://host:4222`. Each URL of a comma-separated list is treated.
+pub(crate) fn public_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.find("://") {
+                Some(i) => one.split_at(i + 3),
+                None => ("", one),
+            };
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -179,5 +199,18 @@ impl Broker {
             .get_consumer(&self.names.output_consumer(n, inc))
             .await
             .map_err(|e| err("cannot open a worker's output consumer", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(public_url("nats://u:secret@h:4222"), "nats://h:4222");
+        assert_eq!(public_url("tls://tok@h"), "tls://h");
+        assert_eq!(public_url("u:p@h:1,nats://h2:2"), "h:1,nats://h2:2");
+        assert_eq!(public_url("nats://h:4222/x@y"), "nats://h:4222/x@y");
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct Plan {
     pub(crate) max_running: usize,
     pub(crate) ack_wait: Duration,
     pub(crate) max_payload: usize,
+    /// Where the relays count what they drop.
+    pub(crate) drops: crate::DropCounts,
 }
 
 /// A worker asking to join.
@@ -121,7 +123,7 @@ impl Connector for NatsConnector {
     fn describe(&self) -> String {
         format!(
             "NATS broker {} (pool {})",
-            self.shared.plan.url,
+            crate::broker::public_url(&self.shared.plan.url),
             self.shared.broker.names.pool()
         )
     }
@@ -284,6 +286,7 @@ async fn connect(shared: Arc<Shared>, index: usize) -> std::io::Result<Link> {
             hello: join.hello,
             ending: ending.clone(),
             child: child.clone(),
+            drops: plan.drops.clone(),
         }
         .run(),
     );

@@ -126,6 +126,7 @@
 
 mod broker;
 mod connector;
+mod counters;
 mod names;
 mod pool;
 mod relay;
@@ -134,6 +135,7 @@ pub mod server;
 mod settings;
 mod sync;
 
+pub use counters::DropCounts;
 pub use pool::{Delivery, NatsPoolBuilder};
 pub use remote::{
     run_if_remote, RemoteWorker, CA_ENV, CERT_ENV, CREDS_ENV, INDEX_ENV, JOIN_TIMEOUT_ENV, KEY_ENV,

@@ -7,8 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream::stream::StorageType;
 use looppool::{BuildError, Outputs, Pool, PoolBuilder, StartError, Worker};
 
-use crate::broker::Broker;
+use crate::broker::{public_url, Broker};
 use crate::connector::{NatsConnector, Plan};
+use crate::counters::DropCounts;
 use crate::names::Names;
 
 /// What happens to the tasks of a worker that is lost.
@@ -94,12 +95,13 @@ pub struct NatsPoolBuilder<W: Worker> {
     storage: StorageType,
     init: Option<W::Init>,
     configure: Option<Configure<W>>,
+    drops: DropCounts,
 }
 
 impl<W: Worker> std::fmt::Debug for NatsPoolBuilder<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsPoolBuilder")
-            .field("url", &self.url)
+            .field("url", &public_url(&self.url))
             .field("pool", &self.pool)
             .field("local", &self.local)
             .field("remote", &self.remote)
@@ -129,6 +131,7 @@ impl<W: Worker> NatsPoolBuilder<W> {
             storage: StorageType::File,
             init: None,
             configure: None,
+            drops: DropCounts::default(),
         }
     }
 
@@ -242,6 +245,36 @@ impl<W: Worker> NatsPoolBuilder<W> {
         self.init(W::Init::default())
     }
 
+    /// The counts of broker messages this pool drops rather than applies
+    /// (malformed, stale, duplicates, past the out-of-order bound), to read
+    /// while the pool runs. Call it before [`start`](Self::start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::rc::Rc;
+    /// # use looppool::{BoxError, InitContext, TaskContext, Worker};
+    /// # struct Doubler;
+    /// # impl Worker for Doubler {
+    /// #     const NAME: &'static str = "doubler";
+    /// #     type Init = ();
+    /// #     type Task = u64;
+    /// #     type Output = u64;
+    /// #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+    /// #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+    /// #         cx.emit(2 * x).await?;
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// let builder = looppool_nats::NatsPoolBuilder::<Doubler>::new("nats://127.0.0.1:4222", "jobs");
+    /// let drops = builder.drop_counts();
+    /// // ... builder.start().await, run the pool, then:
+    /// assert_eq!(drops.total(), 0);
+    /// ```
+    pub fn drop_counts(&self) -> DropCounts {
+        self.drops.clone()
+    }
+
     /// Any other setting of the underlying [`PoolBuilder`]: `max_results`,
     /// `restart_policy`, `on_event`, `heartbeat`, `task_timeout`,
     /// `report_interval` and so on. (`workers`, `max_tasks`, `max_frame`
@@ -259,9 +292,11 @@ impl<W: Worker> NatsPoolBuilder<W> {
     /// and initialised.
     ///
     /// # Errors
-    /// [`StartError`] when a setting is invalid, the broker cannot be
-    /// reached or refuses the pool's streams, or a worker fails to start or
-    /// join in time.
+    /// [`StartError::Config`] when a setting is invalid;
+    /// [`StartError::Broker`] (with the URL, without credentials, and the
+    /// client's error as its source) when the broker cannot be reached or
+    /// refuses the pool's streams; the core's other kinds when a worker
+    /// fails to start or join in time.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
         let config = |m: String| StartError::Config(BuildError::new(m));
         let names = Names::new(&self.pool).map_err(config)?;
@@ -293,19 +328,24 @@ impl<W: Worker> NatsPoolBuilder<W> {
                 "max_tasks({max_tasks}) gives less than one task per worker to {workers} workers"
             )));
         }
+        let url = public_url(&self.url);
+        let broker_error = |source: Box<dyn std::error::Error + Send + Sync>| StartError::Broker {
+            url: url.clone(),
+            source,
+        };
         let client = self
             .options
             .unwrap_or_default()
             .connect(&self.url)
             .await
-            .map_err(|e| config(format!("cannot connect to the broker at {}: {e}", self.url)))?;
+            .map_err(|e| broker_error(Box::new(e)))?;
         let max_payload = client.server_info().max_payload.max(4096);
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
         let broker = Broker::setup(js, names.clone(), per_worker, self.storage)
             .await
-            .map_err(|e| config(format!("broker at {}: {e}", self.url)))?;
+            .map_err(|e| broker_error(e.into()))?;
         let plan = Plan {
             url: self.url.clone(),
             local: self.local,
@@ -319,10 +359,11 @@ impl<W: Worker> NatsPoolBuilder<W> {
             max_running: per_worker,
             ack_wait: self.ack_wait,
             max_payload,
+            drops: self.drops,
         };
         let connector = NatsConnector::start(broker, client, plan)
             .await
-            .map_err(config)?;
+            .map_err(|e| broker_error(e.into()))?;
         let mut builder = Pool::<W>::builder()
             .name(names.pool())
             .start_timeout(Duration::from_secs(60))

@@ -3,6 +3,8 @@
 //! and the broker's subjects, so that the pool and the worker runtime above
 //! them run unchanged.
 
+pub(crate) mod ids;
+mod outputs;
 pub(crate) mod parent;
 mod publish;
 pub(crate) mod worker;

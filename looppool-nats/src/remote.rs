@@ -8,6 +8,7 @@ use looppool::transport::Connection;
 use looppool::Worker;
 use tokio::io::AsyncReadExt;
 
+use crate::broker::public_url;
 use crate::names::{self, Names};
 use crate::relay::worker::WorkerRelay;
 use crate::settings::Settings;
@@ -190,13 +191,13 @@ impl RemoteWorker {
         let client =
             tokio::time::timeout(self.join_timeout, self.options().await?.connect(&self.url))
                 .await
-                .map_err(|_| {
+                .map_err(|_| self.unreachable())?
+                .map_err(|e| {
                     format!(
-                        "cannot reach the broker at {} within {:?}",
-                        self.url, self.join_timeout
+                        "cannot connect to the broker at {}: {e}",
+                        public_url(&self.url)
                     )
-                })?
-                .map_err(|e| format!("cannot connect to the broker at {}: {e}", self.url))?;
+                })?;
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -263,11 +264,24 @@ impl RemoteWorker {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        if client.connection_state() != async_nats::connection::State::Connected {
+            // Not the pool's fault: nothing reached it.
+            return Err(self.unreachable());
+        }
         Err(format!(
             "pool {:?} did not accept this worker within {:?} (last answer: {last})",
             names.pool(),
             self.join_timeout
         ))
+    }
+
+    /// Why a worker that never reached the broker gives up.
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach the broker at {} within {:?} (is it running, and is the URL right?)",
+            public_url(&self.url),
+            self.join_timeout
+        )
     }
 }
 

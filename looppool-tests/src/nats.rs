@@ -76,6 +76,17 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server with SIGKILL (no chance to flush its store) and
+    /// starts it again on the same port and store after `downtime`.
+    pub fn crash_restart(&mut self, downtime: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(downtime);
+        self.launch(Some(self.port));
+    }
+
     /// Stops the server and starts it again on the same port and store,
     /// after `downtime`.
     pub fn restart(&mut self, downtime: Duration) {

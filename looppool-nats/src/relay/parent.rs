@@ -13,7 +13,6 @@
 //!   code), when its heartbeats stop for the silence period while this side
 //!   is connected to the broker, or, for a local process, when it exits.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
+use crate::counters::DropCounts;
 use crate::names::{self, header_u64};
+use crate::relay::outputs::{Inflight, Intake, Taken};
 use crate::relay::publish::{self, Pending};
 use crate::settings::Settings;
 use crate::sync::lock;
@@ -92,6 +93,20 @@ pub(crate) struct ParentRelay {
     pub(crate) hello: Bytes,
     pub(crate) ending: Arc<Mutex<Ending>>,
     pub(crate) child: Option<Arc<Mutex<ChildCell>>>,
+    pub(crate) drops: DropCounts,
+}
+
+/// What the relay's three directions share.
+struct Link<'a> {
+    broker: &'a Broker,
+    client: &'a async_nats::Client,
+    settings: &'a Settings,
+    /// The output credits the pool returned so far.
+    credit: &'a AtomicU64,
+    drops: &'a DropCounts,
+    inflight: &'a Inflight,
+    /// The next output message due from the worker.
+    next: &'a AtomicU64,
 }
 
 /// Why the relay stopped.
@@ -119,11 +134,22 @@ impl ParentRelay {
             hello,
             ending,
             child,
+            drops,
         } = self;
         let n = settings.index;
         let inc = settings.incarnation;
         let (reader, mut writer) = conn.into_split();
-        let credit = Arc::new(AtomicU64::new(0));
+        let (credit, next) = (AtomicU64::new(0), AtomicU64::new(1));
+        let inflight = Inflight::default();
+        let link = Link {
+            broker: &broker,
+            client: &client,
+            settings: &settings,
+            credit: &credit,
+            drops: &drops,
+            inflight: &inflight,
+            next: &next,
+        };
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let confirmer = tokio::spawn(publish::confirm(
             broker.js.clone(),
@@ -131,9 +157,9 @@ impl ParentRelay {
             |()| async {},
         ));
         let stop = {
-            let down = down(&broker, &client, &settings, reader, &credit, confirm_tx);
-            let up = up(&broker, &settings, &hello, &mut writer);
-            let watch = watch(&client, &broker, &settings, &credit, child.as_ref());
+            let down = down(&link, reader, confirm_tx);
+            let up = up(&link, &hello, &mut writer);
+            let watch = watch(&link, child.as_ref());
             tokio::select! {
                 s = down => s,
                 s = up => s,
@@ -181,15 +207,13 @@ pub(crate) async fn kill_message(client: &async_nats::Client, broker: &Broker, n
 
 /// Pool → worker.
 async fn down(
-    broker: &Broker,
-    client: &async_nats::Client,
-    settings: &Settings,
+    link: &Link<'_>,
     mut reader: ReadHalf,
-    credit: &AtomicU64,
     confirm: mpsc::UnboundedSender<Pending<()>>,
 ) -> Stop {
-    let n = settings.index;
-    let inc = settings.incarnation;
+    let (broker, client, credit) = (link.broker, link.client, link.credit);
+    let n = link.settings.index;
+    let inc = link.settings.incarnation;
     let subject = broker.names.task_subject(n);
     let control = broker.names.control_subject(n);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -203,10 +227,15 @@ async fn down(
         let mut credited = false;
         for f in crate::relay::take_frames(&mut buf) {
             match frame::role(&f) {
-                Ok(Role::Init | Role::Task(_) | Role::Stop) => {
+                Ok(role @ (Role::Init | Role::Task(_) | Role::Stop)) => {
+                    // The message's number is its identity (see `ids`).
                     seq += 1;
+                    if let Role::Task(slot) = role {
+                        link.inflight.sent(slot, seq);
+                    }
                     let mut headers = HeaderMap::new();
                     headers.insert(names::INCARNATION, inc.to_string().as_str());
+                    headers.insert(names::TASK, seq.to_string().as_str());
                     headers.insert(
                         async_nats::header::NATS_MESSAGE_ID,
                         HeaderValue::from(format!("{inc:x}.{seq}").as_str()),
@@ -269,19 +298,26 @@ fn control_payload(credit: &AtomicU64, frames: &[u8]) -> Bytes {
     payload.into()
 }
 
-/// Worker → pool, in the worker's order, each message once.
-async fn up(broker: &Broker, settings: &Settings, hello: &[u8], writer: &mut WriteHalf) -> Stop {
-    let n = settings.index;
-    let inc = settings.incarnation;
+/// Worker → pool, in the worker's order, each message once, each frame
+/// to its own task.
+async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
+    let n = link.settings.index;
+    let inc = link.settings.incarnation;
     if writer.write_all(hello).await.is_err() {
         return Stop::PoolClosed;
     }
-    let consumer = match broker.output_consumer(n, inc).await {
+    let consumer = match link.broker.output_consumer(n, inc).await {
         Ok(c) => c,
         Err(e) => return Stop::Broken(e),
     };
-    let mut next = 1u64;
-    let mut early: BTreeMap<u64, (Bytes, Option<i32>)> = BTreeMap::new();
+    let mut intake = Intake::new(
+        inc,
+        n,
+        link.broker.names.pool(),
+        link.drops,
+        link.inflight,
+        link.next,
+    );
     loop {
         let mut messages = match consumer
             .stream()
@@ -308,47 +344,25 @@ async fn up(broker: &Broker, settings: &Settings, hello: &[u8], writer: &mut Wri
                     continue;
                 }
             };
-            let headers = message.headers.as_ref();
-            let theirs = header_u64(headers, names::INCARNATION);
-            let seq = header_u64(headers, names::SEQUENCE);
-            let exit = header_u64(headers, names::EXIT).map(|c| c as i32);
-            let payload = message.payload.clone();
-            let (Some(theirs), Some(seq)) = (theirs, seq) else {
-                let _ = message.ack().await;
-                return Stop::Broken("an output message without incarnation or sequence".into());
-            };
-            if theirs == inc && seq >= next {
-                early.insert(seq, (payload, exit));
-            }
-            // Otherwise another life's leftover, or a redelivery already
-            // handed on. The pool gets what is due before the broker its ack.
-            let mut exited = None;
-            while let Some((payload, exit)) = early.remove(&next) {
-                next += 1;
-                if writer.write_all(&payload).await.is_err() {
+            let taken = intake.take(message.headers.as_ref(), message.payload.clone());
+            // The pool gets what is due before the broker its ack.
+            if let Taken::Frames(frames, exited) = taken {
+                if writer.write_all(&frames).await.is_err() {
                     return Stop::PoolClosed;
                 }
-                if let Some(code) = exit {
-                    exited = Some(code);
-                    break;
+                if let Some(code) = exited {
+                    let _ = message.ack().await;
+                    return Stop::Exited(code);
                 }
             }
             let _ = message.ack().await;
-            if let Some(code) = exited {
-                return Stop::Exited(code);
-            }
         }
     }
 }
 
 /// Heartbeats, credit refreshes, and the local process.
-async fn watch(
-    client: &async_nats::Client,
-    broker: &Broker,
-    settings: &Settings,
-    credit: &AtomicU64,
-    child: Option<&Arc<Mutex<ChildCell>>>,
-) -> Stop {
+async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
+    let (client, broker, settings) = (link.client, link.broker, link.settings);
     let n = settings.index;
     let inc = settings.incarnation;
     let mut beats = match client.subscribe(broker.names.heartbeat_subject(n)).await {
@@ -358,11 +372,18 @@ async fn watch(
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(settings.heartbeat.min(Duration::from_millis(50)));
     let mut last_refresh = Instant::now();
+    let mut dropped = [0u64; 4];
+    let mut gap = Gap::default();
     loop {
         tokio::select! {
             beat = beats.next() => match beat {
                 Some(m) if header_u64(m.headers.as_ref(), names::INCARNATION) == Some(inc) => {
                     last = Instant::now();
+                    let h = m.headers.as_ref();
+                    if let Some(d) = h.and_then(|h| h.get(names::DROPPED)) {
+                        link.drops.absorb(d.as_str(), &mut dropped, broker.names.pool(), n);
+                    }
+                    gap.stored = gap.stored.max(header_u64(h, names::STORED).unwrap_or(0));
                 }
                 Some(_) => {}
                 None => return Stop::Broken("heartbeat subscription closed".into()),
@@ -371,10 +392,17 @@ async fn watch(
                 if client.connection_state() != async_nats::connection::State::Connected {
                     // Silence while we cannot hear is not the worker's fault.
                     last = Instant::now();
+                    gap.since = Instant::now();
                     continue;
                 }
                 if last.elapsed() > settings.silence {
                     return Stop::Silent;
+                }
+                if let Some(lost) = gap.check(link.next.load(Ordering::Relaxed)) {
+                    return Stop::Broken(format!(
+                        "the broker stored output message {lost} of worker {n} but never \
+                         delivered it (lost in a broker failure)"
+                    ));
                 }
                 if let Some(child) = child {
                     let exited = lock(child).try_wait();
@@ -390,11 +418,49 @@ async fn watch(
                         .publish_with_headers(
                             broker.names.control_subject(n),
                             control_headers(inc),
-                            control_payload(credit, &[]),
+                            control_payload(link.credit, &[]),
                         )
                         .await;
                 }
             }
         }
+    }
+}
+
+/// How long an output message the worker says the broker stored may stay
+/// undelivered, while both sides are connected, before it counts as lost.
+/// Long enough for a pull consumer to recover from a broker restart.
+const GAP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Watches for an output message the broker confirmed to the worker but
+/// never delivered: the tasks it completed would otherwise wait forever.
+#[derive(Debug)]
+struct Gap {
+    /// The last output message the worker says is stored.
+    stored: u64,
+    /// The next message due, and since when.
+    due: u64,
+    since: Instant,
+}
+
+impl Default for Gap {
+    fn default() -> Self {
+        Gap {
+            stored: 0,
+            due: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Gap {
+    /// The message lost, if `next` (due) is stored and has been due too long.
+    fn check(&mut self, next: u64) -> Option<u64> {
+        if next != self.due || self.stored < next {
+            self.due = next;
+            self.since = Instant::now();
+            return None;
+        }
+        (self.since.elapsed() > GAP_TIMEOUT).then_some(next)
     }
 }
