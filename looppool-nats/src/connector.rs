@@ -377,4 +377,8 @@ impl Peer for BrokerPeer {
         let e = lock(&self.ending);
         Ok(e.status.unwrap_or(ExitStatus::Unknown))
     }
+
+    fn loss_cause(&mut self) -> Option<String> {
+        lock(&self.ending).reason.take()
+    }
 }

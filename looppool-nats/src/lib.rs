@@ -60,13 +60,46 @@
 //! | consumer `wN-<incarnation>` | durable pull consumer of `lp.P.task.n`, explicit acks, `max_ack_pending` = the per-worker task bound | the broker's bound on what a worker holds |
 //! | stream `LP_P_OUT`, subject `lp.P.out.n` | the worker's outputs, completions, reports and logs, numbered, the last one carrying its exit code | the parent pulls them (consumer `oN-<incarnation>`) and hands them on in order, each once |
 //! | `lp.P.ctl.n` (core NATS) | output credits (a running total, so a lost message is repaired by the next) and pings | the pool's bound on pending outputs reaches the worker |
-//! | `lp.P.hb.n`, `lp.P.owner` (core NATS) | heartbeats of worker `n` and of the parent | liveness both ways |
+//! | `lp.P.hb.n`, `lp.P.owner` (core NATS) | heartbeats of worker `n` (with its drop counts and its last stored output) and of the parent | liveness both ways |
 //! | `lp.P.join` (core NATS, request-reply) | a worker's hello; the reply gives its index, incarnation and settings | membership |
 //!
 //! Each life of a worker index is an *incarnation*. When a worker joins,
 //! the consumers of earlier incarnations are deleted (a worker declared
 //! dead receives nothing more) and their leftovers purged (the pool already
-//! reported or re-sent them); messages of other incarnations are ignored.
+//! reported or re-sent them); messages of other incarnations are dropped.
+//!
+//! ## Identities, not broker sequences
+//!
+//! The core names a task on the wire by its *slot*, a number the parent
+//! reuses as soon as the task ends; the broker numbers messages by *stream
+//! sequence*, which says where it stored a copy, not which task it is. A
+//! broker killed and restarted may deliver a message again under its old
+//! sequence or a new one, and may bring back messages of earlier
+//! incarnations. Neither number can tell a task, so the pool adds its own:
+//!
+//! - The parent numbers the messages it sends one incarnation (init, tasks,
+//!   stop) 1, 2, 3, ... in header `Lp-Task`, beside `Lp-Inc`, the
+//!   incarnation; together they name one task message in the whole pool
+//!   (and are its `Nats-Msg-Id`, so a publish retried after an outage is
+//!   stored once while the broker remembers it).
+//! - A worker runs each number once. A copy of a task still running asks
+//!   for more time; a copy of one it already took is acknowledged and
+//!   dropped; a message of another incarnation, for a slot already busy, or
+//!   not of the pool's making is dropped.
+//! - Every output message names, in `Lp-Tasks`, the task message of each
+//!   slot its frames speak for. The parent applies a frame only to the task
+//!   it sent into that slot and has not seen end; anything else (a copy's
+//!   second completion, a finished task's output) is dropped.
+//! - Output messages carry their own sequence (`Lp-Seq`) within the
+//!   incarnation; the parent hands them on in that order, each once, and
+//!   holds at most 4,096 messages (64 MiB) that arrive ahead of a missing
+//!   one per worker.
+//!
+//! Whatever is dropped is counted in [`DropCounts`]
+//! ([`NatsPoolBuilder::drop_counts`]; workers report theirs with their
+//! heartbeats) and logged as a warning at most once a second. A message the
+//! pool cannot apply is never a reason to replace a worker or fail the
+//! pool.
 //!
 //! # Failure semantics
 //!
@@ -85,20 +118,27 @@
 //! Either way every task ends exactly once for the caller: with its output,
 //! its error, or `Output::Lost` / `CallError::WorkerLost`.
 //!
-//! A broker restart is survived: streams and consumers live in the broker's
-//! file store; both sides reconnect by themselves; publishes that were not
-//! acknowledged are sent again with the same message id (the broker stores
-//! them once); redeliveries are de-duplicated on both sides; and silence
-//! while a side is disconnected does not count against liveness.
+//! | what happens | what the pool does |
+//! |---|---|
+//! | the broker is killed (`kill -9`) and restarted, any number of times, under load, with file storage (the default) | both sides reconnect by themselves; unacknowledged publishes are sent again; redelivered and resurrected messages are recognised by their identity and dropped; silence while a side is disconnected does not count against liveness. No worker is replaced and no task lost: each task ends once, with its own outputs, each delivered once |
+//! | an output message the worker's broker confirmed stored is never delivered (a broker that lost acknowledged data) | after 15 s while both sides are connected, the worker's link ends: its tasks are reported lost (or re-sent, at least once) with [`LossCause::Transport`](looppool::LossCause::Transport) saying so |
+//! | a worker's heartbeats stop for the silence period while the parent is connected | it is replaced; its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) naming the silence |
+//! | a pool stream or consumer is deleted | the worker's link ends at once (its consumer is gone): its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream or consumer was deleted, and the streams are created again when the replacement joins |
+//! | a malformed or stale message on a pool subject | dropped, counted, logged (rate-limited) |
+//! | the broker cannot be reached at start | [`StartError::Broker`](looppool::StartError::Broker), with the URL without credentials |
 //!
-//! **Known limit.** A broker that is killed and restarted *under load* may
-//! redeliver task messages it had already delivered. Workers recognise a
-//! repeat only by its stream sequence, so such a task can run twice, and
-//! its second completion can reach whichever task then holds its slot; a
-//! worker that reports on a slot the parent no longer holds is replaced as a
-//! protocol breach, its tasks lost. It has been seen with the broker killed
-//! (`kill -9`) under load. Until outputs carry their task's full identity,
-//! do not rely on broker restarts under load for exactly-once results.
+//! **Limits.** A stream *purged* (its messages removed, the stream kept)
+//! is not detected: the tasks whose messages were removed before their
+//! worker took them keep their slots until the worker is lost or the pool
+//! shuts down, and are then reported lost. With
+//! [`memory_storage`](NatsPoolBuilder::memory_storage), a broker restart
+//! loses the streams: as for deleted streams, the tasks in them are
+//! reported lost. A broker's power loss can lose what it had not written
+//! to disk (JetStream syncs every two minutes by default); the pool then
+//! reports the tasks whose messages were lost as above, or, for task
+//! messages never taken, as for a purge. Anyone who can publish on the
+//! pool's subjects can forge messages that carry a live identity: keep the
+//! broker to the pool's own users.
 //!
 //! # Differences from local mode
 //!

@@ -41,6 +41,9 @@ pub(crate) struct Ending {
     pub(crate) ended: bool,
     /// The exit code the worker announced, if it did.
     pub(crate) status: Option<ExitStatus>,
+    /// Why the link ended, when the broker (not the worker) ended it: the
+    /// cause its lost tasks are reported with.
+    pub(crate) reason: Option<String>,
 }
 
 /// A local worker process, shared by the relay (which watches it) and the
@@ -176,8 +179,16 @@ impl ParentRelay {
         );
         {
             let mut e = lock(&ending);
-            if let Stop::Exited(code) = stop {
-                e.status = Some(ExitStatus::Code(code));
+            match &stop {
+                Stop::Exited(code) => e.status = Some(ExitStatus::Code(*code)),
+                Stop::Broken(why) => e.reason = Some(why.clone()),
+                Stop::Silent => {
+                    e.reason = Some(format!(
+                        "no heartbeat for {:?} while connected to the broker",
+                        settings.silence
+                    ))
+                }
+                Stop::PoolClosed | Stop::ProcessEnded => {}
             }
             e.ended = true;
         }
@@ -329,6 +340,9 @@ async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
         {
             Ok(m) => m,
             Err(e) => {
+                if let Some(why) = deleted(&e.to_string()) {
+                    return Stop::Broken(why);
+                }
                 tracing::warn!(worker = n, error = %e, "cannot pull outputs; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -340,6 +354,9 @@ async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
                 // Missed heartbeats while the broker restarts: the stream
                 // recovers by itself.
                 Err(e) => {
+                    if let Some(why) = deleted(&e.to_string()) {
+                        return Stop::Broken(why);
+                    }
                     tracing::debug!(worker = n, error = %e, "output stream hiccup");
                     continue;
                 }
@@ -358,6 +375,20 @@ async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
             let _ = message.ack().await;
         }
     }
+}
+
+/// Why the link cannot go on, when a pull error says the worker's output
+/// consumer or the stream beneath it was deleted: the messages in them are
+/// gone, so the worker's tasks are reported lost (or retried), and the
+/// stream is created again when a worker next joins.
+fn deleted(error: &str) -> Option<String> {
+    let e = error.to_ascii_lowercase();
+    (e.contains("consumer deleted") || e.contains("not found")).then(|| {
+        format!(
+            "the pool's output stream or this worker's consumer was deleted from the broker \
+             ({error}): the messages in it are lost"
+        )
+    })
 }
 
 /// Heartbeats, credit refreshes, and the local process.

@@ -342,7 +342,7 @@ async fn intake(
                 Ok(m) => messages = Some(m),
                 Err(e) => {
                     if is_gone(&e.to_string()) {
-                        leave("the pool replaced this worker (its task consumer is gone)");
+                        leave("this worker's task consumer is gone from the broker (the pool replaced the worker, or the stream was deleted)");
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
