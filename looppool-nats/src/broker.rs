@@ -204,6 +204,24 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether the task stream still holds the message at `seq` (`false`
+    /// also when the stream itself is gone).
+    pub(crate) async fn task_message_exists(&self, seq: u64) -> Result<bool, String> {
+        use async_nats::jetstream::stream::RawMessageErrorKind as Kind;
+        match self.tasks.get_raw_message(seq).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                Kind::NoMessageFound => Ok(false),
+                Kind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(err("cannot look up a task message", e)),
+            },
+        }
+    }
+
     /// The parent's consumer of worker `n`'s outputs.
     pub(crate) async fn output_consumer(
         &self,

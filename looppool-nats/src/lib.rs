@@ -121,22 +121,19 @@
 //! | what happens | what the pool does |
 //! |---|---|
 //! | the broker is killed (`kill -9`) and restarted, any number of times, under load, with file storage (the default) | both sides reconnect by themselves; unacknowledged publishes are sent again; redelivered and resurrected messages are recognised by their identity and dropped; silence while a side is disconnected does not count against liveness. No worker is replaced and no task lost: each task ends once, with its own outputs, each delivered once |
-//! | an output message the worker's broker confirmed stored is never delivered (a broker that lost acknowledged data) | after 15 s while both sides are connected, the worker's link ends: its tasks are reported lost (or re-sent, at least once) with [`LossCause::Transport`](looppool::LossCause::Transport) saying so |
+//! | an output message the worker's broker confirmed stored is never delivered (a broker that lost acknowledged data) | after 8 s while both sides are connected, the worker's link ends: its tasks are reported lost (or re-sent, at least once) with [`LossCause::Transport`](looppool::LossCause::Transport) saying so |
 //! | a worker's heartbeats stop for the silence period while the parent is connected | it is replaced; its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) naming the silence |
 //! | a pool stream or consumer is deleted | the worker's link ends at once (its consumer is gone): its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream or consumer was deleted, and the streams are created again when the replacement joins |
+//! | a pool stream is purged (its messages removed, the stream kept) | a task message removed before its worker took it is noticed within a few heartbeats (at least 6 s): the parent asks the broker for the oldest task message the worker has not reported taken. An output message removed before the parent pulled it is noticed as above (8 s). Either way the worker's link ends and its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream was purged or the broker lost the message |
 //! | a malformed or stale message on a pool subject | dropped, counted, logged (rate-limited) |
 //! | the broker cannot be reached at start | [`StartError::Broker`](looppool::StartError::Broker), with the URL without credentials |
 //!
-//! **Limits.** A stream *purged* (its messages removed, the stream kept)
-//! is not detected: the tasks whose messages were removed before their
-//! worker took them keep their slots until the worker is lost or the pool
-//! shuts down, and are then reported lost. With
+//! **Limits.** With
 //! [`memory_storage`](NatsPoolBuilder::memory_storage), a broker restart
 //! loses the streams: as for deleted streams, the tasks in them are
 //! reported lost. A broker's power loss can lose what it had not written
 //! to disk (JetStream syncs every two minutes by default); the pool then
-//! reports the tasks whose messages were lost as above, or, for task
-//! messages never taken, as for a purge. Anyone who can publish on the
+//! reports the tasks whose messages were lost as for a purge. Anyone who can publish on the
 //! pool's subjects can forge messages that carry a live identity: keep the
 //! broker to the pool's own users.
 //!

@@ -18,6 +18,9 @@ pub(crate) const DROPPED: &str = "Lp-Dropped";
 /// Header: on a worker's heartbeat, the sequence number of the last output
 /// message the broker confirmed it stored.
 pub(crate) const STORED: &str = "Lp-Stored";
+/// Header: on a worker's heartbeat, the task-message number up to which it
+/// received every message.
+pub(crate) const TAKEN: &str = "Lp-Taken";
 /// Header: the worker's exit code, on its last output message.
 pub(crate) const EXIT: &str = "Lp-Exit";
 /// Header: on a task message, the parent's output credit total so far (as

@@ -7,6 +7,7 @@ pub(crate) mod ids;
 mod outputs;
 pub(crate) mod parent;
 mod publish;
+mod sent;
 pub(crate) mod worker;
 
 /// Splits the whole frames at the start of `buf` off, returning them as one

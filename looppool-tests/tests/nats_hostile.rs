@@ -255,3 +255,76 @@ async fn a_broker_that_is_not_there_is_a_broker_error_without_the_password() {
     assert!(!chain.contains("s3cret"), "{chain}");
     assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_streams_under_load_leave_every_task_one_fate() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (pool, mut outputs) = looppool_tests::nats::probe_pool(WORKER, &server.url, "purged")
+        .local_workers(2)
+        .delivery(Delivery::AtMostOnce)
+        .start()
+        .await
+        .unwrap();
+    let n = 20_000u64;
+    let producer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for i in 0..n {
+                pool.submit(Job::Double(i)).await.unwrap();
+            }
+        })
+    };
+    let stranger = async_nats::connect(&server.url).await.unwrap();
+    let js = async_nats::jetstream::new(stranger);
+    let mut fates = std::collections::HashMap::<u64, usize>::new();
+    let (mut ended, mut lost, mut purges) = (0u64, 0u64, 0u64);
+    let mut causes = std::collections::BTreeSet::new();
+    while ended < n {
+        let item = tokio::time::timeout(Duration::from_secs(40), outputs.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {ended} of {n} tasks ended within 40 s"))
+            .expect("the stream goes on");
+        match item {
+            Output::Value {
+                task: Some(task), ..
+            } => {
+                *fates
+                    .entry(task.seq() << 1 | task.worker() as u64)
+                    .or_default() += 1
+            }
+            Output::Lost { task, lost: why } => {
+                *fates
+                    .entry(task.seq() << 1 | task.worker() as u64)
+                    .or_default() += 1;
+                lost += 1;
+                causes.insert(why.cause.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+        ended += 1;
+        // Purges land between a task's publish and its delivery now and
+        // then: ten of them under load take some tasks' messages away.
+        if purges < 10 && ended >= (purges + 1) * n / 12 {
+            for stream in ["LP_purged_TASK", "LP_purged_OUT"] {
+                js.get_stream(stream).await.unwrap().purge().await.unwrap();
+            }
+            purges += 1;
+        }
+    }
+    producer.await.unwrap();
+    eprintln!(
+        "streams purged 10 times under load: {n} tasks, {lost} reported lost, as: {causes:?}"
+    );
+    assert_eq!(fates.len() as u64, n, "every task ended");
+    assert!(fates.values().all(|&c| c == 1), "each task ended once");
+    for cause in &causes {
+        assert!(
+            cause.contains("purged") || cause.contains("lost it"),
+            "{cause}"
+        );
+    }
+    assert_eq!(pool.call(Job::Double(5)).await.unwrap(), 10);
+    pool.shutdown().await;
+}

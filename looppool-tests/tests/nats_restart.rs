@@ -99,10 +99,16 @@ async fn crash_the_broker_three_times(name: &str, delivery: Delivery) {
     let mut crashes = 0;
     let mut ended = 0u64;
     while ended < TASKS {
-        let item = tokio::time::timeout(Duration::from_secs(60), outputs.next())
-            .await
-            .unwrap_or_else(|_| panic!("{name}: only {ended} of {TASKS} tasks ended within 60 s"))
-            .expect("the stream goes on");
+        let Ok(item) = tokio::time::timeout(Duration::from_secs(60), outputs.next()).await else {
+            let stats = pool.stats();
+            let held: Vec<_> = stats.workers.iter().map(|w| w.in_flight).collect();
+            panic!(
+                "{name}: only {ended} of {TASKS} tasks ended within 60 s; held per worker \
+                 {held:?}; dropped {drops:?}; events {:?}",
+                events.lock().unwrap()
+            );
+        };
+        let item = item.expect("the stream goes on");
         ledger.lock().unwrap().record(item);
         ended += 1;
         // A crash at each quarter, once the previous restart is done.

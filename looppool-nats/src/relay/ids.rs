@@ -24,6 +24,11 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// Every number up to this one was received.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
     /// Records `k`; false when it was already recorded.
     pub(crate) fn insert(&mut self, k: u64) -> bool {
         if k <= self.floor || !self.above.insert(k) {

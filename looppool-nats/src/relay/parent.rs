@@ -31,6 +31,7 @@ use crate::counters::DropCounts;
 use crate::names::{self, header_u64};
 use crate::relay::outputs::{Inflight, Intake, Taken};
 use crate::relay::publish::{self, Pending};
+use crate::relay::sent::{Check, Sent};
 use crate::settings::Settings;
 use crate::sync::lock;
 
@@ -110,6 +111,8 @@ struct Link<'a> {
     inflight: &'a Inflight,
     /// The next output message due from the worker.
     next: &'a AtomicU64,
+    /// Task messages stored and not yet taken by the worker.
+    sent: &'a Sent,
 }
 
 /// Why the relay stopped.
@@ -144,6 +147,7 @@ impl ParentRelay {
         let (reader, mut writer) = conn.into_split();
         let (credit, next) = (AtomicU64::new(0), AtomicU64::new(1));
         let inflight = Inflight::default();
+        let sent = Arc::new(Sent::default());
         let link = Link {
             broker: &broker,
             client: &client,
@@ -152,12 +156,17 @@ impl ParentRelay {
             drops: &drops,
             inflight: &inflight,
             next: &next,
+            sent: &sent,
         };
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
+        let stored = sent.clone();
         let confirmer = tokio::spawn(publish::confirm(
             broker.js.clone(),
             confirm_rx,
-            |()| async {},
+            move |(k, seq)| {
+                stored.stored(k, seq);
+                async {}
+            },
         ));
         let stop = {
             let down = down(&link, reader, confirm_tx);
@@ -220,7 +229,7 @@ pub(crate) async fn kill_message(client: &async_nats::Client, broker: &Broker, n
 async fn down(
     link: &Link<'_>,
     mut reader: ReadHalf,
-    confirm: mpsc::UnboundedSender<Pending<()>>,
+    confirm: mpsc::UnboundedSender<Pending<u64>>,
 ) -> Stop {
     let (broker, client, credit) = (link.broker, link.client, link.credit);
     let n = link.settings.index;
@@ -269,7 +278,7 @@ async fn down(
                                 subject: subject.clone(),
                                 headers,
                                 payload: f,
-                                then: (),
+                                then: seq,
                             });
                         }
                         Err(e) => return Stop::Broken(format!("cannot publish a task: {e}")),
@@ -333,7 +342,7 @@ async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(512)
-            .heartbeat(Duration::from_secs(5))
+            .heartbeat(PULL_HEARTBEAT)
             .expires(Duration::from_secs(30))
             .messages()
             .await
@@ -405,6 +414,8 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
     let mut last_refresh = Instant::now();
     let mut dropped = [0u64; 4];
     let mut gap = Gap::default();
+    let mut taken = 0;
+    let mut check = Check::new(settings.heartbeat * 3);
     loop {
         tokio::select! {
             beat = beats.next() => match beat {
@@ -415,6 +426,7 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
                         link.drops.absorb(d.as_str(), &mut dropped, broker.names.pool(), n);
                     }
                     gap.stored = gap.stored.max(header_u64(h, names::STORED).unwrap_or(0));
+                    taken = header_u64(h, names::TAKEN).unwrap_or(0).max(taken);
                 }
                 Some(_) => {}
                 None => return Stop::Broken("heartbeat subscription closed".into()),
@@ -424,6 +436,7 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
                     // Silence while we cannot hear is not the worker's fault.
                     last = Instant::now();
                     gap.since = Instant::now();
+                    check.reset();
                     continue;
                 }
                 if last.elapsed() > settings.silence {
@@ -432,8 +445,17 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
                 if let Some(lost) = gap.check(link.next.load(Ordering::Relaxed)) {
                     return Stop::Broken(format!(
                         "the broker stored output message {lost} of worker {n} but never \
-                         delivered it (lost in a broker failure)"
+                         delivered it (the stream was purged, or the broker lost it)"
                     ));
+                }
+                if let Some((k, seq)) = check.due(link.sent.taken(taken)) {
+                    let there = broker.task_message_exists(seq).await;
+                    if there.is_ok_and(|there| check.removed(k, there)) {
+                        return Stop::Broken(format!(
+                            "task message {k} of worker {n} was removed from the broker before \
+                             the worker took it (the stream was purged, or the broker lost it)"
+                        ));
+                    }
                 }
                 if let Some(child) = child {
                     let exited = lock(child).try_wait();
@@ -460,8 +482,15 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
 
 /// How long an output message the worker says the broker stored may stay
 /// undelivered, while both sides are connected, before it counts as lost.
-/// Long enough for a pull consumer to recover from a broker restart.
-const GAP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Long enough for the output pull to recover from a broker restart (its
+/// idle heartbeat, `PULL_HEARTBEAT`, notices a dead pull), and shorter than
+/// the core's default heartbeat timeout (10 s), which would otherwise
+/// report the worker unresponsive, its pongs being in the lost messages.
+const GAP_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The idle heartbeat of the output pull: a pull the broker forgot in a
+/// restart is noticed after two of them are missed.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Watches for an output message the broker confirmed to the worker but
 /// never delivered: the tasks it completed would otherwise wait forever.

@@ -141,16 +141,20 @@ impl WorkerRelay {
         ));
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let on_stored = shared.clone();
-        let confirming = publish::confirm(js.clone(), confirm_rx, move |(seq, acks): Completed| {
-            let shared = on_stored.clone();
-            async move {
-                // The completing output is stored: the tasks are done.
-                shared.stored.set(shared.stored.get().max(seq));
-                for acker in acks {
-                    let _ = acker.ack().await;
+        let confirming = publish::confirm(
+            js.clone(),
+            confirm_rx,
+            move |((seq, acks), _): (Completed, u64)| {
+                let shared = on_stored.clone();
+                async move {
+                    // The completing output is stored: the tasks are done.
+                    shared.stored.set(shared.stored.get().max(seq));
+                    for acker in acks {
+                        let _ = acker.ack().await;
+                    }
                 }
-            }
-        });
+            },
+        );
         let confirmer = tokio::task::spawn_local(async move {
             if let Err(why) = confirming.await {
                 // Outputs that cannot be stored would be lost silently:
@@ -553,6 +557,8 @@ async fn heartbeat(client: async_nats::Client, subject: String, shared: Rc<Share
         );
         headers.insert(names::DROPPED, shared.drops.encode().as_str());
         headers.insert(names::STORED, shared.stored.get().to_string().as_str());
+        let taken = shared.tracking.borrow().seen.floor();
+        headers.insert(names::TAKEN, taken.to_string().as_str());
         let _ = client
             .publish_with_headers(subject.clone(), headers, Bytes::new())
             .await;
