@@ -32,6 +32,7 @@ use crate::names::{self, header_u64};
 use crate::relay::outputs::{Inflight, Intake, Taken};
 use crate::relay::publish::{self, Pending};
 use crate::relay::sent::{Check, Sent};
+use crate::relay::Silence;
 use crate::settings::Settings;
 use crate::sync::lock;
 
@@ -409,7 +410,7 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
         Ok(s) => s,
         Err(e) => return Stop::Broken(format!("cannot watch heartbeats: {e}")),
     };
-    let mut last = Instant::now();
+    let mut silence = Silence::new(settings.silence);
     let mut tick = tokio::time::interval(settings.heartbeat.min(Duration::from_millis(50)));
     let mut last_refresh = Instant::now();
     let mut dropped = [0u64; 4];
@@ -420,7 +421,7 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
         tokio::select! {
             beat = beats.next() => match beat {
                 Some(m) if header_u64(m.headers.as_ref(), names::INCARNATION) == Some(inc) => {
-                    last = Instant::now();
+                    silence.heard();
                     let h = m.headers.as_ref();
                     if let Some(d) = h.and_then(|h| h.get(names::DROPPED)) {
                         link.drops.absorb(d.as_str(), &mut dropped, broker.names.pool(), n);
@@ -432,15 +433,16 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
                 None => return Stop::Broken("heartbeat subscription closed".into()),
             },
             _ = tick.tick() => {
-                if client.connection_state() != async_nats::connection::State::Connected {
-                    // Silence while we cannot hear is not the worker's fault.
-                    last = Instant::now();
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                // Silence while we cannot hear is not the worker's fault.
+                if silence.too_long(connected) {
+                    return Stop::Silent;
+                }
+                if !connected {
                     gap.since = Instant::now();
                     check.reset();
                     continue;
-                }
-                if last.elapsed() > settings.silence {
-                    return Stop::Silent;
                 }
                 if let Some(lost) = gap.check(link.next.load(Ordering::Relaxed)) {
                     return Stop::Broken(format!(

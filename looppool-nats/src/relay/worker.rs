@@ -19,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, consumer, AckKind};
@@ -35,6 +35,7 @@ use crate::counters::{Drop, DropCounts};
 use crate::names::{self, header_u64, Names};
 use crate::relay::ids::{self, Seen};
 use crate::relay::publish::{self, Pending};
+use crate::relay::Silence;
 use crate::settings::Settings;
 
 /// A running task's message number and, at least once, its pending
@@ -324,13 +325,13 @@ async fn intake(
     shared: Rc<Shared>,
     tasks: consumer::PullConsumer,
     mut control: async_nats::Subscriber,
-    mut owner: async_nats::Subscriber,
+    mut owner_beats: async_nats::Subscriber,
     mut writer: WriteHalf,
 ) {
     let settings = &shared.settings;
     let inc = settings.incarnation;
     let mut credit_seen = 0u64;
-    let mut owner_heard = Instant::now();
+    let mut owner = Silence::new(settings.silence);
     let mut tick = tokio::time::interval(settings.heartbeat);
     let mut messages = None;
     loop {
@@ -394,16 +395,15 @@ async fn intake(
                     return;
                 }
             }
-            o = owner.next() => {
+            o = owner_beats.next() => {
                 if o.is_none() {
                     return;
                 }
-                owner_heard = Instant::now();
+                owner.heard();
             }
             _ = tick.tick() => {
-                if client.connection_state() != async_nats::connection::State::Connected {
-                    owner_heard = Instant::now();
-                } else if owner_heard.elapsed() > settings.silence {
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                if owner.too_long(connected) {
                     leave("the parent stopped sending heartbeats");
                 }
             }
