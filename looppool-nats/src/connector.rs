@@ -25,7 +25,10 @@ use crate::sync::lock;
 /// How a pool's workers are reached, fixed when the pool starts.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    /// The broker's URL, without credentials.
     pub(crate) url: String,
+    /// What local workers authenticate with.
+    pub(crate) worker_credentials: crate::Credentials,
     /// Worker indices below this are processes this pool starts.
     pub(crate) local: usize,
     pub(crate) program: Option<PathBuf>,
@@ -314,7 +317,11 @@ async fn spawn_local_worker(
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let mut cmd = std::process::Command::new(&program);
+    for k in crate::Credentials::ENV {
+        cmd.env_remove(k);
+    }
     cmd.args(&plan.args)
+        .envs(plan.worker_credentials.to_env())
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env(remote::URL_ENV, &plan.url)
         .env(remote::POOL_ENV, shared.broker.names.pool())

@@ -161,6 +161,7 @@
 //! need `nats-server` on the `PATH` or in `/usr/sbin` (Debian package
 //! `nats-server`), or its path in `NATS_SERVER`.
 
+pub mod auth;
 mod broker;
 mod connector;
 mod counters;
@@ -172,6 +173,7 @@ pub mod server;
 mod settings;
 mod sync;
 
+pub use auth::{Credentials, Role};
 pub use counters::DropCounts;
 pub use pool::{Delivery, NatsPoolBuilder};
 pub use remote::{

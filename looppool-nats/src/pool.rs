@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::StorageType;
 use looppool::{BuildError, Outputs, Pool, PoolBuilder, StartError, Worker};
 
+use crate::auth::{self, Credentials, Role};
 use crate::broker::{public_url, Broker};
 use crate::connector::{NatsConnector, Plan};
 use crate::counters::DropCounts;
@@ -82,6 +83,8 @@ pub struct NatsPoolBuilder<W: Worker> {
     url: String,
     pool: String,
     options: Option<async_nats::ConnectOptions>,
+    credentials: Option<Credentials>,
+    worker_credentials: Option<Credentials>,
     local: usize,
     remote: usize,
     max_tasks: Option<usize>,
@@ -118,6 +121,8 @@ impl<W: Worker> NatsPoolBuilder<W> {
             url: url.into(),
             pool: pool.into(),
             options: None,
+            credentials: None,
+            worker_credentials: None,
             local: 0,
             remote: 0,
             max_tasks: None,
@@ -135,12 +140,32 @@ impl<W: Worker> NatsPoolBuilder<W> {
         }
     }
 
-    /// The NATS client's options (credentials, TLS, timeouts) for the
-    /// parent. Local workers receive the credentials and TLS files through
-    /// [`worker_env`](Self::worker_env) (see [`crate::CREDS_ENV`] and
-    /// [`crate::CA_ENV`]).
+    /// The NATS client's options (timeouts, names, TLS configuration) for
+    /// the parent. Credentials are better given with
+    /// [`credentials`](Self::credentials), which local workers can share.
+    /// The pool sets the options' inbox prefix to one of the pool's own
+    /// (see [`auth::Permissions`](crate::auth::Permissions)).
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
+        self
+    }
+
+    /// How the parent authenticates to the broker (also given by
+    /// credentials in the URL: `nats://user:password@host`,
+    /// `nats://token@host`). Local workers use the same unless
+    /// [`worker_credentials`](Self::worker_credentials) says otherwise.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// How the local workers authenticate to the broker (default: as the
+    /// parent): the credentials of the pool's worker role, when the broker
+    /// gives the parent and the workers users of their own. They reach the
+    /// worker processes through their environment (see
+    /// [`Credentials::from_env`]), never on their command line.
+    pub fn worker_credentials(mut self, credentials: Credentials) -> Self {
+        self.worker_credentials = Some(credentials);
         self
     }
 
@@ -333,10 +358,15 @@ impl<W: Worker> NatsPoolBuilder<W> {
             url: url.clone(),
             source,
         };
-        let client = self
-            .options
-            .unwrap_or_default()
-            .connect(&self.url)
+        let (plain_url, url_credentials) = auth::split_url(&self.url);
+        let credentials = self.credentials.or(url_credentials).unwrap_or_default();
+        let options = credentials
+            .apply(self.options.unwrap_or_default())
+            .await
+            .map_err(|e| broker_error(e.into()))?
+            .custom_inbox_prefix(auth::inbox_prefix(&names, Role::Parent));
+        let client = options
+            .connect(&plain_url)
             .await
             .map_err(|e| broker_error(Box::new(e)))?;
         let max_payload = client.server_info().max_payload.max(4096);
@@ -347,7 +377,8 @@ impl<W: Worker> NatsPoolBuilder<W> {
             .await
             .map_err(|e| broker_error(e.into()))?;
         let plan = Plan {
-            url: self.url.clone(),
+            url: plain_url,
+            worker_credentials: self.worker_credentials.unwrap_or(credentials),
             local: self.local,
             program: self.program,
             args: self.args,

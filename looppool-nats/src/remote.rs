@@ -8,6 +8,7 @@ use looppool::transport::Connection;
 use looppool::Worker;
 use tokio::io::AsyncReadExt;
 
+use crate::auth::Credentials;
 use crate::broker::public_url;
 use crate::names::{self, Names};
 use crate::relay::worker::WorkerRelay;
@@ -70,17 +71,28 @@ pub(crate) const TOKEN_ENV: &str = "LOOPPOOL_NATS_TOKEN";
 ///     .index(3)
 ///     .run::<Doubler>();
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteWorker {
     url: String,
     pool: String,
     index: Option<usize>,
     token: Option<String>,
     options: Option<async_nats::ConnectOptions>,
-    creds: Option<String>,
-    ca: Option<String>,
-    cert: Option<(String, String)>,
+    credentials: Option<Credentials>,
     join_timeout: Duration,
+}
+
+impl std::fmt::Debug for RemoteWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials a URL may carry.
+        f.debug_struct("RemoteWorker")
+            .field("url", &public_url(&self.url))
+            .field("pool", &self.pool)
+            .field("index", &self.index)
+            .field("credentials", &self.credentials)
+            .field("join_timeout", &self.join_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteWorker {
@@ -92,9 +104,7 @@ impl RemoteWorker {
             index: None,
             token: None,
             options: None,
-            creds: None,
-            ca: None,
-            cert: None,
+            credentials: None,
             join_timeout: Duration::from_secs(60),
         }
     }
@@ -121,9 +131,8 @@ impl RemoteWorker {
                 w.join_timeout = Duration::from_secs_f64(secs.max(0.0));
             }
             w.token = var(TOKEN_ENV);
-            w.creds = var(CREDS_ENV);
-            w.ca = var(CA_ENV);
-            w.cert = var(CERT_ENV).zip(var(KEY_ENV));
+            let credentials = Credentials::from_env()?;
+            w.credentials = (!credentials.is_none()).then_some(credentials);
             Ok(w)
         })())
     }
@@ -135,9 +144,18 @@ impl RemoteWorker {
         self
     }
 
-    /// The NATS client's options: credentials, TLS, names, timeouts.
+    /// The NATS client's options: TLS configuration, names, timeouts. The
+    /// inbox prefix is set to one of the pool's own.
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
+        self
+    }
+
+    /// How this worker authenticates to the broker (by default, what the
+    /// environment gives, see [`Credentials::from_env`], or credentials in
+    /// the URL).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -162,21 +180,19 @@ impl RemoteWorker {
         std::process::exit(code)
     }
 
-    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
-        let mut o = self.options.clone().unwrap_or_default();
-        if let Some(path) = &self.creds {
-            o = o
-                .credentials_file(path)
-                .await
-                .map_err(|e| format!("cannot read credentials file {path}: {e}"))?;
-        }
-        if let Some(ca) = &self.ca {
-            o = o.add_root_certificates(ca.into()).require_tls(true);
-        }
-        if let Some((cert, key)) = &self.cert {
-            o = o.add_client_certificate(cert.into(), key.into());
-        }
-        Ok(o.retry_on_initial_connect())
+    /// The client's options and the URL to connect to (without its
+    /// credentials, which the options carry).
+    async fn options(&self, names: &Names) -> Result<(async_nats::ConnectOptions, String), String> {
+        let (url, from_url) = crate::auth::split_url(&self.url);
+        let o = self.options.clone().unwrap_or_default();
+        let o = match self.credentials.as_ref().or(from_url.as_ref()) {
+            Some(c) => c.apply(o).await?,
+            None => o,
+        };
+        let o = o
+            .custom_inbox_prefix(crate::auth::inbox_prefix(names, crate::Role::Worker))
+            .retry_on_initial_connect();
+        Ok((o, url))
     }
 
     /// Joins the pool and serves worker `W` until the pool stops it; returns
@@ -188,16 +204,16 @@ impl RemoteWorker {
     /// worker within the join timeout.
     pub async fn serve<W: Worker>(self) -> Result<i32, String> {
         let names = Names::new(&self.pool)?;
-        let client =
-            tokio::time::timeout(self.join_timeout, self.options().await?.connect(&self.url))
-                .await
-                .map_err(|_| self.unreachable())?
-                .map_err(|e| {
-                    format!(
-                        "cannot connect to the broker at {}: {e}",
-                        public_url(&self.url)
-                    )
-                })?;
+        let (options, url) = self.options(&names).await?;
+        let client = tokio::time::timeout(self.join_timeout, options.connect(url))
+            .await
+            .map_err(|_| self.unreachable())?
+            .map_err(|e| {
+                format!(
+                    "cannot connect to the broker at {}: {e}",
+                    public_url(&self.url)
+                )
+            })?;
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
