@@ -189,9 +189,7 @@ impl RemoteWorker {
             Some(c) => c.apply(o).await?,
             None => o,
         };
-        let o = o
-            .custom_inbox_prefix(crate::auth::inbox_prefix(names, crate::Role::Worker))
-            .retry_on_initial_connect();
+        let o = o.custom_inbox_prefix(crate::auth::inbox_prefix(names, crate::Role::Worker));
         Ok((o, url))
     }
 
@@ -205,15 +203,7 @@ impl RemoteWorker {
     pub async fn serve<W: Worker>(self) -> Result<i32, String> {
         let names = Names::new(&self.pool)?;
         let (options, url) = self.options(&names).await?;
-        let client = tokio::time::timeout(self.join_timeout, options.connect(url))
-            .await
-            .map_err(|_| self.unreachable())?
-            .map_err(|e| {
-                format!(
-                    "cannot connect to the broker at {}: {e}",
-                    public_url(&self.url)
-                )
-            })?;
+        let client = self.connect(options, &url).await?;
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -240,6 +230,46 @@ impl RemoteWorker {
         }
         .run(Box::pin(BufferedFirst { buf, reader }), writer, serving)
         .await
+    }
+
+    /// Connects, retrying while the broker cannot be reached (it may be
+    /// starting) up to the join timeout, but not when it refuses this
+    /// worker's credentials, which retrying cannot mend.
+    async fn connect(
+        &self,
+        options: async_nats::ConnectOptions,
+        url: &str,
+    ) -> Result<async_nats::Client, String> {
+        use async_nats::ConnectErrorKind as Kind;
+        let once = tokio::time::timeout(self.join_timeout, options.clone().connect(url)).await;
+        match once {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    Kind::AuthorizationViolation | Kind::Authentication
+                ) =>
+            {
+                return Err(format!(
+                    "the broker at {} refused this worker's credentials: {e}",
+                    public_url(&self.url)
+                ))
+            }
+            Ok(Err(_)) => {}
+            Err(_) => return Err(self.unreachable()),
+        }
+        tokio::time::timeout(
+            self.join_timeout,
+            options.retry_on_initial_connect().connect(url),
+        )
+        .await
+        .map_err(|_| self.unreachable())?
+        .map_err(|e| {
+            format!(
+                "cannot connect to the broker at {}: {e}",
+                public_url(&self.url)
+            )
+        })
     }
 
     /// Asks the pool for a place until it gives one or the timeout passes.

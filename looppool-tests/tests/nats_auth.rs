@@ -296,3 +296,300 @@ async fn tls_client_certificates_name_the_users() {
     refused(&server.url, options, "TLS without a client certificate").await;
     serve_calls(builder, remote, "TLS client certificates").await;
 }
+
+/// Whether the JetStream API refused `subject` to `client`: no answer
+/// (the server dropped the request) or an error answer.
+async fn api_refused(client: &async_nats::Client, subject: &str, payload: &'static str) -> bool {
+    let asked = client.request(subject.to_owned(), payload.into());
+    match tokio::time::timeout(Duration::from_millis(500), asked).await {
+        Ok(Ok(answer)) => String::from_utf8_lossy(&answer.payload).contains("\"error\""),
+        _ => true,
+    }
+}
+
+/// Messages `client` receives on `subjects` (each may be refused).
+async fn spy(client: &async_nats::Client, subjects: &[&str]) -> Vec<async_nats::Subscriber> {
+    let mut subs = Vec::new();
+    for s in subjects {
+        subs.push(client.subscribe(s.to_string()).await.unwrap());
+    }
+    subs
+}
+
+fn heard(subs: &mut [async_nats::Subscriber]) -> usize {
+    use futures_util::FutureExt;
+    let mut n = 0;
+    for s in subs {
+        use futures_util::StreamExt;
+        while let Some(Some(_)) = s.next().now_or_never() {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_cannot_read_forge_join_kill_or_delete() {
+    let keys = NKeys::new();
+    let Some(server) = users_server(&keys) else {
+        return;
+    };
+    let login =
+        |u: &str, p: &str| async_nats::ConnectOptions::with_user_and_password(u.into(), p.into());
+    let other = login("other-parent", OTHER_PASSWORD)
+        .connect(&server.url)
+        .await
+        .unwrap();
+    let worker_role = login("sec-worker", WORKER_PASSWORD)
+        .connect(&server.url)
+        .await
+        .unwrap();
+    let parent_role = login("sec-parent", PARENT_PASSWORD)
+        .custom_inbox_prefix("_INBOX_LP.sec.parent")
+        .connect(&server.url)
+        .await
+        .unwrap();
+    // Everything of the pool's, and everyone's replies.
+    let mut other_subs = spy(&other, &[">", "lp.sec.>", "_INBOX.>", "_INBOX_LP.sec.>"]).await;
+    let mut worker_subs = spy(
+        &worker_role,
+        &["lp.sec.out.*", "lp.sec.join", "_INBOX_LP.sec.parent.>"],
+    )
+    .await;
+    let builder = NatsPoolBuilder::<Probe>::new(&server.url, POOL)
+        .program(WORKER)
+        .init(looppool_tests::ProbeInit::default())
+        .credentials(Credentials::user_password("sec-parent", PARENT_PASSWORD))
+        .worker_credentials(Credentials::user_password("sec-worker", WORKER_PASSWORD))
+        .local_workers(1)
+        .remote_workers(1);
+    let drops = builder.drop_counts();
+    let (events, hook) = looppool_tests::recorder();
+    let starting = tokio::spawn(builder.configure(|b| b.on_event(hook)).start());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The remote place is open: another pool's parent asks for it.
+    let join = other.request("lp.sec.join".to_owned(), "hello".into());
+    let joined = tokio::time::timeout(Duration::from_secs(2), join).await;
+    assert!(
+        !matches!(joined, Ok(Ok(_))),
+        "a stranger was answered a join"
+    );
+    let remote = remote(
+        &server.url,
+        &[
+            ("LOOPPOOL_NATS_USER", "sec-worker".into()),
+            ("LOOPPOOL_NATS_PASSWORD", WORKER_PASSWORD.into()),
+        ],
+    );
+    let (pool, _outputs) = starting.await.unwrap().unwrap();
+    let js = async_nats::jetstream::new(parent_role.clone());
+    let last = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            js.get_stream(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .last_sequence
+        }
+    };
+    let (tasks_before, outs_before) = (last("LP_sec_TASK").await, last("LP_sec_OUT").await);
+    // Forged tasks, outputs, control messages (a kill), heartbeats.
+    for client in [&other, &worker_role] {
+        for subject in [
+            "lp.sec.task.0",
+            "lp.sec.task.1",
+            "lp.sec.ctl.0",
+            "lp.sec.ctl.1",
+            "lp.sec.owner",
+        ] {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Lp-Kill", "1");
+            h.insert("Lp-Inc", "1");
+            h.insert("Lp-Task", "2");
+            client
+                .publish_with_headers(subject.to_owned(), h, "forged".into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    }
+    other
+        .publish("lp.sec.out.0".to_owned(), "forged".into())
+        .await
+        .unwrap();
+    other
+        .publish("lp.sec.hb.0".to_owned(), "forged".into())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        assert_eq!(pool.call(Job::Double(i)).await.unwrap(), 2 * i);
+    }
+    // The JetStream API: read the streams, read a message, make a consumer
+    // to read tasks or outputs, purge, delete.
+    for stream in ["LP_sec_TASK", "LP_sec_OUT"] {
+        let calls = [
+            (format!("$JS.API.STREAM.INFO.{stream}"), ""),
+            (format!("$JS.API.STREAM.MSG.GET.{stream}"), "{\"seq\":1}"),
+            (format!("$JS.API.CONSUMER.NAMES.{stream}"), ""),
+            (
+                format!("$JS.API.CONSUMER.CREATE.{stream}.spy"),
+                "{\"stream_name\":\"x\",\"config\":{\"durable_name\":\"spy\",\"ack_policy\":\"none\"}}",
+            ),
+            (format!("$JS.API.STREAM.PURGE.{stream}"), ""),
+            (format!("$JS.API.STREAM.DELETE.{stream}"), ""),
+        ];
+        for (subject, payload) in &calls {
+            assert!(
+                api_refused(&other, subject, payload).await,
+                "another pool's parent: {subject}"
+            );
+            assert!(
+                api_refused(&worker_role, subject, payload).await,
+                "the worker role: {subject}"
+            );
+        }
+        // The check itself can tell: the pool's parent may ask.
+        let info = format!("$JS.API.STREAM.INFO.{stream}");
+        assert!(!api_refused(&parent_role, &info, "").await, "{info}");
+    }
+    assert_eq!(
+        pool.call(Job::Double(7)).await.unwrap(),
+        14,
+        "the streams are still there"
+    );
+    assert_eq!(
+        heard(&mut other_subs),
+        0,
+        "another pool's parent heard the pool"
+    );
+    assert_eq!(
+        heard(&mut worker_subs),
+        0,
+        "the worker role heard outputs or the parent's replies"
+    );
+    // One message per call since: nothing forged was stored.
+    assert_eq!(
+        last("LP_sec_TASK").await,
+        tasks_before + 51,
+        "forged task messages were stored"
+    );
+    assert!(last("LP_sec_OUT").await > outs_before);
+    assert_eq!(drops.total(), 0, "a forged message reached the pool");
+    let crashed = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, looppool::WorkerEvent::Crashed { .. }))
+        .count();
+    assert_eq!(crashed, 0, "a worker was killed");
+    pool.shutdown().await;
+    let mut remote = remote;
+    assert!(tokio::task::spawn_blocking(move || remote.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .success());
+}
+
+/// Everything logged while installed, at every level down to debug.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The error's message, its sources' and its `Debug` form.
+fn everything_said(err: &dyn std::error::Error) -> String {
+    let mut said = format!("{err} / {err:?}");
+    let mut source = err.source();
+    while let Some(s) = source {
+        said.push_str(&format!(" / {s}"));
+        source = s.source();
+    }
+    said
+}
+
+#[tokio::test]
+async fn a_password_never_reaches_an_error_or_a_log() {
+    let keys = NKeys::new();
+    let Some(server) = users_server(&keys) else {
+        return;
+    };
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    const WRONG: &str = "wrong-pw-Hq63";
+    let in_url = server
+        .url
+        .replacen("nats://", &format!("nats://sec-parent:{WRONG}@"), 1);
+    let refused = [
+        NatsPoolBuilder::<Probe>::new(&in_url, POOL),
+        NatsPoolBuilder::<Probe>::new(&server.url, POOL)
+            .credentials(Credentials::user_password("sec-parent", WRONG)),
+    ];
+    for builder in refused {
+        let builder = builder.program(WORKER).init_default().local_workers(1);
+        assert!(!format!("{builder:?}").contains(WRONG));
+        let err = builder.start().await.unwrap_err();
+        let said = everything_said(&err);
+        assert!(said.contains("uthorization"), "{said}");
+        assert!(!said.contains(WRONG), "{said}");
+    }
+    // A pool that starts, and remote workers with a wrong password.
+    let builder = NatsPoolBuilder::<Probe>::new(&server.url, POOL)
+        .credentials(Credentials::user_password("sec-parent", PARENT_PASSWORD))
+        .worker_credentials(Credentials::user_password("sec-worker", WORKER_PASSWORD))
+        .program(WORKER)
+        .init_default()
+        .local_workers(1);
+    let (pool, _outputs) = builder.start().await.unwrap();
+    assert_eq!(pool.call(Job::Double(4)).await.unwrap(), 8);
+    let worker_url = server
+        .url
+        .replacen("nats://", &format!("nats://sec-worker:{WRONG}@"), 1);
+    let short = ("LOOPPOOL_NATS_JOIN_TIMEOUT", "3".to_owned());
+    let tries = [
+        remote(&worker_url, std::slice::from_ref(&short)),
+        remote(
+            &server.url,
+            &[
+                short.clone(),
+                ("LOOPPOOL_NATS_USER", "sec-worker".into()),
+                ("LOOPPOOL_NATS_PASSWORD", WRONG.into()),
+            ],
+        ),
+    ];
+    for child in tries {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("uthorization"), "{stderr}");
+        assert!(!stderr.contains(WRONG), "{stderr}");
+    }
+    pool.shutdown().await;
+    let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    assert!(logged.contains("uthorization"), "the refusals were logged");
+    for secret in [WRONG, PARENT_PASSWORD, WORKER_PASSWORD] {
+        assert!(!logged.contains(secret), "{logged}");
+    }
+}
