@@ -133,9 +133,107 @@
 //! loses the streams: as for deleted streams, the tasks in them are
 //! reported lost. A broker's power loss can lose what it had not written
 //! to disk (JetStream syncs every two minutes by default); the pool then
-//! reports the tasks whose messages were lost as for a purge. Anyone who can publish on the
-//! pool's subjects can forge messages that carry a live identity: keep the
-//! broker to the pool's own users.
+//! reports the tasks whose messages were lost as for a purge. Anyone who
+//! can publish on the pool's subjects can forge messages that carry a live
+//! identity: give the broker's users the permissions below.
+//!
+//! # Security
+//!
+//! ## Threat model
+//!
+//! The pool trusts the broker and whoever holds one of its two roles'
+//! credentials; it does not authenticate messages itself. What each may
+//! do is what the broker lets its user do:
+//!
+//! | who | may | may not |
+//! |---|---|---|
+//! | the **parent** role | create, purge and restore the pool's two streams and their consumers; publish tasks, init and control messages (credits, pings, kills) and its heartbeat; pull and acknowledge outputs; answer joins | anything of another pool |
+//! | the **worker** role (every worker of the pool, local or remote) | ask to join; pull and acknowledge any of the pool's task messages, so read the init payload and tasks; publish outputs and heartbeats under any worker index | publish tasks or control messages, read outputs or the parent's replies, purge or delete a stream, create a consumer |
+//! | any **other user** of the broker, given its own permissions (another pool's roles) | nothing of this pool | subscribe to or read any of its subjects, streams or replies; publish on them (forged tasks, outputs, kills, heartbeats are dropped by the server); join; create a consumer; purge or delete its streams |
+//! | a broker user **without permissions** (a user with no `permissions` block, or a broker without authentication) | everything above, as either role | — |
+//!
+//! So a worker's credentials are as powerful as a worker: one stolen lets
+//! its holder read the pool's tasks and forge results for them. Messages
+//! that are malformed, stale or of the wrong incarnation are dropped and
+//! counted ([`DropCounts`]), but a well-formed forgery by a holder of the
+//! worker role cannot be told from a worker's output. With TLS, nothing
+//! travels in clear between the processes and the broker; without it, the
+//! network sees the tasks, outputs and any password.
+//!
+//! ## A secure setup
+//!
+//! A user per role, with the subjects [`auth::Permissions::for_role`]
+//! gives (and no others), TLS, and the credentials given to each process
+//! through [`Credentials`]. A `nats-server` configuration for pool `jobs`
+//! with users and passwords (print the permission blocks with
+//! [`auth::Permissions::to_server_config`]):
+//!
+//! ```text
+//! jetstream { store_dir: "/var/lib/nats" }
+//! tls { cert_file: "server.pem", key_file: "server-key.pem" }
+//! authorization {
+//!   users = [
+//!     { user: jobs-parent, password: "$JOBS_PARENT_PASSWORD",
+//!       permissions: <Permissions::for_role("jobs", Role::Parent)> }
+//!     { user: jobs-worker, password: "$JOBS_WORKER_PASSWORD",
+//!       permissions: <Permissions::for_role("jobs", Role::Worker)> }
+//!   ]
+//! }
+//! ```
+//!
+//! (`{ nkey: "U..." , permissions: ... }` for NKey users; with
+//! `verify_and_map: true` in the `tls` block and `ca_file`, users named by
+//! their client certificate's subject, `user: "CN=jobs-parent"`; with an
+//! operator and accounts, the same permissions in the users' JWTs, used
+//! through credentials files.) The parent:
+//!
+//! ```no_run
+//! # use std::rc::Rc;
+//! # use looppool::{BoxError, InitContext, TaskContext, Worker};
+//! # struct Doubler;
+//! # impl Worker for Doubler {
+//! #     const NAME: &'static str = "doubler";
+//! #     type Init = ();
+//! #     type Task = u64;
+//! #     type Output = u64;
+//! #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+//! #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+//! #         cx.emit(2 * x).await?;
+//! #         Ok(())
+//! #     }
+//! # }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use looppool_nats::{Credentials, NatsPoolBuilder};
+//!
+//! let password = |var: &str| std::env::var(var).unwrap_or_default();
+//! let (pool, _outputs) = NatsPoolBuilder::<Doubler>::new("tls://broker.internal:4222", "jobs")
+//!     .credentials(
+//!         Credentials::user_password("jobs-parent", password("JOBS_PARENT_PASSWORD"))
+//!             .root_certificates("/etc/looppool/ca.pem"),
+//!     )
+//!     .worker_credentials(
+//!         Credentials::user_password("jobs-worker", password("JOBS_WORKER_PASSWORD"))
+//!             .root_certificates("/etc/looppool/ca.pem"),
+//!     )
+//!     .local_workers(2)
+//!     .remote_workers(2)
+//!     .start()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Remote workers: `LOOPPOOL_NATS_URL=tls://broker.internal:4222
+//! LOOPPOOL_NATS_POOL=jobs LOOPPOOL_NATS_USER=jobs-worker
+//! LOOPPOOL_NATS_PASSWORD=... LOOPPOOL_NATS_CA=/etc/looppool/ca.pem
+//! ./program` (see [`Credentials::from_env`] for the other ways:
+//! `LOOPPOOL_NATS_AUTH_TOKEN`, `LOOPPOOL_NATS_NKEY`, `LOOPPOOL_NATS_CREDS`,
+//! `LOOPPOOL_NATS_CERT` and `LOOPPOOL_NATS_KEY`). Credentials in the URL
+//! (`nats://user:password@host`, `nats://token@host`) work too. The pool
+//! never puts a secret in an error, a log line or a `Debug` output, and
+//! passes local workers theirs through the environment, not the command
+//! line. A single token (`authorization { token: ... }`) authenticates but
+//! cannot tell the roles apart: every holder may do everything.
 //!
 //! # Differences from local mode
 //!
