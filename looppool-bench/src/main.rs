@@ -29,7 +29,7 @@
 //! - [`raw`]: the machine's limits over plain socketpairs;
 //! - [`broker`]: W1 and W2 through NATS JetStream beside a raw JetStream
 //!   round trip;
-//! - [`workers`]: the worker types; [`workloads`]: W1–W6;
+//! - [`workers`]: the worker types; [`workloads`]: W1–W6; [`control`]: cancel and hol;
 //! - [`bench`](mod@bench): the main mode; [`soak`]: the memory soak; [`peer`]: the
 //!   peer harness's record;
 //! - [`report`] and [`stats`]: rows, tables, JSON, medians;
@@ -40,6 +40,7 @@ use std::process::ExitCode;
 mod bench;
 mod broker;
 mod cli;
+mod control;
 mod peer;
 mod raw;
 mod report;

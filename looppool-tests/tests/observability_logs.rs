@@ -11,7 +11,7 @@ use capture::{Capture, Captured};
 use looppool::CallError;
 use looppool_tests::{eventually, probe_pool, Job};
 use tracing::level_filters::LevelFilter;
-use tracing::Level;
+use tracing::{Instrument, Level};
 
 /// Waits until an event matching `pred` was recorded; fails the test after
 /// 20 s.
@@ -90,6 +90,117 @@ async fn worker_events_reach_the_parent_with_worker_fields() {
         "a trace event passed a debug filter"
     );
     assert_eq!(pool.stats().logs_dropped, 0);
+    pool.shutdown().await;
+}
+
+/// The events of `message` from the worker, and the parent's spans each was
+/// relayed in; waits (up to 20 s) until there are `n` of them.
+async fn scopes_of(capture: &Capture, message: &str, n: usize) -> Vec<String> {
+    let mut found = vec![];
+    let seen = eventually(Duration::from_secs(20), || {
+        found = capture.matching(|e| from_worker(e) && e.message == message);
+        found.len() >= n
+    })
+    .await;
+    assert!(seen, "{n} events {message:?} expected, got {found:#?}");
+    found.into_iter().map(|e| e.scope).collect()
+}
+
+#[tokio::test]
+async fn handler_events_carry_the_span_their_task_was_sent_in() {
+    let (capture, _guard) = Capture::install();
+    let (pool, mut outputs) = probe_pool!()
+        .workers(2)
+        .worker_log_level(LevelFilter::INFO)
+        .start()
+        .await
+        .unwrap();
+    // Many calls at once, each in a span of its own: every event, from the
+    // handler's first poll and from a later one, must land in its task's
+    // span and in no other.
+    let mut calls = tokio::task::JoinSet::new();
+    for k in 0..40u64 {
+        let pool = pool.clone();
+        let job = Job::LogAround {
+            ms: 5 + k % 7,
+            message: format!("call {k}"),
+        };
+        calls.spawn(
+            async move { pool.call(job).await.unwrap() }
+                .instrument(tracing::info_span!("request", id = k)),
+        );
+    }
+    while let Some(done) = calls.join_next().await {
+        done.unwrap();
+    }
+    // Submitted tasks: the span is current only while `submit` runs.
+    for k in 0..20u64 {
+        let job = Job::LogAround {
+            ms: 1,
+            message: format!("submit {k}"),
+        };
+        pool.submit(job)
+            .instrument(tracing::info_span!("batch", n = k))
+            .await
+            .unwrap();
+    }
+    let job = Job::LogAround {
+        ms: 1,
+        message: "outside any span".into(),
+    };
+    pool.submit(job).await.unwrap();
+    for _ in 0..21 {
+        outputs.next().await.unwrap();
+    }
+
+    for k in 0..40 {
+        let scopes = scopes_of(&capture, &format!("call {k}"), 2).await;
+        assert_eq!(scopes, vec![format!("request{{id={k}}}"); 2], "call {k}");
+    }
+    for k in 0..20 {
+        let scopes = scopes_of(&capture, &format!("submit {k}"), 2).await;
+        assert_eq!(scopes, vec![format!("batch{{n={k}}}"); 2], "submit {k}");
+    }
+    let scopes = scopes_of(&capture, "outside any span", 2).await;
+    assert_eq!(scopes, ["", ""]);
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retried_task_keeps_its_span() {
+    let (capture, _guard) = Capture::install();
+    let (pool, mut outputs) = probe_pool!()
+        .workers(2)
+        .retry_lost(1)
+        .worker_log_level(LevelFilter::INFO)
+        .start()
+        .await
+        .unwrap();
+    let job = Job::LogAround {
+        ms: 1000,
+        message: "retried".into(),
+    };
+    pool.submit(job)
+        .instrument(tracing::info_span!("request", id = 7))
+        .await
+        .unwrap();
+    // Its first attempt logged: kill that worker while the task sleeps.
+    let first = wait_for(&capture, "first attempt's event", |e| {
+        from_worker(e) && e.message == "retried"
+    })
+    .await;
+    let pid: u32 = first.field("pid").parse().unwrap();
+    looppool_tests::sys::signal(pid, libc::SIGKILL);
+    let out = outputs.next().await.unwrap();
+    assert_eq!(out.attempt(), Some(1), "{out:?}");
+    let events = capture.matching(|e| from_worker(e) && e.message == "retried");
+    // The first attempt's first event, then the second attempt's two, on
+    // the other worker.
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert_ne!(events[2].field("pid"), pid.to_string(), "{events:#?}");
+    for e in &events {
+        assert_eq!(e.scope, "request{id=7}", "{e:#?}");
+    }
     pool.shutdown().await;
 }
 

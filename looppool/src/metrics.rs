@@ -91,6 +91,20 @@
 //! [`PoolBuilder::failed_task_log_level`](crate::PoolBuilder::failed_task_log_level)
 //! (default `DEBUG`: the application receives the failure itself).
 //!
+//! ## The parent's span
+//!
+//! The parent emits a handler's events inside the span that was current
+//! where its task was sent ([`Pool::submit`](crate::Pool::submit),
+//! [`Pool::call`](crate::Pool::call) and the other sending methods), so a
+//! subscriber shows the request's fields (`request{id=7}:`) on the
+//! handler's lines, as it would for work done in the parent itself. A
+//! retried task keeps its span. This holds for events of the handler's own
+//! future (its first poll and later ones); events from tasks it spawns,
+//! from other threads, or that waited behind a full connection buffer (the
+//! worker then cannot tell which task is current when the parent reads
+//! them) are emitted without it, never in another task's span. Sending a
+//! task outside any span costs nothing for this.
+//!
 //! A worker buffers at most 1 MiB of log events that its connection has not
 //! taken; beyond that it drops events and counts them. The parent warns
 //! with the count and adds it to [`WorkerStats::logs_dropped`], so no event

@@ -248,7 +248,9 @@ async fn down(
         let mut credited = false;
         for f in crate::relay::take_frames(&mut buf) {
             match frame::role(&f) {
-                Ok(role @ (Role::Init | Role::Task(_) | Role::Stop)) => {
+                // A cancel rides the task stream: it must reach the worker
+                // behind the task it names, and before that slot's next task.
+                Ok(role @ (Role::Init | Role::Task(_) | Role::Stop | Role::Cancel(_))) => {
                     // The message's number is its identity (see `ids`).
                     seq += 1;
                     if let Role::Task(slot) = role {

@@ -470,7 +470,7 @@ fn judge(headers: Option<&HeaderMap>, payload: &[u8], shared: &Shared) -> Verdic
         return Verdict::Malformed;
     }
     let role = match frame::role(payload) {
-        Ok(r @ (Role::Task(_) | Role::Init | Role::Stop)) => r,
+        Ok(r @ (Role::Task(_) | Role::Init | Role::Stop | Role::Cancel(_))) => r,
         _ => return Verdict::Malformed,
     };
     let mut t = shared.tracking.borrow_mut();

@@ -5,9 +5,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
 
 /// One recorded event.
 #[derive(Debug, Clone)]
@@ -16,6 +18,10 @@ pub(crate) struct Captured {
     pub(crate) target: String,
     pub(crate) message: String,
     pub(crate) fields: HashMap<String, String>,
+    /// The parent's spans the event happened in, outermost first:
+    /// `a{x=1}:b{}`.
+    #[allow(dead_code)] // Not every test file that shares this reads it.
+    pub(crate) scope: String,
 }
 
 impl Captured {
@@ -72,8 +78,36 @@ impl Visit for Fields<'_> {
     }
 }
 
-impl<S: Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+/// A span's fields as `name=value` text, in the registry's extensions.
+struct SpanText(String);
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut message = None;
+        let mut fields = HashMap::new();
+        attrs.record(&mut Fields {
+            message: &mut message,
+            fields: &mut fields,
+        });
+        let mut text: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        text.sort();
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanText(text.join(" ")));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let scope = ctx.event_scope(event).map_or_else(String::new, |scope| {
+            let spans: Vec<String> = scope
+                .from_root()
+                .map(|span| {
+                    let ext = span.extensions();
+                    let text = ext.get::<SpanText>().map_or("", |t| t.0.as_str());
+                    format!("{}{{{text}}}", span.name())
+                })
+                .collect();
+            spans.join(":")
+        });
         let mut message = None;
         let mut fields = HashMap::new();
         event.record(&mut Fields {
@@ -85,6 +119,7 @@ impl<S: Subscriber> Layer<S> for Capture {
             target: event.metadata().target().to_owned(),
             message: message.unwrap_or_default(),
             fields,
+            scope,
         });
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use tracing::Level;
+use tracing::{Level, Span};
 
 use crate::codec;
 use crate::protocol::report::{self as wire, LogRecord, ReportFrame, Resources};
@@ -184,9 +184,16 @@ impl LaneObs {
         }
     }
 
-    /// Handles a `LOG` frame from worker `worker` (process `pid`).
-    pub(crate) fn on_log(&self, worker: usize, pid: u32, body: &[u8]) {
-        let dropped = relay_log(self.pool(), worker, pid, body);
+    /// Handles a `LOG` frame from worker `worker` (process `pid`);
+    /// `span_of` gives the span of the task in a slot.
+    pub(crate) fn on_log(
+        &self,
+        worker: usize,
+        pid: u32,
+        body: &[u8],
+        span_of: impl FnOnce(u32) -> Option<Span>,
+    ) {
+        let dropped = relay_log(self.pool(), worker, pid, body, span_of);
         if dropped > 0 {
             lock(&self.state).logs_dropped += dropped;
         }
@@ -196,7 +203,17 @@ impl LaneObs {
 /// Emits a worker's log record to the parent's subscriber; returns how many
 /// events the worker said it dropped. A record that does not decode is
 /// logged and skipped.
-pub(crate) fn relay_log(pool: &str, worker: usize, pid: u32, body: &[u8]) -> u64 {
+///
+/// A record that names the slot of its task is emitted inside the span the
+/// task was submitted in (`span_of` finds it), so that a handler's events
+/// carry the fields of the parent's span.
+pub(crate) fn relay_log(
+    pool: &str,
+    worker: usize,
+    pid: u32,
+    body: &[u8],
+    span_of: impl FnOnce(u32) -> Option<Span>,
+) -> u64 {
     let rec: LogRecord = match codec::get_serde(body) {
         Ok(rec) => rec,
         Err(e) => {
@@ -216,6 +233,8 @@ pub(crate) fn relay_log(pool: &str, worker: usize, pid: u32, body: &[u8]) -> u64
     let text = |s: &str| (!s.is_empty()).then(|| tracing::field::display(s.to_owned()));
     let fields = text(&rec.fields);
     let spans = text(&rec.spans);
+    let span = rec.slot.and_then(span_of);
+    let _entered = span.as_ref().map(Span::enter);
     macro_rules! relay {
         ($level:expr) => {
             tracing::event!(

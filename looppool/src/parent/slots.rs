@@ -19,6 +19,7 @@ pub(crate) enum CallOutcome<O> {
     Failed(TaskError),
     Lost(WorkerLost),
     NoReply,
+    Cancelled,
 }
 
 pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
@@ -30,6 +31,10 @@ pub(crate) struct Held<O> {
     pub(crate) call: Option<CallSender<O>>,
     /// The encoded task, kept when lost tasks may be retried.
     pub(crate) retry: Option<Retry>,
+    /// The span the task was sent in, if any.
+    pub(crate) span: Option<tracing::Span>,
+    /// Why it was being cancelled, if it was: its fate is then that.
+    pub(crate) cancel: Option<super::lane::CancelReason>,
 }
 
 /// What a retry needs: the encoded task and how often it was already lost.
@@ -51,6 +56,9 @@ pub(super) struct SlotMore<O> {
     pub(super) id: Option<TaskId>,
     pub(super) call: Option<Call<O>>,
     pub(super) retry: Option<Retry>,
+    /// The span the task was submitted in: its worker's log records for it
+    /// are relayed inside it.
+    pub(super) span: Option<tracing::Span>,
 }
 
 /// A `call` waiting for its task.
@@ -137,6 +145,22 @@ impl<O> Slots<O> {
         self.more[slot as usize].as_deref_mut()?.call.as_mut()
     }
 
+    /// The span the task in busy `slot` was submitted in, if any.
+    pub(super) fn span(&self, slot: u32) -> Option<&tracing::Span> {
+        if self.seq.get(slot as usize)? & MORE == 0 {
+            return None;
+        }
+        self.more[slot as usize].as_deref()?.span.as_ref()
+    }
+
+    /// Takes the span of the task in busy `slot`, if it has one.
+    pub(super) fn take_span(&mut self, slot: u32) -> Option<tracing::Span> {
+        if self.seq[slot as usize] & MORE == 0 {
+            return None;
+        }
+        self.more[slot as usize].as_deref_mut()?.span.take()
+    }
+
     /// Frees busy `slot`; returns its task's caller and retry copy.
     #[inline]
     pub(super) fn take(&mut self, slot: u32) -> (Option<Call<O>>, Option<Retry>) {
@@ -144,9 +168,19 @@ impl<O> Slots<O> {
         let had_more = self.seq[i] & MORE != 0;
         self.seq[i] = FREE;
         match had_more.then(|| self.more[i].take()).flatten() {
-            Some(more) => (more.call, more.retry),
+            Some(more) => Self::unpack(more),
             None => (None, None),
         }
+    }
+
+    /// A freed task's caller and retry copy; the rest of its extras are
+    /// dropped here, out of the common path.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::boxed_local)] // Freeing the box is part of what moves here.
+    fn unpack(more: Box<SlotMore<O>>) -> (Option<Call<O>>, Option<Retry>) {
+        let more = *more;
+        (more.call, more.retry)
     }
 
     /// The busy slots, in slot order.
@@ -165,6 +199,7 @@ mod tests {
             id,
             call: Some(Call { tx, reply: None }),
             retry: None,
+            span: None,
         }))
     }
 

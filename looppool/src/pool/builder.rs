@@ -22,6 +22,7 @@ use crate::supervisor::{
 };
 use crate::worker::{fingerprint, short_type_name, Worker};
 
+mod control;
 mod observe;
 mod validate;
 
@@ -106,6 +107,8 @@ pub struct PoolBuilder<W: Worker> {
     memory_limit: Option<u64>,
     task_timeout: Option<Duration>,
     connector: Option<ConnectorRef>,
+    /// Dispatch policy and cancellation: set by the methods in `control`.
+    control: crate::pool::Control,
     /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
     /// the methods in `crate::metrics`.
     pub(crate) observe: crate::metrics::Config,
@@ -170,6 +173,7 @@ impl<W: Worker> PoolBuilder<W> {
             recycle_rss: None,
             memory_limit: None,
             task_timeout: None,
+            control: Default::default(),
             observe: Default::default(),
             _worker: PhantomData,
         }
@@ -515,6 +519,7 @@ impl<W: Worker> PoolBuilder<W> {
             frame_timeout: self.frame_timeout,
             start_timeout: self.start_timeout,
             task_timeout: self.task_timeout,
+            cancel_grace: self.control.grace,
             observe,
             source,
         };
@@ -552,6 +557,7 @@ impl<W: Worker> PoolBuilder<W> {
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
         let outputs = Outputs::new(rx, lanes.clone());
-        Ok((Pool::from_parts(lanes, sup, hub, space), outputs))
+        let pool = Pool::from_parts(lanes, sup, hub, space, self.control);
+        Ok((pool, outputs))
     }
 }

@@ -66,6 +66,11 @@ pub(crate) struct LogRecord {
     /// Events the worker dropped (its log buffer was full) since the last
     /// record it sent.
     pub(crate) dropped: u64,
+    /// The wire slot of the task whose handler emitted the event, set only
+    /// when the record travels in order with that task's frames: the parent
+    /// then reads it before the task's completion, while the slot still
+    /// holds that task.
+    pub(crate) slot: Option<u32>,
 }
 
 /// A level as a byte: 1 (error) to 5 (trace).

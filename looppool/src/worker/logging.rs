@@ -122,6 +122,7 @@ pub(crate) fn forward_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
         file: location.map(|l| l.file().to_owned()),
         line: location.map(|l| l.line()),
         dropped: 0,
+        slot: None,
     };
     // The panicking thread may hold the queue's lock: never wait for it here.
     send(&mut rec, false)
@@ -140,6 +141,9 @@ fn send(rec: &mut LogRecord, may_block: bool) -> bool {
             .flatten();
         if let Some(shared) = shared {
             rec.dropped = q.dropped_since.swap(0, Ordering::Relaxed);
+            // Only a record written in order with the task's own frames may
+            // name its slot (see `LogRecord::slot`).
+            rec.slot = shared.polled_slot();
             let mut encoded = true;
             let written = shared.out.try_push_frame(LOG_BUFFER, |buf| {
                 encoded = encode(buf, rec, q.max_frame);
@@ -149,6 +153,7 @@ fn send(rec: &mut LogRecord, may_block: bool) -> bool {
             }
             q.dropped_since.fetch_add(rec.dropped, Ordering::Relaxed);
             rec.dropped = 0;
+            rec.slot = None;
             if written {
                 // Not even a cut record fits the frame limit.
                 q.drop_one();
@@ -248,6 +253,7 @@ async fn drain(shared: Weak<Shared>) {
                         file: None,
                         line: None,
                         dropped,
+                        slot: None,
                     };
                     shared.out.try_push_frame(usize::MAX, |buf| {
                         let _ = protocol::put_value(buf, kind::LOG, &rec, usize::MAX);
@@ -329,6 +335,7 @@ where
             file: meta.file().map(str::to_owned),
             line: meta.line(),
             dropped: 0,
+            slot: None,
         };
         send(&mut rec, true);
     }

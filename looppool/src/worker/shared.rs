@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::cancel::Cancels;
 use super::outbox::Outbox;
 use super::watchdog::Watch;
 use crate::protocol::{Failure, Init};
@@ -30,6 +31,12 @@ pub(crate) struct Shared {
     pub(crate) task_timeout: Option<Duration>,
     /// The blocked-loop watch, when the pool asked for one.
     pub(crate) watch: Option<Arc<Watch>>,
+    /// One more than the wire slot of the task being polled; 0 between
+    /// tasks. Log records name it, so that the parent can relay a handler's
+    /// events in the span its task was submitted in.
+    polled: Cell<u32>,
+    /// The cancellation of the running tasks that wait.
+    pub(crate) cancels: Cancels,
 }
 
 impl Shared {
@@ -48,6 +55,8 @@ impl Shared {
                 .then(|| Duration::from_millis(init.task_timeout_ms)),
             watch: (init.blocked_threshold_ms > 0)
                 .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
+            polled: Cell::new(0),
+            cancels: Cancels::new(Duration::from_millis(init.cancel_grace_ms)),
         }
     }
 
@@ -73,6 +82,7 @@ impl Shared {
     /// ends only once its failure is queued, in a task of its own that
     /// waits for credits, so that a drain waits for it too.
     pub(crate) fn complete(self: &Rc<Self>, slot: u32, result: Result<(), Failure>) {
+        self.cancels.disarm(slot);
         match result {
             Ok(()) => self.out.push_done(slot),
             Err(failure) => {
@@ -86,6 +96,15 @@ impl Shared {
                 }
             }
         }
+        self.ended();
+    }
+
+    /// Queues the answer to the parent's cancel of the task in wire slot
+    /// `slot`, whose future was dropped (or never started), and counts it.
+    pub(crate) fn cancelled(&self, slot: u32) {
+        self.cancels.disarm(slot);
+        self.out
+            .push_simple(crate::protocol::kind::CANCELLED, Some(slot.into()));
         self.ended();
     }
 
@@ -106,10 +125,20 @@ impl Shared {
     /// blocked-loop watch.
     #[inline]
     pub(crate) fn polling<R>(&self, slot: u32, poll: impl FnOnce() -> R) -> R {
-        match &self.watch {
+        // The poll cannot unwind past here: the task's panics are caught
+        // inside it.
+        self.polled.set(slot.wrapping_add(1));
+        let r = match &self.watch {
             None => poll(),
             Some(watch) => watch.polling(slot, poll, || self.loop_turned(watch)),
-        }
+        };
+        self.polled.set(0);
+        r
+    }
+
+    /// The wire slot of the task being polled, if one is.
+    pub(crate) fn polled_slot(&self) -> Option<u32> {
+        self.polled.get().checked_sub(1)
     }
 
     /// The loop turned: tells the watch, which reports a blocked episode

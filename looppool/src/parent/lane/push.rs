@@ -70,12 +70,33 @@ impl<O> Lane<O> {
         &self,
         task: &T,
         call: Option<CallSender<O>>,
+        span: Option<&tracing::Span>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         self.push_with(
             call,
             None,
+            span,
             #[inline(always)]
             |out, slot, max| protocol::put_task(out, slot, task, max),
+        )
+    }
+
+    /// [`try_push`](Self::try_push) with task frame kind `kind`: a task
+    /// whose deadline the parent enforces has a kind of its own.
+    #[inline(always)]
+    pub(crate) fn try_push_kind<T: Serialize + ?Sized>(
+        &self,
+        kind: u8,
+        task: &T,
+        call: Option<CallSender<O>>,
+        span: Option<&tracing::Span>,
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
+        self.push_with(
+            call,
+            None,
+            span,
+            #[inline(always)]
+            |out, slot, max| protocol::put_task_as(out, kind, slot, task, max),
         )
     }
 
@@ -86,8 +107,9 @@ impl<O> Lane<O> {
         payload: &[u8],
         attempts: u32,
         call: Option<CallSender<O>>,
+        span: Option<&tracing::Span>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
-        self.push_with(call, Some((id, attempts)), |out, slot, max| {
+        self.push_with(call, Some((id, attempts)), span, |out, slot, max| {
             protocol::put_encoded_task(out, slot, payload, max)
         })
     }
@@ -97,6 +119,8 @@ impl<O> Lane<O> {
         &self,
         call: Option<CallSender<O>>,
         retried: Option<(TaskId, u32)>,
+        // The span the task was sent in, if any.
+        span: Option<&tracing::Span>,
         // Appends the task's frame; returns where its payload begins.
         encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
@@ -142,7 +166,7 @@ impl<O> Lane<O> {
         let foreign = id.worker != self.index as u32;
         // Written without closures: ones that captured `call` cost a drop
         // check per task even when not called.
-        let more = if call.is_some() || self.retries > 0 || foreign {
+        let more = if call.is_some() || self.retries > 0 || foreign || span.is_some() {
             // Keeping a copy of every task costs an allocation per task, so
             // it is done only when lost tasks are to be retried.
             let retry = if self.retries > 0 {
@@ -157,6 +181,7 @@ impl<O> Lane<O> {
                 id: if foreign { Some(id) } else { None },
                 call: call.map(|tx| Call { tx, reply: None }),
                 retry,
+                span: span.cloned(),
             }))
         } else {
             None

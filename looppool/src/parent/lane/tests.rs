@@ -47,7 +47,7 @@ fn credits_for_call_replies_ride_on_the_next_task() {
     replies(&lane, 1);
     assert_eq!(queued(&lane), []);
     assert_eq!(window(&lane), 7);
-    lane.try_push(&5u64, None).map_err(|_| ()).unwrap();
+    lane.try_push(&5u64, None, None).map_err(|_| ()).unwrap();
     assert_eq!(
         queued(&lane),
         [(kind::CREDIT, 1), (kind::TASK, 0)],
@@ -101,7 +101,7 @@ fn a_new_worker_is_owed_nothing() {
     replies(&lane, 1);
     let _ = lane.take_held(false);
     lane.open(2, None, 8, 1024).unwrap();
-    lane.try_push(&5u64, None).map_err(|_| ()).unwrap();
+    lane.try_push(&5u64, None, None).map_err(|_| ()).unwrap();
     assert_eq!(queued(&lane), [(kind::TASK, 0)]);
     assert_eq!(window(&lane), 8);
 }
