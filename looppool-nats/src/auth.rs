@@ -9,6 +9,16 @@ use std::path::PathBuf;
 
 use crate::names::Names;
 
+/// Environment variable (optional): a NATS credentials file.
+pub const CREDS_ENV: &str = "LOOPPOOL_NATS_CREDS";
+/// Environment variable (optional): a PEM file of root certificates to
+/// trust, which also requires TLS.
+pub const CA_ENV: &str = "LOOPPOOL_NATS_CA";
+/// Environment variables (optional): a client certificate and key (PEM) for
+/// TLS client authentication.
+pub const CERT_ENV: &str = "LOOPPOOL_NATS_CERT";
+/// See [`CERT_ENV`].
+pub const KEY_ENV: &str = "LOOPPOOL_NATS_KEY";
 /// Environment variable (optional): the user name to authenticate with,
 /// beside [`PASSWORD_ENV`].
 pub const USER_ENV: &str = "LOOPPOOL_NATS_USER";
@@ -289,6 +299,15 @@ impl Credentials {
         self
     }
 
+    /// These credentials, with `fallback`'s secret (credentials from the
+    /// URL) when they have none of their own.
+    pub(crate) fn or_secret(mut self, fallback: Option<Credentials>) -> Self {
+        if let (Secret::None, Some(f)) = (&self.secret, fallback) {
+            self.secret = f.secret;
+        }
+        self
+    }
+
     /// Whether there is nothing to present.
     pub fn is_none(&self) -> bool {
         matches!(self.secret, Secret::None) && self.ca.is_none() && self.cert.is_none()
@@ -296,9 +315,9 @@ impl Credentials {
 
     /// The credentials in this process's environment: [`USER_ENV`] and
     /// [`PASSWORD_ENV`], [`AUTH_TOKEN_ENV`], [`NKEY_ENV`] or
-    /// [`NKEY_SEED_ENV`], [`CREDS_ENV`](crate::CREDS_ENV), then
-    /// [`CA_ENV`](crate::CA_ENV), [`CERT_ENV`](crate::CERT_ENV) and
-    /// [`KEY_ENV`](crate::KEY_ENV).
+    /// [`NKEY_SEED_ENV`], [`CREDS_ENV`](CREDS_ENV), then
+    /// [`CA_ENV`](CA_ENV), [`CERT_ENV`](CERT_ENV) and
+    /// [`KEY_ENV`](KEY_ENV).
     ///
     /// # Errors
     /// When more than one secret is set, or a user without a password.
@@ -324,21 +343,21 @@ impl Credentials {
         if let Some(path) = var(NKEY_ENV) {
             found.push(Secret::NKeyFile(path.into()));
         }
-        if let Some(path) = var(crate::CREDS_ENV) {
+        if let Some(path) = var(CREDS_ENV) {
             found.push(Secret::CredsFile(path.into()));
         }
         if found.len() > 1 {
             return Err(format!(
                 "more than one of {USER_ENV}, {AUTH_TOKEN_ENV}, {NKEY_ENV}, {NKEY_SEED_ENV} and {} is set",
-                crate::CREDS_ENV
+                CREDS_ENV
             ));
         }
         Ok(Credentials {
             secret: found.pop().unwrap_or_default(),
-            ca: var(crate::CA_ENV).map(Into::into),
-            cert: var(crate::CERT_ENV)
+            ca: var(CA_ENV).map(Into::into),
+            cert: var(CERT_ENV)
                 .map(PathBuf::from)
-                .zip(var(crate::KEY_ENV).map(PathBuf::from)),
+                .zip(var(KEY_ENV).map(PathBuf::from)),
         })
     }
 
@@ -355,14 +374,14 @@ impl Credentials {
             Secret::Token(t) => env.push((AUTH_TOKEN_ENV, t.into())),
             Secret::NKeySeed(s) => env.push((NKEY_SEED_ENV, s.into())),
             Secret::NKeyFile(p) => env.push((NKEY_ENV, p.into())),
-            Secret::CredsFile(p) => env.push((crate::CREDS_ENV, p.into())),
+            Secret::CredsFile(p) => env.push((CREDS_ENV, p.into())),
         }
         if let Some(ca) = &self.ca {
-            env.push((crate::CA_ENV, ca.into()));
+            env.push((CA_ENV, ca.into()));
         }
         if let Some((cert, key)) = &self.cert {
-            env.push((crate::CERT_ENV, cert.into()));
-            env.push((crate::KEY_ENV, key.into()));
+            env.push((CERT_ENV, cert.into()));
+            env.push((KEY_ENV, key.into()));
         }
         env
     }
@@ -375,10 +394,10 @@ impl Credentials {
         AUTH_TOKEN_ENV,
         NKEY_ENV,
         NKEY_SEED_ENV,
-        crate::CREDS_ENV,
-        crate::CA_ENV,
-        crate::CERT_ENV,
-        crate::KEY_ENV,
+        CREDS_ENV,
+        CA_ENV,
+        CERT_ENV,
+        KEY_ENV,
     ];
 
     /// `options` with these credentials.

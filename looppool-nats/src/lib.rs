@@ -272,11 +272,11 @@ mod settings;
 mod sync;
 
 pub use auth::{Credentials, Role};
+pub use auth::{CA_ENV, CERT_ENV, CREDS_ENV, KEY_ENV};
 pub use counters::DropCounts;
 pub use pool::{Delivery, NatsPoolBuilder};
 pub use remote::{
-    run_if_remote, RemoteWorker, CA_ENV, CERT_ENV, CREDS_ENV, INDEX_ENV, JOIN_TIMEOUT_ENV, KEY_ENV,
-    POOL_ENV, URL_ENV, WORKER_ENV,
+    run_if_remote, RemoteWorker, INDEX_ENV, JOIN_TIMEOUT_ENV, POOL_ENV, URL_ENV, WORKER_ENV,
 };
 
 /// The client library, for its connection options.

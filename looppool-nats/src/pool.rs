@@ -359,7 +359,10 @@ impl<W: Worker> NatsPoolBuilder<W> {
             source,
         };
         let (plain_url, url_credentials) = auth::split_url(&self.url);
-        let credentials = self.credentials.or(url_credentials).unwrap_or_default();
+        let credentials = self
+            .credentials
+            .unwrap_or_default()
+            .or_secret(url_credentials);
         let options = credentials
             .apply(self.options.unwrap_or_default())
             .await

@@ -24,16 +24,6 @@ pub const INDEX_ENV: &str = "LOOPPOOL_NATS_INDEX";
 /// Environment variable (optional): which worker type to run, when the
 /// program has several (the `Worker::NAME`).
 pub const WORKER_ENV: &str = "LOOPPOOL_NATS_WORKER";
-/// Environment variable (optional): a NATS credentials file.
-pub const CREDS_ENV: &str = "LOOPPOOL_NATS_CREDS";
-/// Environment variable (optional): a PEM file of root certificates to
-/// trust, which also requires TLS.
-pub const CA_ENV: &str = "LOOPPOOL_NATS_CA";
-/// Environment variables (optional): a client certificate and key (PEM) for
-/// TLS client authentication.
-pub const CERT_ENV: &str = "LOOPPOOL_NATS_CERT";
-/// See [`CERT_ENV`].
-pub const KEY_ENV: &str = "LOOPPOOL_NATS_KEY";
 /// Environment variable (optional): seconds to keep trying to join (default 60).
 pub const JOIN_TIMEOUT_ENV: &str = "LOOPPOOL_NATS_JOIN_TIMEOUT";
 /// Set by a pool on the local workers it starts, to recognise their joins.
@@ -185,10 +175,8 @@ impl RemoteWorker {
     async fn options(&self, names: &Names) -> Result<(async_nats::ConnectOptions, String), String> {
         let (url, from_url) = crate::auth::split_url(&self.url);
         let o = self.options.clone().unwrap_or_default();
-        let o = match self.credentials.as_ref().or(from_url.as_ref()) {
-            Some(c) => c.apply(o).await?,
-            None => o,
-        };
+        let credentials = self.credentials.clone().unwrap_or_default();
+        let o = credentials.or_secret(from_url).apply(o).await?;
         let o = o.custom_inbox_prefix(crate::auth::inbox_prefix(names, crate::Role::Worker));
         Ok((o, url))
     }
