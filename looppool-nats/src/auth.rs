@@ -315,9 +315,9 @@ impl Credentials {
 
     /// The credentials in this process's environment: [`USER_ENV`] and
     /// [`PASSWORD_ENV`], [`AUTH_TOKEN_ENV`], [`NKEY_ENV`] or
-    /// [`NKEY_SEED_ENV`], [`CREDS_ENV`](CREDS_ENV), then
-    /// [`CA_ENV`](CA_ENV), [`CERT_ENV`](CERT_ENV) and
-    /// [`KEY_ENV`](KEY_ENV).
+    /// [`NKEY_SEED_ENV`], [`CREDS_ENV`], then
+    /// [`CA_ENV`], [`CERT_ENV`] and
+    /// [`KEY_ENV`].
     ///
     /// # Errors
     /// When more than one secret is set, or a user without a password.
