@@ -13,6 +13,12 @@
 # (looppool-nats/examples/broker_pool.rs): the workers run it with
 # LOOPPOOL_NATS_URL and LOOPPOOL_NATS_POOL, the parent with NATS_URL and
 # REMOTE_WORKERS=2 (plus LOCAL_WORKERS local ones, started in lp-parent).
+# The broker runs the secure setup of the looppool-nats crate docs: TLS
+# (a CA and a server certificate made by this run with openssl), and a
+# user per role with only the permissions `auth::Permissions::for_role`
+# gives (`broker_pool --server-users` prints them), with passwords made by
+# this run: the parent authenticates as netns-demo-parent, its local and
+# remote workers as netns-demo-worker.
 # The script checks that both remote workers handled tasks (their host names
 # and pids appear in the parent's summary), that every process exited 0, and
 # removes the namespaces, processes and temporary files on exit.
@@ -26,7 +32,7 @@
 # through sudo). If cargo is not on root's PATH, build it yourself and pass
 # the binary: sudo BIN=target/release/examples/broker_pool scripts/netns-demo.sh
 #
-# Needs: root, iproute2 (`ip`), util-linux (`unshare`), nats-server (PATH,
+# Needs: root, iproute2 (`ip`), util-linux (`unshare`), openssl, nats-server (PATH,
 # /usr/sbin, or NATS_SERVER). Exit status: 0 on success, 1 if the demo
 # failed, 2 if a prerequisite is missing.
 set -euo pipefail
@@ -52,6 +58,7 @@ if ! command -v ip >/dev/null; then
         die "ip (iproute2) is missing and could not be installed"
 fi
 command -v unshare >/dev/null || die "unshare (util-linux) is missing"
+command -v openssl >/dev/null || die "openssl is missing (Debian: apt-get install openssl)"
 NATS_SERVER=${NATS_SERVER:-$(PATH=$PATH:/usr/sbin:/usr/local/sbin command -v nats-server || true)}
 [[ -n $NATS_SERVER && -x $NATS_SERVER ]] ||
     die "nats-server not found: install it (Debian: apt-get install nats-server) or set NATS_SERVER"
@@ -157,9 +164,29 @@ in_ns() {
         sh -c 'echo "$0" >/proc/sys/kernel/hostname && exec "$@"' "$ns" "$@"
 }
 
+# --- the secure setup: TLS, a user per role -----------------------------------
+
+password() { head -c 18 /dev/urandom | base64 | tr -d '/+='; }
+PARENT_PASSWORD=$(password)
+WORKER_PASSWORD=$(password)
+tls() { openssl "$@" 2>>"$WORK/openssl.log" >&2; }
+tls req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=netns-demo-CA -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem"
+tls req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=lp-broker \
+    -keyout "$WORK/server-key.pem" -out "$WORK/server.csr"
+printf 'subjectAltName=IP:%s\n' "$NET.1" >"$WORK/server.ext"
+tls x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" \
+    -CAcreateserial -days 1 -extfile "$WORK/server.ext" -out "$WORK/server.pem"
+{
+    printf 'tls { cert_file: "%s", key_file: "%s" }\n' "$WORK/server.pem" "$WORK/server-key.pem"
+    "$BIN" --server-users "$POOL" "$PARENT_PASSWORD" "$WORKER_PASSWORD"
+} >"$WORK/server.conf"
+chmod 600 "$WORK/server.conf"
+echo "netns-demo: broker configuration: TLS, users $POOL-parent and $POOL-worker with their roles' permissions"
+
 # --- the broker --------------------------------------------------------------
 
-(in_ns lp-broker "$NATS_SERVER" -js -a "$NET.1" -p 4222 -sd "$WORK/store") \
+(in_ns lp-broker "$NATS_SERVER" -c "$WORK/server.conf" -js -a "$NET.1" -p 4222 -sd "$WORK/store") \
     >"$WORK/broker.log" 2>&1 &
 PIDS+=($!)
 echo "netns-demo: nats-server in lp-broker at $BROKER_URL (pid $!)"
@@ -181,7 +208,9 @@ fi
 # They keep asking to join until the pool exists, so they can start first.
 declare -A WORKER_PID
 for w in w1 w2; do
-    (in_ns "lp-$w" env LOOPPOOL_NATS_URL="$BROKER_URL" LOOPPOOL_NATS_POOL="$POOL" "$BIN") \
+    (in_ns "lp-$w" env LOOPPOOL_NATS_URL="$BROKER_URL" LOOPPOOL_NATS_POOL="$POOL" \
+        LOOPPOOL_NATS_USER="$POOL-worker" LOOPPOOL_NATS_PASSWORD="$WORKER_PASSWORD" \
+        LOOPPOOL_NATS_CA="$WORK/ca.pem" "$BIN") \
         >"$WORK/$w.log" 2>&1 &
     PIDS+=($!)
     WORKER_PID[$w]=$!
@@ -196,6 +225,8 @@ echo "netns-demo: parent in lp-parent: $LOCAL_WORKERS local + 2 remote workers, 
 # it comes.
 (in_ns lp-parent env -u LOOPPOOL_NATS_URL -u LOOPPOOL_NATS_POOL -u LOOPPOOL_NATS_INDEX \
     NATS_URL="$BROKER_URL" POOL_NAME="$POOL" LOCAL_WORKERS="$LOCAL_WORKERS" \
+    LOOPPOOL_NATS_USER="$POOL-parent" LOOPPOOL_NATS_PASSWORD="$PARENT_PASSWORD" \
+    LOOPPOOL_NATS_CA="$WORK/ca.pem" WORKER_USER="$POOL-worker" WORKER_PASSWORD="$WORKER_PASSWORD" \
     REMOTE_WORKERS=2 TASKS="$TASKS" timeout 120 "$BIN") >"$WORK/parent.log" 2>&1 &
 parent_pid=$!
 PIDS+=("$parent_pid")
@@ -242,6 +273,14 @@ for w in w1 w2; do
         cat "$WORK/$w.log"
     fi
 done
+# A process without the pool's credentials (but trusting the CA) is refused.
+set +e
+stranger=$(ip netns exec lp-w1 env LOOPPOOL_NATS_URL="$BROKER_URL" LOOPPOOL_NATS_POOL="$POOL" \
+    LOOPPOOL_NATS_CA="$WORK/ca.pem" LOOPPOOL_NATS_JOIN_TIMEOUT=5 "$BIN" 2>&1)
+stranger_rc=$?
+set -e
+check "a worker without credentials is refused (it exited $stranger_rc: $stranger)" \
+    bash -c '[[ $0 -ne 0 && $1 == *"refused this worker"* ]]' "$stranger_rc" "$stranger"
 if [[ $failed -ne 0 ]]; then
     echo "--- broker log (tail):"
     tail -20 "$WORK/broker.log"

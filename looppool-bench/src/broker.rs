@@ -25,9 +25,8 @@
 //!
 //! Both use file storage, the pool's default.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,7 @@ use looppool::Pool;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::broker_server::Server;
 use crate::cli::Options;
 use crate::report::{Row, Target};
 use crate::stats::{median, Latency, Summary};
@@ -169,40 +169,45 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
             .with("max_us", raw_lat.3),
     );
 
-    if opts.runs("W1-broker") {
-        progress(&format!(
-            "W1-broker: {} tiny tasks through looppool-nats, {WORKERS} local workers",
-            sizes.n
-        ));
-        let f = within(rt, "W1-broker", w1_broker(&server, sizes))?;
-        rows.push(
-            cpu_fields(
-                Row::new("W1-broker", Summary::of(&f.rates), "tasks/s"),
-                &f.cpu,
-            )
-            .target("raw-js-roundtrip", raw_rate.median, Target::AtLeast(0.8))
-            .with("n", sizes.n),
-        );
+    // The same workloads again with users and permissions on, in the same
+    // run, against the same raw limits.
+    let secured = Server::start_with_users(&binary, &["bench-w1", "bench-w2"])?;
+    for (server, suffix) in [(&server, ""), (&secured, "-auth")] {
+        if opts.runs("W1-broker") {
+            let name = format!("W1-broker{suffix}");
+            progress(&format!(
+                "{name}: {} tiny tasks through looppool-nats, {WORKERS} local workers",
+                sizes.n
+            ));
+            let f = within(rt, &name, w1_broker(server, sizes))?;
+            rows.push(
+                cpu_fields(Row::new(&name, Summary::of(&f.rates), "tasks/s"), &f.cpu)
+                    .target("raw-js-roundtrip", raw_rate.median, Target::AtLeast(0.8))
+                    .with("n", sizes.n),
+            );
+        }
+        if opts.runs("W2-broker") {
+            let name = format!("W2-broker{suffix}");
+            progress(&format!(
+                "{name}: {} sequential calls through looppool-nats",
+                sizes.calls
+            ));
+            let (series, cpu) = within(rt, &name, w2_broker(server, sizes))?;
+            let (_, _, mean, max) = latency_medians(&series);
+            rows.push(cpu_fields(
+                latency_row(&format!("{name}-p50"), &series, |l| l.p50_us, sizes.calls)
+                    .target("raw-js-seq-p50", raw_lat.0, Target::AtMost(1.25))
+                    .with("mean_us", mean),
+                &cpu,
+            ));
+            rows.push(
+                latency_row(&format!("{name}-p99"), &series, |l| l.p99_us, sizes.calls)
+                    .target("raw-js-seq-p99", raw_lat.1, Target::AtMost(2.0))
+                    .with("max_us", max),
+            );
+        }
     }
-    if opts.runs("W2-broker") {
-        progress(&format!(
-            "W2-broker: {} sequential calls through looppool-nats",
-            sizes.calls
-        ));
-        let (series, cpu) = within(rt, "W2-broker", w2_broker(&server, sizes))?;
-        let (_, _, mean, max) = latency_medians(&series);
-        rows.push(cpu_fields(
-            latency_row("W2-broker-p50", &series, |l| l.p50_us, sizes.calls)
-                .target("raw-js-seq-p50", raw_lat.0, Target::AtMost(1.25))
-                .with("mean_us", mean),
-            &cpu,
-        ));
-        rows.push(
-            latency_row("W2-broker-p99", &series, |l| l.p99_us, sizes.calls)
-                .target("raw-js-seq-p99", raw_lat.1, Target::AtMost(2.0))
-                .with("max_us", max),
-        );
-    }
+    drop(secured);
     drop(server);
     Ok(())
 }
@@ -280,55 +285,6 @@ impl CpuProbe {
 
 fn cpu_of(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|&p| sys::process_cpu_time(p)).sum()
-}
-
-// ---------------------------------------------------------------- server --
-
-/// A private `nats-server -js` on a free loopback port with a temporary
-/// store; stopped by its pid and its store removed on drop.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Server {
-    fn start(binary: &Path) -> BenchResult<Server> {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "looppool-bench-nats-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let (child, url) = looppool_nats::server::spawn(binary, &dir, None).inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&dir);
-        })?;
-        Ok(Server { child, dir, url })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // The pid is our own child's, not yet reaped: SIGTERM lets the
-        // server flush its store.
-        sys::signal(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // ------------------------------------------------------------ raw limit --
@@ -658,6 +614,9 @@ async fn start_pool(
         .configure(|b| b.max_results(WORKERS * WINDOW));
     if let Some(program) = std::env::var_os(wl::PROGRAM_ENV) {
         builder = builder.program(program);
+    }
+    if let Some((parent, worker)) = server.credentials(name) {
+        builder = builder.credentials(parent).worker_credentials(worker);
     }
     let (pool, outputs) = builder.start().await?;
     wl::probe_all(&pool, || 0).await?;

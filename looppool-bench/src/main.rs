@@ -39,6 +39,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod broker;
+mod broker_server;
 mod cli;
 mod control;
 mod peer;

@@ -22,6 +22,15 @@
 //! instead of a private one), `POOL_NAME` (default `demo`), `LOCAL_WORKERS`
 //! (default 2), `REMOTE_WORKERS` (default 0), `TASKS` (default 400).
 //!
+//! With a broker that authenticates its users (see the crate docs'
+//! *Security* section), the parent takes its credentials from the same
+//! variables as workers (`LOOPPOOL_NATS_USER` and `LOOPPOOL_NATS_PASSWORD`,
+//! `LOOPPOOL_NATS_CA`, ...: `Credentials::from_env`), and gives its local
+//! workers `WORKER_USER` and `WORKER_PASSWORD` when set.
+//! `broker_pool --server-users POOL PARENT_PASSWORD WORKER_PASSWORD`
+//! prints an `authorization` block for `nats-server` with a user per role
+//! (`POOL-parent`, `POOL-worker`) and the role's permissions.
+//!
 //! The parent reads `NATS_URL`, not `LOOPPOOL_NATS_URL`: a process started
 //! with `LOOPPOOL_NATS_URL` is a worker (see `run_if_remote` below), and the
 //! same binary is both. `scripts/netns-demo.sh` runs this example with the
@@ -146,6 +155,12 @@ fn main() -> ExitCode {
     // worker: it joins the pool, serves it and exits here.
     looppool_nats::run_if_remote::<Cruncher>();
 
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, pool, parent_password, worker_password] = args.as_slice() {
+        if flag == "--server-users" {
+            return print_server_users(pool, parent_password, worker_password);
+        }
+    }
     match parent() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -153,6 +168,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A `nats-server` `authorization` block: a user per role of `pool`,
+/// with only the permissions that role needs.
+fn print_server_users(pool: &str, parent_password: &str, worker_password: &str) -> ExitCode {
+    use looppool_nats::auth::{Permissions, Role};
+    let mut users = String::new();
+    for (role, name, password) in [
+        (Role::Parent, "parent", parent_password),
+        (Role::Worker, "worker", worker_password),
+    ] {
+        match Permissions::for_role(pool, role) {
+            Ok(p) => users.push_str(&format!(
+                "    {{ user: \"{pool}-{name}\", password: \"{password}\", permissions: {} }}\n",
+                p.to_server_config()
+            )),
+            Err(e) => {
+                eprintln!("broker_pool: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("authorization {{\n  users = [\n{users}  ]\n}}");
+    ExitCode::SUCCESS
 }
 
 fn parent() -> Result<(), Error> {
@@ -189,7 +228,19 @@ async fn run(url: &str) -> Result<(), Error> {
         );
     }
     let started = Instant::now();
-    let (pool, mut outputs) = NatsPoolBuilder::<Cruncher>::new(url, pool_name.as_str())
+    let mut builder = NatsPoolBuilder::<Cruncher>::new(url, pool_name.as_str())
+        .credentials(looppool_nats::Credentials::from_env()?);
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("WORKER_USER"),
+        std::env::var("WORKER_PASSWORD"),
+    ) {
+        let mut worker = looppool_nats::Credentials::user_password(user, password);
+        if let Ok(ca) = std::env::var(looppool_nats::CA_ENV) {
+            worker = worker.root_certificates(ca);
+        }
+        builder = builder.worker_credentials(worker);
+    }
+    let (pool, mut outputs) = builder
         .local_workers(local)
         .remote_workers(remote)
         .start()

@@ -18,6 +18,28 @@ pub(crate) struct Broker {
     pub(crate) names: Names,
     tasks: stream::Stream,
     outputs: stream::Stream,
+    /// Both streams' settings, to create them again if they are deleted.
+    configs: std::sync::Arc<[stream::Config; 2]>,
+}
+
+/// `url` without credentials (the user and password, or token, before an
+/// `@`), for messages: `nats://user:secret@host:4222` is
+/// `nats://host:4222`. Each URL of a comma-separated list is treated.
+pub(crate) fn public_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.find("://") {
+                Some(i) => one.split_at(i + 3),
+                None => ("", one),
+            };
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
@@ -53,48 +75,60 @@ impl Broker {
         per_worker: usize,
         storage: stream::StorageType,
     ) -> Result<Self, String> {
-        let tasks = ensure_stream(
-            &js,
-            stream::Config {
-                name: names.task_stream(),
-                subjects: vec![names.task_subjects()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                discard: stream::DiscardPolicy::New,
-                discard_new_per_subject: true,
-                // A work-queue subject counts delivered messages until they
-                // are acknowledged, and a worker acknowledges a task only
-                // once its completing output is stored, by which time the
-                // pool may have sent the next task in its place: room for
-                // two windows, plus the init and stop messages. The pool's
-                // own bound (`max_tasks`) is what gives Full errors.
-                max_messages_per_subject: 2 * per_worker as i64 + 8,
-                storage,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            },
-        )
-        .await?;
-        let outputs = ensure_stream(
-            &js,
-            stream::Config {
-                name: names.output_stream(),
-                subjects: vec![names.output_subjects()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                discard: stream::DiscardPolicy::New,
-                discard_new_per_subject: true,
-                max_messages_per_subject: OUTPUT_BACKLOG,
-                storage,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let task_config = stream::Config {
+            name: names.task_stream(),
+            subjects: vec![names.task_subjects()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            // A work-queue subject counts delivered messages until they
+            // are acknowledged, and a worker acknowledges a task only
+            // once its completing output is stored, by which time the
+            // pool may have sent the next task in its place: room for
+            // two windows, plus the init and stop messages. The pool's
+            // own bound (`max_tasks`) is what gives Full errors.
+            max_messages_per_subject: 2 * per_worker as i64 + 8,
+            storage,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let output_config = stream::Config {
+            name: names.output_stream(),
+            subjects: vec![names.output_subjects()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            max_messages_per_subject: OUTPUT_BACKLOG,
+            storage,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let tasks = ensure_stream(&js, task_config.clone()).await?;
+        let outputs = ensure_stream(&js, output_config.clone()).await?;
         Ok(Broker {
             js,
             names,
             tasks,
             outputs,
+            configs: std::sync::Arc::new([task_config, output_config]),
         })
+    }
+
+    /// Creates again a stream of the pool that is gone from the broker
+    /// (deleted by hand, or by a stranger): a worker that joins after that
+    /// finds its queue in place.
+    async fn restore_streams(&self) -> Result<(), String> {
+        for config in self.configs.iter() {
+            if self.js.get_stream(&config.name).await.is_err() {
+                tracing::warn!(
+                    pool = self.names.pool(),
+                    stream = %config.name,
+                    "the pool's stream is gone from the broker (deleted?): creating it again"
+                );
+                ensure_stream(&self.js, config.clone()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives worker `n` a clean slate for incarnation `inc`: the consumers
@@ -110,6 +144,7 @@ impl Broker {
         max_running: usize,
         ack_wait: Duration,
     ) -> Result<(), String> {
+        self.restore_streams().await?;
         self.retire_worker(n).await?;
         self.tasks
             .purge()
@@ -169,6 +204,24 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether the task stream still holds the message at `seq` (`false`
+    /// also when the stream itself is gone).
+    pub(crate) async fn task_message_exists(&self, seq: u64) -> Result<bool, String> {
+        use async_nats::jetstream::stream::RawMessageErrorKind as Kind;
+        match self.tasks.get_raw_message(seq).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                Kind::NoMessageFound => Ok(false),
+                Kind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(err("cannot look up a task message", e)),
+            },
+        }
+    }
+
     /// The parent's consumer of worker `n`'s outputs.
     pub(crate) async fn output_consumer(
         &self,
@@ -179,5 +232,18 @@ impl Broker {
             .get_consumer(&self.names.output_consumer(n, inc))
             .await
             .map_err(|e| err("cannot open a worker's output consumer", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(public_url("nats://u:secret@h:4222"), "nats://h:4222");
+        assert_eq!(public_url("tls://tok@h"), "tls://h");
+        assert_eq!(public_url("u:p@h:1,nats://h2:2"), "h:1,nats://h2:2");
+        assert_eq!(public_url("nats://h:4222/x@y"), "nats://h:4222/x@y");
     }
 }

@@ -25,7 +25,10 @@ use crate::sync::lock;
 /// How a pool's workers are reached, fixed when the pool starts.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    /// The broker's URL, without credentials.
     pub(crate) url: String,
+    /// What local workers authenticate with.
+    pub(crate) worker_credentials: crate::Credentials,
     /// Worker indices below this are processes this pool starts.
     pub(crate) local: usize,
     pub(crate) program: Option<PathBuf>,
@@ -38,6 +41,8 @@ pub(crate) struct Plan {
     pub(crate) max_running: usize,
     pub(crate) ack_wait: Duration,
     pub(crate) max_payload: usize,
+    /// Where the relays count what they drop.
+    pub(crate) drops: crate::DropCounts,
 }
 
 /// A worker asking to join.
@@ -121,7 +126,7 @@ impl Connector for NatsConnector {
     fn describe(&self) -> String {
         format!(
             "NATS broker {} (pool {})",
-            self.shared.plan.url,
+            crate::broker::public_url(&self.shared.plan.url),
             self.shared.broker.names.pool()
         )
     }
@@ -284,6 +289,7 @@ async fn connect(shared: Arc<Shared>, index: usize) -> std::io::Result<Link> {
             hello: join.hello,
             ending: ending.clone(),
             child: child.clone(),
+            drops: plan.drops.clone(),
         }
         .run(),
     );
@@ -311,7 +317,11 @@ async fn spawn_local_worker(
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let mut cmd = std::process::Command::new(&program);
+    for k in crate::Credentials::ENV {
+        cmd.env_remove(k);
+    }
     cmd.args(&plan.args)
+        .envs(plan.worker_credentials.to_env())
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env(remote::URL_ENV, &plan.url)
         .env(remote::POOL_ENV, shared.broker.names.pool())
@@ -373,5 +383,9 @@ impl Peer for BrokerPeer {
         }
         let e = lock(&self.ending);
         Ok(e.status.unwrap_or(ExitStatus::Unknown))
+    }
+
+    fn loss_cause(&mut self) -> Option<String> {
+        lock(&self.ending).reason.take()
     }
 }

@@ -60,13 +60,46 @@
 //! | consumer `wN-<incarnation>` | durable pull consumer of `lp.P.task.n`, explicit acks, `max_ack_pending` = the per-worker task bound | the broker's bound on what a worker holds |
 //! | stream `LP_P_OUT`, subject `lp.P.out.n` | the worker's outputs, completions, reports and logs, numbered, the last one carrying its exit code | the parent pulls them (consumer `oN-<incarnation>`) and hands them on in order, each once |
 //! | `lp.P.ctl.n` (core NATS) | output credits (a running total, so a lost message is repaired by the next) and pings | the pool's bound on pending outputs reaches the worker |
-//! | `lp.P.hb.n`, `lp.P.owner` (core NATS) | heartbeats of worker `n` and of the parent | liveness both ways |
+//! | `lp.P.hb.n`, `lp.P.owner` (core NATS) | heartbeats of worker `n` (with its drop counts and its last stored output) and of the parent | liveness both ways |
 //! | `lp.P.join` (core NATS, request-reply) | a worker's hello; the reply gives its index, incarnation and settings | membership |
 //!
 //! Each life of a worker index is an *incarnation*. When a worker joins,
 //! the consumers of earlier incarnations are deleted (a worker declared
 //! dead receives nothing more) and their leftovers purged (the pool already
-//! reported or re-sent them); messages of other incarnations are ignored.
+//! reported or re-sent them); messages of other incarnations are dropped.
+//!
+//! ## Identities, not broker sequences
+//!
+//! The core names a task on the wire by its *slot*, a number the parent
+//! reuses as soon as the task ends; the broker numbers messages by *stream
+//! sequence*, which says where it stored a copy, not which task it is. A
+//! broker killed and restarted may deliver a message again under its old
+//! sequence or a new one, and may bring back messages of earlier
+//! incarnations. Neither number can tell a task, so the pool adds its own:
+//!
+//! - The parent numbers the messages it sends one incarnation (init, tasks,
+//!   stop) 1, 2, 3, ... in header `Lp-Task`, beside `Lp-Inc`, the
+//!   incarnation; together they name one task message in the whole pool
+//!   (and are its `Nats-Msg-Id`, so a publish retried after an outage is
+//!   stored once while the broker remembers it).
+//! - A worker runs each number once. A copy of a task still running asks
+//!   for more time; a copy of one it already took is acknowledged and
+//!   dropped; a message of another incarnation, for a slot already busy, or
+//!   not of the pool's making is dropped.
+//! - Every output message names, in `Lp-Tasks`, the task message of each
+//!   slot its frames speak for. The parent applies a frame only to the task
+//!   it sent into that slot and has not seen end; anything else (a copy's
+//!   second completion, a finished task's output) is dropped.
+//! - Output messages carry their own sequence (`Lp-Seq`) within the
+//!   incarnation; the parent hands them on in that order, each once, and
+//!   holds at most 4,096 messages (64 MiB) that arrive ahead of a missing
+//!   one per worker.
+//!
+//! Whatever is dropped is counted in [`DropCounts`]
+//! ([`NatsPoolBuilder::drop_counts`]; workers report theirs with their
+//! heartbeats) and logged as a warning at most once a second. A message the
+//! pool cannot apply is never a reason to replace a worker or fail the
+//! pool.
 //!
 //! # Failure semantics
 //!
@@ -85,20 +118,122 @@
 //! Either way every task ends exactly once for the caller: with its output,
 //! its error, or `Output::Lost` / `CallError::WorkerLost`.
 //!
-//! A broker restart is survived: streams and consumers live in the broker's
-//! file store; both sides reconnect by themselves; publishes that were not
-//! acknowledged are sent again with the same message id (the broker stores
-//! them once); redeliveries are de-duplicated on both sides; and silence
-//! while a side is disconnected does not count against liveness.
+//! | what happens | what the pool does |
+//! |---|---|
+//! | the broker is killed (`kill -9`) and restarted, any number of times, under load, with file storage (the default) | both sides reconnect by themselves; unacknowledged publishes are sent again; redelivered and resurrected messages are recognised by their identity and dropped; silence while a side is disconnected, and for 5 s after it reconnects (the other side may reconnect up to 4 s later), does not count against liveness. No worker is replaced and no task lost: each task ends once, with its own outputs, each delivered once |
+//! | an output message the worker's broker confirmed stored is never delivered (a broker that lost acknowledged data) | after 8 s while both sides are connected, the worker's link ends: its tasks are reported lost (or re-sent, at least once) with [`LossCause::Transport`](looppool::LossCause::Transport) saying so |
+//! | a worker's heartbeats stop for the silence period while the parent is connected | it is replaced; its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) naming the silence |
+//! | a pool stream or consumer is deleted | the worker's link ends at once (its consumer is gone): its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream or consumer was deleted, and the streams are created again when the replacement joins |
+//! | a pool stream is purged (its messages removed, the stream kept) | a task message removed before its worker took it is noticed within a few heartbeats (at least 6 s): the parent asks the broker for the oldest task message the worker has not reported taken. An output message removed before the parent pulled it is noticed as above (8 s). Either way the worker's link ends and its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream was purged or the broker lost the message |
+//! | a malformed or stale message on a pool subject | dropped, counted, logged (rate-limited) |
+//! | the broker cannot be reached at start | [`StartError::Broker`](looppool::StartError::Broker), with the URL without credentials |
 //!
-//! **Known limit.** A broker that is killed and restarted *under load* may
-//! redeliver task messages it had already delivered. Workers recognise a
-//! repeat only by its stream sequence, so such a task can run twice, and
-//! its second completion can reach whichever task then holds its slot; a
-//! worker that reports on a slot the parent no longer holds is replaced as a
-//! protocol breach, its tasks lost. It has been seen with the broker killed
-//! (`kill -9`) under load. Until outputs carry their task's full identity,
-//! do not rely on broker restarts under load for exactly-once results.
+//! **Limits.** With
+//! [`memory_storage`](NatsPoolBuilder::memory_storage), a broker restart
+//! loses the streams: as for deleted streams, the tasks in them are
+//! reported lost. A broker's power loss can lose what it had not written
+//! to disk (JetStream syncs every two minutes by default); the pool then
+//! reports the tasks whose messages were lost as for a purge. Anyone who
+//! can publish on the pool's subjects can forge messages that carry a live
+//! identity: give the broker's users the permissions below.
+//!
+//! # Security
+//!
+//! ## Threat model
+//!
+//! The pool trusts the broker and whoever holds one of its two roles'
+//! credentials; it does not authenticate messages itself. What each may
+//! do is what the broker lets its user do:
+//!
+//! | who | may | may not |
+//! |---|---|---|
+//! | the **parent** role | create, purge and restore the pool's two streams and their consumers; publish tasks, init and control messages (credits, pings, kills) and its heartbeat; pull and acknowledge outputs; answer joins | anything of another pool |
+//! | the **worker** role (every worker of the pool, local or remote) | ask to join; pull and acknowledge any of the pool's task messages, so read the init payload and tasks; publish outputs and heartbeats under any worker index | publish tasks or control messages, read outputs or the parent's replies, purge or delete a stream, create a consumer |
+//! | any **other user** of the broker, given its own permissions (another pool's roles) | nothing of this pool | subscribe to or read any of its subjects, streams or replies; publish on them (forged tasks, outputs, kills, heartbeats are dropped by the server); join; create a consumer; purge or delete its streams |
+//! | a broker user **without permissions** (a user with no `permissions` block, or a broker without authentication) | everything above, as either role | — |
+//!
+//! So a worker's credentials are as powerful as a worker: one stolen lets
+//! its holder read the pool's tasks and forge results for them. Messages
+//! that are malformed, stale or of the wrong incarnation are dropped and
+//! counted ([`DropCounts`]), but a well-formed forgery by a holder of the
+//! worker role cannot be told from a worker's output. With TLS, nothing
+//! travels in clear between the processes and the broker; without it, the
+//! network sees the tasks, outputs and any password.
+//!
+//! ## A secure setup
+//!
+//! A user per role, with the subjects [`auth::Permissions::for_role`]
+//! gives (and no others), TLS, and the credentials given to each process
+//! through [`Credentials`]. A `nats-server` configuration for pool `jobs`
+//! with users and passwords (print the permission blocks with
+//! [`auth::Permissions::to_server_config`]):
+//!
+//! ```text
+//! jetstream { store_dir: "/var/lib/nats" }
+//! tls { cert_file: "server.pem", key_file: "server-key.pem" }
+//! authorization {
+//!   users = [
+//!     { user: jobs-parent, password: "$JOBS_PARENT_PASSWORD",
+//!       permissions: <Permissions::for_role("jobs", Role::Parent)> }
+//!     { user: jobs-worker, password: "$JOBS_WORKER_PASSWORD",
+//!       permissions: <Permissions::for_role("jobs", Role::Worker)> }
+//!   ]
+//! }
+//! ```
+//!
+//! (`{ nkey: "U..." , permissions: ... }` for NKey users; with
+//! `verify_and_map: true` in the `tls` block and `ca_file`, users named by
+//! their client certificate's subject, `user: "CN=jobs-parent"`; with an
+//! operator and accounts, the same permissions in the users' JWTs, used
+//! through credentials files.) The parent:
+//!
+//! ```no_run
+//! # use std::rc::Rc;
+//! # use looppool::{BoxError, InitContext, TaskContext, Worker};
+//! # struct Doubler;
+//! # impl Worker for Doubler {
+//! #     const NAME: &'static str = "doubler";
+//! #     type Init = ();
+//! #     type Task = u64;
+//! #     type Output = u64;
+//! #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+//! #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+//! #         cx.emit(2 * x).await?;
+//! #         Ok(())
+//! #     }
+//! # }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use looppool_nats::{Credentials, NatsPoolBuilder};
+//!
+//! let password = |var: &str| std::env::var(var).unwrap_or_default();
+//! let (pool, _outputs) = NatsPoolBuilder::<Doubler>::new("tls://broker.internal:4222", "jobs")
+//!     .credentials(
+//!         Credentials::user_password("jobs-parent", password("JOBS_PARENT_PASSWORD"))
+//!             .root_certificates("/etc/looppool/ca.pem"),
+//!     )
+//!     .worker_credentials(
+//!         Credentials::user_password("jobs-worker", password("JOBS_WORKER_PASSWORD"))
+//!             .root_certificates("/etc/looppool/ca.pem"),
+//!     )
+//!     .local_workers(2)
+//!     .remote_workers(2)
+//!     .start()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Remote workers: `LOOPPOOL_NATS_URL=tls://broker.internal:4222
+//! LOOPPOOL_NATS_POOL=jobs LOOPPOOL_NATS_USER=jobs-worker
+//! LOOPPOOL_NATS_PASSWORD=... LOOPPOOL_NATS_CA=/etc/looppool/ca.pem
+//! ./program` (see [`Credentials::from_env`] for the other ways:
+//! `LOOPPOOL_NATS_AUTH_TOKEN`, `LOOPPOOL_NATS_NKEY`, `LOOPPOOL_NATS_CREDS`,
+//! `LOOPPOOL_NATS_CERT` and `LOOPPOOL_NATS_KEY`). Credentials in the URL
+//! (`nats://user:password@host`, `nats://token@host`) work too. The pool
+//! never puts a secret in an error, a log line or a `Debug` output, and
+//! passes local workers theirs through the environment, not the command
+//! line. A single token (`authorization { token: ... }`) authenticates but
+//! cannot tell the roles apart: every holder may do everything.
 //!
 //! # Differences from local mode
 //!
@@ -124,8 +259,10 @@
 //! need `nats-server` on the `PATH` or in `/usr/sbin` (Debian package
 //! `nats-server`), or its path in `NATS_SERVER`.
 
+pub mod auth;
 mod broker;
 mod connector;
+mod counters;
 mod names;
 mod pool;
 mod relay;
@@ -134,10 +271,12 @@ pub mod server;
 mod settings;
 mod sync;
 
+pub use auth::{Credentials, Role};
+pub use auth::{CA_ENV, CERT_ENV, CREDS_ENV, KEY_ENV};
+pub use counters::DropCounts;
 pub use pool::{Delivery, NatsPoolBuilder};
 pub use remote::{
-    run_if_remote, RemoteWorker, CA_ENV, CERT_ENV, CREDS_ENV, INDEX_ENV, JOIN_TIMEOUT_ENV, KEY_ENV,
-    POOL_ENV, URL_ENV, WORKER_ENV,
+    run_if_remote, RemoteWorker, INDEX_ENV, JOIN_TIMEOUT_ENV, POOL_ENV, URL_ENV, WORKER_ENV,
 };
 
 /// The client library, for its connection options.

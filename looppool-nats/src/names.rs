@@ -5,6 +5,22 @@
 pub(crate) const INCARNATION: &str = "Lp-Inc";
 /// Header: a worker's output sequence number within its incarnation.
 pub(crate) const SEQUENCE: &str = "Lp-Seq";
+/// Header: on a task message, its number within the incarnation (init,
+/// tasks and stop are numbered 1, 2, 3, ...): with the incarnation, the
+/// message's identity, which a worker runs once.
+pub(crate) const TASK: &str = "Lp-Task";
+/// Header: on an output message, `slot:number` for each task whose frames
+/// it carries (see `relay::ids`).
+pub(crate) const TAGS: &str = "Lp-Tasks";
+/// Header: on a worker's heartbeat, the messages it dropped so far
+/// (malformed, stale, duplicates, overflow).
+pub(crate) const DROPPED: &str = "Lp-Dropped";
+/// Header: on a worker's heartbeat, the sequence number of the last output
+/// message the broker confirmed it stored.
+pub(crate) const STORED: &str = "Lp-Stored";
+/// Header: on a worker's heartbeat, the task-message number up to which it
+/// received every message.
+pub(crate) const TAKEN: &str = "Lp-Taken";
 /// Header: the worker's exit code, on its last output message.
 pub(crate) const EXIT: &str = "Lp-Exit";
 /// Header: on a task message, the parent's output credit total so far (as

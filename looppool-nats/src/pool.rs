@@ -7,8 +7,10 @@ use std::time::Duration;
 use async_nats::jetstream::stream::StorageType;
 use looppool::{BuildError, Outputs, Pool, PoolBuilder, StartError, Worker};
 
-use crate::broker::Broker;
+use crate::auth::{self, Credentials, Role};
+use crate::broker::{public_url, Broker};
 use crate::connector::{NatsConnector, Plan};
+use crate::counters::DropCounts;
 use crate::names::Names;
 
 /// What happens to the tasks of a worker that is lost.
@@ -81,6 +83,8 @@ pub struct NatsPoolBuilder<W: Worker> {
     url: String,
     pool: String,
     options: Option<async_nats::ConnectOptions>,
+    credentials: Option<Credentials>,
+    worker_credentials: Option<Credentials>,
     local: usize,
     remote: usize,
     max_tasks: Option<usize>,
@@ -94,12 +98,13 @@ pub struct NatsPoolBuilder<W: Worker> {
     storage: StorageType,
     init: Option<W::Init>,
     configure: Option<Configure<W>>,
+    drops: DropCounts,
 }
 
 impl<W: Worker> std::fmt::Debug for NatsPoolBuilder<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsPoolBuilder")
-            .field("url", &self.url)
+            .field("url", &public_url(&self.url))
             .field("pool", &self.pool)
             .field("local", &self.local)
             .field("remote", &self.remote)
@@ -116,6 +121,8 @@ impl<W: Worker> NatsPoolBuilder<W> {
             url: url.into(),
             pool: pool.into(),
             options: None,
+            credentials: None,
+            worker_credentials: None,
             local: 0,
             remote: 0,
             max_tasks: None,
@@ -129,15 +136,36 @@ impl<W: Worker> NatsPoolBuilder<W> {
             storage: StorageType::File,
             init: None,
             configure: None,
+            drops: DropCounts::default(),
         }
     }
 
-    /// The NATS client's options (credentials, TLS, timeouts) for the
-    /// parent. Local workers receive the credentials and TLS files through
-    /// [`worker_env`](Self::worker_env) (see [`crate::CREDS_ENV`] and
-    /// [`crate::CA_ENV`]).
+    /// The NATS client's options (timeouts, names, TLS configuration) for
+    /// the parent. Credentials are better given with
+    /// [`credentials`](Self::credentials), which local workers can share.
+    /// The pool sets the options' inbox prefix to one of the pool's own
+    /// (see [`auth::Permissions`](crate::auth::Permissions)).
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
+        self
+    }
+
+    /// How the parent authenticates to the broker (also given by
+    /// credentials in the URL: `nats://user:password@host`,
+    /// `nats://token@host`). Local workers use the same unless
+    /// [`worker_credentials`](Self::worker_credentials) says otherwise.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// How the local workers authenticate to the broker (default: as the
+    /// parent): the credentials of the pool's worker role, when the broker
+    /// gives the parent and the workers users of their own. They reach the
+    /// worker processes through their environment (see
+    /// [`Credentials::from_env`]), never on their command line.
+    pub fn worker_credentials(mut self, credentials: Credentials) -> Self {
+        self.worker_credentials = Some(credentials);
         self
     }
 
@@ -242,6 +270,36 @@ impl<W: Worker> NatsPoolBuilder<W> {
         self.init(W::Init::default())
     }
 
+    /// The counts of broker messages this pool drops rather than applies
+    /// (malformed, stale, duplicates, past the out-of-order bound), to read
+    /// while the pool runs. Call it before [`start`](Self::start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::rc::Rc;
+    /// # use looppool::{BoxError, InitContext, TaskContext, Worker};
+    /// # struct Doubler;
+    /// # impl Worker for Doubler {
+    /// #     const NAME: &'static str = "doubler";
+    /// #     type Init = ();
+    /// #     type Task = u64;
+    /// #     type Output = u64;
+    /// #     async fn init(_: (), _: InitContext<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+    /// #     async fn handle(self: Rc<Self>, x: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+    /// #         cx.emit(2 * x).await?;
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// let builder = looppool_nats::NatsPoolBuilder::<Doubler>::new("nats://127.0.0.1:4222", "jobs");
+    /// let drops = builder.drop_counts();
+    /// // ... builder.start().await, run the pool, then:
+    /// assert_eq!(drops.total(), 0);
+    /// ```
+    pub fn drop_counts(&self) -> DropCounts {
+        self.drops.clone()
+    }
+
     /// Any other setting of the underlying [`PoolBuilder`]: `max_results`,
     /// `restart_policy`, `on_event`, `heartbeat`, `task_timeout`,
     /// `report_interval` and so on. (`workers`, `max_tasks`, `max_frame`
@@ -259,9 +317,11 @@ impl<W: Worker> NatsPoolBuilder<W> {
     /// and initialised.
     ///
     /// # Errors
-    /// [`StartError`] when a setting is invalid, the broker cannot be
-    /// reached or refuses the pool's streams, or a worker fails to start or
-    /// join in time.
+    /// [`StartError::Config`] when a setting is invalid;
+    /// [`StartError::Broker`] (with the URL, without credentials, and the
+    /// client's error as its source) when the broker cannot be reached or
+    /// refuses the pool's streams; the core's other kinds when a worker
+    /// fails to start or join in time.
     pub async fn start(self) -> Result<(Pool<W>, Outputs<W::Output>), StartError> {
         let config = |m: String| StartError::Config(BuildError::new(m));
         let names = Names::new(&self.pool).map_err(config)?;
@@ -293,21 +353,35 @@ impl<W: Worker> NatsPoolBuilder<W> {
                 "max_tasks({max_tasks}) gives less than one task per worker to {workers} workers"
             )));
         }
-        let client = self
-            .options
+        let url = public_url(&self.url);
+        let broker_error = |source: Box<dyn std::error::Error + Send + Sync>| StartError::Broker {
+            url: url.clone(),
+            source,
+        };
+        let (plain_url, url_credentials) = auth::split_url(&self.url);
+        let credentials = self
+            .credentials
             .unwrap_or_default()
-            .connect(&self.url)
+            .or_secret(url_credentials);
+        let options = credentials
+            .apply(self.options.unwrap_or_default())
             .await
-            .map_err(|e| config(format!("cannot connect to the broker at {}: {e}", self.url)))?;
+            .map_err(|e| broker_error(e.into()))?
+            .custom_inbox_prefix(auth::inbox_prefix(&names, Role::Parent));
+        let client = options
+            .connect(&plain_url)
+            .await
+            .map_err(|e| broker_error(Box::new(e)))?;
         let max_payload = client.server_info().max_payload.max(4096);
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
         let broker = Broker::setup(js, names.clone(), per_worker, self.storage)
             .await
-            .map_err(|e| config(format!("broker at {}: {e}", self.url)))?;
+            .map_err(|e| broker_error(e.into()))?;
         let plan = Plan {
-            url: self.url.clone(),
+            url: plain_url,
+            worker_credentials: self.worker_credentials.unwrap_or(credentials),
             local: self.local,
             program: self.program,
             args: self.args,
@@ -319,10 +393,11 @@ impl<W: Worker> NatsPoolBuilder<W> {
             max_running: per_worker,
             ack_wait: self.ack_wait,
             max_payload,
+            drops: self.drops,
         };
         let connector = NatsConnector::start(broker, client, plan)
             .await
-            .map_err(config)?;
+            .map_err(|e| broker_error(e.into()))?;
         let mut builder = Pool::<W>::builder()
             .name(names.pool())
             .start_timeout(Duration::from_secs(60))

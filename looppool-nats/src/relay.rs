@@ -3,9 +3,53 @@
 //! and the broker's subjects, so that the pool and the worker runtime above
 //! them run unchanged.
 
+pub(crate) mod ids;
+mod outputs;
 pub(crate) mod parent;
 mod publish;
+mod sent;
 pub(crate) mod worker;
+
+use std::time::{Duration, Instant};
+
+/// How much later than this side the other side may reconnect after a
+/// broker outage: the client's reconnect delay grows to 4 s between
+/// attempts, so one side can be back that long before the other, and
+/// the other's silence meanwhile is the outage's, not its own.
+pub(crate) const RECONNECT_LAG: Duration = Duration::from_secs(5);
+
+/// The other side's silence, counted only while this side is connected,
+/// and from [`RECONNECT_LAG`] after it reconnected.
+#[derive(Debug)]
+pub(crate) struct Silence {
+    heard: Instant,
+    limit: Duration,
+}
+
+impl Silence {
+    pub(crate) fn new(limit: Duration) -> Self {
+        Silence {
+            heard: Instant::now(),
+            limit,
+        }
+    }
+
+    /// The other side was heard.
+    pub(crate) fn heard(&mut self) {
+        self.heard = Instant::now();
+    }
+
+    /// Whether the other side has been silent too long; `connected` is
+    /// this side's state.
+    pub(crate) fn too_long(&mut self, connected: bool) -> bool {
+        let now = Instant::now();
+        if !connected {
+            self.heard = now + RECONNECT_LAG;
+            return false;
+        }
+        now.saturating_duration_since(self.heard) > self.limit
+    }
+}
 
 /// Splits the whole frames at the start of `buf` off, returning them as one
 /// buffer each; what remains is the start of an incomplete frame.
@@ -15,4 +59,24 @@ pub(crate) fn take_frames(buf: &mut bytes::BytesMut) -> Vec<bytes::Bytes> {
         frames.push(buf.split_to(len).freeze());
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_while_disconnected_and_just_after_does_not_count() {
+        let mut s = Silence::new(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.too_long(true));
+        assert!(!s.too_long(false));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !s.too_long(true),
+            "the other side may still be reconnecting"
+        );
+        s.heard();
+        assert!(!s.too_long(true));
+    }
 }

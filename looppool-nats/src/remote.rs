@@ -8,6 +8,8 @@ use looppool::transport::Connection;
 use looppool::Worker;
 use tokio::io::AsyncReadExt;
 
+use crate::auth::Credentials;
+use crate::broker::public_url;
 use crate::names::{self, Names};
 use crate::relay::worker::WorkerRelay;
 use crate::settings::Settings;
@@ -22,16 +24,6 @@ pub const INDEX_ENV: &str = "LOOPPOOL_NATS_INDEX";
 /// Environment variable (optional): which worker type to run, when the
 /// program has several (the `Worker::NAME`).
 pub const WORKER_ENV: &str = "LOOPPOOL_NATS_WORKER";
-/// Environment variable (optional): a NATS credentials file.
-pub const CREDS_ENV: &str = "LOOPPOOL_NATS_CREDS";
-/// Environment variable (optional): a PEM file of root certificates to
-/// trust, which also requires TLS.
-pub const CA_ENV: &str = "LOOPPOOL_NATS_CA";
-/// Environment variables (optional): a client certificate and key (PEM) for
-/// TLS client authentication.
-pub const CERT_ENV: &str = "LOOPPOOL_NATS_CERT";
-/// See [`CERT_ENV`].
-pub const KEY_ENV: &str = "LOOPPOOL_NATS_KEY";
 /// Environment variable (optional): seconds to keep trying to join (default 60).
 pub const JOIN_TIMEOUT_ENV: &str = "LOOPPOOL_NATS_JOIN_TIMEOUT";
 /// Set by a pool on the local workers it starts, to recognise their joins.
@@ -69,17 +61,28 @@ pub(crate) const TOKEN_ENV: &str = "LOOPPOOL_NATS_TOKEN";
 ///     .index(3)
 ///     .run::<Doubler>();
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteWorker {
     url: String,
     pool: String,
     index: Option<usize>,
     token: Option<String>,
     options: Option<async_nats::ConnectOptions>,
-    creds: Option<String>,
-    ca: Option<String>,
-    cert: Option<(String, String)>,
+    credentials: Option<Credentials>,
     join_timeout: Duration,
+}
+
+impl std::fmt::Debug for RemoteWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials a URL may carry.
+        f.debug_struct("RemoteWorker")
+            .field("url", &public_url(&self.url))
+            .field("pool", &self.pool)
+            .field("index", &self.index)
+            .field("credentials", &self.credentials)
+            .field("join_timeout", &self.join_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteWorker {
@@ -91,9 +94,7 @@ impl RemoteWorker {
             index: None,
             token: None,
             options: None,
-            creds: None,
-            ca: None,
-            cert: None,
+            credentials: None,
             join_timeout: Duration::from_secs(60),
         }
     }
@@ -120,9 +121,8 @@ impl RemoteWorker {
                 w.join_timeout = Duration::from_secs_f64(secs.max(0.0));
             }
             w.token = var(TOKEN_ENV);
-            w.creds = var(CREDS_ENV);
-            w.ca = var(CA_ENV);
-            w.cert = var(CERT_ENV).zip(var(KEY_ENV));
+            let credentials = Credentials::from_env()?;
+            w.credentials = (!credentials.is_none()).then_some(credentials);
             Ok(w)
         })())
     }
@@ -134,9 +134,18 @@ impl RemoteWorker {
         self
     }
 
-    /// The NATS client's options: credentials, TLS, names, timeouts.
+    /// The NATS client's options: TLS configuration, names, timeouts. The
+    /// inbox prefix is set to one of the pool's own.
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
+        self
+    }
+
+    /// How this worker authenticates to the broker (by default, what the
+    /// environment gives, see [`Credentials::from_env`], or credentials in
+    /// the URL).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -161,21 +170,15 @@ impl RemoteWorker {
         std::process::exit(code)
     }
 
-    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
-        let mut o = self.options.clone().unwrap_or_default();
-        if let Some(path) = &self.creds {
-            o = o
-                .credentials_file(path)
-                .await
-                .map_err(|e| format!("cannot read credentials file {path}: {e}"))?;
-        }
-        if let Some(ca) = &self.ca {
-            o = o.add_root_certificates(ca.into()).require_tls(true);
-        }
-        if let Some((cert, key)) = &self.cert {
-            o = o.add_client_certificate(cert.into(), key.into());
-        }
-        Ok(o.retry_on_initial_connect())
+    /// The client's options and the URL to connect to (without its
+    /// credentials, which the options carry).
+    async fn options(&self, names: &Names) -> Result<(async_nats::ConnectOptions, String), String> {
+        let (url, from_url) = crate::auth::split_url(&self.url);
+        let o = self.options.clone().unwrap_or_default();
+        let credentials = self.credentials.clone().unwrap_or_default();
+        let o = credentials.or_secret(from_url).apply(o).await?;
+        let o = o.custom_inbox_prefix(crate::auth::inbox_prefix(names, crate::Role::Worker));
+        Ok((o, url))
     }
 
     /// Joins the pool and serves worker `W` until the pool stops it; returns
@@ -187,16 +190,8 @@ impl RemoteWorker {
     /// worker within the join timeout.
     pub async fn serve<W: Worker>(self) -> Result<i32, String> {
         let names = Names::new(&self.pool)?;
-        let client =
-            tokio::time::timeout(self.join_timeout, self.options().await?.connect(&self.url))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "cannot reach the broker at {} within {:?}",
-                        self.url, self.join_timeout
-                    )
-                })?
-                .map_err(|e| format!("cannot connect to the broker at {}: {e}", self.url))?;
+        let (options, url) = self.options(&names).await?;
+        let client = self.connect(options, &url).await?;
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -223,6 +218,46 @@ impl RemoteWorker {
         }
         .run(Box::pin(BufferedFirst { buf, reader }), writer, serving)
         .await
+    }
+
+    /// Connects, retrying while the broker cannot be reached (it may be
+    /// starting) up to the join timeout, but not when it refuses this
+    /// worker's credentials, which retrying cannot mend.
+    async fn connect(
+        &self,
+        options: async_nats::ConnectOptions,
+        url: &str,
+    ) -> Result<async_nats::Client, String> {
+        use async_nats::ConnectErrorKind as Kind;
+        let once = tokio::time::timeout(self.join_timeout, options.clone().connect(url)).await;
+        match once {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    Kind::AuthorizationViolation | Kind::Authentication
+                ) =>
+            {
+                return Err(format!(
+                    "the broker at {} refused this worker's credentials: {e}",
+                    public_url(&self.url)
+                ))
+            }
+            Ok(Err(_)) => {}
+            Err(_) => return Err(self.unreachable()),
+        }
+        tokio::time::timeout(
+            self.join_timeout,
+            options.retry_on_initial_connect().connect(url),
+        )
+        .await
+        .map_err(|_| self.unreachable())?
+        .map_err(|e| {
+            format!(
+                "cannot connect to the broker at {}: {e}",
+                public_url(&self.url)
+            )
+        })
     }
 
     /// Asks the pool for a place until it gives one or the timeout passes.
@@ -263,11 +298,24 @@ impl RemoteWorker {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        if client.connection_state() != async_nats::connection::State::Connected {
+            // Not the pool's fault: nothing reached it.
+            return Err(self.unreachable());
+        }
         Err(format!(
             "pool {:?} did not accept this worker within {:?} (last answer: {last})",
             names.pool(),
             self.join_timeout
         ))
+    }
+
+    /// Why a worker that never reached the broker gives up.
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach the broker at {} within {:?} (is it running, and is the URL right?)",
+            public_url(&self.url),
+            self.join_timeout
+        )
     }
 }
 

@@ -45,8 +45,28 @@ pub fn locate() -> Option<PathBuf> {
 /// When the binary cannot be started, or the server exits or writes no
 /// ports file within 10 s (the process is then killed and reaped).
 pub fn spawn(binary: &Path, dir: &Path, port: Option<u16>) -> io::Result<(Child, String)> {
+    spawn_with_config(binary, dir, port, None)
+}
+
+/// [`spawn`], with the server's configuration file `config` (users,
+/// permissions, TLS: see the crate's *Security* section); the address,
+/// port and store given here take precedence over the file's.
+///
+/// # Errors
+/// As [`spawn`]; a configuration the server refuses makes it exit at
+/// start-up.
+pub fn spawn_with_config(
+    binary: &Path,
+    dir: &Path,
+    port: Option<u16>,
+    config: Option<&Path>,
+) -> io::Result<(Child, String)> {
     let port = port.map_or("-1".to_owned(), |p| p.to_string());
-    let mut child = Command::new(binary)
+    let mut cmd = Command::new(binary);
+    if let Some(config) = config {
+        cmd.arg("-c").arg(config);
+    }
+    let mut child = cmd
         .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
         .arg(dir.join("js"))
         .arg("--ports_file_dir")
@@ -73,8 +93,12 @@ fn wait_for_url(child: &mut Child, dir: &Path) -> io::Result<String> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(text) = std::fs::read_to_string(&ports) {
-            if let Some(url) = text.split('"').find(|s| s.starts_with("nats://")) {
-                return Ok(url.to_owned());
+            // With TLS required, the server lists its URL as tls://.
+            if let Some(url) = text
+                .split('"')
+                .find(|s| s.starts_with("nats://") || s.starts_with("tls://"))
+            {
+                return Ok(url.replacen("tls://", "nats://", 1));
             }
         }
         if let Some(status) = child.try_wait()? {

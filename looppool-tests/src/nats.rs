@@ -13,6 +13,7 @@ pub struct NatsServer {
     binary: PathBuf,
     dir: PathBuf,
     port: u16,
+    config: Option<PathBuf>,
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
 }
@@ -43,14 +44,39 @@ impl NatsServer {
             dir,
             port: 0,
             url: String::new(),
+            config: None,
         };
         server.launch(None);
         Some(server)
     }
 
+    /// Starts a server with configuration `config` (the text of a
+    /// `nats-server` configuration file), as [`start`](Self::start).
+    /// `config` may name files in [`dir`](Self::dir) as `$DIR`.
+    pub fn start_with_config(config: impl FnOnce(&std::path::Path) -> String) -> Option<Self> {
+        let mut server = Self::start()?;
+        server.stop();
+        let path = server.dir.join("server.conf");
+        std::fs::write(&path, config(&server.dir)).expect("server configuration");
+        server.config = Some(path);
+        server.launch(None);
+        Some(server)
+    }
+
+    /// The server's own temporary directory (removed with it), for
+    /// certificates and keys.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     fn launch(&mut self, port: Option<u16>) {
-        let (child, url) = looppool_nats::server::spawn(&self.binary, &self.dir, port)
-            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+        let (child, url) = looppool_nats::server::spawn_with_config(
+            &self.binary,
+            &self.dir,
+            port,
+            self.config.as_deref(),
+        )
+        .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
         self.child = Some(child);
         self.port = url
             .rsplit(':')
@@ -74,6 +100,17 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush its store) and
+    /// starts it again on the same port and store after `downtime`.
+    pub fn crash_restart(&mut self, downtime: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(downtime);
+        self.launch(Some(self.port));
     }
 
     /// Stops the server and starts it again on the same port and store,

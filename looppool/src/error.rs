@@ -67,6 +67,16 @@ pub enum StartError {
     },
     /// The pool is shutting down or has failed (from `resize`).
     Closed,
+    /// The broker a connector reaches its workers through (such as
+    /// `looppool-nats`) could not be reached, or refused what the pool
+    /// needs of it.
+    Broker {
+        /// The broker's URL, without credentials.
+        url: String,
+        /// The broker's or its client's error (also the error's
+        /// [`source`](std::error::Error::source)).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The worker's initialiser returned an error or panicked.
     Init {
         /// Index of the worker that failed.
@@ -91,7 +101,10 @@ impl StartError {
     /// Index of the worker that failed to start, if one did.
     pub fn worker(&self) -> Option<usize> {
         match self {
-            StartError::Config(_) | StartError::Closed | StartError::NotAWorker { .. } => None,
+            StartError::Config(_)
+            | StartError::Closed
+            | StartError::Broker { .. }
+            | StartError::NotAWorker { .. } => None,
             StartError::Spawn { worker, .. }
             | StartError::Handshake { worker, .. }
             | StartError::Init { worker, .. } => Some(*worker),
@@ -104,6 +117,8 @@ impl fmt::Display for StartError {
         match self {
             StartError::Config(_) => f.write_str("invalid pool configuration"),
             StartError::Closed => f.write_str("pool is closed"),
+            // The broker's error is the source: not repeated here.
+            StartError::Broker { url, .. } => write!(f, "cannot use the broker at {url}"),
             // The OS error is the source: not repeated here.
             StartError::Spawn {
                 worker, program, ..
@@ -139,6 +154,7 @@ impl std::error::Error for StartError {
         match self {
             StartError::Config(e) => Some(e),
             StartError::Spawn { source, .. } => Some(source),
+            StartError::Broker { source, .. } => Some(&**source),
             _ => None,
         }
     }

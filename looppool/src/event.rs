@@ -149,6 +149,10 @@ pub enum LossCause {
     /// [failure semantics](crate#out-of-memory) for exactly when a worker's
     /// end is reported so.
     OutOfMemory,
+    /// The transport between the pool and the worker lost it, for the
+    /// reason given (from [`Peer::loss_cause`](crate::transport::Peer::loss_cause)):
+    /// a broker stream deleted, say.
+    Transport(String),
 }
 
 impl LossCause {
@@ -175,6 +179,7 @@ impl fmt::Display for LossCause {
             LossCause::PoolKilled => f.write_str("pool killed"),
             LossCause::Unresponsive => f.write_str("worker stopped answering heartbeats"),
             LossCause::OutOfMemory => f.write_str("worker ran out of memory"),
+            LossCause::Transport(why) => write!(f, "lost by its transport: {why}"),
         }
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct ChildSlot {
     oom_kills_at_start: Option<u64>,
     /// Set when the pool sent the child SIGKILL itself.
     killed: bool,
+    /// What the transport said of the worker's end, when it was reaped.
+    transport_cause: Option<String>,
 }
 
 /// A worker whose lane is open, ready to be served.

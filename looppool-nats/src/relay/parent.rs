@@ -13,7 +13,6 @@
 //!   code), when its heartbeats stop for the silence period while this side
 //!   is connected to the broker, or, for a local process, when it exits.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,8 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
+use crate::counters::DropCounts;
 use crate::names::{self, header_u64};
+use crate::relay::outputs::{Inflight, Intake, Taken};
 use crate::relay::publish::{self, Pending};
+use crate::relay::sent::{Check, Sent};
+use crate::relay::Silence;
 use crate::settings::Settings;
 use crate::sync::lock;
 
@@ -40,6 +43,9 @@ pub(crate) struct Ending {
     pub(crate) ended: bool,
     /// The exit code the worker announced, if it did.
     pub(crate) status: Option<ExitStatus>,
+    /// Why the link ended, when the broker (not the worker) ended it: the
+    /// cause its lost tasks are reported with.
+    pub(crate) reason: Option<String>,
 }
 
 /// A local worker process, shared by the relay (which watches it) and the
@@ -92,6 +98,22 @@ pub(crate) struct ParentRelay {
     pub(crate) hello: Bytes,
     pub(crate) ending: Arc<Mutex<Ending>>,
     pub(crate) child: Option<Arc<Mutex<ChildCell>>>,
+    pub(crate) drops: DropCounts,
+}
+
+/// What the relay's three directions share.
+struct Link<'a> {
+    broker: &'a Broker,
+    client: &'a async_nats::Client,
+    settings: &'a Settings,
+    /// The output credits the pool returned so far.
+    credit: &'a AtomicU64,
+    drops: &'a DropCounts,
+    inflight: &'a Inflight,
+    /// The next output message due from the worker.
+    next: &'a AtomicU64,
+    /// Task messages stored and not yet taken by the worker.
+    sent: &'a Sent,
 }
 
 /// Why the relay stopped.
@@ -119,21 +141,38 @@ impl ParentRelay {
             hello,
             ending,
             child,
+            drops,
         } = self;
         let n = settings.index;
         let inc = settings.incarnation;
         let (reader, mut writer) = conn.into_split();
-        let credit = Arc::new(AtomicU64::new(0));
+        let (credit, next) = (AtomicU64::new(0), AtomicU64::new(1));
+        let inflight = Inflight::default();
+        let sent = Arc::new(Sent::default());
+        let link = Link {
+            broker: &broker,
+            client: &client,
+            settings: &settings,
+            credit: &credit,
+            drops: &drops,
+            inflight: &inflight,
+            next: &next,
+            sent: &sent,
+        };
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
+        let stored = sent.clone();
         let confirmer = tokio::spawn(publish::confirm(
             broker.js.clone(),
             confirm_rx,
-            |()| async {},
+            move |(k, seq)| {
+                stored.stored(k, seq);
+                async {}
+            },
         ));
         let stop = {
-            let down = down(&broker, &client, &settings, reader, &credit, confirm_tx);
-            let up = up(&broker, &settings, &hello, &mut writer);
-            let watch = watch(&client, &broker, &settings, &credit, child.as_ref());
+            let down = down(&link, reader, confirm_tx);
+            let up = up(&link, &hello, &mut writer);
+            let watch = watch(&link, child.as_ref());
             tokio::select! {
                 s = down => s,
                 s = up => s,
@@ -150,8 +189,16 @@ impl ParentRelay {
         );
         {
             let mut e = lock(&ending);
-            if let Stop::Exited(code) = stop {
-                e.status = Some(ExitStatus::Code(code));
+            match &stop {
+                Stop::Exited(code) => e.status = Some(ExitStatus::Code(*code)),
+                Stop::Broken(why) => e.reason = Some(why.clone()),
+                Stop::Silent => {
+                    e.reason = Some(format!(
+                        "no heartbeat for {:?} while connected to the broker",
+                        settings.silence
+                    ))
+                }
+                Stop::PoolClosed | Stop::ProcessEnded => {}
             }
             e.ended = true;
         }
@@ -181,15 +228,13 @@ pub(crate) async fn kill_message(client: &async_nats::Client, broker: &Broker, n
 
 /// Pool → worker.
 async fn down(
-    broker: &Broker,
-    client: &async_nats::Client,
-    settings: &Settings,
+    link: &Link<'_>,
     mut reader: ReadHalf,
-    credit: &AtomicU64,
-    confirm: mpsc::UnboundedSender<Pending<()>>,
+    confirm: mpsc::UnboundedSender<Pending<u64>>,
 ) -> Stop {
-    let n = settings.index;
-    let inc = settings.incarnation;
+    let (broker, client, credit) = (link.broker, link.client, link.credit);
+    let n = link.settings.index;
+    let inc = link.settings.incarnation;
     let subject = broker.names.task_subject(n);
     let control = broker.names.control_subject(n);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -205,10 +250,15 @@ async fn down(
             match frame::role(&f) {
                 // A cancel rides the task stream: it must reach the worker
                 // behind the task it names, and before that slot's next task.
-                Ok(Role::Init | Role::Task(_) | Role::Stop | Role::Cancel(_)) => {
+                Ok(role @ (Role::Init | Role::Task(_) | Role::Stop | Role::Cancel(_))) => {
+                    // The message's number is its identity (see `ids`).
                     seq += 1;
+                    if let Role::Task(slot) = role {
+                        link.inflight.sent(slot, seq);
+                    }
                     let mut headers = HeaderMap::new();
                     headers.insert(names::INCARNATION, inc.to_string().as_str());
+                    headers.insert(names::TASK, seq.to_string().as_str());
                     headers.insert(
                         async_nats::header::NATS_MESSAGE_ID,
                         HeaderValue::from(format!("{inc:x}.{seq}").as_str()),
@@ -231,7 +281,7 @@ async fn down(
                                 subject: subject.clone(),
                                 headers,
                                 payload: f,
-                                then: (),
+                                then: seq,
                             });
                         }
                         Err(e) => return Stop::Broken(format!("cannot publish a task: {e}")),
@@ -271,30 +321,40 @@ fn control_payload(credit: &AtomicU64, frames: &[u8]) -> Bytes {
     payload.into()
 }
 
-/// Worker → pool, in the worker's order, each message once.
-async fn up(broker: &Broker, settings: &Settings, hello: &[u8], writer: &mut WriteHalf) -> Stop {
-    let n = settings.index;
-    let inc = settings.incarnation;
+/// Worker → pool, in the worker's order, each message once, each frame
+/// to its own task.
+async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
+    let n = link.settings.index;
+    let inc = link.settings.incarnation;
     if writer.write_all(hello).await.is_err() {
         return Stop::PoolClosed;
     }
-    let consumer = match broker.output_consumer(n, inc).await {
+    let consumer = match link.broker.output_consumer(n, inc).await {
         Ok(c) => c,
         Err(e) => return Stop::Broken(e),
     };
-    let mut next = 1u64;
-    let mut early: BTreeMap<u64, (Bytes, Option<i32>)> = BTreeMap::new();
+    let mut intake = Intake::new(
+        inc,
+        n,
+        link.broker.names.pool(),
+        link.drops,
+        link.inflight,
+        link.next,
+    );
     loop {
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(512)
-            .heartbeat(Duration::from_secs(5))
+            .heartbeat(PULL_HEARTBEAT)
             .expires(Duration::from_secs(30))
             .messages()
             .await
         {
             Ok(m) => m,
             Err(e) => {
+                if let Some(why) = deleted(&e.to_string()) {
+                    return Stop::Broken(why);
+                }
                 tracing::warn!(worker = n, error = %e, "cannot pull outputs; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -306,77 +366,100 @@ async fn up(broker: &Broker, settings: &Settings, hello: &[u8], writer: &mut Wri
                 // Missed heartbeats while the broker restarts: the stream
                 // recovers by itself.
                 Err(e) => {
+                    if let Some(why) = deleted(&e.to_string()) {
+                        return Stop::Broken(why);
+                    }
                     tracing::debug!(worker = n, error = %e, "output stream hiccup");
                     continue;
                 }
             };
-            let headers = message.headers.as_ref();
-            let theirs = header_u64(headers, names::INCARNATION);
-            let seq = header_u64(headers, names::SEQUENCE);
-            let exit = header_u64(headers, names::EXIT).map(|c| c as i32);
-            let payload = message.payload.clone();
-            let (Some(theirs), Some(seq)) = (theirs, seq) else {
-                let _ = message.ack().await;
-                return Stop::Broken("an output message without incarnation or sequence".into());
-            };
-            if theirs == inc && seq >= next {
-                early.insert(seq, (payload, exit));
-            }
-            // Otherwise another life's leftover, or a redelivery already
-            // handed on. The pool gets what is due before the broker its ack.
-            let mut exited = None;
-            while let Some((payload, exit)) = early.remove(&next) {
-                next += 1;
-                if writer.write_all(&payload).await.is_err() {
+            let taken = intake.take(message.headers.as_ref(), message.payload.clone());
+            // The pool gets what is due before the broker its ack.
+            if let Taken::Frames(frames, exited) = taken {
+                if writer.write_all(&frames).await.is_err() {
                     return Stop::PoolClosed;
                 }
-                if let Some(code) = exit {
-                    exited = Some(code);
-                    break;
+                if let Some(code) = exited {
+                    let _ = message.ack().await;
+                    return Stop::Exited(code);
                 }
             }
             let _ = message.ack().await;
-            if let Some(code) = exited {
-                return Stop::Exited(code);
-            }
         }
     }
 }
 
+/// Why the link cannot go on, when a pull error says the worker's output
+/// consumer or the stream beneath it was deleted: the messages in them are
+/// gone, so the worker's tasks are reported lost (or retried), and the
+/// stream is created again when a worker next joins.
+fn deleted(error: &str) -> Option<String> {
+    let e = error.to_ascii_lowercase();
+    (e.contains("consumer deleted") || e.contains("not found")).then(|| {
+        format!(
+            "the pool's output stream or this worker's consumer was deleted from the broker \
+             ({error}): the messages in it are lost"
+        )
+    })
+}
+
 /// Heartbeats, credit refreshes, and the local process.
-async fn watch(
-    client: &async_nats::Client,
-    broker: &Broker,
-    settings: &Settings,
-    credit: &AtomicU64,
-    child: Option<&Arc<Mutex<ChildCell>>>,
-) -> Stop {
+async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
+    let (client, broker, settings) = (link.client, link.broker, link.settings);
     let n = settings.index;
     let inc = settings.incarnation;
     let mut beats = match client.subscribe(broker.names.heartbeat_subject(n)).await {
         Ok(s) => s,
         Err(e) => return Stop::Broken(format!("cannot watch heartbeats: {e}")),
     };
-    let mut last = Instant::now();
+    let mut silence = Silence::new(settings.silence);
     let mut tick = tokio::time::interval(settings.heartbeat.min(Duration::from_millis(50)));
     let mut last_refresh = Instant::now();
+    let mut dropped = [0u64; 4];
+    let mut gap = Gap::default();
+    let mut taken = 0;
+    let mut check = Check::new(settings.heartbeat * 3);
     loop {
         tokio::select! {
             beat = beats.next() => match beat {
                 Some(m) if header_u64(m.headers.as_ref(), names::INCARNATION) == Some(inc) => {
-                    last = Instant::now();
+                    silence.heard();
+                    let h = m.headers.as_ref();
+                    if let Some(d) = h.and_then(|h| h.get(names::DROPPED)) {
+                        link.drops.absorb(d.as_str(), &mut dropped, broker.names.pool(), n);
+                    }
+                    gap.stored = gap.stored.max(header_u64(h, names::STORED).unwrap_or(0));
+                    taken = header_u64(h, names::TAKEN).unwrap_or(0).max(taken);
                 }
                 Some(_) => {}
                 None => return Stop::Broken("heartbeat subscription closed".into()),
             },
             _ = tick.tick() => {
-                if client.connection_state() != async_nats::connection::State::Connected {
-                    // Silence while we cannot hear is not the worker's fault.
-                    last = Instant::now();
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                // Silence while we cannot hear is not the worker's fault.
+                if silence.too_long(connected) {
+                    return Stop::Silent;
+                }
+                if !connected {
+                    gap.since = Instant::now();
+                    check.reset();
                     continue;
                 }
-                if last.elapsed() > settings.silence {
-                    return Stop::Silent;
+                if let Some(lost) = gap.check(link.next.load(Ordering::Relaxed)) {
+                    return Stop::Broken(format!(
+                        "the broker stored output message {lost} of worker {n} but never \
+                         delivered it (the stream was purged, or the broker lost it)"
+                    ));
+                }
+                if let Some((k, seq)) = check.due(link.sent.taken(taken)) {
+                    let there = broker.task_message_exists(seq).await;
+                    if there.is_ok_and(|there| check.removed(k, there)) {
+                        return Stop::Broken(format!(
+                            "task message {k} of worker {n} was removed from the broker before \
+                             the worker took it (the stream was purged, or the broker lost it)"
+                        ));
+                    }
                 }
                 if let Some(child) = child {
                     let exited = lock(child).try_wait();
@@ -392,11 +475,56 @@ async fn watch(
                         .publish_with_headers(
                             broker.names.control_subject(n),
                             control_headers(inc),
-                            control_payload(credit, &[]),
+                            control_payload(link.credit, &[]),
                         )
                         .await;
                 }
             }
         }
+    }
+}
+
+/// How long an output message the worker says the broker stored may stay
+/// undelivered, while both sides are connected, before it counts as lost.
+/// Long enough for the output pull to recover from a broker restart (its
+/// idle heartbeat, `PULL_HEARTBEAT`, notices a dead pull), and shorter than
+/// the core's default heartbeat timeout (10 s), which would otherwise
+/// report the worker unresponsive, its pongs being in the lost messages.
+const GAP_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The idle heartbeat of the output pull: a pull the broker forgot in a
+/// restart is noticed after two of them are missed.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Watches for an output message the broker confirmed to the worker but
+/// never delivered: the tasks it completed would otherwise wait forever.
+#[derive(Debug)]
+struct Gap {
+    /// The last output message the worker says is stored.
+    stored: u64,
+    /// The next message due, and since when.
+    due: u64,
+    since: Instant,
+}
+
+impl Default for Gap {
+    fn default() -> Self {
+        Gap {
+            stored: 0,
+            due: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Gap {
+    /// The message lost, if `next` (due) is stored and has been due too long.
+    fn check(&mut self, next: u64) -> Option<u64> {
+        if next != self.due || self.stored < next {
+            self.due = next;
+            self.since = Instant::now();
+            return None;
+        }
+        (self.since.elapsed() > GAP_TIMEOUT).then_some(next)
     }
 }

@@ -24,10 +24,11 @@ pub(crate) struct Pending<T> {
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 /// Waits until `p` is stored, publishing it again (same message id, so the
-/// broker stores it once) after a failed or timed-out acknowledgement.
-async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> Result<T, String> {
+/// broker stores it once) after a failed or timed-out acknowledgement;
+/// returns its `then` and the stream sequence it was stored at.
+async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> Result<(T, u64), String> {
     let mut last = match p.ack.await {
-        Ok(_) => return Ok(p.then),
+        Ok(ack) => return Ok((p.then, ack.sequence)),
         Err(e) => e.to_string(),
     };
     let since = tokio::time::Instant::now();
@@ -38,7 +39,7 @@ async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> Result<T, String> {
             .await;
         match sent {
             Ok(ack) => match ack.await {
-                Ok(_) => return Ok(p.then),
+                Ok(ack) => return Ok((p.then, ack.sequence)),
                 Err(e) => last = e.to_string(),
             },
             Err(e) => last = e.to_string(),
@@ -54,7 +55,7 @@ async fn stored<T>(js: jetstream::Context, p: Pending<T>) -> Result<T, String> {
 
 /// Confirms every message sent on `rx`, all at once rather than one after
 /// the other (a broker outage times out many acknowledgements together),
-/// and runs `on_stored` for each as it is stored. Returns once `rx` is
+/// and runs `on_stored` for each as it is stored, with its stream sequence. Returns once `rx` is
 /// closed and every message is stored, or with the first message the broker
 /// would not store.
 pub(crate) async fn confirm<T, F, Fut>(
@@ -63,7 +64,7 @@ pub(crate) async fn confirm<T, F, Fut>(
     mut on_stored: F,
 ) -> Result<(), String>
 where
-    F: FnMut(T) -> Fut,
+    F: FnMut((T, u64)) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut waiting = FuturesUnordered::new();

@@ -2,16 +2,24 @@
 //! and the frames the runtime writes become output messages for the parent.
 //!
 //! At least once (the default), a task message is acknowledged only once
-//! the output message that completes the task is stored by the broker, so a
+//! the output message that completes it is stored by the broker, so a
 //! worker that dies before leaves it to be re-sent. At most once, it is
-//! acknowledged on receipt. A task the broker delivers again to the same
-//! incarnation (an acknowledgement lost in a broker outage, or a task
-//! running longer than the ack wait) is not run twice.
+//! acknowledged on receipt.
+//!
+//! A task message is recognised by its identity (incarnation and number,
+//! see [`ids`](crate::relay::ids)), never by where the broker stored it: a
+//! broker that restarts may deliver a message again, under a new stream
+//! sequence or its old one, and may resurrect messages of earlier
+//! incarnations. Each number runs once; a copy of one still running asks
+//! for more time, a copy of one done is acknowledged again, and a message
+//! of another incarnation, for a busy slot, or not of the pool's making is
+//! dropped and counted. Every output message names the task of each slot it
+//! speaks for, so the parent applies it to that task only.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, consumer, AckKind};
@@ -23,45 +31,35 @@ use looppool::transport::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::counters::{Drop, DropCounts};
 use crate::names::{self, header_u64, Names};
+use crate::relay::ids::{self, Seen};
 use crate::relay::publish::{self, Pending};
+use crate::relay::Silence;
 use crate::settings::Settings;
 
-/// Completed task messages remembered, so that a late redelivery of one is
-/// acknowledged again rather than run again.
-const REMEMBERED: usize = 65_536;
-
-/// A task's stream sequence and, at least once, its pending acknowledgement.
+/// A running task's message number and, at least once, its pending
+/// acknowledgement.
 type Held = (u64, Option<Acker>);
 
 /// Which task messages this incarnation has seen.
 #[derive(Default)]
 struct Tracking {
-    /// Running tasks by slot: their stream sequence and acknowledgement.
+    /// Running tasks by slot.
     running: HashMap<u32, Held>,
-    /// Stream sequences of running tasks.
-    running_seqs: HashSet<u64>,
-    /// Stream sequences of recently completed tasks, oldest first.
-    done: VecDeque<u64>,
-    done_set: HashSet<u64>,
+    /// Message numbers of running tasks.
+    running_ids: HashSet<u64>,
+    /// Every message number received.
+    seen: Seen,
+    /// Whether the init arrived (a second one is dropped).
+    init: bool,
 }
 
 impl Tracking {
     fn complete(&mut self, slot: u32) -> Option<Held> {
-        let (seq, acker) = self.running.remove(&slot)?;
-        self.running_seqs.remove(&seq);
-        Some((seq, acker))
-    }
-
-    fn remember_done(&mut self, seq: u64) {
-        if self.done_set.insert(seq) {
-            self.done.push_back(seq);
-            if self.done.len() > REMEMBERED {
-                if let Some(old) = self.done.pop_front() {
-                    self.done_set.remove(&old);
-                }
-            }
-        }
+        let (k, acker) = self.running.remove(&slot)?;
+        self.running_ids.remove(&k);
+        Some((k, acker))
     }
 }
 
@@ -72,6 +70,26 @@ pub(crate) struct WorkerRelay {
     pub(crate) names: Names,
     pub(crate) settings: Settings,
 }
+
+/// What the worker's relay tasks share.
+struct Shared {
+    settings: Settings,
+    pool: String,
+    tracking: RefCell<Tracking>,
+    drops: DropCounts,
+    /// The sequence number of the last output message the broker stored.
+    stored: Cell<u64>,
+}
+
+impl Shared {
+    fn dropped(&self, why: Drop) {
+        self.drops.add(why, 1, &self.pool, self.settings.index);
+    }
+}
+
+/// An output message's sequence number and the acknowledgements of the
+/// task messages it completes.
+type Completed = (u64, Vec<Acker>);
 
 impl WorkerRelay {
     /// Relays until the worker runtime finishes, then announces its exit
@@ -102,35 +120,42 @@ impl WorkerRelay {
             .get_consumer_from_stream(names.task_consumer(n, inc), names.task_stream())
             .await
             .map_err(|e| format!("cannot bind this worker's task consumer: {e}"))?;
-        let tracking = Rc::new(RefCell::new(Tracking::default()));
+        let shared = Rc::new(Shared {
+            settings: settings.clone(),
+            pool: names.pool().to_owned(),
+            tracking: RefCell::new(Tracking::default()),
+            drops: DropCounts::default(),
+            stored: Cell::new(0),
+        });
         let intake = tokio::task::spawn_local(intake(
             client.clone(),
-            settings.clone(),
+            shared.clone(),
             tasks,
             control,
             owner,
             writer,
-            tracking.clone(),
         ));
         let heartbeat = tokio::task::spawn_local(heartbeat(
             client.clone(),
             names.heartbeat_subject(n),
-            settings.clone(),
+            shared.clone(),
         ));
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
-        let done = tracking.clone();
-        let confirming = publish::confirm(js.clone(), confirm_rx, move |completed: Vec<Held>| {
-            let done = done.clone();
-            async move {
-                // The completing output is stored: the tasks are done.
-                for (seq, acker) in completed {
-                    if let Some(acker) = acker {
+        let on_stored = shared.clone();
+        let confirming = publish::confirm(
+            js.clone(),
+            confirm_rx,
+            move |((seq, acks), _): (Completed, u64)| {
+                let shared = on_stored.clone();
+                async move {
+                    // The completing output is stored: the tasks are done.
+                    shared.stored.set(shared.stored.get().max(seq));
+                    for acker in acks {
                         let _ = acker.ack().await;
                     }
-                    done.borrow_mut().remember_done(seq);
                 }
-            }
-        });
+            },
+        );
         let confirmer = tokio::task::spawn_local(async move {
             if let Err(why) = confirming.await {
                 // Outputs that cannot be stored would be lost silently:
@@ -145,7 +170,7 @@ impl WorkerRelay {
             seq: 0,
             confirm: confirm_tx,
         };
-        let result = relay_out(out, reader, serving, &settings, &tracking).await;
+        let result = relay_out(out, reader, serving, &shared).await;
         // Every output is stored (or the link is gone): stop taking tasks.
         let _ = confirmer.await;
         intake.abort();
@@ -161,15 +186,18 @@ struct Outbox {
     subject: String,
     inc: u64,
     seq: u64,
-    confirm: mpsc::UnboundedSender<Pending<Vec<Held>>>,
+    confirm: mpsc::UnboundedSender<Pending<Completed>>,
 }
 
 impl Outbox {
+    /// Publishes `payload`, tagged with the task of each slot its frames
+    /// speak for; `acks` are the task messages it completes.
     async fn publish(
         &mut self,
         payload: Bytes,
         exit: Option<i32>,
-        completed: Vec<(u64, Option<Acker>)>,
+        acks: Vec<Acker>,
+        tags: &HashMap<u32, u64>,
     ) -> Result<(), String> {
         self.seq += 1;
         let mut headers = HeaderMap::new();
@@ -179,6 +207,9 @@ impl Outbox {
             async_nats::header::NATS_MESSAGE_ID,
             HeaderValue::from(format!("{:x}.o{}", self.inc, self.seq).as_str()),
         );
+        if !tags.is_empty() {
+            headers.insert(names::TAGS, ids::encode_tags(tags).as_str());
+        }
         if let Some(code) = exit {
             headers.insert(names::EXIT, code.to_string().as_str());
         }
@@ -192,23 +223,46 @@ impl Outbox {
             subject: self.subject.clone(),
             headers,
             payload,
-            then: completed,
+            then: (self.seq, acks),
         });
         Ok(())
     }
 }
 
+/// One output message being filled.
+#[derive(Default)]
+struct Batch {
+    frames: BytesMut,
+    acks: Vec<Acker>,
+    tags: HashMap<u32, u64>,
+}
+
+impl Batch {
+    /// Bytes it takes in the broker's message, tags included.
+    fn size(&self) -> usize {
+        self.frames.len() + self.tags.len() * ids::TAG_BYTES
+    }
+
+    async fn publish(&mut self, out: &mut Outbox) -> Result<(), String> {
+        let frames = self.frames.split().freeze();
+        let acks = std::mem::take(&mut self.acks);
+        let result = out.publish(frames, None, acks, &self.tags).await;
+        self.tags.clear();
+        result
+    }
+}
+
 /// Runtime → parent: whole frames, batched into messages no larger than the
-/// broker allows; the task messages they complete travel with them.
+/// broker allows, each tagged with its tasks; the task messages they
+/// complete travel with them.
 async fn relay_out(
     mut out: Outbox,
     mut reader: ReadHalf,
     serving: tokio::task::JoinHandle<i32>,
-    settings: &Settings,
-    tracking: &Rc<RefCell<Tracking>>,
+    shared: &Shared,
 ) -> Result<i32, String> {
-    // Room for the headers within the broker's limit.
-    let limit = settings.max_payload.saturating_sub(512).max(1024);
+    // Room for the other headers within the broker's limit.
+    let limit = shared.settings.max_payload.saturating_sub(512).max(1024);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut serving = serving;
     let mut code = None;
@@ -229,44 +283,55 @@ async fn relay_out(
                 }
             }
         }
-        let mut batch = BytesMut::new();
-        let mut completed = Vec::new();
+        let mut batch = Batch::default();
         for f in crate::relay::take_frames(&mut buf) {
-            if !batch.is_empty() && batch.len() + f.len() > limit {
-                out.publish(batch.split().freeze(), None, std::mem::take(&mut completed))
-                    .await?;
-            }
-            if let Ok(Role::Completes(slot)) = frame::role(&f) {
-                if let Some(done) = tracking.borrow_mut().complete(slot) {
-                    completed.push(done);
+            // Which task the frame speaks for, read before the batch may be
+            // sent: a completion's acknowledgement goes with its frame.
+            let (tag, ack) = match frame::role(&f) {
+                Ok(Role::Completes(slot)) => match shared.tracking.borrow_mut().complete(slot) {
+                    Some((k, ack)) => (Some((slot, k)), ack),
+                    None => (None, None),
+                },
+                Ok(Role::Emits(slot)) => {
+                    let t = shared.tracking.borrow();
+                    (t.running.get(&slot).map(|(k, _)| (slot, *k)), None)
                 }
+                _ => (None, None),
+            };
+            let extra = tag.map_or(0, |_| ids::TAG_BYTES);
+            if !batch.frames.is_empty() && batch.size() + f.len() + extra > limit {
+                batch.publish(&mut out).await?;
             }
-            batch.extend_from_slice(&f);
+            if let Some((slot, k)) = tag {
+                batch.tags.insert(slot, k);
+            }
+            batch.acks.extend(ack);
+            batch.frames.extend_from_slice(&f);
         }
-        if !batch.is_empty() {
-            out.publish(batch.freeze(), None, completed).await?;
+        if !batch.frames.is_empty() {
+            batch.publish(&mut out).await?;
         }
     }
     let code = code.unwrap_or(101);
-    out.publish(Bytes::new(), Some(code), Vec::new()).await?;
+    out.publish(Bytes::new(), Some(code), Vec::new(), &HashMap::new())
+        .await?;
     Ok(code)
 }
 
 /// Broker → runtime: task messages and control messages; also watches the
 /// parent's heartbeat.
-#[allow(clippy::too_many_arguments)]
 async fn intake(
     client: async_nats::Client,
-    settings: Settings,
+    shared: Rc<Shared>,
     tasks: consumer::PullConsumer,
     mut control: async_nats::Subscriber,
-    mut owner: async_nats::Subscriber,
+    mut owner_beats: async_nats::Subscriber,
     mut writer: WriteHalf,
-    tracking: Rc<RefCell<Tracking>>,
 ) {
+    let settings = &shared.settings;
     let inc = settings.incarnation;
     let mut credit_seen = 0u64;
-    let mut owner_heard = Instant::now();
+    let mut owner = Silence::new(settings.silence);
     let mut tick = tokio::time::interval(settings.heartbeat);
     let mut messages = None;
     loop {
@@ -282,7 +347,7 @@ async fn intake(
                 Ok(m) => messages = Some(m),
                 Err(e) => {
                     if is_gone(&e.to_string()) {
-                        leave("the pool replaced this worker (its task consumer is gone)");
+                        leave("this worker's task consumer is gone from the broker (the pool replaced the worker, or the stream was deleted)");
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -296,8 +361,10 @@ async fn intake(
             m = stream.next() => match m {
                 Some(Ok(message)) => {
                     let credit = header_u64(message.headers.as_ref(), names::CREDIT);
-                    let mut frames = credit_frame(credit, &mut credit_seen);
-                    if let Some(bytes) = accept(message, &settings, &tracking).await {
+                    let mut frames = Vec::new();
+                    if let Some(bytes) = accept(message, &shared).await {
+                        // Credits count only from a task message of ours.
+                        frames = credit_frame(credit, &mut credit_seen);
                         frames.extend_from_slice(&bytes);
                     }
                     if !frames.is_empty() && writer.write_all(&frames).await.is_err() {
@@ -320,30 +387,48 @@ async fn intake(
                 if c.headers.as_ref().and_then(|h| h.get(names::KILL)).is_some() {
                     leave_now();
                 }
-                let Some(total) = c.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else {
+                let Some(frames) = control_frames(&c.payload, &mut credit_seen) else {
+                    shared.dropped(Drop::Malformed);
                     continue;
                 };
-                let mut frames = credit_frame(Some(total), &mut credit_seen);
-                frames.extend_from_slice(&c.payload[8..]);
                 if !frames.is_empty() && writer.write_all(&frames).await.is_err() {
                     return;
                 }
             }
-            o = owner.next() => {
+            o = owner_beats.next() => {
                 if o.is_none() {
                     return;
                 }
-                owner_heard = Instant::now();
+                owner.heard();
             }
             _ = tick.tick() => {
-                if client.connection_state() != async_nats::connection::State::Connected {
-                    owner_heard = Instant::now();
-                } else if owner_heard.elapsed() > settings.silence {
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                if owner.too_long(connected) {
                     leave("the parent stopped sending heartbeats");
                 }
             }
         }
     }
+}
+
+/// A control message's frames for the runtime: the credit its total adds,
+/// then its pings. `None` when it is not the parent's making: too short,
+/// or anything but whole ping frames after the total.
+fn control_frames(payload: &[u8], credit_seen: &mut u64) -> Option<Vec<u8>> {
+    let total = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let mut rest = &payload[8..];
+    while !rest.is_empty() {
+        let len = frame::frame_len(rest)?;
+        // Only pings ride on control messages; anything else would reach
+        // the runtime as a breach of its protocol.
+        if frame::role(&rest[..len]) != Ok(Role::Other) {
+            return None;
+        }
+        rest = &rest[len..];
+    }
+    let mut frames = credit_frame(Some(total), credit_seen);
+    frames.extend_from_slice(&payload[8..]);
+    Some(frames)
 }
 
 /// A credit frame for what `total` adds to the credits already passed on.
@@ -357,64 +442,123 @@ fn credit_frame(total: Option<u64>, seen: &mut u64) -> Vec<u8> {
     frames
 }
 
-/// Takes one task message in: the frame to hand to the runtime, or `None`
-/// for a redelivery already handled.
-async fn accept(
-    message: jetstream::Message,
-    settings: &Settings,
-    tracking: &Rc<RefCell<Tracking>>,
-) -> Option<Bytes> {
-    let seq = message.info().ok()?.stream_sequence;
-    let (running, done) = {
-        let t = tracking.borrow();
-        (t.running_seqs.contains(&seq), t.done_set.contains(&seq))
-    };
-    if running {
-        // Still running past the ack wait: ask for more time.
-        let _ = message.ack_with(AckKind::Progress).await;
-        return None;
-    }
-    if done {
-        let _ = message.ack().await;
-        return None;
-    }
-    let (message, acker) = message.split();
-    let payload = message.payload;
-    match frame::role(&payload) {
-        Ok(Role::Task(slot)) => {
-            let acker = if settings.at_most_once {
-                let _ = acker.ack().await;
-                None
-            } else {
-                Some(acker)
-            };
-            let mut t = tracking.borrow_mut();
-            t.running.insert(slot, (seq, acker));
-            t.running_seqs.insert(seq);
-        }
-        Ok(Role::Init | Role::Stop | Role::Cancel(_)) => {
-            let _ = acker.ack().await;
-            tracking.borrow_mut().remember_done(seq);
-        }
-        _ => {
-            tracing::error!("the task subject carried something other than a task; dropped");
-            let _ = acker.ack_with(AckKind::Term).await;
-            return None;
-        }
-    }
-    Some(payload)
+/// What one task message is to this incarnation.
+enum Verdict {
+    /// New: hand its frame to the runtime.
+    Run(Role),
+    /// A copy of a task still running.
+    Running,
+    /// A copy of a message already taken in.
+    Duplicate,
+    /// Not for this incarnation, or for a slot already busy.
+    Stale,
+    /// Not of the pool's making.
+    Malformed,
 }
 
-/// Publishes heartbeats for as long as the worker lives.
-async fn heartbeat(client: async_nats::Client, subject: String, settings: Settings) {
-    let mut tick = tokio::time::interval(settings.heartbeat);
+/// Judges a task message by its identity and frame, recording it if new.
+fn judge(headers: Option<&HeaderMap>, payload: &[u8], shared: &Shared) -> Verdict {
+    let inc = header_u64(headers, names::INCARNATION);
+    let (Some(inc), Some(k)) = (inc, header_u64(headers, names::TASK)) else {
+        return Verdict::Malformed;
+    };
+    if inc != shared.settings.incarnation {
+        // An earlier life's message, resurrected by a broker restart.
+        return Verdict::Stale;
+    }
+    if frame::frame_len(payload) != Some(payload.len()) {
+        return Verdict::Malformed;
+    }
+    let role = match frame::role(payload) {
+        Ok(r @ (Role::Task(_) | Role::Init | Role::Stop | Role::Cancel(_))) => r,
+        _ => return Verdict::Malformed,
+    };
+    let mut t = shared.tracking.borrow_mut();
+    if t.running_ids.contains(&k) {
+        return Verdict::Running;
+    }
+    let busy = match role {
+        Role::Task(slot) => t.running.contains_key(&slot),
+        Role::Init => t.init,
+        _ => false,
+    };
+    if !t.seen.insert(k) {
+        return Verdict::Duplicate;
+    }
+    if busy {
+        return Verdict::Stale;
+    }
+    match role {
+        Role::Task(slot) => {
+            t.running.insert(slot, (k, None));
+            t.running_ids.insert(k);
+        }
+        Role::Init => t.init = true,
+        _ => {}
+    }
+    Verdict::Run(role)
+}
+
+/// Takes one task message in: the frame to hand to the runtime, or `None`
+/// for a message dropped (and counted) or a redelivery already handled.
+async fn accept(message: jetstream::Message, shared: &Shared) -> Option<Bytes> {
+    let (message, acker) = message.split();
+    let verdict = judge(message.headers.as_ref(), &message.payload, shared);
+    match verdict {
+        Verdict::Run(Role::Task(slot)) => {
+            if shared.settings.at_most_once {
+                let _ = acker.ack().await;
+            } else if let Some(held) = shared.tracking.borrow_mut().running.get_mut(&slot) {
+                held.1 = Some(acker);
+            }
+            Some(message.payload)
+        }
+        Verdict::Run(_) => {
+            let _ = acker.ack().await;
+            Some(message.payload)
+        }
+        Verdict::Running => {
+            // Still running past the ack wait, or redelivered by a broker
+            // restart: ask for more time rather than run it twice.
+            shared.dropped(Drop::Duplicate);
+            if !shared.settings.at_most_once {
+                let _ = acker.ack_with(AckKind::Progress).await;
+            }
+            None
+        }
+        Verdict::Duplicate => {
+            shared.dropped(Drop::Duplicate);
+            let _ = acker.ack().await;
+            None
+        }
+        Verdict::Stale | Verdict::Malformed => {
+            let why = if matches!(verdict, Verdict::Stale) {
+                Drop::Stale
+            } else {
+                Drop::Malformed
+            };
+            shared.dropped(why);
+            let _ = acker.ack_with(AckKind::Term).await;
+            None
+        }
+    }
+}
+
+/// Publishes heartbeats for as long as the worker lives, with what it
+/// dropped and the last output message the broker stored.
+async fn heartbeat(client: async_nats::Client, subject: String, shared: Rc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.heartbeat);
     loop {
         tick.tick().await;
         let mut headers = HeaderMap::new();
         headers.insert(
             names::INCARNATION,
-            settings.incarnation.to_string().as_str(),
+            shared.settings.incarnation.to_string().as_str(),
         );
+        headers.insert(names::DROPPED, shared.drops.encode().as_str());
+        headers.insert(names::STORED, shared.stored.get().to_string().as_str());
+        let taken = shared.tracking.borrow().seen.floor();
+        headers.insert(names::TAKEN, taken.to_string().as_str());
         let _ = client
             .publish_with_headers(subject.clone(), headers, Bytes::new())
             .await;

@@ -207,9 +207,13 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         status: ExitStatus,
     ) -> LossCause {
         let unresponsive = lane.unresponsive.swap(false, Ordering::SeqCst);
-        let cause = match end {
+        let transport = crate::sync::lock(&self.children[index])
+            .transport_cause
+            .take();
+        let cause = match (end, transport) {
             _ if unresponsive => LossCause::Unresponsive,
-            ReadEnd::Broken(why) => LossCause::Protocol(why),
+            (ReadEnd::Broken(why), _) => LossCause::Protocol(why),
+            (_, Some(why)) if self.state.borrow().is_running() => LossCause::Transport(why),
             _ => self.state.borrow().loss_cause(),
         };
         if cause == LossCause::Crashed && self.out_of_memory(index, status) {
@@ -291,6 +295,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 };
                 match child.try_wait() {
                     Ok(Some(status)) => {
+                        slot.transport_cause = child.loss_cause();
                         slot.child = None;
                         return status;
                     }

@@ -143,6 +143,16 @@ pub trait Peer: Send + 'static {
     fn process_id(&self) -> Option<u32> {
         None
     }
+
+    /// Why the transport lost the worker, when it knows more than the exit
+    /// status says (a broker stream deleted, a worker's heartbeats lost):
+    /// the tasks it held are then reported lost with
+    /// [`LossCause::Transport`](crate::LossCause::Transport). Asked once,
+    /// after the worker ended; `None` (the default) leaves the cause to the
+    /// pool.
+    fn loss_cause(&mut self) -> Option<String> {
+        None
+    }
 }
 
 impl Peer for std::process::Child {

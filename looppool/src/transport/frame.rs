@@ -49,9 +49,13 @@ pub enum Role {
     /// The worker ends the task in slot `slot` (done, failed, cancelled, or
     /// with its last output).
     Completes(u32),
+    /// The worker emits an output of the task in slot `slot`, which goes on
+    /// running (a transport that tags messages with their task reads this).
+    Emits(u32),
     /// The worker's last frame before it exits cleanly.
     Bye,
-    /// Any other frame (outputs, reports, logs, pings, the handshake).
+    /// Any other frame (outputs of no task, reports, logs, pings, the
+    /// handshake).
     Other,
 }
 
@@ -99,6 +103,11 @@ pub fn role(frame: &[u8]) -> Result<Role, BadFrame> {
                 .checked_sub(1)
                 .ok_or_else(|| BadFrame("a last output that names no task".into()))?,
         ),
+        kind::OUTPUT => match f.varint_u32().map_err(bad)?.checked_sub(1) {
+            Some(slot) => Role::Emits(slot),
+            // An output of no task (emitted from background work).
+            None => Role::Other,
+        },
         kind::BYE => Role::Bye,
         _ => Role::Other,
     })
