@@ -94,6 +94,9 @@ pub enum RecycleReason {
         /// Resident memory when sampled, in bytes.
         rss_bytes: u64,
     },
+    /// Someone asked for it, through the pool's control socket (see
+    /// [`control`](crate::control)).
+    Requested,
 }
 
 /// How a worker process ended.

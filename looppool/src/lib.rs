@@ -323,6 +323,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codec;
+pub mod control;
 mod error;
 mod event;
 pub mod metrics;

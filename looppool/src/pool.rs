@@ -13,6 +13,7 @@ use crate::supervisor::Supervisor;
 use crate::worker::Worker;
 
 mod builder;
+mod ops;
 
 pub use crate::output::Output;
 pub use crate::parent::outputs::Outputs;
@@ -82,6 +83,8 @@ pub(crate) struct Inner<O: serde::de::DeserializeOwned + Send + 'static> {
     next: AtomicUsize,
     /// Wakes round-robin senders that found every worker full.
     space: Arc<AnySpace>,
+    /// The control socket, if on; dropped (and removed) with the pool.
+    control: Option<crate::control::Handle>,
 }
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for Inner<O> {
@@ -101,6 +104,7 @@ impl<W: Worker> Pool<W> {
         sup: Arc<Supervisor<W::Output>>,
         hub: Arc<crate::metrics::Hub>,
         space: Arc<AnySpace>,
+        control: Option<crate::control::Handle>,
     ) -> Self {
         Pool {
             inner: Arc::new(Inner {
@@ -109,6 +113,7 @@ impl<W: Worker> Pool<W> {
                 hub,
                 next: AtomicUsize::new(0),
                 space,
+                control,
             }),
             _worker: PhantomData,
         }
@@ -521,6 +526,7 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: the workers still stop; only the waiting ends.
     pub async fn shutdown(&self) -> ShutdownReport {
         let drained = self.inner.sup.shutdown(None).await;
+        self.close_control();
         ShutdownReport {
             drained,
             failure: self.failure(),
@@ -534,6 +540,7 @@ impl<W: Worker> Pool<W> {
     /// As [`shutdown`](Self::shutdown).
     pub async fn shutdown_timeout(&self, deadline: Duration) -> ShutdownReport {
         let drained = self.inner.sup.shutdown(Some(deadline)).await;
+        self.close_control();
         ShutdownReport {
             drained,
             failure: self.failure(),

@@ -423,6 +423,22 @@ impl<O> Lane<O> {
         recycling
     }
 
+    /// Drains the worker for replacement because someone asked; false if
+    /// it was not open (starting, stopping or already recycling).
+    pub(crate) fn recycle_requested(&self) -> bool {
+        let mut st = self.lock();
+        let recycling = self.recycle(&mut st);
+        if recycling {
+            st.recycle_reason = Some(RecycleReason::Requested);
+        }
+        recycling
+    }
+
+    /// Whether the lane takes tasks, and why not.
+    pub(crate) fn status(&self) -> Status {
+        self.lock().status
+    }
+
     /// Why the current worker was recycled, if it was; cleared as taken.
     pub(crate) fn take_recycle_reason(&self) -> Option<RecycleReason> {
         self.lock().recycle_reason.take()

@@ -23,6 +23,7 @@ use crate::supervisor::{
 use crate::worker::{fingerprint, short_type_name, Worker};
 
 mod observe;
+mod ops;
 mod validate;
 
 /// How often the default heartbeat pings each worker.
@@ -109,6 +110,8 @@ pub struct PoolBuilder<W: Worker> {
     /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
     /// the methods in `crate::metrics`.
     pub(crate) observe: crate::metrics::Config,
+    /// Where the control socket goes: set in `ops`.
+    control: crate::control::Setting,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -171,6 +174,7 @@ impl<W: Worker> PoolBuilder<W> {
             memory_limit: None,
             task_timeout: None,
             observe: Default::default(),
+            control: Default::default(),
             _worker: PhantomData,
         }
     }
@@ -489,6 +493,7 @@ impl<W: Worker> PoolBuilder<W> {
         }
         .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
+        let control = crate::control::bind(&self.control, &self.name)?;
         let source = match self.connector {
             Some(connector) => WorkerSource::Connector(connector),
             None => WorkerSource::Local(Arc::new(LocalProcesses::new(LocalOptions {
@@ -551,7 +556,8 @@ impl<W: Worker> PoolBuilder<W> {
         }
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
+        let control = control.map(|bound| bound.serve(&sup));
         let outputs = Outputs::new(rx, lanes.clone());
-        Ok((Pool::from_parts(lanes, sup, hub, space), outputs))
+        Ok((Pool::from_parts(lanes, sup, hub, space, control), outputs))
     }
 }
