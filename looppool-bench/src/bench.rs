@@ -68,6 +68,11 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     if opts.runs("W6") {
         w6(&plan, &rt, &mut rows)?;
     }
+    let w2_p50 = rows
+        .iter()
+        .find(|r| r.workload == "W2-p50")
+        .map(|r| r.value);
+    crate::control::run(|w| opts.runs(w), plan.reps, w2_p50, &rt, &mut rows)?;
     if crate::broker::chosen(opts) {
         crate::broker::run(opts, &rt, &mut rows)?;
     }

@@ -48,8 +48,8 @@ USAGE:
 OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
-    --only LIST      comma-separated subset of W1..W6, raw, W1-broker, W2-broker and
-                     raw-js (raw limits that the chosen workloads are compared with
+    --only LIST      comma-separated subset of W1..W6, cancel, hol, raw, W1-broker,
+                     W2-broker and raw-js (raw limits that the chosen workloads are compared with
                      are always measured)
     --broker         only the broker workloads (W1-broker, W2-broker and their raw
                      JetStream limit) through a private nats-server, which must be
@@ -110,7 +110,11 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
                 let mut set = BTreeSet::new();
                 for item in list.split(',').filter(|s| !s.is_empty()) {
                     let item = normalise(item);
-                    if !is_workload(&item) && !is_broker_workload(&item) && item != "raw" {
+                    if !is_workload(&item)
+                        && !is_broker_workload(&item)
+                        && !is_control_workload(&item)
+                        && item != "raw"
+                    {
                         return Err(format!("--only: unknown workload {item:?}"));
                     }
                     set.insert(item);
@@ -164,6 +168,8 @@ fn normalise(s: &str) -> String {
     let s = s.trim();
     if s.eq_ignore_ascii_case("raw") {
         "raw".into()
+    } else if is_control_workload(&s.to_ascii_lowercase()) {
+        s.to_ascii_lowercase()
     } else if s.eq_ignore_ascii_case("raw-js") {
         "raw-js".into()
     } else if s.len() > 7 && s[s.len() - 7..].eq_ignore_ascii_case("-broker") {
@@ -175,6 +181,11 @@ fn normalise(s: &str) -> String {
 
 fn is_workload(s: &str) -> bool {
     matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W6")
+}
+
+/// The control workloads (`crate::control`).
+fn is_control_workload(s: &str) -> bool {
+    matches!(s, "cancel" | "hol")
 }
 
 fn is_broker_workload(s: &str) -> bool {

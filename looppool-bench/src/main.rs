@@ -40,6 +40,7 @@ use std::process::ExitCode;
 mod bench;
 mod broker;
 mod cli;
+mod control;
 mod peer;
 mod raw;
 mod report;

@@ -144,6 +144,33 @@ pub enum Job {
     /// Start `sleep 1000` as a child process (left running, not waited for)
     /// and emit its pid.
     SpawnSleep,
+    /// Emit `value`, sleep `ms` on the loop, then emit `value + 1`: a task
+    /// whose start shows, and whose end shows whether it was cut short.
+    Mark {
+        /// The value emitted first.
+        value: u64,
+        /// Milliseconds to sleep between the two outputs.
+        ms: u64,
+    },
+    /// Sleep `ms` on the loop unless cancelled; on the cancel, emit
+    /// `value` (its cleanup) after `cleanup_ms`, and return.
+    Cleanup {
+        /// The value the cleanup emits.
+        value: u64,
+        /// Milliseconds to sleep when not cancelled.
+        ms: u64,
+        /// Milliseconds the cleanup takes.
+        cleanup_ms: u64,
+    },
+    /// Record `seq` as the latest task of `key` in this worker process, and
+    /// emit `2 * worker index + 1` when it is later than every task of the
+    /// key seen before in this process (in order), `2 * worker index` when not.
+    Keyed {
+        /// The key.
+        key: String,
+        /// The task's place among its key's tasks.
+        seq: u64,
+    },
 }
 
 impl Job {
@@ -241,6 +268,30 @@ impl Worker for Probe {
                     std::hint::spin_loop();
                 }
                 cx.emit(value).await?;
+            }
+            Job::Mark { value, ms } => {
+                cx.emit(value).await?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                cx.emit(value + 1).await?;
+            }
+            Job::Cleanup {
+                value,
+                ms,
+                cleanup_ms,
+            } => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    () = cx.cancelled() => {
+                        tokio::time::sleep(Duration::from_millis(cleanup_ms)).await;
+                        cx.emit(value).await?;
+                    }
+                }
+            }
+            Job::Keyed { key, seq } => {
+                let key = format!("keyed:{key}");
+                let last = self.state.borrow_mut().insert(key, seq);
+                let in_order = last.is_none_or(|last| last < seq);
+                cx.emit(2 * self.index as u64 + u64::from(in_order)).await?;
             }
             Job::Exit(code) => std::process::exit(code),
             Job::Abort => std::process::abort(),

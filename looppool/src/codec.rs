@@ -11,6 +11,18 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Bytes taken by the length prefix of every frame.
 pub(crate) const HEADER_LEN: usize = 4;
 
+/// The frame that starts at `at` in `buf`, a run of whole frames (as a
+/// connection's output buffer is): where its body begins and where it
+/// ends; `None` past the last one, or for a header announcing more bytes
+/// than `buf` holds (or an empty body).
+pub(crate) fn frame_at(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let header = buf.get(at..at + HEADER_LEN)?;
+    let len = u32::from_le_bytes(header.try_into().ok()?) as usize;
+    let body = at + HEADER_LEN;
+    let end = body.checked_add(len)?;
+    (len > 0 && end <= buf.len()).then_some((body, end))
+}
+
 /// Default bound on a frame body: large payloads pass, runaway ones do not.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 

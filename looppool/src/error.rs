@@ -379,12 +379,25 @@ pub enum CallError<T> {
         /// The task.
         task: TaskId,
     },
+    /// The task was cancelled ([`Pool::cancel`](crate::Pool::cancel)) before
+    /// it completed.
+    Cancelled {
+        /// Index of the worker that held it.
+        worker: usize,
+        /// The task.
+        task: TaskId,
+    },
 }
 
 impl<T> CallError<T> {
     /// True when the task's worker was lost.
     pub fn is_worker_lost(&self) -> bool {
         matches!(self, CallError::WorkerLost(_))
+    }
+
+    /// True when the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, CallError::Cancelled { .. })
     }
 }
 
@@ -396,6 +409,11 @@ impl<T> fmt::Debug for CallError<T> {
             CallError::WorkerLost(e) => f.debug_tuple("WorkerLost").field(e).finish(),
             CallError::NoReply { worker, task } => f
                 .debug_struct("NoReply")
+                .field("worker", worker)
+                .field("task", task)
+                .finish(),
+            CallError::Cancelled { worker, task } => f
+                .debug_struct("Cancelled")
                 .field("worker", worker)
                 .field("task", task)
                 .finish(),
@@ -414,6 +432,9 @@ impl<T> fmt::Display for CallError<T> {
                     f,
                     "task {task} on worker {worker} completed without a reply"
                 )
+            }
+            CallError::Cancelled { worker, task } => {
+                write!(f, "task {task} on worker {worker} was cancelled")
             }
         }
     }

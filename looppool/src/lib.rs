@@ -97,7 +97,38 @@
 //! has room, and skip a worker whose queue is full (a slow, stopped or
 //! wedged one) while another has room: they wait, or refuse, only when
 //! every worker is full. Targeted sends ([`Pool::submit_to`],
-//! [`Pool::broadcast`]) wait for their worker.
+//! [`Pool::broadcast`]) wait for their worker. Other dispatch policies are
+//! described [below](#control-over-submitted-work).
+//!
+//! # Control over submitted work
+//!
+//! - **Cancellation**: [`Pool::cancel`] takes the [`TaskId`] that `submit`
+//!   returned. A task the pool has not yet written to its worker never
+//!   starts; a running one has its handler dropped where it waits; a
+//!   handler that should clean up awaits [`TaskContext::cancelled`] and has
+//!   [`PoolBuilder::cancel_grace`] (1 s by default) to return. Its fate is
+//!   [`Output::Cancelled`] ([`CallError::Cancelled`] for a call), exactly
+//!   once, unless it completed first. A dropped `call` future cancels its
+//!   task; [`TaskBuilder::detach`] lets it run on. Unlike pools that
+//!   cancel by killing the worker process, no other task is touched; only
+//!   a handler that blocks its loop past the grace period gets its worker
+//!   replaced, and only under [`BlockedCancel::ReplaceWorker`].
+//! - **Per-task options**: [`Pool::task`] sends one task with a deadline of
+//!   its own ([`TaskBuilder::timeout`], which replaces
+//!   [`PoolBuilder::task_timeout`] for it and fails it even while it waits
+//!   unwritten behind a stopped worker), a [key](TaskBuilder::key), or
+//!   [detached](TaskBuilder::detach) from its caller:
+//!   `pool.task(t).timeout(d).key(&k).submit().await`.
+//! - **Dispatch** ([`PoolBuilder::dispatch`]): [`Dispatch::RoundRobin`]
+//!   (the default, for tasks of similar cost); [`Dispatch::LeastLoaded`]
+//!   (the worker with the fewest tasks in flight: short tasks do not wait
+//!   behind long ones); [`Dispatch::Keyed`] (a task's key chooses its
+//!   worker by rendezvous hashing, for workers that keep state per key; a
+//!   key's tasks start in the order sent, and a key moves only when
+//!   [`Pool::resize`] removes its worker or adds new ones).
+//!
+//! Through `looppool-nats` all of it works the same: a cancel travels on
+//! the broker's task stream behind the task it names.
 //!
 //! # Failure semantics
 //!
@@ -114,7 +145,15 @@
 //! | a frame from the worker stops part-way: no byte of it for [`PoolBuilder::frame_timeout`] (10 s by default), as when garbage reads as a plausible length | as a protocol breach: killed and replaced; [`Output::Lost`] with [`LossCause::Protocol`] ("frame of N bytes incomplete after T") | [`CallError::WorkerLost`] |
 //! | a task's `Serialize` panics in `submit` or `call` | the panic reaches the caller; nothing was sent, the worker's queue goes on | the same |
 //! | an output's `Serialize` panics in the worker (inside `emit`) | an [`Output::Failed`] item (`panicked`); nothing of the output was sent, the worker carries on | [`CallError::Task`] |
-//! | the `submit` (or `submit_to`, `call`) future is dropped before it completes (a `select!`, a timeout) | nothing was sent | nothing was sent, unless the task was already sent: it then runs and its reply is discarded |
+//! | the `submit` (or `submit_to`, `call`) future is dropped before it completes (a `select!`, a timeout) | nothing was sent | nothing was sent; if the task was already sent, it is cancelled (as below) and its slot freed, unless sent with [`TaskBuilder::detach`]: it then runs and its reply is discarded |
+//! | [`Pool::cancel`] of a task not yet written to its worker (queued in the parent, e.g. behind a stopped worker) | it never starts; an [`Output::Cancelled`] item | [`CallError::Cancelled`] |
+//! | [`Pool::cancel`] of a running task | its handler is dropped at the await point where it waits (after [`TaskContext::cancelled`] and up to [`PoolBuilder::cancel_grace`] of cleanup, if it awaits that); outputs it emitted first are delivered; then an [`Output::Cancelled`] item | [`CallError::Cancelled`] |
+//! | [`Pool::cancel`] racing the task's completion | exactly one fate: whichever the worker reads first (a completion stands; `cancel` returns false for a task already ended) | the same |
+//! | [`Pool::cancel`] of a handler that blocks its loop | [`BlockedCancel::Wait`] (default): it ends as it ends, cancelled at its next await; [`BlockedCancel::ReplaceWorker`]: after twice the grace period the worker is killed and replaced, the task [`Output::Cancelled`], the worker's other tasks [`Output::Lost`] ([`LossCause::Unresponsive`]) | [`CallError::Cancelled`] |
+//! | the worker dies while a task's cancel is under way | [`Output::Cancelled`], not lost, and not retried | [`CallError::Cancelled`] |
+//! | a task's own deadline ([`TaskBuilder::timeout`]) passes | as a cancel: not yet written, it never starts; running, its handler is dropped; an [`Output::Failed`] item ("task exceeded its deadline"); the pool-wide [`PoolBuilder::task_timeout`] does not apply to it | [`CallError::Task`] |
+//! | keyed dispatch ([`Dispatch::Keyed`]) and its worker crashes | its tasks fare as above; the key's next tasks wait for the replacement, which has the same index: the key does not move | the same |
+//! | keyed dispatch and [`Pool::resize`] | shrinking moves only the removed workers' keys (their tasks in flight drain first); growing moves about one key in `n` to each new worker, none between old workers | the same |
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
@@ -354,8 +393,9 @@ pub use error::{
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};
 pub use pool::{
-    Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals, TaskId,
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_UNREAD_OUTPUTS_WARNING,
+    BlockedCancel, Dispatch, Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals,
+    TaskBuilder, TaskId, DEFAULT_CANCEL_GRACE, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_UNREAD_OUTPUTS_WARNING,
 };
 pub use supervisor::RestartPolicy;
 pub use worker::{BoxError, Emitter, InitContext, TaskContext, Worker};

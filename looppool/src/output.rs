@@ -29,6 +29,16 @@ pub enum Output<O> {
         /// Which worker was lost, and how.
         lost: Box<WorkerLost>,
     },
+    /// A task sent with `submit` was cancelled ([`Pool::cancel`](crate::Pool::cancel)):
+    /// it never started, or its handler was dropped (after its cleanup, if
+    /// it awaited [`TaskContext::cancelled`](crate::TaskContext::cancelled)).
+    /// Outputs it emitted before are delivered before this item.
+    Cancelled {
+        /// Index of the worker that held it.
+        worker: usize,
+        /// The task.
+        task: TaskId,
+    },
 }
 
 impl<O> Output<O> {
@@ -54,6 +64,7 @@ impl<O> Output<O> {
             Output::Value { worker, .. } => *worker,
             Output::Failed(e) => e.worker,
             Output::Lost { lost, .. } => lost.worker,
+            Output::Cancelled { worker, .. } => *worker,
         }
     }
 
@@ -68,7 +79,7 @@ impl<O> Output<O> {
         match self {
             Output::Value { task, .. } => *task,
             Output::Failed(e) => Some(e.task),
-            Output::Lost { task, .. } => Some(*task),
+            Output::Lost { task, .. } | Output::Cancelled { task, .. } => Some(*task),
         }
     }
 }

@@ -13,7 +13,10 @@ use crate::supervisor::Supervisor;
 use crate::worker::Worker;
 
 mod builder;
+mod control;
 mod ops;
+mod send;
+mod task;
 
 pub use crate::output::Output;
 pub use crate::parent::outputs::Outputs;
@@ -22,15 +25,14 @@ pub use builder::{
     PoolBuilder, Signals, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_UNREAD_OUTPUTS_WARNING,
 };
+pub(crate) use control::Control;
+pub use control::{BlockedCancel, Dispatch, DEFAULT_CANCEL_GRACE};
+pub use task::TaskBuilder;
 
 use crate::parent::lane::{self, CallOutcome, Lane, PushError};
 use crate::parent::space::AnySpace;
-
-/// Why a send did not happen, with the caller's reply channel given back.
-type NotPushed<O> = (SubmitErrorKind, Option<lane::CallSender<O>>);
-
-/// A round-robin send's result: the task's id and its worker.
-type Pushed<O> = Result<(TaskId, usize), NotPushed<O>>;
+use crate::protocol::kind;
+use send::{sending_span, try_push_here};
 
 /// What [`Pool::shutdown_timeout`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +85,10 @@ pub(crate) struct Inner<O: serde::de::DeserializeOwned + Send + 'static> {
     next: AtomicUsize,
     /// Wakes round-robin senders that found every worker full.
     space: Arc<AnySpace>,
+    /// Dispatch policy and cancellation settings.
+    control: Control,
     /// The control socket, if on; dropped (and removed) with the pool.
-    control: Option<crate::control::Handle>,
+    control_socket: Option<crate::control::Handle>,
 }
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for Inner<O> {
@@ -104,7 +108,8 @@ impl<W: Worker> Pool<W> {
         sup: Arc<Supervisor<W::Output>>,
         hub: Arc<crate::metrics::Hub>,
         space: Arc<AnySpace>,
-        control: Option<crate::control::Handle>,
+        control: Control,
+        control_socket: Option<crate::control::Handle>,
     ) -> Self {
         Pool {
             inner: Arc::new(Inner {
@@ -114,6 +119,7 @@ impl<W: Worker> Pool<W> {
                 next: AtomicUsize::new(0),
                 space,
                 control,
+                control_socket,
             }),
             _worker: PhantomData,
         }
@@ -257,7 +263,7 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: if the future is dropped before it completes, the task
     /// was not sent.
     pub async fn submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        let worker = self.pick();
+        let worker = self.choose();
         // The common case without the waiting machinery: the worker has a
         // free slot, and the task is pushed synchronously. The nested
         // futures of `push_round_robin` and `push` (their moves, state
@@ -283,72 +289,10 @@ impl<W: Worker> Pool<W> {
     /// `submit` when its worker had no room: waits for any worker's.
     async fn submit_waiting(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
         let span = sending_span();
-        self.push_any(&task, None, span.as_ref())
+        self.push_any(kind::TASK, &task, None, span.as_ref())
             .await
             .map(|(id, _)| id)
             .map_err(|(kind, _)| SubmitError::new(kind, task))
-    }
-
-    /// Pushes to the next worker in turn that has room, waiting while none
-    /// has. Returns the task's id and its worker.
-    async fn push_any(
-        &self,
-        task: &W::Task,
-        call: Option<lane::CallSender<W::Output>>,
-        span: Option<&tracing::Span>,
-    ) -> Pushed<W::Output> {
-        let mut call = Some(call);
-        self.inner
-            .space
-            .retry_until(
-                || match self.try_push_any(task, call.take().flatten(), span) {
-                    Err((SubmitErrorKind::Full, back)) => {
-                        call = Some(back);
-                        None
-                    }
-                    done => Some(done),
-                },
-            )
-            .await
-    }
-
-    /// Pushes to the next worker in turn that has room: strict round-robin
-    /// while every worker has room, and a full (or restarting) worker is
-    /// skipped rather than waited on. A [`Full`](SubmitErrorKind::Full)
-    /// error only when no worker has room.
-    fn try_push_any(
-        &self,
-        task: &W::Task,
-        mut call: Option<lane::CallSender<W::Output>>,
-        span: Option<&tracing::Span>,
-    ) -> Pushed<W::Output> {
-        let n = self.workers();
-        let start = self.pick();
-        for k in 0..n {
-            let worker = if start + k < n {
-                start + k
-            } else {
-                start + k - n
-            };
-            match self.inner.lanes[worker].try_push(task, call, span) {
-                Ok(id) => {
-                    if k > 0 {
-                        // The turn goes on from the worker that took it.
-                        self.inner.next.store(worker + 1, Ordering::Relaxed);
-                    }
-                    return Ok((id, worker));
-                }
-                Err((PushError::Full | PushError::Down, back)) => call = back,
-                // A lane closes for good only when the pool stops, or
-                // when a shrink removed its worker meanwhile: skip it then.
-                Err((PushError::Closed, back)) if !self.inner.sup.is_stopping() => call = back,
-                Err((e, back)) => return Err((e.into_kind(), back)),
-            }
-        }
-        if n == 0 || self.inner.sup.is_stopping() {
-            return Err((SubmitErrorKind::Closed, call));
-        }
-        Err((SubmitErrorKind::Full, call))
     }
 
     /// Sends a task to the next worker in turn that has room; a worker whose
@@ -359,7 +303,7 @@ impl<W: Worker> Pool<W> {
     /// every worker's queue is at its bound; otherwise as
     /// [`submit`](Self::submit).
     pub fn try_submit(&self, task: W::Task) -> Result<TaskId, SubmitError<W::Task>> {
-        match self.try_push_any(&task, None, sending_span().as_ref()) {
+        match self.try_push_any(kind::TASK, &task, None, sending_span().as_ref()) {
             Ok((id, _)) => Ok(id),
             Err((kind, _)) => Err(SubmitError::new(kind, task)),
         }
@@ -379,7 +323,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: W::Task,
     ) -> Result<TaskId, SubmitError<W::Task>> {
-        self.push(worker, &task, None, sending_span().as_ref())
+        self.push(worker, kind::TASK, &task, None, sending_span().as_ref())
             .await
             .map_err(|(e, _)| SubmitError::new(e, task))
     }
@@ -403,30 +347,6 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    async fn push(
-        &self,
-        worker: usize,
-        task: &W::Task,
-        mut call: Option<lane::CallSender<W::Output>>,
-        span: Option<&tracing::Span>,
-    ) -> Result<TaskId, NotPushed<W::Output>> {
-        let lane = self.lane(worker).map_err(|k| (k, None))?;
-        loop {
-            if lane.take_yield_due() {
-                // Before the push: a future dropped here has sent nothing.
-                tokio::task::yield_now().await;
-            }
-            match lane.try_push(task, call, span) {
-                Ok(id) => return Ok(id),
-                Err((PushError::Full | PushError::Down, back)) => {
-                    call = back;
-                    lane.wait_for_space().await;
-                }
-                Err((e, back)) => return Err((e.into_kind(), back)),
-            }
-        }
-    }
-
     /// Sends one copy of `task` to every worker, each behind the tasks
     /// already sent to that worker. Returns the ids of the copies, in worker
     /// order.
@@ -442,7 +362,10 @@ impl<W: Worker> Pool<W> {
         let mut ids = Vec::with_capacity(self.workers());
         let span = sending_span();
         for worker in 0..self.workers() {
-            match self.push(worker, &task, None, span.as_ref()).await {
+            match self
+                .push(worker, kind::TASK, &task, None, span.as_ref())
+                .await
+            {
                 Ok(id) => ids.push(id),
                 Err((kind, _)) => return Err(SubmitError::new(kind, task)),
             }
@@ -459,15 +382,19 @@ impl<W: Worker> Pool<W> {
     /// failed, completed without a reply, or was lost with its worker.
     ///
     /// # Cancel safety
-    /// Dropping the future after the task was sent does not cancel the task;
-    /// its reply is discarded.
+    /// Dropping the future after the task was sent cancels the task, as
+    /// [`cancel`](Self::cancel) does (nobody waits for its reply any more),
+    /// and frees its slot once its worker has dropped it. To let it run on,
+    /// with its reply discarded, send it with
+    /// [`pool.task(task).detach().call()`](TaskBuilder::detach). Dropped
+    /// before the task was sent, nothing was sent.
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
         match self
-            .push_any(&task, Some(tx), sending_span().as_ref())
+            .push_any(kind::TASK, &task, Some(tx), sending_span().as_ref())
             .await
         {
-            Ok((id, worker)) => Self::await_reply(rx, worker, id).await,
+            Ok((id, worker)) => self.reply(rx, worker, id, true).await,
             Err((kind, _)) => Err(CallError::Submit(SubmitError::new(kind, task))),
         }
     }
@@ -486,25 +413,37 @@ impl<W: Worker> Pool<W> {
     ) -> Result<W::Output, CallError<W::Task>> {
         let (tx, rx) = oneshot::channel();
         let id = match self
-            .push(worker, &task, Some(tx), sending_span().as_ref())
+            .push(worker, kind::TASK, &task, Some(tx), sending_span().as_ref())
             .await
         {
             Ok(id) => id,
             Err((kind, _)) => return Err(CallError::Submit(SubmitError::new(kind, task))),
         };
-        Self::await_reply(rx, worker, id).await
+        self.reply(rx, worker, id, true).await
     }
 
-    async fn await_reply(
+    /// Waits for the reply of called task `id`; a future dropped meanwhile
+    /// cancels the task when `cancel_on_drop`.
+    async fn reply(
+        &self,
         rx: oneshot::Receiver<CallOutcome<W::Output>>,
         worker: usize,
         id: TaskId,
+        cancel_on_drop: bool,
     ) -> Result<W::Output, CallError<W::Task>> {
-        match rx.await {
+        let mut guard = task::CancelOnDrop {
+            pool: self,
+            id,
+            armed: cancel_on_drop,
+        };
+        let outcome = rx.await;
+        guard.armed = false;
+        match outcome {
             Ok(CallOutcome::Reply(value)) => Ok(value),
             Ok(CallOutcome::Failed(e)) => Err(CallError::Task(e)),
             Ok(CallOutcome::Lost(lost)) => Err(CallError::WorkerLost(lost)),
             Ok(CallOutcome::NoReply) => Err(CallError::NoReply { worker, task: id }),
+            Ok(CallOutcome::Cancelled) => Err(CallError::Cancelled { worker, task: id }),
             // The lane dropped the sender without an outcome: only when the
             // pool itself is being torn down.
             Err(_) => Err(CallError::WorkerLost(
@@ -583,39 +522,4 @@ fn snapshot<O: serde::de::DeserializeOwned + Send + 'static>(
 ) -> crate::PoolStats {
     let active = sup.active.load(Ordering::Relaxed);
     crate::stats::collect(&sup.spec.pool_name, &sup.lanes, active, |i| sup.pid(i))
-}
-
-/// Pushes `task` to `lane` as `submit`'s common case does: with the span it
-/// is sent in, which is looked up out of line, only once a `tracing`
-/// subscriber was set.
-#[inline(always)]
-fn try_push_here<O, T: serde::Serialize>(
-    lane: &Lane<O>,
-    task: &T,
-) -> Result<TaskId, (PushError, Option<lane::CallSender<O>>)> {
-    if tracing::dispatcher::has_been_set() {
-        return try_push_in_span(lane, task);
-    }
-    lane.try_push(task, None, None)
-}
-
-#[cold]
-#[inline(never)]
-fn try_push_in_span<O, T: serde::Serialize>(
-    lane: &Lane<O>,
-    task: &T,
-) -> Result<TaskId, (PushError, Option<lane::CallSender<O>>)> {
-    lane.try_push(task, None, sending_span().as_ref())
-}
-
-/// The span a task is sent in, if any: its worker's log records are relayed
-/// inside it (see [the parent's span](crate::metrics#the-parents-span)).
-/// Nothing to look up while no `tracing` subscriber was ever set.
-#[inline(always)]
-fn sending_span() -> Option<tracing::Span> {
-    if !tracing::dispatcher::has_been_set() {
-        return None;
-    }
-    let span = tracing::Span::current();
-    (!span.is_none()).then_some(span)
 }

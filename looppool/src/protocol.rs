@@ -15,6 +15,10 @@ use crate::codec::{self, CodecError, Fields, FrameWriter};
 /// 2: a failure spends output credits as an output does, and a frame spends
 /// credits by its size ([`output_cost`]), with the bytes per credit in
 /// [`Init`].
+///
+/// 3: log records name the task's slot; cancellation (`CANCEL`, `SKIP` and
+/// `CANCELLED`), tasks whose deadline the parent enforces
+/// (`TASK_OWN_DEADLINE`), and the cancellation grace period in [`Init`].
 pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The first bytes of a worker's hello, so that a program that is not a
@@ -30,6 +34,14 @@ pub(crate) mod kind {
     pub(crate) const CREDIT: u8 = 0x03;
     pub(crate) const STOP: u8 = 0x04;
     pub(crate) const PING: u8 = 0x05;
+    /// Cancel the task in a slot, if the worker still holds one there.
+    pub(crate) const CANCEL: u8 = 0x06;
+    /// A `TASK` cancelled before it was written: same layout, never run,
+    /// answered with `CANCELLED`.
+    pub(crate) const SKIP: u8 = 0x07;
+    /// A `TASK` with a deadline of its own, enforced by the parent: same
+    /// layout; the pool-wide task timeout does not apply to it.
+    pub(crate) const TASK_OWN_DEADLINE: u8 = 0x08;
     // Worker → parent.
     pub(crate) const HELLO: u8 = 0x81;
     pub(crate) const READY: u8 = 0x82;
@@ -43,6 +55,8 @@ pub(crate) mod kind {
     pub(crate) const REPORT: u8 = 0x89;
     pub(crate) const LOG: u8 = 0x8a;
     pub(crate) const PONG: u8 = 0x8b;
+    /// The task in a slot was cancelled (dropped, or skipped unstarted).
+    pub(crate) const CANCELLED: u8 = 0x8c;
 }
 
 /// The worker's first frame: who it is and which build of the messages it speaks.
@@ -67,6 +81,9 @@ pub(crate) struct Init {
     pub(crate) task_timeout_ms: u64,
     /// The frame bytes one output credit covers (see [`output_cost`]).
     pub(crate) credit_bytes: u64,
+    /// How long a cancelled task that awaits its cancellation may run on
+    /// to clean up.
+    pub(crate) cancel_grace_ms: u64,
 }
 
 /// The output credits an output or failure frame of `body` bytes spends,
@@ -104,7 +121,18 @@ pub(crate) struct Failure {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ToWorker<'a> {
     Init(Init, &'a [u8]),
-    Task { slot: u32, payload: &'a [u8] },
+    Task {
+        slot: u32,
+        payload: &'a [u8],
+    },
+    /// A task whose deadline the parent enforces: no pool-wide timeout.
+    TaskOwnDeadline {
+        slot: u32,
+        payload: &'a [u8],
+    },
+    /// A task cancelled before it was sent: answer, do not run.
+    Skip(u32),
+    Cancel(u32),
     Credit(u32),
     Stop,
     Ping(u64),
@@ -138,6 +166,7 @@ pub(crate) enum FromWorker<'a> {
     Report(&'a [u8]),
     Log(&'a [u8]),
     Pong(u64),
+    Cancelled(u32),
 }
 
 /// Why a frame body is not a valid message.
@@ -187,6 +216,16 @@ impl<'a> ToWorker<'a> {
                     payload: f.rest(),
                 });
             }
+            kind::TASK_OWN_DEADLINE => {
+                let slot = f.varint_u32()?;
+                return Ok(ToWorker::TaskOwnDeadline {
+                    slot,
+                    payload: f.rest(),
+                });
+            }
+            // The payload of a skipped task is not looked at.
+            kind::SKIP => return Ok(ToWorker::Skip(f.varint_u32()?)),
+            kind::CANCEL => ToWorker::Cancel(f.varint_u32()?),
             kind::CREDIT => ToWorker::Credit(f.varint_u32()?),
             kind::STOP => ToWorker::Stop,
             kind::PING => ToWorker::Ping(f.varint()?),
@@ -244,6 +283,7 @@ impl<'a> FromWorker<'a> {
             kind::REPORT => return Ok(FromWorker::Report(f.rest())),
             kind::LOG => return Ok(FromWorker::Log(f.rest())),
             kind::PONG => FromWorker::Pong(f.varint()?),
+            kind::CANCELLED => FromWorker::Cancelled(f.varint_u32()?),
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         f.end()?;
@@ -314,7 +354,19 @@ pub(crate) fn put_task<T: Serialize + ?Sized>(
     task: &T,
     max: usize,
 ) -> Result<usize, CodecError> {
-    let mut frame = FrameWriter::begin(buf, kind::TASK);
+    put_task_as(buf, kind::TASK, slot, task, max)
+}
+
+/// [`put_task`] with frame kind `kind` (`TASK` or `TASK_OWN_DEADLINE`).
+#[inline(always)]
+pub(crate) fn put_task_as<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    slot: u32,
+    task: &T,
+    max: usize,
+) -> Result<usize, CodecError> {
+    let mut frame = FrameWriter::begin(buf, kind);
     codec::put_varint(&mut frame, slot.into());
     let payload = frame.len();
     codec::put_serde(&mut frame, task)?;
@@ -336,6 +388,28 @@ pub(crate) fn put_encoded_task(
     frame.extend_from_slice(payload);
     frame.finish(max)?;
     Ok(at)
+}
+
+/// Turns the task frame for `slot` still in `buf` (frames not yet written)
+/// into a `SKIP`, so the worker answers it without running it; false when
+/// `buf` holds no task frame for `slot`.
+///
+/// A slot is reused only once its task has ended, so `buf` holds at most
+/// one task frame for it. Walks the frames' headers: cancellation is rare,
+/// and the queue need not record where each task begins.
+pub(crate) fn skip_task(buf: &mut [u8], slot: u32) -> bool {
+    let mut at = 0;
+    while let Some((kind_at, end)) = codec::frame_at(buf, at) {
+        if matches!(buf[kind_at], kind::TASK | kind::TASK_OWN_DEADLINE) {
+            let mut f = Fields::new(&buf[kind_at + 1..end]);
+            if f.varint_u32().ok() == Some(slot) {
+                buf[kind_at] = kind::SKIP;
+                return true;
+            }
+        }
+        at = end;
+    }
+    false
 }
 
 /// Appends a frame of `kind` whose whole remaining body is `value` in postcard.

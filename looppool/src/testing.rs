@@ -151,6 +151,7 @@ impl<W: Worker> TestWorker<W> {
             log_level: 0,
             task_timeout_ms: 0,
             credit_bytes: CREDIT_BYTES,
+            cancel_grace_ms: 1000,
         };
         let mut frame = Vec::new();
         protocol::put_init(&mut frame, &init, &payload, usize::MAX)
@@ -304,7 +305,8 @@ impl Parent {
                         credits += cost;
                         Frame::OutputDone(payload.to_vec())
                     }
-                    FromWorker::Done(_) => Frame::Done,
+                    // Never sent: this harness sends no cancel.
+                    FromWorker::Done(_) | FromWorker::Cancelled(_) => Frame::Done,
                     FromWorker::Failed { failure, .. } => {
                         credits += cost;
                         Frame::Failed(failure.message, failure.panicked)

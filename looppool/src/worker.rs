@@ -31,6 +31,7 @@ use std::rc::Rc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+mod cancel;
 mod context;
 pub(crate) mod entry;
 mod logging;

@@ -203,7 +203,9 @@ async fn down(
         let mut credited = false;
         for f in crate::relay::take_frames(&mut buf) {
             match frame::role(&f) {
-                Ok(Role::Init | Role::Task(_) | Role::Stop) => {
+                // A cancel rides the task stream: it must reach the worker
+                // behind the task it names, and before that slot's next task.
+                Ok(Role::Init | Role::Task(_) | Role::Stop | Role::Cancel(_)) => {
                     seq += 1;
                     let mut headers = HeaderMap::new();
                     headers.insert(names::INCARNATION, inc.to_string().as_str());

@@ -392,7 +392,7 @@ async fn accept(
             t.running.insert(slot, (seq, acker));
             t.running_seqs.insert(seq);
         }
-        Ok(Role::Init | Role::Stop) => {
+        Ok(Role::Init | Role::Stop | Role::Cancel(_)) => {
             let _ = acker.ack().await;
             tracking.borrow_mut().remember_done(seq);
         }

@@ -85,6 +85,7 @@ impl<O> Collected<'_, O> {
         match delivered {
             Delivered::Value { task, value } => self.value(worker, Some(task), value, cost),
             Delivered::Failed(error) => self.push(Output::Failed(Box::new(error)), cost),
+            Delivered::Cancelled { task } => self.push(Output::Cancelled { worker, task }, cost),
         }
     }
 
@@ -164,6 +165,7 @@ fn decode_frame<O: DeserializeOwned>(body: &[u8]) -> Result<Frame<'_, O>, String
             message: failure.message,
             panicked: failure.panicked,
         }),
+        FromWorker::Cancelled(slot) => Frame::Slot(SlotEvent::Cancelled { slot }),
         FromWorker::Bye => Frame::Bye,
         FromWorker::Pong(_) => Frame::Pong,
         FromWorker::Report(body) => Frame::Report(body),
@@ -345,6 +347,11 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                     tally.end = Some(e);
                     break;
                 }
+            };
+            // A cancelled task's answer spent no output credit.
+            let cost = match event {
+                SlotEvent::Cancelled { .. } => 0,
+                _ => cost,
             };
             tally.note_failure(&st, worker, &event);
             // Inlined: as a call, the closure's work (a push of the item)

@@ -62,6 +62,8 @@ pub(crate) struct LaneState<O> {
     counters: LaneCounters,
     /// The current worker's output-credit window.
     window: OutputWindow,
+    /// Tasks whose cancel was sent and not yet answered (rarely any).
+    cancelling: Vec<cancel::Cancelling>,
 }
 
 /// The counts a lane keeps under its lock, per worker index.
@@ -71,6 +73,8 @@ pub(crate) struct LaneCounters {
     pub(crate) done: u64,
     /// Tasks that failed.
     pub(crate) failed: u64,
+    /// Tasks cancelled on the parent's request.
+    pub(crate) cancelled: u64,
     /// Processes that opened the lane.
     pub(crate) starts: u64,
 }
@@ -139,6 +143,7 @@ impl<O> Lane<O> {
                 recycle_reason: None,
                 counters: Default::default(),
                 window: OutputWindow::default(),
+                cancelling: Vec::new(),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -381,18 +386,21 @@ impl<O> Lane<O> {
         self.up.store(false, Ordering::Relaxed);
         let index = self.index as u32;
         let mut held = Vec::new();
+        let busy: Vec<u32> = st.slots.busy().collect();
+        let mut cancelling = std::mem::take(&mut st.cancelling);
         let LaneState { slots, free, .. } = &mut *st;
-        let busy: Vec<u32> = slots.busy().collect();
         for slot in busy {
             let id = slots.id(slot, index);
             let span = slots.take_span(slot);
             let (call, retry) = slots.take(slot);
             free.push(slot);
+            let at = cancelling.iter().position(|c| c.slot() == slot);
             held.push(Held {
                 id,
                 call: call.map(|c| c.tx),
                 retry,
                 span,
+                cancel: at.map(|at| cancelling.swap_remove(at).reason()),
             });
         }
         held.sort_by_key(|h| (h.id.worker != index, h.id));
@@ -501,8 +509,10 @@ impl<O> LaneState<O> {
 }
 
 mod apply;
+mod cancel;
 mod push;
 pub(crate) use apply::{Delivered, SlotEvent};
+pub(crate) use cancel::{CancelReason, CancelSent};
 pub(crate) use push::PushError;
 
 #[cfg(test)]

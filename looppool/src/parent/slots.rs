@@ -19,6 +19,7 @@ pub(crate) enum CallOutcome<O> {
     Failed(TaskError),
     Lost(WorkerLost),
     NoReply,
+    Cancelled,
 }
 
 pub(crate) type CallSender<O> = oneshot::Sender<CallOutcome<O>>;
@@ -32,6 +33,8 @@ pub(crate) struct Held<O> {
     pub(crate) retry: Option<Retry>,
     /// The span the task was sent in, if any.
     pub(crate) span: Option<tracing::Span>,
+    /// Why it was being cancelled, if it was: its fate is then that.
+    pub(crate) cancel: Option<super::lane::CancelReason>,
 }
 
 /// What a retry needs: the encoded task and how often it was already lost.

@@ -22,6 +22,7 @@ use crate::supervisor::{
 };
 use crate::worker::{fingerprint, short_type_name, Worker};
 
+mod control;
 mod observe;
 mod ops;
 mod validate;
@@ -107,11 +108,13 @@ pub struct PoolBuilder<W: Worker> {
     memory_limit: Option<u64>,
     task_timeout: Option<Duration>,
     connector: Option<ConnectorRef>,
+    /// Dispatch policy and cancellation: set by the methods in `control`.
+    control: crate::pool::Control,
     /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
     /// the methods in `crate::metrics`.
     pub(crate) observe: crate::metrics::Config,
     /// Where the control socket goes: set in `ops`.
-    control: crate::control::Setting,
+    control_socket: crate::control::Setting,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -173,8 +176,9 @@ impl<W: Worker> PoolBuilder<W> {
             recycle_rss: None,
             memory_limit: None,
             task_timeout: None,
-            observe: Default::default(),
             control: Default::default(),
+            observe: Default::default(),
+            control_socket: Default::default(),
             _worker: PhantomData,
         }
     }
@@ -493,7 +497,7 @@ impl<W: Worker> PoolBuilder<W> {
         }
         .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
-        let control = crate::control::bind(&self.control, &self.name)?;
+        let socket = crate::control::bind(&self.control_socket, &self.name)?;
         let source = match self.connector {
             Some(connector) => WorkerSource::Connector(connector),
             None => WorkerSource::Local(Arc::new(LocalProcesses::new(LocalOptions {
@@ -520,6 +524,7 @@ impl<W: Worker> PoolBuilder<W> {
             frame_timeout: self.frame_timeout,
             start_timeout: self.start_timeout,
             task_timeout: self.task_timeout,
+            cancel_grace: self.control.grace,
             observe,
             source,
         };
@@ -556,8 +561,9 @@ impl<W: Worker> PoolBuilder<W> {
         }
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
-        let control = control.map(|bound| bound.serve(&sup));
+        let socket = socket.map(|bound| bound.serve(&sup));
         let outputs = Outputs::new(rx, lanes.clone());
-        Ok((Pool::from_parts(lanes, sup, hub, space, control), outputs))
+        let pool = Pool::from_parts(lanes, sup, hub, space, self.control, socket);
+        Ok((pool, outputs))
     }
 }

@@ -19,14 +19,14 @@ impl<W: Worker> Pool<W> {
     /// # }
     /// ```
     pub fn control_socket(&self) -> Option<&Path> {
-        self.inner.control.as_ref().map(|c| c.path())
+        self.inner.control_socket.as_ref().map(|c| c.path())
     }
 
     /// Stops the control socket's listener and removes its file, once the
     /// pool has shut down.
     pub(super) fn close_control(&self) {
-        if let Some(control) = &self.inner.control {
-            control.close();
+        if let Some(socket) = &self.inner.control_socket {
+            socket.close();
         }
     }
 }

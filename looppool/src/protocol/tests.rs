@@ -87,6 +87,7 @@ fn parent_messages_round_trip() {
         log_level: 2,
         task_timeout_ms: 0,
         credit_bytes: 4096,
+        cancel_grace_ms: 1000,
     };
     put_init(&mut buf, &init, b"xyz", DEFAULT_MAX_FRAME).unwrap();
     put_tagged(&mut buf, kind::TASK, 17, "hi", DEFAULT_MAX_FRAME).unwrap();
@@ -171,6 +172,7 @@ enum Up {
     Report(Vec<u8>),
     Log(Vec<u8>),
     Pong(u64),
+    Cancelled(u32),
 }
 
 /// A parent → worker message, owned. `Init` carries its encoded fields.
@@ -181,6 +183,11 @@ enum Down {
     Credit(u32),
     Stop,
     Ping(u64),
+    Cancel(u32),
+    /// Not generated: the decoder does not hand a skip's payload on (see
+    /// `a_task_frame_still_buffered_becomes_a_skip`).
+    Skip(u32, String),
+    TaskOwnDeadline(u32, String),
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -201,6 +208,7 @@ fn up_strategy() -> impl Strategy<Value = Up> {
         vec(any::<u8>(), 0..8).prop_map(Up::Report),
         vec(any::<u8>(), 0..8).prop_map(Up::Log),
         any::<u64>().prop_map(Up::Pong),
+        any::<u32>().prop_map(Up::Cancelled),
     ]
 }
 
@@ -220,11 +228,12 @@ fn init_strategy() -> impl Strategy<Value = Down> {
             any::<u8>(),
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
         ),
         vec(any::<u8>(), 0..8),
     )
         .prop_map(
-            |(index, pool, credits, max_frame, (r, b, log, extra, unit), payload)| {
+            |(index, pool, credits, max_frame, (r, b, log, extra, unit, grace), payload)| {
                 let mut bytes = Vec::new();
                 codec::put_varint(&mut bytes, index.into());
                 codec::put_serde(&mut bytes, &pool).unwrap();
@@ -235,6 +244,7 @@ fn init_strategy() -> impl Strategy<Value = Down> {
                 bytes.push(log);
                 codec::put_varint(&mut bytes, extra);
                 codec::put_varint(&mut bytes, unit);
+                codec::put_varint(&mut bytes, grace);
                 bytes.extend_from_slice(&payload);
                 Down::Init(bytes)
             },
@@ -248,6 +258,8 @@ fn down_strategy() -> impl Strategy<Value = Down> {
         any::<u32>().prop_map(Down::Credit),
         Just(Down::Stop),
         any::<u64>().prop_map(Down::Ping),
+        any::<u32>().prop_map(Down::Cancel),
+        (any::<u32>(), text()).prop_map(|(s, t)| Down::TaskOwnDeadline(s, t)),
     ]
 }
 
@@ -291,6 +303,7 @@ fn encode_up(buf: &mut Vec<u8>, msg: &Up) {
             f.finish(max).unwrap()
         }
         Up::Pong(n) => put_simple(buf, kind::PONG, Some(*n)),
+        Up::Cancelled(s) => put_simple(buf, kind::CANCELLED, Some((*s).into())),
     }
 }
 
@@ -306,6 +319,11 @@ fn encode_down(buf: &mut Vec<u8>, msg: &Down) {
         Down::Credit(n) => put_simple(buf, kind::CREDIT, Some((*n).into())),
         Down::Stop => put_simple(buf, kind::STOP, None),
         Down::Ping(n) => put_simple(buf, kind::PING, Some(*n)),
+        Down::Cancel(s) => put_simple(buf, kind::CANCEL, Some((*s).into())),
+        Down::Skip(slot, t) => put_tagged(buf, kind::SKIP, (*slot).into(), t, max).unwrap(),
+        Down::TaskOwnDeadline(slot, t) => {
+            put_tagged(buf, kind::TASK_OWN_DEADLINE, (*slot).into(), t, max).unwrap()
+        }
     }
 }
 
@@ -329,6 +347,7 @@ fn lift_up(msg: FromWorker<'_>) -> Result<Up, CodecError> {
         FromWorker::Report(b) => Up::Report(b.to_vec()),
         FromWorker::Log(b) => Up::Log(b.to_vec()),
         FromWorker::Pong(n) => Up::Pong(n),
+        FromWorker::Cancelled(s) => Up::Cancelled(s),
     })
 }
 
@@ -344,6 +363,12 @@ fn lift_down(msg: ToWorker<'_>) -> Result<Down, CodecError> {
         ToWorker::Credit(n) => Down::Credit(n),
         ToWorker::Stop => Down::Stop,
         ToWorker::Ping(n) => Down::Ping(n),
+        ToWorker::Cancel(s) => Down::Cancel(s),
+        // The decoder hands a skip's payload on unread: not compared.
+        ToWorker::Skip(s) => Down::Skip(s, String::new()),
+        ToWorker::TaskOwnDeadline { slot, payload } => {
+            Down::TaskOwnDeadline(slot, codec::get_serde(payload)?)
+        }
     })
 }
 
@@ -351,7 +376,14 @@ fn lift_down(msg: ToWorker<'_>) -> Result<Down, CodecError> {
 fn carries_payload(kind: u8) -> bool {
     matches!(
         kind,
-        kind::OUTPUT | kind::OUTPUT_DONE | kind::REPORT | kind::LOG | kind::TASK | kind::INIT
+        kind::OUTPUT
+            | kind::OUTPUT_DONE
+            | kind::REPORT
+            | kind::LOG
+            | kind::TASK
+            | kind::TASK_OWN_DEADLINE
+            | kind::SKIP
+            | kind::INIT
     )
 }
 
@@ -481,6 +513,7 @@ fn kind_strategy() -> impl Strategy<Value = u8> {
             kind::INIT, kind::TASK, kind::CREDIT, kind::STOP, kind::PING,
             kind::HELLO, kind::READY, kind::INIT_FAILED, kind::OUTPUT, kind::DONE,
             kind::OUTPUT_DONE, kind::FAILED, kind::BYE, kind::REPORT, kind::LOG, kind::PONG,
+            kind::CANCEL, kind::SKIP, kind::TASK_OWN_DEADLINE, kind::CANCELLED,
         ]),
         1 => any::<u8>(),
     ]
@@ -507,9 +540,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::HELLO..=kind::PONG).contains(&k));
+                prop_assert!(!(kind::HELLO..=kind::CANCELLED).contains(&k));
             }
-            Err(_) => prop_assert!((kind::HELLO..=kind::PONG).contains(&first)),
+            Err(_) => prop_assert!((kind::HELLO..=kind::CANCELLED).contains(&first)),
         }
         match ToWorker::decode(&body) {
             Ok(msg) => {
@@ -518,9 +551,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::INIT..=kind::PING).contains(&k));
+                prop_assert!(!(kind::INIT..=kind::TASK_OWN_DEADLINE).contains(&k));
             }
-            Err(_) => prop_assert!((kind::INIT..=kind::PING).contains(&first)),
+            Err(_) => prop_assert!((kind::INIT..=kind::TASK_OWN_DEADLINE).contains(&first)),
         }
     }
 }
@@ -746,4 +779,33 @@ proptest! {
         }
         prop_assert!(read.in_flight <= tasks as usize);
     }
+}
+
+#[test]
+fn a_task_frame_still_buffered_becomes_a_skip() {
+    let mut buf = Vec::new();
+    put_simple(&mut buf, kind::CREDIT, Some(3));
+    put_task(&mut buf, 7, &"seven", DEFAULT_MAX_FRAME).unwrap();
+    put_task_as(
+        &mut buf,
+        kind::TASK_OWN_DEADLINE,
+        300,
+        &"x",
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    assert!(!skip_task(&mut buf, 8), "no frame for slot 8");
+    assert!(skip_task(&mut buf, 300));
+    assert!(skip_task(&mut buf, 7));
+    let frames = split_frames(&buf, &[]);
+    let decoded: Vec<_> = frames
+        .iter()
+        .map(|b| ToWorker::decode(b).unwrap())
+        .collect();
+    assert_eq!(
+        decoded,
+        [ToWorker::Credit(3), ToWorker::Skip(7), ToWorker::Skip(300)]
+    );
+    // Skipped already: no task frame is left for it.
+    assert!(!skip_task(&mut buf, 7));
 }

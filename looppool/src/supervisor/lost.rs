@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Supervisor;
-use crate::error::WorkerLost;
+use crate::error::{TaskError, WorkerLost};
 use crate::output::Output;
-use crate::parent::lane::{CallOutcome, CallSender, Held, Lane, Retry};
+use crate::parent::lane::{CallOutcome, CallSender, CancelReason, Held, Lane, Retry};
 use crate::parent::outputs::{Batch, BatchSender};
 use crate::pool::TaskId;
 
@@ -23,6 +23,12 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         let mut items = Vec::new();
         let mut reported = 0;
         for task in held {
+            if let Some(reason) = task.cancel {
+                // Its cancel was under way: that is its fate, not a loss,
+                // and it is not re-sent.
+                items.extend(tell_cancelled(task.id, task.call, reason, lost));
+                continue;
+            }
             match task.retry {
                 Some(retry)
                     if retry.attempts < self.lanes[lost.worker].retries()
@@ -107,6 +113,34 @@ fn tell_lost<O>(task: TaskId, call: Option<CallSender<O>>, lost: &WorkerLost) ->
             task,
             lost: Box::new(lost.clone()),
         }),
+    }
+}
+
+/// Tells a call's waiter, or the output stream, that a task whose cancel was
+/// under way when its worker was lost ended as its cancel would have.
+fn tell_cancelled<O>(
+    task: TaskId,
+    call: Option<CallSender<O>>,
+    reason: CancelReason,
+    lost: &WorkerLost,
+) -> Option<Output<O>> {
+    let worker = lost.worker;
+    let outcome = match reason {
+        CancelReason::Asked => CallOutcome::Cancelled,
+        CancelReason::Deadline(limit) => CallOutcome::Failed(TaskError {
+            worker,
+            task,
+            message: CancelReason::deadline_message(limit),
+            panicked: false,
+        }),
+    };
+    match (call, outcome) {
+        (Some(tx), outcome) => {
+            let _ = tx.send(outcome);
+            None
+        }
+        (None, CallOutcome::Failed(e)) => Some(Output::Failed(Box::new(e))),
+        (None, _) => Some(Output::Cancelled { worker, task }),
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) frame_timeout: Duration,
     pub(crate) start_timeout: Duration,
     pub(crate) task_timeout: Option<Duration>,
+    /// How long a cancelled task that awaits its cancellation may run on.
+    pub(crate) cancel_grace: Duration,
     /// Reports, blocked-loop watch and log forwarding.
     pub(crate) observe: crate::protocol::report::WorkerSettings,
     /// Where the workers come from.

@@ -34,14 +34,20 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 pub enum Role {
     /// The parent's init message: the first frame after the worker's hello.
     Init,
-    /// A task, in the parent's task slot `slot`.
+    /// A task, in the parent's task slot `slot` (also a task with a
+    /// deadline of its own, and one cancelled before it was written, which
+    /// the worker answers without running it).
     Task(u32),
+    /// The parent cancels the task in slot `slot`. It must reach the worker
+    /// behind the tasks written before it (as on one byte stream): the
+    /// worker cancels what holds the slot when it reads the frame.
+    Cancel(u32),
     /// The parent returns this many output credits to the worker.
     Credit(u32),
     /// The parent asks the worker to stop behind its queued tasks.
     Stop,
-    /// The worker ends the task in slot `slot` (done, failed, or with its
-    /// last output).
+    /// The worker ends the task in slot `slot` (done, failed, cancelled, or
+    /// with its last output).
     Completes(u32),
     /// The worker's last frame before it exits cleanly.
     Bye,
@@ -78,10 +84,15 @@ pub fn role(frame: &[u8]) -> Result<Role, BadFrame> {
     let mut f = Fields::new(body);
     Ok(match f.u8().map_err(bad)? {
         kind::INIT => Role::Init,
-        kind::TASK => Role::Task(f.varint_u32().map_err(bad)?),
+        kind::TASK | kind::TASK_OWN_DEADLINE | kind::SKIP => {
+            Role::Task(f.varint_u32().map_err(bad)?)
+        }
+        kind::CANCEL => Role::Cancel(f.varint_u32().map_err(bad)?),
         kind::CREDIT => Role::Credit(f.varint_u32().map_err(bad)?),
         kind::STOP => Role::Stop,
-        kind::DONE | kind::FAILED => Role::Completes(f.varint_u32().map_err(bad)?),
+        kind::DONE | kind::FAILED | kind::CANCELLED => {
+            Role::Completes(f.varint_u32().map_err(bad)?)
+        }
         kind::OUTPUT_DONE => Role::Completes(
             f.varint_u32()
                 .map_err(bad)?

@@ -157,3 +157,58 @@ impl<O: Serialize> TaskContext<O> {
         Emitter::new(self.emitter.shared.clone(), None)
     }
 }
+
+impl<O> TaskContext<O> {
+    /// The cell of this task's cancellation.
+    fn cancel_cell(&self) -> std::rc::Rc<super::cancel::CancelCell> {
+        let slot = self.emitter.slot.expect("a task's context names its slot");
+        self.emitter.shared.cancels.arm(slot)
+    }
+
+    /// Completes when the parent cancels this task ([`Pool::cancel`], a
+    /// dropped `call`, a passed per-task deadline).
+    ///
+    /// A handler that has called this is given the pool's grace period
+    /// ([`PoolBuilder::cancel_grace`], 1 s by default) after the cancel to
+    /// clean up and return, rather than being dropped at its next await
+    /// point; past the grace period its future is dropped. Either way the
+    /// task ends [cancelled](crate::Output::Cancelled), and outputs it
+    /// emitted meanwhile are delivered before that.
+    ///
+    /// ```
+    /// # use std::rc::Rc;
+    /// # use looppool::{BoxError, TaskContext};
+    /// # struct W;
+    /// # impl W {
+    /// async fn handle(self: Rc<Self>, n: u64, cx: TaskContext<u64>) -> Result<(), BoxError> {
+    ///     tokio::select! {
+    ///         () = tokio::time::sleep(std::time::Duration::from_secs(n)) => cx.emit(n).await?,
+    ///         () = cx.cancelled() => {
+    ///             // Clean up (flush, release), then return within the grace period.
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// [`Pool::cancel`]: crate::Pool::cancel
+    /// [`PoolBuilder::cancel_grace`]: crate::PoolBuilder::cancel_grace
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + 'static {
+        let cell = self.cancel_cell();
+        // Marked now, not at the first poll: a cancel read before that
+        // poll must already find a handler that cleans up.
+        cell.wants_cleanup();
+        async move { cell.requested().await }
+    }
+
+    /// Whether the parent has cancelled this task.
+    pub fn is_cancelled(&self) -> bool {
+        let slot = self.emitter.slot.expect("a task's context names its slot");
+        let cells = &self.emitter.shared.cancels;
+        cells.is_requested(slot)
+    }
+}

@@ -205,6 +205,24 @@ async fn read_loop<W: Worker>(
                         Err(e) => reject_task(&shared, slot, &e),
                     }
                 }
+                Ok(ToWorker::TaskOwnDeadline { slot, payload }) => {
+                    // The parent enforces this task's deadline (by a
+                    // cancel): the pool-wide timeout does not apply.
+                    match codec::get_serde::<W::Task>(payload) {
+                        Ok(task) => {
+                            shared.task_started();
+                            let cx = TaskContext::new(shared.clone(), slot);
+                            let worker = worker.clone();
+                            run_task(&shared, slot, move || worker.handle(task, cx), &mut plain);
+                        }
+                        Err(e) => reject_task(&shared, slot, &e),
+                    }
+                }
+                Ok(ToWorker::Skip(slot)) => {
+                    shared.task_started();
+                    shared.cancelled(slot);
+                }
+                Ok(ToWorker::Cancel(slot)) => shared.cancels.request(slot),
                 Ok(ToWorker::Credit(n)) => shared.out.refill(n),
                 Ok(ToWorker::Stop) => shared.request_stop(),
                 Ok(ToWorker::Ping(nonce)) => shared.out.push_simple(kind::PONG, Some(nonce)),

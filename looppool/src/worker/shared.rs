@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::cancel::Cancels;
 use super::outbox::Outbox;
 use super::watchdog::Watch;
 use crate::protocol::{Failure, Init};
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     /// tasks. Log records name it, so that the parent can relay a handler's
     /// events in the span its task was submitted in.
     polled: Cell<u32>,
+    /// The cancellation of the running tasks that wait.
+    pub(crate) cancels: Cancels,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             watch: (init.blocked_threshold_ms > 0)
                 .then(|| Arc::new(Watch::new(Duration::from_millis(init.blocked_threshold_ms)))),
             polled: Cell::new(0),
+            cancels: Cancels::new(Duration::from_millis(init.cancel_grace_ms)),
         }
     }
 
@@ -78,6 +82,7 @@ impl Shared {
     /// ends only once its failure is queued, in a task of its own that
     /// waits for credits, so that a drain waits for it too.
     pub(crate) fn complete(self: &Rc<Self>, slot: u32, result: Result<(), Failure>) {
+        self.cancels.disarm(slot);
         match result {
             Ok(()) => self.out.push_done(slot),
             Err(failure) => {
@@ -91,6 +96,15 @@ impl Shared {
                 }
             }
         }
+        self.ended();
+    }
+
+    /// Queues the answer to the parent's cancel of the task in wire slot
+    /// `slot`, whose future was dropped (or never started), and counts it.
+    pub(crate) fn cancelled(&self, slot: u32) {
+        self.cancels.disarm(slot);
+        self.out
+            .push_simple(crate::protocol::kind::CANCELLED, Some(slot.into()));
         self.ended();
     }
 

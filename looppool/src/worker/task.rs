@@ -62,20 +62,36 @@ pub(crate) fn run_task<F>(
         }
         Ok(Poll::Pending) => {
             let shared = shared.clone();
+            let cancel = shared.cancels.arm(slot);
             tokio::task::spawn_local(async move {
                 let polling = Polling {
                     shared: &shared,
                     slot,
                     fut: CatchUnwind(InCell(cell)),
                 };
-                let result = match polling.await {
-                    Ok(result) => result.map_err(failure_of),
-                    Err(message) => Err(Failure {
+                // Biased towards the cancel: a cancelled handler is not
+                // resumed past the await point it stopped at (unless it
+                // awaits the cancellation, and so gets the grace period).
+                let polled = tokio::select! {
+                    biased;
+                    () = cancel.drop_due(shared.cancels.grace) => None,
+                    polled = polling => Some(polled),
+                };
+                // A handler that finished its cleanup after the cancel was
+                // cancelled all the same: its fate is told once, as such.
+                let result = match polled {
+                    Some(_) if cancel.is_requested() => None,
+                    Some(Ok(result)) => Some(result.map_err(failure_of)),
+                    Some(Err(message)) => Some(Err(Failure {
                         message,
                         panicked: true,
-                    }),
+                    })),
+                    None => None,
                 };
-                shared.complete(slot, result);
+                match result {
+                    Some(result) => shared.complete(slot, result),
+                    None => shared.cancelled(slot),
+                }
             });
         }
         Err(payload) => {

@@ -1,7 +1,7 @@
 //! What the reader applies to a lane under its lock: a worker's outputs,
 //! completions and failures, each for the task in one slot.
 
-use super::{CallOutcome, LaneState};
+use super::{CallOutcome, CancelReason, LaneState};
 use crate::error::TaskError;
 use crate::parent::slots::Call;
 use crate::task_id::TaskId;
@@ -26,12 +26,23 @@ pub(crate) enum SlotEvent<O> {
         message: String,
         panicked: bool,
     },
+    /// The worker dropped (or skipped) the task on the parent's cancel.
+    Cancelled {
+        slot: u32,
+    },
 }
 
 /// The part of a read batch that goes to the output stream.
 pub(crate) enum Delivered<O> {
-    Value { task: TaskId, value: O },
+    Value {
+        task: TaskId,
+        value: O,
+    },
     Failed(TaskError),
+    /// A task the parent cancelled (it spent no output credit).
+    Cancelled {
+        task: TaskId,
+    },
 }
 
 /// Why a slot event cannot be applied: the worker named a slot it does not hold.
@@ -52,6 +63,8 @@ impl<O> LaneState<O> {
 
     /// Frees the slot of a task that completed, answering its caller.
     fn complete(&mut self, slot: u32, freed: &mut usize) {
+        // Completed before its cancel was read: the completion stands.
+        self.end_cancel(slot);
         if let (Some(call), _) = self.slots.take(slot) {
             let outcome = call.reply.map_or(CallOutcome::NoReply, CallOutcome::Reply);
             let _ = call.tx.send(outcome);
@@ -84,7 +97,8 @@ impl<O> LaneState<O> {
             SlotEvent::Output { slot, .. }
             | SlotEvent::Done { slot }
             | SlotEvent::OutputDone { slot, .. }
-            | SlotEvent::Failed { slot, .. } => *slot,
+            | SlotEvent::Failed { slot, .. }
+            | SlotEvent::Cancelled { slot } => *slot,
         };
         if !self.slots.is_busy(slot) {
             return Err(UnknownSlot(slot));
@@ -110,9 +124,11 @@ impl<O> LaneState<O> {
                 output(call, value, credits_back);
                 self.complete(slot, freed);
             }
+            SlotEvent::Cancelled { .. } => self.cancelled(worker, slot, id, deliver, freed),
             SlotEvent::Failed {
                 message, panicked, ..
             } => {
+                self.end_cancel(slot);
                 let error = TaskError {
                     worker,
                     task: id,
@@ -133,5 +149,49 @@ impl<O> LaneState<O> {
             }
         }
         Ok(())
+    }
+}
+
+impl<O> LaneState<O> {
+    /// Frees the slot of a task the worker cancelled, and tells its fate:
+    /// cancelled, or failed when its own deadline was the reason.
+    #[cold]
+    fn cancelled(
+        &mut self,
+        worker: usize,
+        slot: u32,
+        task: TaskId,
+        mut deliver: impl FnMut(Delivered<O>),
+        freed: &mut usize,
+    ) {
+        // A cancel the parent did not send is taken as asked for: the task
+        // ends either way, and is told once.
+        let reason = self.end_cancel(slot).unwrap_or(CancelReason::Asked);
+        let failure = match reason {
+            CancelReason::Asked => None,
+            CancelReason::Deadline(limit) => Some(TaskError {
+                worker,
+                task,
+                message: CancelReason::deadline_message(limit),
+                panicked: false,
+            }),
+        };
+        match (self.slots.take(slot), failure) {
+            ((Some(call), _), None) => {
+                let _ = call.tx.send(CallOutcome::Cancelled);
+            }
+            ((Some(call), _), Some(error)) => {
+                let _ = call.tx.send(CallOutcome::Failed(error));
+            }
+            (_, None) => deliver(Delivered::Cancelled { task }),
+            (_, Some(error)) => deliver(Delivered::Failed(error)),
+        }
+        self.free.push(slot);
+        self.completed += 1;
+        match reason {
+            CancelReason::Asked => self.counters.cancelled += 1,
+            CancelReason::Deadline(_) => self.counters.failed += 1,
+        }
+        *freed += 1;
     }
 }

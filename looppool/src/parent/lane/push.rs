@@ -81,6 +81,25 @@ impl<O> Lane<O> {
         )
     }
 
+    /// [`try_push`](Self::try_push) with task frame kind `kind`: a task
+    /// whose deadline the parent enforces has a kind of its own.
+    #[inline(always)]
+    pub(crate) fn try_push_kind<T: Serialize + ?Sized>(
+        &self,
+        kind: u8,
+        task: &T,
+        call: Option<CallSender<O>>,
+        span: Option<&tracing::Span>,
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
+        self.push_with(
+            call,
+            None,
+            span,
+            #[inline(always)]
+            |out, slot, max| protocol::put_task_as(out, kind, slot, task, max),
+        )
+    }
+
     /// Re-sends an already encoded task that was lost on another worker.
     pub(crate) fn try_push_retry(
         &self,

@@ -16,7 +16,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// [`StartError::Config`](crate::StartError::Config). `looppool top
     /// --dir <dir>` finds the pools there.
     pub fn control_socket(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.control = Setting::Dir(dir.into());
+        self.control_socket = Setting::Dir(dir.into());
         self
     }
 
@@ -24,7 +24,7 @@ impl<W: Worker> PoolBuilder<W> {
     /// invisible to `looppool top`. The socket is on by default (see
     /// [why](crate::control#on-by-default)).
     pub fn no_control_socket(mut self) -> Self {
-        self.control = Setting::Off;
+        self.control_socket = Setting::Off;
         self
     }
 }
