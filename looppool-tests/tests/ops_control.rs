@@ -270,6 +270,61 @@ async fn resize_and_recycle_through_the_socket_change_the_pool() {
 }
 
 #[tokio::test]
+async fn cancel_through_the_socket_ends_the_task_cancelled() {
+    let dir = socket_dir("cancel");
+    let (pool, mut outputs) = probe_pool!()
+        .workers(2)
+        .control_socket(&dir)
+        .start()
+        .await
+        .unwrap();
+    let mut client = Client::connect(pool.control_socket().unwrap()).await;
+    let pids = pool.pids();
+    // Long enough that only the cancel can end it within the test.
+    let long = pool
+        .submit(Job::Sleep {
+            ms: 60_000,
+            value: 1,
+        })
+        .await
+        .unwrap();
+    let other = pool.submit(Job::Sleep { ms: 200, value: 2 }).await.unwrap();
+    let reply = client
+        .ask(serde_json::json!({"op": "cancel", "task": long.to_string(), "id": 1}))
+        .await;
+    assert_eq!(reply, serde_json::json!({"id": 1, "ok": true}));
+    // The other form of the id; a cancel already under way is refused.
+    let again = serde_json::json!({"worker": long.worker(), "seq": long.seq()});
+    let reply = client
+        .ask(serde_json::json!({"op": "cancel", "task": again}))
+        .await;
+    assert_eq!(error_kind(&reply), "no_such_task");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let item = tokio::time::timeout(Duration::from_secs(10), outputs.next()).await;
+        match item.expect("an output in time") {
+            Some(Output::Cancelled { task, .. }) => seen.push(("cancelled", task)),
+            Some(Output::Value { task, value, .. }) => {
+                assert_eq!(value, 2);
+                seen.push(("value", task.unwrap()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, [("cancelled", long), ("value", other)]);
+    // An ended task cannot be cancelled; the workers were not touched.
+    let reply = client
+        .ask(serde_json::json!({"op": "cancel", "task": other.to_string()}))
+        .await;
+    assert_eq!(error_kind(&reply), "no_such_task");
+    assert_eq!(pool.pids(), pids);
+    assert_eq!(pool.stats().lost, 0);
+    pool.shutdown().await;
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[tokio::test]
 async fn malformed_requests_get_errors_and_the_pool_serves_on() {
     let dir = socket_dir("malformed");
     let (pool, _outputs) = probe_pool!()
@@ -292,7 +347,9 @@ async fn malformed_requests_get_errors_and_the_pool_serves_on() {
         (br#"{"op":"recycle","worker":1.5}"#, "bad_request"),
         (br#"{"op":"resize","workers":0}"#, "invalid"),
         (br#"{"op":"rolling_restart"}"#, "unsupported"),
-        (br#"{"op":"cancel","task":3}"#, "unsupported"),
+        (br#"{"op":"cancel","task":3}"#, "bad_request"),
+        (br#"{"op":"cancel","task":"w0#99999"}"#, "no_such_task"),
+        (br#"{"op":"cancel","task":"w7#1"}"#, "no_such_task"),
     ];
     for (line, kind) in cases {
         let reply = client.ask_raw(line).await;

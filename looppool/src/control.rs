@@ -40,8 +40,9 @@
 //! the socket file is 0600, and each connection's peer credentials
 //! (`SO_PEERCRED`) must carry the pool process's effective uid; any other
 //! peer (root included) gets one `forbidden` error line and is
-//! disconnected. A client can read the pool's figures, resize it and
-//! recycle its workers, nothing else: no task is sent, no output read.
+//! disconnected. A client can read the pool's figures, resize it, recycle
+//! its workers and cancel its tasks, nothing else: no task is sent, no
+//! output read.
 //!
 //! # Protocol
 //!
@@ -55,7 +56,8 @@
 //! | `{"op":"snapshot"}` | `{"ok":true,"snapshot":{...}}`, a [`Snapshot`] |
 //! | `{"op":"resize","workers":4}` | `{"ok":true}` once the pool has that many workers (as [`Pool::resize`](crate::Pool::resize)) |
 //! | `{"op":"recycle","worker":1}` | `{"ok":true}` once worker 1 was asked to drain: it finishes what it holds and is replaced, as when recycled after [`recycle_after_tasks`](crate::PoolBuilder::recycle_after_tasks) ([`RecycleReason::Requested`](crate::RecycleReason::Requested)) |
-//! | `{"op":"rolling_restart"}`, `{"op":"cancel","task":...}` | reserved: an `unsupported` error for now |
+//! | `{"op":"cancel","task":"w1#42"}` (or `"task":{"worker":1,"seq":42}`) | `{"ok":true}` once the cancel of that task is under way, as [`Pool::cancel`](crate::Pool::cancel) returning true; a `no_such_task` error when the pool does not hold it (it ended, was never sent, or is already being cancelled). The task's fate reaches its sender as [`Output::Cancelled`](crate::Output::Cancelled) or [`CallError::Cancelled`](crate::CallError::Cancelled), as any cancel's |
+//! | `{"op":"rolling_restart"}` | reserved: an `unsupported` error for now |
 //!
 //! ```text
 //! → {"op":"recycle","worker":7,"id":"a"}
@@ -66,7 +68,7 @@
 //! `K` is one of `bad_json` (not JSON, or not UTF-8), `bad_request` (not an
 //! object, no `op`, a missing or mistyped field), `unknown_op`,
 //! `line_too_long` (the line's bytes are discarded up to its newline),
-//! `unsupported`, `no_such_worker`, `not_running` (the worker is starting,
+//! `unsupported`, `no_such_worker`, `no_such_task`, `not_running` (the worker is starting,
 //! stopping or already recycling), `invalid` (a resize out of bounds),
 //! `closed` (the pool is stopping), `start_failed` (a resize's new worker
 //! did not start), `busy` (too many clients: [`MAX_CLIENTS`]), `forbidden`
@@ -108,6 +110,7 @@ mod server;
 mod snapshot;
 
 pub use dir::{default_dir, sockets, SocketInfo};
+pub(crate) use ops::Cancel;
 pub use snapshot::{Snapshot, WorkerSnapshot, WorkerState};
 
 /// The longest request line, in bytes, newline excluded.
@@ -178,10 +181,11 @@ impl Bound {
     pub(crate) fn serve<O: serde::de::DeserializeOwned + Send + 'static>(
         mut self,
         sup: &Arc<Supervisor<O>>,
+        cancel: Cancel,
     ) -> Handle {
         let path = std::mem::take(&mut self.path);
         let listener = self.listener.take();
-        let target = Arc::new(ops::SupTarget::new(sup));
+        let target = Arc::new(ops::SupTarget::new(sup, cancel));
         // `bind` always sets the listener; `take` leaves `Drop` nothing to do.
         let task = match listener {
             Some(l) => tokio::spawn(server::serve(l, target, path.clone(), sup.ended())),

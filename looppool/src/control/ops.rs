@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::snapshot::{Snapshot, WorkerState};
 use crate::error::StartError;
 use crate::supervisor::Supervisor;
+use crate::task_id::TaskId;
 
 /// A failed request: the error's `kind` (stable) and message (for people).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,18 +37,26 @@ pub(super) trait Target: Send + Sync + 'static {
     fn snapshot(&self) -> Result<Snapshot, OpError>;
     fn resize(&self, workers: usize) -> BoxFuture<'_, Result<(), OpError>>;
     fn recycle(&self, worker: usize) -> Result<(), OpError>;
+    fn cancel(&self, task: TaskId) -> Result<(), OpError>;
 }
+
+/// Cancels a task as [`Pool::cancel`](crate::Pool::cancel) does: true when
+/// its cancel is now under way. Made by the pool, which holds the
+/// cancellation settings; it must not keep the pool alive.
+pub(crate) type Cancel = Box<dyn Fn(TaskId) -> bool + Send + Sync>;
 
 /// The pool's supervisor, held weakly: a pool dropped while a client is
 /// connected still shuts down.
 pub(super) struct SupTarget<O> {
     sup: Weak<Supervisor<O>>,
+    cancel: Cancel,
 }
 
 impl<O> SupTarget<O> {
-    pub(super) fn new(sup: &Arc<Supervisor<O>>) -> Self {
+    pub(super) fn new(sup: &Arc<Supervisor<O>>, cancel: Cancel) -> Self {
         SupTarget {
             sup: Arc::downgrade(sup),
+            cancel,
         }
     }
 
@@ -111,6 +120,20 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Target for SupTarget<O> {
             format!("worker {worker} is {}, not running", state.as_str()),
         ))
     }
+
+    fn cancel(&self, task: TaskId) -> Result<(), OpError> {
+        // Only to fail with `closed` once the pool is gone.
+        drop(self.sup()?);
+        if (self.cancel)(task) {
+            return Ok(());
+        }
+        Err(OpError::new(
+            "no_such_task",
+            format!(
+                "task {task} is not held: it ended, was never sent, or is already being cancelled"
+            ),
+        ))
+    }
 }
 
 /// Carries out the request on `line` and returns the reply line (without
@@ -166,6 +189,7 @@ enum Request {
     Snapshot,
     Resize(usize),
     Recycle(usize),
+    Cancel(TaskId),
     Unsupported(&'static str),
 }
 
@@ -209,7 +233,11 @@ fn parse(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, OpErro
             Err(e) => return fail("bad_request", e),
         },
         "rolling_restart" => Request::Unsupported("rolling_restart"),
-        "cancel" => Request::Unsupported("cancel"),
+        "cancel" => match fields.get("task").map(task_id) {
+            Some(Ok(id)) => Request::Cancel(id),
+            Some(Err(e)) => return fail("bad_request", e),
+            None => return fail("bad_request", "\"cancel\" needs \"task\"".into()),
+        },
         other => {
             return fail(
                 "unknown_op",
@@ -223,11 +251,37 @@ fn parse(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, OpErro
     Ok((id, request))
 }
 
+/// A task id in a request: `"w1#42"`, as [`TaskId`]'s `Display` writes it
+/// (an attempt suffix is allowed and ignored), or `{"worker":1,"seq":42}`.
+fn task_id(value: &Value) -> Result<TaskId, String> {
+    let bad = || {
+        format!("\"task\" must be \"w<worker>#<seq>\" or {{\"worker\":N,\"seq\":N}}, not {value}")
+    };
+    let (worker, seq) = match value {
+        Value::String(s) => {
+            let s = s.split(' ').next().unwrap_or_default();
+            let (w, n) = s
+                .strip_prefix('w')
+                .and_then(|s| s.split_once('#'))
+                .ok_or_else(bad)?;
+            (w.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?)
+        }
+        Value::Object(o) => {
+            let field = |k: &str| o.get(k).and_then(Value::as_u64);
+            let worker = field("worker").and_then(|w| u32::try_from(w).ok());
+            (worker.ok_or_else(bad)?, field("seq").ok_or_else(bad)?)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(TaskId::new(worker, seq))
+}
+
 async fn run(request: Request, target: &dyn Target) -> Result<Option<Snapshot>, OpError> {
     match request {
         Request::Snapshot => target.snapshot().map(Some),
         Request::Resize(n) => target.resize(n).await.map(|()| None),
         Request::Recycle(i) => target.recycle(i).map(|()| None),
+        Request::Cancel(id) => target.cancel(id).map(|()| None),
         Request::Unsupported(op) => Err(OpError::new(
             "unsupported",
             format!("{op:?} is not supported by this version of looppool"),
@@ -257,9 +311,28 @@ mod tests {
             Ok(Request::Recycle(0))
         );
         assert_eq!(
-            kind(r#"{"op":"cancel","task":1}"#),
-            Ok(Request::Unsupported("cancel"))
+            kind(r#"{"op":"cancel","task":"w1#42"}"#),
+            Ok(Request::Cancel(TaskId::new(1, 42)))
         );
+        assert_eq!(
+            kind(r#"{"op":"cancel","task":"w0#3 (attempt 2)"}"#),
+            Ok(Request::Cancel(TaskId::new(0, 3)))
+        );
+        assert_eq!(
+            kind(r#"{"op":"cancel","task":{"worker":2,"seq":9}}"#),
+            Ok(Request::Cancel(TaskId::new(2, 9)))
+        );
+        for bad in [
+            r#"{"op":"cancel"}"#,
+            r#"{"op":"cancel","task":1}"#,
+            r#"{"op":"cancel","task":"1#2"}"#,
+            r#"{"op":"cancel","task":"w1#"}"#,
+            r#"{"op":"cancel","task":"w-1#2"}"#,
+            r#"{"op":"cancel","task":{"worker":1}}"#,
+            r#"{"op":"cancel","task":{"worker":5000000000,"seq":1}}"#,
+        ] {
+            assert_eq!(kind(bad), Err("bad_request"), "{bad}");
+        }
         assert_eq!(kind("{"), Err("bad_json"));
         assert_eq!(kind("[1]"), Err("bad_request"));
         assert_eq!(kind(r#"{"op":7}"#), Err("bad_request"));

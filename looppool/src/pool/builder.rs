@@ -561,9 +561,23 @@ impl<W: Worker> PoolBuilder<W> {
         }
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
-        let socket = socket.map(|bound| bound.serve(&sup));
+        let socket = socket.map(|bound| bound.serve(&sup, canceller(&sup, self.control)));
         let outputs = Outputs::new(rx, lanes.clone());
         let pool = Pool::from_parts(lanes, sup, hub, space, self.control, socket);
         Ok((pool, outputs))
     }
+}
+
+/// The control socket's `cancel`: [`Pool::cancel`] on the pool of `sup`,
+/// holding it weakly so that the socket does not keep it alive.
+fn canceller<O: serde::de::DeserializeOwned + Send + 'static>(
+    sup: &Arc<Supervisor<O>>,
+    ctl: super::Control,
+) -> crate::control::Cancel {
+    let weak = Arc::downgrade(sup);
+    Box::new(move |id| {
+        weak.upgrade().is_some_and(|sup| {
+            super::control::cancel_in(&sup, &ctl, id, crate::parent::lane::CancelReason::Asked)
+        })
+    })
 }
