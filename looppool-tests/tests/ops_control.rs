@@ -346,7 +346,6 @@ async fn malformed_requests_get_errors_and_the_pool_serves_on() {
         (br#"{"op":"resize","workers":-1}"#, "bad_request"),
         (br#"{"op":"recycle","worker":1.5}"#, "bad_request"),
         (br#"{"op":"resize","workers":0}"#, "invalid"),
-        (br#"{"op":"rolling_restart"}"#, "unsupported"),
         (br#"{"op":"cancel","task":3}"#, "bad_request"),
         (br#"{"op":"cancel","task":"w0#99999"}"#, "no_such_task"),
         (br#"{"op":"cancel","task":"w7#1"}"#, "no_such_task"),
@@ -606,4 +605,79 @@ async fn the_socket_is_on_by_default_and_can_be_turned_off() {
         .unwrap();
     assert!(pool.control_socket().is_none());
     pool.shutdown().await;
+}
+
+/// A client that hangs up right after its request: the request is carried
+/// out all the same.
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_is_still_carried_out() {
+    let dir = socket_dir("hangup");
+    let (pool, _outputs) = probe_pool!()
+        .workers(2)
+        .control_socket(&dir)
+        .start()
+        .await
+        .unwrap();
+    let before = pool.pids();
+    let mut stream = UnixStream::connect(pool.control_socket().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"{\"op\":\"rolling_restart\"}\n")
+        .await
+        .unwrap();
+    drop(stream);
+    eventually("every worker replaced", || {
+        let pids = pool.pids();
+        pids.iter().zip(&before).all(|(a, b)| a.is_some() && a != b)
+    })
+    .await;
+    assert_eq!(pool.call(Job::Double(2)).await.unwrap(), 4);
+    let stats = pool.stats();
+    assert_eq!((stats.lost, stats.failed), (0, 0));
+    pool.shutdown().await;
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// A shutdown while a client waits for a rolling restart: the client's
+/// connection ends, the socket goes, the pool's processes end.
+#[tokio::test]
+async fn a_shutdown_while_a_client_waits_closes_its_connection() {
+    let dir = socket_dir("shutdown");
+    let (pool, _outputs) = probe_pool!()
+        .workers(2)
+        .control_socket(&dir)
+        .start()
+        .await
+        .unwrap();
+    let path = pool.control_socket().unwrap().to_owned();
+    let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
+    // Worker 0 drains for a while, which holds the restart.
+    pool.submit_to(0, Job::Sleep { ms: 500, value: 1 })
+        .await
+        .unwrap();
+    let mut client = Client::connect(&path).await;
+    client
+        .write
+        .write_all(b"{\"op\":\"rolling_restart\"}\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(pool.shutdown().await.drained);
+    assert!(
+        !path.exists(),
+        "the socket is removed when shutdown returns"
+    );
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read.read_line(&mut line));
+    match read.await.expect("the connection ends") {
+        // Closed without a reply, or (had the restart ended first) with one.
+        Ok(0) => {}
+        Ok(_) => assert_eq!(error_kind(&serde_json::from_str(&line).unwrap()), "closed"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    for pid in pids {
+        eventually("the workers' end", || looppool_tests::process_gone(pid)).await;
+    }
+    let _ = std::fs::remove_dir(&dir);
 }

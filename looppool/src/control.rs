@@ -57,7 +57,7 @@
 //! | `{"op":"resize","workers":4}` | `{"ok":true}` once the pool has that many workers (as [`Pool::resize`](crate::Pool::resize)) |
 //! | `{"op":"recycle","worker":1}` | `{"ok":true}` once worker 1 was asked to drain: it finishes what it holds and is replaced, as when recycled after [`recycle_after_tasks`](crate::PoolBuilder::recycle_after_tasks) ([`RecycleReason::Requested`](crate::RecycleReason::Requested)) |
 //! | `{"op":"cancel","task":"w1#42"}` (or `"task":{"worker":1,"seq":42}`) | `{"ok":true}` once the cancel of that task is under way, as [`Pool::cancel`](crate::Pool::cancel) returning true; a `no_such_task` error when the pool does not hold it (it ended, was never sent, or is already being cancelled). The task's fate reaches its sender as [`Output::Cancelled`](crate::Output::Cancelled) or [`CallError::Cancelled`](crate::CallError::Cancelled), as any cancel's |
-//! | `{"op":"rolling_restart"}` | reserved: an `unsupported` error for now |
+//! | `{"op":"rolling_restart"}` | `{"ok":true}` once every worker was replaced, one at a time, as [`Pool::rolling_restart`](crate::Pool::rolling_restart) does (it may take as long as the workers take to drain); a `restart_failed` error, whose message says which workers were replaced, when a replacement did not start (the others keep serving) |
 //!
 //! ```text
 //! → {"op":"recycle","worker":7,"id":"a"}
@@ -68,7 +68,9 @@
 //! `K` is one of `bad_json` (not JSON, or not UTF-8), `bad_request` (not an
 //! object, no `op`, a missing or mistyped field), `unknown_op`,
 //! `line_too_long` (the line's bytes are discarded up to its newline),
-//! `unsupported`, `no_such_worker`, `no_such_task`, `not_running` (the worker is starting,
+//! `unsupported` (a rolling restart of a pool whose workers come through a
+//! connector), `restart_failed`, `no_such_worker`, `no_such_task`,
+//! `not_running` (the worker is starting,
 //! stopping or already recycling), `invalid` (a resize out of bounds),
 //! `closed` (the pool is stopping), `start_failed` (a resize's new worker
 //! did not start), `busy` (too many clients: [`MAX_CLIENTS`]), `forbidden`

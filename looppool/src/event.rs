@@ -97,6 +97,10 @@ pub enum RecycleReason {
     /// Someone asked for it, through the pool's control socket (see
     /// [`control`](crate::control)).
     Requested,
+    /// A rolling restart ([`Pool::rolling_restart`](crate::Pool::rolling_restart),
+    /// [`Pool::upgrade`](crate::Pool::upgrade)) replaced it, with a
+    /// replacement that had already started.
+    RollingRestart,
 }
 
 /// How a worker process ended.

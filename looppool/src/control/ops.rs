@@ -38,6 +38,7 @@ pub(super) trait Target: Send + Sync + 'static {
     fn resize(&self, workers: usize) -> BoxFuture<'_, Result<(), OpError>>;
     fn recycle(&self, worker: usize) -> Result<(), OpError>;
     fn cancel(&self, task: TaskId) -> Result<(), OpError>;
+    fn rolling_restart(&self) -> BoxFuture<'_, Result<(), OpError>>;
 }
 
 /// Cancels a task as [`Pool::cancel`](crate::Pool::cancel) does: true when
@@ -111,7 +112,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Target for SupTarget<O> {
             ));
         }
         let lane = &sup.lanes[worker];
-        if lane.recycle_requested() {
+        if lane.recycle_for(crate::RecycleReason::Requested) {
             return Ok(());
         }
         let state = WorkerState::from_status(lane.status());
@@ -119,6 +120,20 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Target for SupTarget<O> {
             "not_running",
             format!("worker {worker} is {}, not running", state.as_str()),
         ))
+    }
+
+    fn rolling_restart(&self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(async move {
+            let sup = self.sup()?;
+            sup.rolling_restart(None).await.map_err(|e| {
+                let kind = match e.cause() {
+                    StartError::Closed => "closed",
+                    StartError::Config(_) => "unsupported",
+                    _ => "restart_failed",
+                };
+                OpError::new(kind, format!("{e}: {}", e.cause()))
+            })
+        })
     }
 
     fn cancel(&self, task: TaskId) -> Result<(), OpError> {
@@ -190,7 +205,7 @@ enum Request {
     Resize(usize),
     Recycle(usize),
     Cancel(TaskId),
-    Unsupported(&'static str),
+    RollingRestart,
 }
 
 /// The request on `line`, with its id; or the error to reply, with the id
@@ -232,7 +247,7 @@ fn parse(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, OpErro
             Ok(n) => Request::Recycle(n),
             Err(e) => return fail("bad_request", e),
         },
-        "rolling_restart" => Request::Unsupported("rolling_restart"),
+        "rolling_restart" => Request::RollingRestart,
         "cancel" => match fields.get("task").map(task_id) {
             Some(Ok(id)) => Request::Cancel(id),
             Some(Err(e)) => return fail("bad_request", e),
@@ -282,10 +297,7 @@ async fn run(request: Request, target: &dyn Target) -> Result<Option<Snapshot>, 
         Request::Resize(n) => target.resize(n).await.map(|()| None),
         Request::Recycle(i) => target.recycle(i).map(|()| None),
         Request::Cancel(id) => target.cancel(id).map(|()| None),
-        Request::Unsupported(op) => Err(OpError::new(
-            "unsupported",
-            format!("{op:?} is not supported by this version of looppool"),
-        )),
+        Request::RollingRestart => target.rolling_restart().await.map(|()| None),
     }
 }
 

@@ -431,13 +431,14 @@ impl<O> Lane<O> {
         recycling
     }
 
-    /// Drains the worker for replacement because someone asked; false if
-    /// it was not open (starting, stopping or already recycling).
-    pub(crate) fn recycle_requested(&self) -> bool {
+    /// Drains the worker for replacement, for `reason` (one asked for
+    /// from outside); false if it was not open (starting, stopping or
+    /// already recycling).
+    pub(crate) fn recycle_for(&self, reason: RecycleReason) -> bool {
         let mut st = self.lock();
         let recycling = self.recycle(&mut st);
         if recycling {
-            st.recycle_reason = Some(RecycleReason::Requested);
+            st.recycle_reason = Some(reason);
         }
         recycling
     }
