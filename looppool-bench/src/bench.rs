@@ -53,6 +53,9 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     if opts.runs("W1") {
         w1(&plan, &limits, &rt, &mut rows)?;
     }
+    if opts.runs("hb") {
+        w1_heartbeat_cost(&plan, &rt, &mut rows)?;
+    }
     if opts.runs("W2") {
         w2(&plan, pin_cpu, &limits, &rt, &mut rows)?;
     }
@@ -234,6 +237,30 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
             );
         }
     }
+    Ok(())
+}
+
+/// W1 with heartbeats (the default) against W1 without, alternating.
+fn w1_heartbeat_cost(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    progress(&format!(
+        "hb: {} tiny tasks, heartbeats on and off in turn",
+        plan.w1_n
+    ));
+    let warmup = Duration::from_millis(plan.w1_warmup_ms);
+    let (on, off) = rt.block_on(wl::w1_heartbeat_series(plan.reps, plan.w1_n, warmup))?;
+    let off_rate = Summary::of(&off.rates);
+    let cpu = |f: &wl::W1Figures| median(&f.parent_cpu_ns);
+    rows.push(
+        Row::new("W1-no-heartbeat", off_rate, "tasks/s")
+            .with("parent_cpu_ns_per_task", cpu(&off))
+            .with("rates_per_pool", off.rates.clone()),
+    );
+    rows.push(
+        Row::new("W1-heartbeat", Summary::of(&on.rates), "tasks/s")
+            .with("parent_cpu_ns_per_task", cpu(&on))
+            .with("rates_per_pool", on.rates.clone())
+            .target("W1-no-heartbeat", off_rate.median, Target::AtLeast(0.98)),
+    );
     Ok(())
 }
 

@@ -48,7 +48,8 @@ USAGE:
 OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
-    --only LIST      comma-separated subset of W1..W6, cancel, hol, raw, W1-broker,
+    --only LIST      comma-separated subset of W1..W6, hb (W1 with heartbeats and
+                     without), cancel, hol, raw, W1-broker,
                      W2-broker and raw-js (raw limits that the chosen workloads are compared with
                      are always measured)
     --broker         only the broker workloads (W1-broker, W2-broker and their raw
@@ -185,7 +186,7 @@ fn is_workload(s: &str) -> bool {
 
 /// The control workloads (`crate::control`).
 fn is_control_workload(s: &str) -> bool {
-    matches!(s, "cancel" | "hol")
+    matches!(s, "cancel" | "hol" | "hb")
 }
 
 fn is_broker_workload(s: &str) -> bool {

@@ -56,11 +56,23 @@ pub(crate) async fn start<W: Worker>(
     workers: usize,
     window: usize,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
+    start_with(workers, window, true).await
+}
+
+/// [`start`], with heartbeats (the default) or without.
+async fn start_with<W: Worker>(
+    workers: usize,
+    window: usize,
+    heartbeat: bool,
+) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
     let mut builder = Pool::<W>::builder()
         .workers(workers)
         .max_tasks(window * workers)
         .max_results(2 * window * workers)
         .name("bench");
+    if !heartbeat {
+        builder = builder.no_heartbeat();
+    }
     // Under valgrind `/proc/self/exe` is valgrind itself: name the program.
     if let Some(program) = std::env::var_os(PROGRAM_ENV) {
         builder = builder.program(program);
@@ -161,7 +173,7 @@ pub(crate) async fn w1_once(
 }
 
 /// What a W1 series measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct W1Figures {
     /// Tasks per second of each timed repetition.
     pub(crate) rates: Vec<f64>,
@@ -195,28 +207,39 @@ pub(crate) struct W1Figures {
 /// life, so repetitions on one pool would measure one placement `reps`
 /// times, and its median would be one draw, not a median.
 pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchResult<W1Figures> {
-    let mut f = W1Figures {
-        rates: vec![],
-        parent_cpu_ns: vec![],
-        parent_sys_ns: vec![],
-        worker_cpu_ns: vec![],
-        switches_per_k: vec![],
-        preempted_per_k: vec![],
-        warmup: (Duration::ZERO, 0),
-        cpu_machine: vec![],
-        cpu_bench: vec![],
-        rss_parent_kib: 0,
-        rss_workers_kib: vec![],
-    };
+    let mut f = W1Figures::default();
     for _ in 0..reps {
-        w1_on_fresh_pool(n, warmup, &mut f).await?;
+        w1_on_fresh_pool(n, warmup, true, &mut f).await?;
     }
     Ok(f)
 }
 
+/// W1 with heartbeats (the default) and without, in alternating
+/// repetitions so that both see the same machine: what heartbeats cost.
+pub(crate) async fn w1_heartbeat_series(
+    reps: usize,
+    n: u64,
+    warmup: Duration,
+) -> BenchResult<(W1Figures, W1Figures)> {
+    let (mut on, mut off) = (W1Figures::default(), W1Figures::default());
+    for rep in 0..reps {
+        // Alternate which goes first, so neither always follows the other.
+        for heartbeat in [rep % 2 == 0, rep % 2 != 0] {
+            let f = if heartbeat { &mut on } else { &mut off };
+            w1_on_fresh_pool(n, warmup, heartbeat, f).await?;
+        }
+    }
+    Ok((on, off))
+}
+
 /// One W1 repetition on a pool of its own, after its warm-up.
-async fn w1_on_fresh_pool(n: u64, warmup: Duration, f: &mut W1Figures) -> BenchResult<()> {
-    let (pool, mut outputs) = start::<Echo>(WORKERS, W1_WINDOW).await?;
+async fn w1_on_fresh_pool(
+    n: u64,
+    warmup: Duration,
+    heartbeat: bool,
+    f: &mut W1Figures,
+) -> BenchResult<()> {
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, heartbeat).await?;
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let began = Instant::now();
     let mut warm_tasks = 0;

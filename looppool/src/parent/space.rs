@@ -28,12 +28,19 @@ impl AnySpace {
     }
 
     /// Runs `attempt` until it gives a result, waiting between attempts for
-    /// a lane to report room. The waiter is registered before each attempt,
-    /// so room freed during one is not missed.
+    /// a lane to report room. The first attempt is made unregistered: most
+    /// succeed (a round-robin send whose turn fell on a full worker finds
+    /// room on the next), and registering costs two locks of the `Notify`
+    /// and two read-modify-writes of the shared count. From then on the
+    /// waiter is registered before each attempt, so room freed during one
+    /// is not missed.
     ///
     /// # Cancel safety
     /// Cancel safe when `attempt` is: dropping the future only unregisters.
     pub(crate) async fn retry_until<T>(&self, mut attempt: impl FnMut() -> Option<T>) -> T {
+        if let Some(done) = attempt() {
+            return done;
+        }
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
