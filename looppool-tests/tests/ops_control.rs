@@ -681,3 +681,50 @@ async fn a_shutdown_while_a_client_waits_closes_its_connection() {
     }
     let _ = std::fs::remove_dir(&dir);
 }
+
+/// A pool whose workers come through a NATS broker has the same socket: a
+/// snapshot of its workers, a recycle; a rolling restart, which it cannot
+/// do for workers it reaches through a connector, says so.
+#[tokio::test]
+async fn a_broker_pool_is_operated_through_its_socket_too() {
+    let Some(server) = looppool_tests::nats::NatsServer::start() else {
+        return;
+    };
+    let dir = socket_dir("nats");
+    let socket_dir = dir.clone();
+    let worker = env!("CARGO_BIN_EXE_test-worker");
+    let (pool, mut outputs) = looppool_tests::nats::probe_pool(worker, &server.url, "ops")
+        .local_workers(2)
+        .configure(move |b| b.control_socket(socket_dir))
+        .start()
+        .await
+        .unwrap();
+    pool.submit(Job::Double(4)).await.unwrap();
+    assert!(matches!(
+        looppool_tests::next_output(&mut outputs).await,
+        Output::Value { value: 8, .. }
+    ));
+    let mut client = Client::connect(pool.control_socket().unwrap()).await;
+    let reply = client.ask(serde_json::json!({"op": "snapshot"})).await;
+    let snap: looppool::control::Snapshot =
+        serde_json::from_value(reply["snapshot"].clone()).unwrap();
+    assert_eq!(snap.workers.len(), 2);
+    assert_eq!(snap.done, 1);
+    let reply = client
+        .ask(serde_json::json!({"op": "rolling_restart"}))
+        .await;
+    assert_eq!(error_kind(&reply), "unsupported");
+    let before = pool.pids();
+    let reply = client
+        .ask(serde_json::json!({"op": "recycle", "worker": 0}))
+        .await;
+    assert_eq!(reply["ok"], true);
+    eventually("worker 0's replacement", || {
+        let pids = pool.pids();
+        pids[0].is_some() && pids[0] != before[0]
+    })
+    .await;
+    assert_eq!(pool.call(Job::Double(5)).await.unwrap(), 10);
+    pool.shutdown().await;
+    let _ = std::fs::remove_dir(&dir);
+}
