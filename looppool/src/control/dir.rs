@@ -48,8 +48,8 @@ pub struct SocketInfo {
 }
 
 /// The control sockets in `dir`, by path, after removing those whose
-/// process no longer exists (left by a process killed before it could
-/// remove them). Files not named as control sockets are left alone.
+/// process no longer exists and on which nothing listens (left by a
+/// process killed before it could remove them). Files not named as control sockets are left alone.
 ///
 /// # Errors
 /// When `dir` is not a directory owned by the user with no access for
@@ -71,7 +71,7 @@ pub fn sockets(dir: &Path) -> io::Result<Vec<SocketInfo>> {
         else {
             continue;
         };
-        if !process_exists(pid) {
+        if !process_exists(pid) && !listening(&path) {
             remove_socket(&path);
             continue;
         }
@@ -175,6 +175,17 @@ fn parse_name(file: &str) -> Option<(String, u32)> {
     let pid: u32 = parts.next()?.parse().ok()?;
     let name = parts.next().filter(|n| !n.is_empty())?;
     Some((name.to_owned(), pid))
+}
+
+/// Whether something listens on the socket at `path`: a pid this process
+/// cannot see may belong to another pid namespace sharing the directory
+/// (containers sharing `/tmp`), so a socket is stale only when its
+/// process is gone and a connection is refused too.
+fn listening(path: &Path) -> bool {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::ConnectionRefused,
+    }
 }
 
 /// Whether a process `pid` exists (as seen from this pid namespace).
