@@ -94,6 +94,13 @@ pub enum RecycleReason {
         /// Resident memory when sampled, in bytes.
         rss_bytes: u64,
     },
+    /// Someone asked for it, through the pool's control socket (see
+    /// [`control`](crate::control)).
+    Requested,
+    /// A rolling restart ([`Pool::rolling_restart`](crate::Pool::rolling_restart),
+    /// [`Pool::upgrade`](crate::Pool::upgrade)) replaced it, with a
+    /// replacement that had already started.
+    RollingRestart,
 }
 
 /// How a worker process ended.

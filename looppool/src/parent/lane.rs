@@ -431,6 +431,23 @@ impl<O> Lane<O> {
         recycling
     }
 
+    /// Drains the worker for replacement, for `reason` (one asked for
+    /// from outside); false if it was not open (starting, stopping or
+    /// already recycling).
+    pub(crate) fn recycle_for(&self, reason: RecycleReason) -> bool {
+        let mut st = self.lock();
+        let recycling = self.recycle(&mut st);
+        if recycling {
+            st.recycle_reason = Some(reason);
+        }
+        recycling
+    }
+
+    /// Whether the lane takes tasks, and why not.
+    pub(crate) fn status(&self) -> Status {
+        self.lock().status
+    }
+
     /// Why the current worker was recycled, if it was; cleared as taken.
     pub(crate) fn take_recycle_reason(&self) -> Option<RecycleReason> {
         self.lock().recycle_reason.take()
