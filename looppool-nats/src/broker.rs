@@ -65,6 +65,15 @@ async fn ensure_stream(
     }
 }
 
+/// How long the parent's output consumer waits for the acknowledgement of
+/// a message it handed out before handing it out again. The parent
+/// acknowledges on receipt, so this is how long a message handed to a pull
+/// that died with the broker (killed and restarted) waits: short, as the
+/// parent gives an output message stored but not delivered only a few
+/// seconds. A copy handed out while the parent was merely slow is dropped
+/// by its sequence number.
+const OUTPUT_ACK_WAIT: Duration = Duration::from_secs(2);
+
 impl Broker {
     /// Creates (or updates) the pool's task and output streams. Each worker
     /// subject holds at most `per_worker` messages: a publish beyond is
@@ -174,7 +183,7 @@ impl Broker {
                 filter_subject: self.names.output_subject(n),
                 ack_policy: consumer::AckPolicy::Explicit,
                 max_ack_pending: 4096,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: OUTPUT_ACK_WAIT,
                 ..Default::default()
             })
             .await
@@ -204,12 +213,20 @@ impl Broker {
         Ok(())
     }
 
-    /// Whether the task stream still holds the message at `seq` (`false`
-    /// also when the stream itself is gone).
-    pub(crate) async fn task_message_exists(&self, seq: u64) -> Result<bool, String> {
+    /// Whether the task stream still holds task message `k` of incarnation
+    /// `inc` at `seq` (`false` also when the stream itself is gone, or
+    /// holds another message there: a broker that lost the end of its
+    /// stream in a crash stores the next messages at the same sequences).
+    pub(crate) async fn task_message_is(&self, seq: u64, inc: u64, k: u64) -> Result<bool, String> {
         use async_nats::jetstream::stream::RawMessageErrorKind as Kind;
         match self.tasks.get_raw_message(seq).await {
-            Ok(_) => Ok(true),
+            Ok(m) => {
+                let h = Some(&m.headers);
+                Ok(
+                    crate::names::header_u64(h, crate::names::INCARNATION) == Some(inc)
+                        && crate::names::header_u64(h, crate::names::TASK) == Some(k),
+                )
+            }
             Err(e) => match e.kind() {
                 Kind::NoMessageFound => Ok(false),
                 Kind::JetStream(j)

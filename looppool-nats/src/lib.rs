@@ -121,10 +121,11 @@
 //! | what happens | what the pool does |
 //! |---|---|
 //! | the broker is killed (`kill -9`) and restarted, any number of times, under load, with file storage (the default) | both sides reconnect by themselves; unacknowledged publishes are sent again; redelivered and resurrected messages are recognised by their identity and dropped; silence while a side is disconnected, and for 5 s after it reconnects (the other side may reconnect up to 4 s later), does not count against liveness. No worker is replaced and no task lost: each task ends once, with its own outputs, each delivered once |
-//! | an output message the worker's broker confirmed stored is never delivered (a broker that lost acknowledged data) | after 8 s while both sides are connected, the worker's link ends: its tasks are reported lost (or re-sent, at least once) with [`LossCause::Transport`](looppool::LossCause::Transport) saying so |
+//! | an output message the worker's broker confirmed stored is never delivered (a broker that lost acknowledged data; one handed to a pull that died with the broker is handed out again after 2 s, and is not lost) | after 8 s while both sides are connected, the worker's link ends: its tasks are reported lost (or re-sent, at least once) with [`LossCause::Transport`](looppool::LossCause::Transport) saying so |
 //! | a worker's heartbeats stop for the silence period while the parent is connected | it is replaced; its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) naming the silence |
 //! | a pool stream or consumer is deleted | the worker's link ends at once (its consumer is gone): its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream or consumer was deleted, and the streams are created again when the replacement joins |
-//! | a pool stream is purged (its messages removed, the stream kept) | a task message removed before its worker took it is noticed within a few heartbeats (at least 6 s): the parent asks the broker for the oldest task message the worker has not reported taken. An output message removed before the parent pulled it is noticed as above (8 s). Either way the worker's link ends and its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream was purged or the broker lost the message |
+//! | a task message the broker stored is removed before its worker took it (the stream purged, or the message lost by a broker that crashed) | noticed within a few heartbeats (at least 6 s, and two of the worker's heartbeats after the broker was asked): the parent asks the broker for the oldest task message the worker has not reported taken, and publishes it, and the untaken ones after it the broker no longer has, again, with their identity. The worker runs each task once whatever the delivery mode (a copy of a message it took is dropped and counted as a duplicate), so no task is lost or run twice and the worker's link goes on |
+//! | a pool stream is purged (its messages removed, the stream kept) | task messages: as above. An output message removed before the parent pulled it is noticed as for one lost (8 s): the worker's link ends and its tasks are reported lost (or re-sent) with [`LossCause::Transport`](looppool::LossCause::Transport) saying the stream was purged or the broker lost the message |
 //! | a malformed or stale message on a pool subject | dropped, counted, logged (rate-limited) |
 //! | the broker cannot be reached at start | [`StartError::Broker`](looppool::StartError::Broker), with the URL without credentials |
 //!
@@ -133,7 +134,8 @@
 //! loses the streams: as for deleted streams, the tasks in them are
 //! reported lost. A broker's power loss can lose what it had not written
 //! to disk (JetStream syncs every two minutes by default); the pool then
-//! reports the tasks whose messages were lost as for a purge. Anyone who
+//! publishes lost task messages again, and reports the tasks whose output
+//! messages were lost as for a purge. Anyone who
 //! can publish on the pool's subjects can forge messages that carry a live
 //! identity: give the broker's users the permissions below.
 //!

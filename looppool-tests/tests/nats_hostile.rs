@@ -324,6 +324,9 @@ async fn purged_streams_under_load_leave_every_task_one_fate() {
             cause.contains("purged") || cause.contains("lost it"),
             "{cause}"
         );
+        // A task message purged before its worker took it is published
+        // again: only purged output messages cost tasks.
+        assert!(!cause.contains("task message"), "{cause}");
     }
     assert_eq!(pool.call(Job::Double(5)).await.unwrap(), 10);
     pool.shutdown().await;

@@ -31,7 +31,7 @@ use crate::counters::DropCounts;
 use crate::names::{self, header_u64};
 use crate::relay::outputs::{Inflight, Intake, Taken};
 use crate::relay::publish::{self, Pending};
-use crate::relay::sent::{Check, Sent};
+use crate::relay::sent::{self, Check, Sent, Untaken};
 use crate::relay::Silence;
 use crate::settings::Settings;
 use crate::sync::lock;
@@ -114,6 +114,9 @@ struct Link<'a> {
     next: &'a AtomicU64,
     /// Task messages stored and not yet taken by the worker.
     sent: &'a Sent,
+    /// Where task messages go to be confirmed stored (and recorded in
+    /// `sent`).
+    confirm: &'a mpsc::UnboundedSender<Pending<Untaken>>,
 }
 
 /// Why the relay stopped.
@@ -149,6 +152,7 @@ impl ParentRelay {
         let (credit, next) = (AtomicU64::new(0), AtomicU64::new(1));
         let inflight = Inflight::default();
         let sent = Arc::new(Sent::default());
+        let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let link = Link {
             broker: &broker,
             client: &client,
@@ -158,19 +162,19 @@ impl ParentRelay {
             inflight: &inflight,
             next: &next,
             sent: &sent,
+            confirm: &confirm_tx,
         };
-        let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let stored = sent.clone();
         let confirmer = tokio::spawn(publish::confirm(
             broker.js.clone(),
             confirm_rx,
-            move |(k, seq)| {
-                stored.stored(k, seq);
+            move |(message, seq)| {
+                stored.stored(message, seq);
                 async {}
             },
         ));
         let stop = {
-            let down = down(&link, reader, confirm_tx);
+            let down = down(&link, reader);
             let up = up(&link, &hello, &mut writer);
             let watch = watch(&link, child.as_ref());
             tokio::select! {
@@ -227,11 +231,7 @@ pub(crate) async fn kill_message(client: &async_nats::Client, broker: &Broker, n
 }
 
 /// Pool → worker.
-async fn down(
-    link: &Link<'_>,
-    mut reader: ReadHalf,
-    confirm: mpsc::UnboundedSender<Pending<u64>>,
-) -> Stop {
+async fn down(link: &Link<'_>, mut reader: ReadHalf) -> Stop {
     let (broker, client, credit) = (link.broker, link.client, link.credit);
     let n = link.settings.index;
     let inc = link.settings.incarnation;
@@ -276,12 +276,17 @@ async fn down(
                         .await;
                     match sent {
                         Ok(ack) => {
-                            let _ = confirm.send(Pending {
+                            let then = Untaken {
+                                k: seq,
+                                headers: headers.clone(),
+                                payload: f.clone(),
+                            };
+                            let _ = link.confirm.send(Pending {
                                 ack,
                                 subject: subject.clone(),
                                 headers,
                                 payload: f,
-                                then: seq,
+                                then,
                             });
                         }
                         Err(e) => return Stop::Broken(format!("cannot publish a task: {e}")),
@@ -417,7 +422,7 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
     let mut last_refresh = Instant::now();
     let mut dropped = [0u64; 4];
     let mut gap = Gap::default();
-    let mut taken = 0;
+    let (mut taken, mut reports) = (0, 0u64);
     let mut check = Check::new(settings.heartbeat * 3);
     loop {
         tokio::select! {
@@ -430,6 +435,7 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
                     }
                     gap.stored = gap.stored.max(header_u64(h, names::STORED).unwrap_or(0));
                     taken = header_u64(h, names::TAKEN).unwrap_or(0).max(taken);
+                    reports += 1;
                 }
                 Some(_) => {}
                 None => return Stop::Broken("heartbeat subscription closed".into()),
@@ -453,12 +459,10 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
                     ));
                 }
                 if let Some((k, seq)) = check.due(link.sent.taken(taken)) {
-                    let there = broker.task_message_exists(seq).await;
-                    if there.is_ok_and(|there| check.removed(k, there)) {
-                        return Stop::Broken(format!(
-                            "task message {k} of worker {n} was removed from the broker before \
-                             the worker took it (the stream was purged, or the broker lost it)"
-                        ));
+                    let there = broker.task_message_is(seq, inc, k).await;
+                    if there.is_ok_and(|there| check.removed(k, there, reports)) {
+                        publish_again(link, k).await;
+                        check.reset();
                     }
                 }
                 if let Some(child) = child {
@@ -484,12 +488,60 @@ async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
     }
 }
 
+/// Publishes again those untaken task messages, from `k` (found removed
+/// from the broker before the worker took it) on, that the broker no
+/// longer has: a purge or a broker crash takes a run of them. Copies keep their
+/// identity, so a worker that took one after all drops it; one the broker
+/// will not store now is looked up again at the next check.
+async fn publish_again(link: &Link<'_>, k: u64) {
+    let (broker, n, inc) = (link.broker, link.settings.index, link.settings.incarnation);
+    let subject = broker.names.task_subject(n);
+    let mut copies = 0;
+    for (k, seq) in link.sent.untaken(k, sent::BATCH) {
+        if !matches!(broker.task_message_is(seq, inc, k).await, Ok(false)) {
+            continue;
+        }
+        let Some((message, copy)) = link.sent.copy(k) else {
+            continue;
+        };
+        let headers = message.copy_headers(copy);
+        let payload = message.payload.clone();
+        let Ok(ack) = broker
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+        else {
+            break;
+        };
+        let then = message;
+        let _ = link.confirm.send(Pending {
+            ack,
+            subject: subject.clone(),
+            headers,
+            payload,
+            then,
+        });
+        copies += 1;
+    }
+    tracing::warn!(
+        pool = broker.names.pool(),
+        worker = n,
+        message = k,
+        copies,
+        "task messages were removed from the broker before the worker took them (the stream \
+         was purged, or the broker lost them): published them again"
+    );
+}
+
 /// How long an output message the worker says the broker stored may stay
 /// undelivered, while both sides are connected, before it counts as lost.
 /// Long enough for the output pull to recover from a broker restart (its
 /// idle heartbeat, `PULL_HEARTBEAT`, notices a dead pull), and shorter than
 /// the core's default heartbeat timeout (10 s), which would otherwise
 /// report the worker unresponsive, its pongs being in the lost messages.
+/// A message the broker handed to a pull that died with it is handed out
+/// again once the output consumer's acknowledgement wait
+/// (`OUTPUT_ACK_WAIT`, well below this) has passed.
 const GAP_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The idle heartbeat of the output pull: a pull the broker forgot in a

@@ -1,7 +1,8 @@
 //! The parent's record of the task messages the broker stored for a worker
 //! and the worker has not yet taken, to notice one removed before it was
-//! delivered: the stream purged, or its messages lost by the broker. The
-//! tasks in them would otherwise keep their slots without a fate.
+//! delivered (the stream purged, or the message lost by a broker that
+//! crashed) and publish it again: the task in it would otherwise keep its
+//! slot without a fate.
 //!
 //! A work-queue stream removes a message when its consumer acknowledges it,
 //! which the worker does only after it took the message, or when the
@@ -9,9 +10,19 @@
 //! taken (the worker reports every number up to which it took all, with its
 //! heartbeats), if the broker no longer has it a while after it was stored,
 //! was removed without being delivered.
+//!
+//! Publishing a message again never runs its task twice, whatever the
+//! delivery mode: the copy keeps the message's identity (incarnation and
+//! number), and a worker runs each number once and drops a copy of one it
+//! took. So a check that raced the worker (it took and acknowledged the
+//! message just before the broker was asked, and its report was late)
+//! costs one dropped copy, never a task or a worker.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, HeaderValue};
+use bytes::Bytes;
 
 use crate::sync::lock;
 
@@ -21,15 +32,70 @@ use crate::sync::lock;
 /// acknowledged is not mistaken for one removed.
 pub(crate) const GRACE: Duration = Duration::from_secs(3);
 
-/// Task-message numbers the broker stored for one worker incarnation, with
-/// their stream sequences, down to the last one the worker took.
+/// The worker's reports that must arrive after a message was found missing
+/// before it counts as removed: the first may have left the worker before
+/// the broker was asked; a second one says what the worker took since.
+const REPORTS: u64 = 2;
+
+/// Untaken messages looked up (and published again if missing) at most in
+/// one pass, so that the watch keeps hearing heartbeats meanwhile.
+pub(crate) const BATCH: usize = 256;
+
+/// A task message the broker stored, kept until the worker takes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Untaken {
+    /// Its number (its identity, with the incarnation).
+    pub(crate) k: u64,
+    /// What it takes to publish it again.
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
+}
+
+impl Untaken {
+    /// Its headers for publishing it again for the `copy`-th time: a
+    /// message id of its own, so that a broker that still remembers the
+    /// first one (a purge keeps the duplicate window) stores it.
+    pub(crate) fn copy_headers(&self, copy: u32) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        let id = self
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map_or("", |v| v.as_str());
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            HeaderValue::from(format!("{id}.r{copy}").as_str()),
+        );
+        headers
+    }
+}
+
+/// One stored message: where, what, and how often it was published again.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    message: Untaken,
+    copies: u32,
+}
+
+/// Task messages the broker stored for one worker incarnation, with their
+/// stream sequences, down to the last one the worker took.
 #[derive(Debug, Default)]
-pub(crate) struct Sent(std::sync::Mutex<BTreeMap<u64, u64>>);
+pub(crate) struct Sent(std::sync::Mutex<BTreeMap<u64, Entry>>);
 
 impl Sent {
-    /// The broker stored task message `k` at stream sequence `seq`.
-    pub(crate) fn stored(&self, k: u64, seq: u64) {
-        lock(&self.0).insert(k, seq);
+    /// The broker stored `message` at stream sequence `seq` (again, for a
+    /// copy: it keeps its count of copies).
+    pub(crate) fn stored(&self, message: Untaken, seq: u64) {
+        let mut sent = lock(&self.0);
+        let copies = sent.get(&message.k).map_or(0, |e| e.copies);
+        sent.insert(
+            message.k,
+            Entry {
+                seq,
+                message,
+                copies,
+            },
+        );
     }
 
     /// The worker took every message up to `k`; the oldest it has not
@@ -39,7 +105,26 @@ impl Sent {
         while sent.first_key_value().is_some_and(|(&first, _)| first <= k) {
             sent.pop_first();
         }
-        sent.first_key_value().map(|(&k, &seq)| (k, seq))
+        sent.first_key_value().map(|(&k, e)| (k, e.seq))
+    }
+
+    /// The oldest untaken messages from `from` on, at most `at_most`, as
+    /// (number, stream sequence).
+    pub(crate) fn untaken(&self, from: u64, at_most: usize) -> Vec<(u64, u64)> {
+        lock(&self.0)
+            .range(from..)
+            .take(at_most)
+            .map(|(&k, e)| (k, e.seq))
+            .collect()
+    }
+
+    /// Message `k`, to publish again, with the number of this copy; `None`
+    /// once the worker took it.
+    pub(crate) fn copy(&self, k: u64) -> Option<(Untaken, u32)> {
+        let mut sent = lock(&self.0);
+        let e = sent.get_mut(&k)?;
+        e.copies += 1;
+        Some((e.message.clone(), e.copies))
     }
 }
 
@@ -50,9 +135,10 @@ pub(crate) struct Check {
     grace: Duration,
     /// The oldest untaken message last seen, and since when.
     oldest: Option<(u64, Instant)>,
-    /// The message found missing, and since when: the worker's reports
-    /// arriving meanwhile say whether it took it after all.
-    missing: Option<(u64, Instant)>,
+    /// The message found missing, since when, and the worker's reports
+    /// counted then: the reports arriving meanwhile say whether it took it
+    /// after all.
+    missing: Option<(u64, Instant, u64)>,
     last_asked: Instant,
 }
 
@@ -79,7 +165,7 @@ impl Check {
         if self.oldest.is_none_or(|(seen, _)| seen != k) {
             self.oldest = Some((k, Instant::now()));
         }
-        if self.missing.is_some_and(|(m, _)| m != k) {
+        if self.missing.is_some_and(|(m, _, _)| m != k) {
             self.missing = None;
         }
         let since = self.oldest.map_or(Instant::now(), |(_, at)| at);
@@ -92,23 +178,27 @@ impl Check {
 
     /// Whether message `k`, which the broker has (`there`) or not, counts
     /// as removed before delivery: missing, and still untaken a grace
-    /// period after it was first found missing.
-    pub(crate) fn removed(&mut self, k: u64, there: bool) -> bool {
+    /// period and [`REPORTS`] of the worker's reports (`reports` counts
+    /// them all) after it was first found missing.
+    pub(crate) fn removed(&mut self, k: u64, there: bool, reports: u64) -> bool {
         if there {
             self.missing = None;
             return false;
         }
         match self.missing {
-            Some((m, at)) if m == k => at.elapsed() >= self.grace,
+            Some((m, at, then)) if m == k => {
+                at.elapsed() >= self.grace && reports >= then + REPORTS
+            }
             _ => {
-                self.missing = Some((k, Instant::now()));
+                self.missing = Some((k, Instant::now(), reports));
                 false
             }
         }
     }
 
     /// Starts over (after a broker outage: the worker could not take
-    /// anything meanwhile, nor report it).
+    /// anything meanwhile, nor report it; after publishing copies: they
+    /// take a while to arrive).
     pub(crate) fn reset(&mut self) {
         self.oldest = None;
         self.missing = None;
@@ -119,15 +209,47 @@ impl Check {
 mod tests {
     use super::*;
 
+    fn message(k: u64) -> Untaken {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("7.{k}").as_str(),
+        );
+        Untaken {
+            k,
+            headers,
+            payload: Bytes::new(),
+        }
+    }
+
     #[test]
     fn what_the_worker_took_is_forgotten() {
         let sent = Sent::default();
         for k in 1..=5 {
-            sent.stored(k, 100 + k);
+            sent.stored(message(k), 100 + k);
         }
         assert_eq!(sent.taken(0), Some((1, 101)));
         assert_eq!(sent.taken(3), Some((4, 104)));
+        assert_eq!(sent.untaken(4, 8), vec![(4, 104), (5, 105)]);
         assert_eq!(sent.taken(5), None);
+        assert!(sent.copy(5).is_none(), "taken: nothing to publish again");
+    }
+
+    #[test]
+    fn each_copy_has_a_message_id_of_its_own() {
+        let sent = Sent::default();
+        sent.stored(message(4), 104);
+        let (m, copy) = sent.copy(4).unwrap();
+        assert_eq!(copy, 1);
+        let id = |h: &HeaderMap| {
+            h.get(async_nats::header::NATS_MESSAGE_ID)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(id(&m.copy_headers(copy)), "7.4.r1");
+        sent.stored(m, 230);
+        assert_eq!(sent.taken(0), Some((4, 230)), "the copy's sequence");
+        assert_eq!(sent.copy(4).unwrap().1, 2);
     }
 
     #[test]
@@ -135,7 +257,19 @@ mod tests {
         let mut check = Check::new(Duration::ZERO);
         assert_eq!(check.due(None), None);
         assert_eq!(check.due(Some((4, 104))), None, "within the grace");
-        assert!(!check.removed(4, false), "missing once is not removed");
-        assert!(!check.removed(4, true));
+        assert!(!check.removed(4, false, 0), "missing once is not removed");
+        assert!(!check.removed(4, true, 5));
+    }
+
+    #[test]
+    fn a_missing_message_counts_only_after_two_later_reports() {
+        let mut check = Check::new(Duration::ZERO);
+        check.grace = Duration::ZERO;
+        assert!(!check.removed(4, false, 10));
+        assert!(
+            !check.removed(4, false, 11),
+            "one report may predate the look-up"
+        );
+        assert!(check.removed(4, false, 12));
     }
 }
