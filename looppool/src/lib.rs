@@ -388,6 +388,9 @@
 //!   collector to register in the application's own registry, and
 //!   `PoolBuilder::prometheus` serves the same figures at `/metrics` on a
 //!   port of their own.
+//! - `sentry`: `metrics::sentry_tags`, a `before_send` hook that tags the
+//!   events the `sentry` crate's tracing integration makes of a pool's
+//!   failed tasks and worker log lines with pool, worker, pid and task.
 //!
 //! # Platform support
 //!
