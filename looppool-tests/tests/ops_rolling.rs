@@ -240,7 +240,16 @@ async fn an_upgrade_to_a_program_that_fails_init_leaves_the_old_workers_serving(
         .iter()
         .any(|e| matches!(e, WorkerEvent::Recycled { .. })));
     // Its later restarts keep the old program.
+    let old = pool.pids()[1];
     pool.kill_worker(1);
+    // Until the replacement runs: the killed process keeps its pid in the
+    // pool until it is reaped.
+    assert!(
+        looppool_tests::eventually(Duration::from_secs(10), || {
+            matches!(pool.pids()[1], Some(p) if Some(p) != old)
+        })
+        .await
+    );
     assert_whole(&pool).await;
     assert_eq!(
         exe(pool.pids()[1].unwrap()),

@@ -172,7 +172,7 @@
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
-//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced, its [`WorkerEvent::Unresponsive`] (also logged as an error) naming the tasks it held and, for a local worker, what its threads were doing (state, `wchan`, system call, kernel stack as root), read before the kill; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
 //! | the worker's allocations pass [`PoolBuilder::memory_limit`] (a runaway task), or the kernel's OOM killer kills it | it dies at once and is replaced; [`Output::Lost`] with [`LossCause::OutOfMemory`] (see [below](#out-of-memory)) | [`CallError::WorkerLost`] |
 //! | a connector's transport loses the worker and says why ([`transport::Peer::loss_cause`]; `looppool-nats`: a broker stream deleted, heartbeats lost) | [`Output::Lost`] with [`LossCause::Transport`] and the reason | [`CallError::WorkerLost`] |
 //! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
@@ -389,6 +389,9 @@
 //!   collector to register in the application's own registry, and
 //!   `PoolBuilder::prometheus` serves the same figures at `/metrics` on a
 //!   port of their own.
+//! - `sentry`: `metrics::sentry_tags`, a `before_send` hook that tags the
+//!   events the `sentry` crate's tracing integration makes of a pool's
+//!   failed tasks and worker log lines with pool, worker, pid and task.
 //!
 //! # Platform support
 //!

@@ -178,6 +178,17 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             WorkerEvent::PoolFailed { reason } => {
                 tracing::error!(pool = %self.spec.pool_name, %reason, "pool failed")
             }
+            WorkerEvent::Unresponsive {
+                worker,
+                pid,
+                silent_for,
+                held,
+                stack,
+            } => {
+                let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+                let stack = stack.as_deref().unwrap_or("(not a local process)");
+                tracing::error!(pool = %self.spec.pool_name, worker, pid, ?silent_for, held = %held.join(", "), %stack, "worker stopped answering heartbeats: killing it")
+            }
             other => tracing::debug!(pool = %self.spec.pool_name, event = ?other, "worker event"),
         }
         if let Some(hook) = &self.on_event {

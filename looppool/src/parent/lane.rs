@@ -171,6 +171,17 @@ impl<O> Lane<O> {
         self.epoch.elapsed().saturating_sub(last)
     }
 
+    /// The tasks the lane holds (sent to its worker, or waiting to be),
+    /// in slot order: what a worker about to be killed takes with it.
+    pub(crate) fn held_ids(&self) -> Vec<crate::task_id::TaskId> {
+        let st = self.lock();
+        let index = self.index as u32;
+        st.slots
+            .busy()
+            .map(|slot| st.slots.id(slot, index))
+            .collect()
+    }
+
     /// How many times a lost task may be re-sent.
     pub(crate) fn retries(&self) -> u32 {
         self.retries
