@@ -69,6 +69,101 @@ impl Ledger {
     }
 }
 
+/// What the broker holds for pool `name`, for a run that stalled: each
+/// stream's messages and each consumer's counts (the worker index is in
+/// the consumer's name: `wN-*` takes worker N's tasks, `oN-*` its outputs),
+/// and for each task subject, the task numbers it holds in stream order
+/// (numbers the worker took long ago are messages the broker brought back).
+async fn broker_state(url: &str, name: &str) -> String {
+    use futures_util::StreamExt;
+    use looppool_nats::async_nats;
+    let Ok(client) = async_nats::connect(url).await else {
+        return " the broker cannot be reached".into();
+    };
+    let js = async_nats::jetstream::new(client);
+    let mut out = String::new();
+    for suffix in ["TASK", "OUT"] {
+        let stream_name = format!("LP_{name}_{suffix}");
+        let Ok(mut stream) = js.get_stream(&stream_name).await else {
+            out += &format!("\n  {stream_name}: gone");
+            continue;
+        };
+        let Ok(info) = stream.info().await else {
+            continue;
+        };
+        let s = info.state.clone();
+        out += &format!(
+            "\n  {stream_name}: {} messages, sequences {}..={}",
+            s.messages, s.first_sequence, s.last_sequence
+        );
+        if suffix == "TASK" {
+            out += &task_numbers(&stream, s.first_sequence, s.last_sequence).await;
+        }
+        let mut names = stream.consumer_names();
+        while let Some(Ok(consumer)) = names.next().await {
+            let Ok(mut c) = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&consumer)
+                .await
+            else {
+                continue;
+            };
+            if let Ok(i) = c.info().await {
+                out += &format!(
+                    "\n    {consumer}: pending {}, acknowledgements pending {}, pulls waiting {}, \
+                     redelivered {}, delivered up to {}, acknowledged up to {}",
+                    i.num_pending,
+                    i.num_ack_pending,
+                    i.num_waiting,
+                    i.num_redelivered,
+                    i.delivered.stream_sequence,
+                    i.ack_floor.stream_sequence,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Per task subject: its messages' task numbers (header `Lp-Task`) as runs
+/// of consecutive numbers, in stream order.
+async fn task_numbers(
+    stream: &looppool_nats::async_nats::jetstream::stream::Stream,
+    first: u64,
+    last: u64,
+) -> String {
+    let mut runs = std::collections::BTreeMap::<String, Vec<(u64, u64)>>::new();
+    for seq in first..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let k = m
+            .headers
+            .get("Lp-Task")
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or(0);
+        let subject = runs.entry(m.subject.to_string()).or_default();
+        match subject.last_mut() {
+            Some((_, hi)) if *hi + 1 == k => *hi = k,
+            _ => subject.push((k, k)),
+        }
+    }
+    let mut out = String::new();
+    for (subject, runs) in runs {
+        let count: u64 = runs.iter().map(|(lo, hi)| hi - lo + 1).sum();
+        let shown: Vec<_> = runs
+            .iter()
+            .take(12)
+            .map(|(lo, hi)| format!("{lo}-{hi}"))
+            .collect();
+        out += &format!(
+            "\n    {subject}: {count} messages, task numbers {}{}",
+            shown.join(" "),
+            if runs.len() > shown.len() { " ..." } else { "" }
+        );
+    }
+    out
+}
+
 /// One run at a time: each keeps both cores of the CI machine busy, and two
 /// at once left heartbeats late for reasons that have nothing to do with
 /// the broker.
@@ -79,6 +174,7 @@ async fn crash_the_broker_three_times(name: &str, delivery: Delivery) {
     let Some(server) = NatsServer::start() else {
         return;
     };
+    let url = server.url.clone();
     let started = Instant::now();
     let (events, hook) = recorder();
     let builder = looppool_tests::nats::probe_pool(WORKER, &server.url, name);
@@ -108,9 +204,10 @@ async fn crash_the_broker_three_times(name: &str, delivery: Delivery) {
         let Ok(item) = tokio::time::timeout(Duration::from_secs(60), outputs.next()).await else {
             let stats = pool.stats();
             let held: Vec<_> = stats.workers.iter().map(|w| w.in_flight).collect();
+            let broker = broker_state(&url, name).await;
             panic!(
                 "{name}: only {ended} of {TASKS} tasks ended within 60 s; held per worker \
-                 {held:?}; dropped {drops:?}; events {:?}",
+                 {held:?}; dropped {drops:?}; events {:?}; the broker holds:{broker}",
                 events.lock().unwrap()
             );
         };
