@@ -166,29 +166,95 @@ impl Broker {
             .await
             .map_err(|e| err("cannot purge a worker's output subject", e))?;
         self.tasks
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(self.names.task_consumer(n, inc)),
-                filter_subject: self.names.task_subject(n),
-                ack_policy: consumer::AckPolicy::Explicit,
-                // The init and stop messages are acknowledged on receipt.
-                max_ack_pending: max_running as i64 + 2,
-                ack_wait,
-                ..Default::default()
-            })
+            .create_consumer(self.task_consumer_config(n, inc, max_running, ack_wait))
             .await
             .map_err(|e| err("cannot create a worker's task consumer", e))?;
         self.outputs
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(self.names.output_consumer(n, inc)),
-                filter_subject: self.names.output_subject(n),
-                ack_policy: consumer::AckPolicy::Explicit,
-                max_ack_pending: 4096,
-                ack_wait: OUTPUT_ACK_WAIT,
-                ..Default::default()
-            })
+            .create_consumer(self.output_consumer_config(n, inc))
             .await
             .map_err(|e| err("cannot create a worker's output consumer", e))?;
         Ok(())
+    }
+
+    /// Worker `n`'s task consumer in incarnation `inc`: `max_running` is
+    /// the broker's bound on the tasks the worker holds unacknowledged.
+    fn task_consumer_config(
+        &self,
+        n: usize,
+        inc: u64,
+        max_running: usize,
+        ack_wait: Duration,
+    ) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.names.task_consumer(n, inc)),
+            filter_subject: self.names.task_subject(n),
+            ack_policy: consumer::AckPolicy::Explicit,
+            // The init and stop messages are acknowledged on receipt.
+            max_ack_pending: max_running as i64 + 2,
+            ack_wait,
+            ..Default::default()
+        }
+    }
+
+    /// The parent's consumer of worker `n`'s outputs in incarnation `inc`.
+    fn output_consumer_config(&self, n: usize, inc: u64) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.names.output_consumer(n, inc)),
+            filter_subject: self.names.output_subject(n),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 4096,
+            ack_wait: OUTPUT_ACK_WAIT,
+            ..Default::default()
+        }
+    }
+
+    /// Replaces worker `n`'s task consumer with a new one of the same name
+    /// and settings, which delivers every message of the worker's subject
+    /// from the first.
+    ///
+    /// A consumer restored by a broker restarted after a crash may never
+    /// deliver again (nats-server 2.9 redelivers first, and a message due
+    /// for redelivery that the stream no longer holds stops it), or may
+    /// have left behind messages the stream brought back, which then fill
+    /// the subject. The new consumer knows nothing of either: the worker's
+    /// pull, ended by the deletion, pulls again from it, and drops (and
+    /// acknowledges, so removes) the messages it already took.
+    pub(crate) async fn renew_task_consumer(
+        &self,
+        n: usize,
+        inc: u64,
+        max_running: usize,
+        ack_wait: Duration,
+    ) -> Result<(), String> {
+        // Already gone is fine: it is created again below.
+        let _ = self
+            .tasks
+            .delete_consumer(&self.names.task_consumer(n, inc))
+            .await;
+        self.tasks
+            .create_consumer(self.task_consumer_config(n, inc, max_running, ack_wait))
+            .await
+            .map_err(|e| err("cannot create a worker's task consumer again", e))?;
+        Ok(())
+    }
+
+    /// Replaces the parent's consumer of worker `n`'s outputs, as
+    /// [`renew_task_consumer`](Self::renew_task_consumer) does for tasks;
+    /// returns the new one. The caller stops pulling from the old one
+    /// first, or sees it deleted.
+    pub(crate) async fn renew_output_consumer(
+        &self,
+        n: usize,
+        inc: u64,
+    ) -> Result<consumer::PullConsumer, String> {
+        let _ = self
+            .outputs
+            .delete_consumer(&self.names.output_consumer(n, inc))
+            .await;
+        self.outputs
+            .create_consumer(self.output_consumer_config(n, inc))
+            .await
+            .map_err(|e| err("cannot create a worker's output consumer again", e))
     }
 
     /// Deletes every consumer of worker `n`, whatever its incarnation.

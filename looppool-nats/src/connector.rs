@@ -285,6 +285,7 @@ async fn connect(shared: Arc<Shared>, index: usize) -> std::io::Result<Link> {
             broker: shared.broker.clone(),
             client: shared.client.clone(),
             settings,
+            ack_wait: plan.ack_wait,
             conn: theirs,
             hello: join.hello,
             ending: ending.clone(),

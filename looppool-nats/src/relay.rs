@@ -4,10 +4,13 @@
 //! them run unchanged.
 
 pub(crate) mod ids;
+mod link;
 mod outputs;
 pub(crate) mod parent;
 mod publish;
 mod sent;
+mod tasks;
+mod watch;
 pub(crate) mod worker;
 
 use std::time::{Duration, Instant};
@@ -17,6 +20,30 @@ use std::time::{Duration, Instant};
 /// attempts, so one side can be back that long before the other, and
 /// the other's silence meanwhile is the outage's, not its own.
 pub(crate) const RECONNECT_LAG: Duration = Duration::from_secs(5);
+
+/// The idle heartbeat asked of the broker for the pool's pulls: a pull the
+/// broker no longer serves (lost in a restart, or its consumer renewed) is
+/// noticed after two of them are missed, and pulled again.
+pub(crate) const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Whether pull error `e` means the pull is dead and must be made again:
+/// its consumer was deleted (renewed by the parent, or gone), nothing
+/// answers for it, or the broker stopped sending its idle heartbeats while
+/// this side is connected. Other errors pass: the client recovers from
+/// them by itself.
+pub(crate) fn pull_is_dead(
+    e: &async_nats::jetstream::consumer::pull::MessagesError,
+    client: &async_nats::Client,
+) -> bool {
+    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+    match e.kind() {
+        Kind::ConsumerDeleted | Kind::NoResponders => true,
+        Kind::MissingHeartbeat => {
+            client.connection_state() == async_nats::connection::State::Connected
+        }
+        _ => false,
+    }
+}
 
 /// The other side's silence, counted only while this side is connected,
 /// and from [`RECONNECT_LAG`] after it reconnected.

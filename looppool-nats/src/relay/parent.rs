@@ -12,11 +12,14 @@
 //! - The worker is gone when it says so (its last message carries its exit
 //!   code), when its heartbeats stop for the silence period while this side
 //!   is connected to the broker, or, for a local process, when it exits.
+//! - The broker's deliveries are watched (see `watch`): a consumer that
+//!   stops delivering is replaced.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::{HeaderMap, HeaderValue};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -24,74 +27,27 @@ use looppool::transport::frame::{self, Role};
 use looppool::transport::{Connection, ReadHalf, WriteHalf};
 use looppool::ExitStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::broker::Broker;
 use crate::counters::DropCounts;
-use crate::names::{self, header_u64};
+use crate::names;
+use crate::relay::link::{control_headers, control_payload, Link, Stop};
+pub(crate) use crate::relay::link::{ChildCell, Ending};
 use crate::relay::outputs::{Inflight, Intake, Taken};
-use crate::relay::publish::{self, Pending};
-use crate::relay::sent::{self, Check, Sent, Untaken};
-use crate::relay::Silence;
+use crate::relay::publish::{self, Pending, Refused};
+use crate::relay::sent::{Sent, Untaken};
+use crate::relay::watch::watch;
 use crate::settings::Settings;
 use crate::sync::lock;
-
-/// What the relay knows of how its worker ended.
-#[derive(Debug, Default)]
-pub(crate) struct Ending {
-    /// Set once the relay stopped: the worker is gone for the pool.
-    pub(crate) ended: bool,
-    /// The exit code the worker announced, if it did.
-    pub(crate) status: Option<ExitStatus>,
-    /// Why the link ended, when the broker (not the worker) ended it: the
-    /// cause its lost tasks are reported with.
-    pub(crate) reason: Option<String>,
-}
-
-/// A local worker process, shared by the relay (which watches it) and the
-/// pool's peer handle (which kills and reaps it).
-#[derive(Debug)]
-pub(crate) struct ChildCell {
-    child: std::process::Child,
-    status: Option<ExitStatus>,
-}
-
-impl ChildCell {
-    pub(crate) fn new(child: std::process::Child) -> Self {
-        ChildCell {
-            child,
-            status: None,
-        }
-    }
-
-    pub(crate) fn kill(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-        }
-    }
-
-    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait()?.map(ExitStatus::from);
-        }
-        Ok(self.status)
-    }
-
-    pub(crate) fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        if let Some(s) = self.status {
-            return Ok(s);
-        }
-        let s = ExitStatus::from(self.child.wait()?);
-        self.status = Some(s);
-        Ok(s)
-    }
-}
 
 /// Everything one relay needs.
 pub(crate) struct ParentRelay {
     pub(crate) broker: Broker,
     pub(crate) client: async_nats::Client,
     pub(crate) settings: Settings,
+    /// The broker's wait for a task's acknowledgement.
+    pub(crate) ack_wait: Duration,
     /// The pool's end of the link is the other side of this connection.
     pub(crate) conn: Connection,
     /// The worker's hello, handed to the pool first.
@@ -101,45 +57,13 @@ pub(crate) struct ParentRelay {
     pub(crate) drops: DropCounts,
 }
 
-/// What the relay's three directions share.
-struct Link<'a> {
-    broker: &'a Broker,
-    client: &'a async_nats::Client,
-    settings: &'a Settings,
-    /// The output credits the pool returned so far.
-    credit: &'a AtomicU64,
-    drops: &'a DropCounts,
-    inflight: &'a Inflight,
-    /// The next output message due from the worker.
-    next: &'a AtomicU64,
-    /// Task messages stored and not yet taken by the worker.
-    sent: &'a Sent,
-    /// Where task messages go to be confirmed stored (and recorded in
-    /// `sent`).
-    confirm: &'a mpsc::UnboundedSender<Pending<Untaken>>,
-}
-
-/// Why the relay stopped.
-#[derive(Debug)]
-enum Stop {
-    /// The pool closed its end.
-    PoolClosed,
-    /// The worker announced its exit.
-    Exited(i32),
-    /// The worker fell silent.
-    Silent,
-    /// The local process ended.
-    ProcessEnded,
-    /// The broker refused something for good.
-    Broken(String),
-}
-
 impl ParentRelay {
     pub(crate) async fn run(self) {
         let ParentRelay {
             broker,
             client,
             settings,
+            ack_wait,
             conn,
             hello,
             ending,
@@ -152,22 +76,28 @@ impl ParentRelay {
         let (credit, next) = (AtomicU64::new(0), AtomicU64::new(1));
         let inflight = Inflight::default();
         let sent = Arc::new(Sent::default());
+        let refused = Arc::new(Refused::default());
+        let renew_outputs = Notify::new();
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let link = Link {
             broker: &broker,
             client: &client,
             settings: &settings,
+            ack_wait,
             credit: &credit,
             drops: &drops,
             inflight: &inflight,
             next: &next,
             sent: &sent,
+            refused: &refused,
             confirm: &confirm_tx,
+            renew_outputs: &renew_outputs,
         };
         let stored = sent.clone();
-        let confirmer = tokio::spawn(publish::confirm(
+        let mut confirmer = tokio::spawn(publish::confirm(
             broker.js.clone(),
             confirm_rx,
+            refused.clone(),
             move |(message, seq)| {
                 stored.stored(message, seq);
                 async {}
@@ -181,6 +111,12 @@ impl ParentRelay {
                 s = down => s,
                 s = up => s,
                 s = watch => s,
+                // Task messages the broker will not store would leave
+                // their tasks without a fate.
+                c = &mut confirmer => Stop::Broken(match c {
+                    Ok(Err(why)) => why,
+                    _ => "the confirmation of task messages stopped".into(),
+                }),
             }
         };
         confirmer.abort();
@@ -191,21 +127,7 @@ impl ParentRelay {
             ?stop,
             "relay stopped"
         );
-        {
-            let mut e = lock(&ending);
-            match &stop {
-                Stop::Exited(code) => e.status = Some(ExitStatus::Code(*code)),
-                Stop::Broken(why) => e.reason = Some(why.clone()),
-                Stop::Silent => {
-                    e.reason = Some(format!(
-                        "no heartbeat for {:?} while connected to the broker",
-                        settings.silence
-                    ))
-                }
-                Stop::PoolClosed | Stop::ProcessEnded => {}
-            }
-            e.ended = true;
-        }
+        record(&ending, &stop, &settings);
         if let Stop::Broken(why) = &stop {
             tracing::error!(pool = broker.names.pool(), worker = n, error = %why, "broker link broken");
         }
@@ -217,6 +139,23 @@ impl ParentRelay {
         }
         let _ = broker.retire_worker(n).await;
     }
+}
+
+/// Records in `ending` how the link ended.
+fn record(ending: &Mutex<Ending>, stop: &Stop, settings: &Settings) {
+    let mut e = lock(ending);
+    match stop {
+        Stop::Exited(code) => e.status = Some(ExitStatus::Code(*code)),
+        Stop::Broken(why) => e.reason = Some(why.clone()),
+        Stop::Silent => {
+            e.reason = Some(format!(
+                "no heartbeat for {:?} while connected to the broker",
+                settings.silence
+            ))
+        }
+        Stop::PoolClosed | Stop::ProcessEnded => {}
+    }
+    e.ended = true;
 }
 
 /// Tells incarnation `inc` of worker `n` to exit at once.
@@ -312,20 +251,6 @@ async fn down(link: &Link<'_>, mut reader: ReadHalf) -> Stop {
     }
 }
 
-fn control_headers(inc: u64) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(names::INCARNATION, inc.to_string().as_str());
-    headers
-}
-
-/// A control message: the credit total so far, then frames for the worker.
-fn control_payload(credit: &AtomicU64, frames: &[u8]) -> Bytes {
-    let mut payload = Vec::with_capacity(8 + frames.len());
-    payload.extend_from_slice(&credit.load(Ordering::Relaxed).to_le_bytes());
-    payload.extend_from_slice(frames);
-    payload.into()
-}
-
 /// Worker → pool, in the worker's order, each message once, each frame
 /// to its own task.
 async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
@@ -334,7 +259,7 @@ async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
     if writer.write_all(hello).await.is_err() {
         return Stop::PoolClosed;
     }
-    let consumer = match link.broker.output_consumer(n, inc).await {
+    let mut consumer = match link.broker.output_consumer(n, inc).await {
         Ok(c) => c,
         Err(e) => return Stop::Broken(e),
     };
@@ -347,50 +272,88 @@ async fn up(link: &Link<'_>, hello: &[u8], writer: &mut WriteHalf) -> Stop {
         link.next,
     );
     loop {
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(512)
-            .heartbeat(PULL_HEARTBEAT)
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                if let Some(why) = deleted(&e.to_string()) {
-                    return Stop::Broken(why);
+        let pulled = pull(link, &consumer, &mut intake, writer).await;
+        match pulled {
+            Pulled::Stop(stop) => return stop,
+            Pulled::Again => tokio::time::sleep(Duration::from_millis(200)).await,
+            Pulled::Renew => match link.broker.renew_output_consumer(n, inc).await {
+                Ok(c) => consumer = c,
+                Err(e) => {
+                    tracing::warn!(worker = n, error = %e, "cannot replace the consumer of a worker's outputs; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tracing::warn!(worker = n, error = %e, "cannot pull outputs; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+        }
+    }
+}
+
+/// How one pull from the output consumer ended.
+enum Pulled {
+    /// The link ends.
+    Stop(Stop),
+    /// The pull is dead: pull again.
+    Again,
+    /// The watch asked for a new consumer.
+    Renew,
+}
+
+/// Pulls worker outputs from `consumer` and hands them to the pool until
+/// the pull dies, the link ends, or the watch asks for a new consumer.
+async fn pull(
+    link: &Link<'_>,
+    consumer: &PullConsumer,
+    intake: &mut Intake<'_>,
+    writer: &mut WriteHalf,
+) -> Pulled {
+    let n = link.settings.index;
+    let mut messages = match consumer
+        .stream()
+        .max_messages_per_batch(512)
+        .heartbeat(crate::relay::PULL_HEARTBEAT)
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(why) = deleted(&e.to_string()) {
+                return Pulled::Stop(Stop::Broken(why));
+            }
+            tracing::warn!(worker = n, error = %e, "cannot pull outputs; retrying");
+            return Pulled::Again;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            m = messages.next() => m,
+            () = link.renew_outputs.notified() => return Pulled::Renew,
+        };
+        let message = match message {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                if let Some(why) = deleted(&e.to_string()) {
+                    return Pulled::Stop(Stop::Broken(why));
+                }
+                tracing::debug!(worker = n, error = %e, "output stream hiccup");
+                if crate::relay::pull_is_dead(&e, link.client) {
+                    return Pulled::Again;
+                }
                 continue;
             }
+            None => return Pulled::Again,
         };
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(m) => m,
-                // Missed heartbeats while the broker restarts: the stream
-                // recovers by itself.
-                Err(e) => {
-                    if let Some(why) = deleted(&e.to_string()) {
-                        return Stop::Broken(why);
-                    }
-                    tracing::debug!(worker = n, error = %e, "output stream hiccup");
-                    continue;
-                }
-            };
-            let taken = intake.take(message.headers.as_ref(), message.payload.clone());
-            // The pool gets what is due before the broker its ack.
-            if let Taken::Frames(frames, exited) = taken {
-                if writer.write_all(&frames).await.is_err() {
-                    return Stop::PoolClosed;
-                }
-                if let Some(code) = exited {
-                    let _ = message.ack().await;
-                    return Stop::Exited(code);
-                }
+        let taken = intake.take(message.headers.as_ref(), message.payload.clone());
+        // The pool gets what is due before the broker its ack.
+        if let Taken::Frames(frames, exited) = taken {
+            if writer.write_all(&frames).await.is_err() {
+                return Pulled::Stop(Stop::PoolClosed);
             }
-            let _ = message.ack().await;
+            if let Some(code) = exited {
+                let _ = message.ack().await;
+                return Pulled::Stop(Stop::Exited(code));
+            }
         }
+        let _ = message.ack().await;
     }
 }
 
@@ -406,177 +369,4 @@ fn deleted(error: &str) -> Option<String> {
              ({error}): the messages in it are lost"
         )
     })
-}
-
-/// Heartbeats, credit refreshes, and the local process.
-async fn watch(link: &Link<'_>, child: Option<&Arc<Mutex<ChildCell>>>) -> Stop {
-    let (client, broker, settings) = (link.client, link.broker, link.settings);
-    let n = settings.index;
-    let inc = settings.incarnation;
-    let mut beats = match client.subscribe(broker.names.heartbeat_subject(n)).await {
-        Ok(s) => s,
-        Err(e) => return Stop::Broken(format!("cannot watch heartbeats: {e}")),
-    };
-    let mut silence = Silence::new(settings.silence);
-    let mut tick = tokio::time::interval(settings.heartbeat.min(Duration::from_millis(50)));
-    let mut last_refresh = Instant::now();
-    let mut dropped = [0u64; 4];
-    let mut gap = Gap::default();
-    let (mut taken, mut reports) = (0, 0u64);
-    let mut check = Check::new(settings.heartbeat * 3);
-    loop {
-        tokio::select! {
-            beat = beats.next() => match beat {
-                Some(m) if header_u64(m.headers.as_ref(), names::INCARNATION) == Some(inc) => {
-                    silence.heard();
-                    let h = m.headers.as_ref();
-                    if let Some(d) = h.and_then(|h| h.get(names::DROPPED)) {
-                        link.drops.absorb(d.as_str(), &mut dropped, broker.names.pool(), n);
-                    }
-                    gap.stored = gap.stored.max(header_u64(h, names::STORED).unwrap_or(0));
-                    taken = header_u64(h, names::TAKEN).unwrap_or(0).max(taken);
-                    reports += 1;
-                }
-                Some(_) => {}
-                None => return Stop::Broken("heartbeat subscription closed".into()),
-            },
-            _ = tick.tick() => {
-                let connected =
-                    client.connection_state() == async_nats::connection::State::Connected;
-                // Silence while we cannot hear is not the worker's fault.
-                if silence.too_long(connected) {
-                    return Stop::Silent;
-                }
-                if !connected {
-                    gap.since = Instant::now();
-                    check.reset();
-                    continue;
-                }
-                if let Some(lost) = gap.check(link.next.load(Ordering::Relaxed)) {
-                    return Stop::Broken(format!(
-                        "the broker stored output message {lost} of worker {n} but never \
-                         delivered it (the stream was purged, or the broker lost it)"
-                    ));
-                }
-                if let Some((k, seq)) = check.due(link.sent.taken(taken)) {
-                    let there = broker.task_message_is(seq, inc, k).await;
-                    if there.is_ok_and(|there| check.removed(k, there, reports)) {
-                        publish_again(link, k).await;
-                        check.reset();
-                    }
-                }
-                if let Some(child) = child {
-                    let exited = lock(child).try_wait();
-                    if !matches!(exited, Ok(None)) {
-                        // Its last messages may still be on their way.
-                        tokio::time::sleep(settings.heartbeat.min(Duration::from_millis(200))).await;
-                        return Stop::ProcessEnded;
-                    }
-                }
-                if last_refresh.elapsed() >= settings.heartbeat {
-                    last_refresh = Instant::now();
-                    let _ = client
-                        .publish_with_headers(
-                            broker.names.control_subject(n),
-                            control_headers(inc),
-                            control_payload(link.credit, &[]),
-                        )
-                        .await;
-                }
-            }
-        }
-    }
-}
-
-/// Publishes again those untaken task messages, from `k` (found removed
-/// from the broker before the worker took it) on, that the broker no
-/// longer has: a purge or a broker crash takes a run of them. Copies keep their
-/// identity, so a worker that took one after all drops it; one the broker
-/// will not store now is looked up again at the next check.
-async fn publish_again(link: &Link<'_>, k: u64) {
-    let (broker, n, inc) = (link.broker, link.settings.index, link.settings.incarnation);
-    let subject = broker.names.task_subject(n);
-    let mut copies = 0;
-    for (k, seq) in link.sent.untaken(k, sent::BATCH) {
-        if !matches!(broker.task_message_is(seq, inc, k).await, Ok(false)) {
-            continue;
-        }
-        let Some((message, copy)) = link.sent.copy(k) else {
-            continue;
-        };
-        let headers = message.copy_headers(copy);
-        let payload = message.payload.clone();
-        let Ok(ack) = broker
-            .js
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await
-        else {
-            break;
-        };
-        let then = message;
-        let _ = link.confirm.send(Pending {
-            ack,
-            subject: subject.clone(),
-            headers,
-            payload,
-            then,
-        });
-        copies += 1;
-    }
-    tracing::warn!(
-        pool = broker.names.pool(),
-        worker = n,
-        message = k,
-        copies,
-        "task messages were removed from the broker before the worker took them (the stream \
-         was purged, or the broker lost them): published them again"
-    );
-}
-
-/// How long an output message the worker says the broker stored may stay
-/// undelivered, while both sides are connected, before it counts as lost.
-/// Long enough for the output pull to recover from a broker restart (its
-/// idle heartbeat, `PULL_HEARTBEAT`, notices a dead pull), and shorter than
-/// the core's default heartbeat timeout (10 s), which would otherwise
-/// report the worker unresponsive, its pongs being in the lost messages.
-/// A message the broker handed to a pull that died with it is handed out
-/// again once the output consumer's acknowledgement wait
-/// (`OUTPUT_ACK_WAIT`, well below this) has passed.
-const GAP_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// The idle heartbeat of the output pull: a pull the broker forgot in a
-/// restart is noticed after two of them are missed.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
-
-/// Watches for an output message the broker confirmed to the worker but
-/// never delivered: the tasks it completed would otherwise wait forever.
-#[derive(Debug)]
-struct Gap {
-    /// The last output message the worker says is stored.
-    stored: u64,
-    /// The next message due, and since when.
-    due: u64,
-    since: Instant,
-}
-
-impl Default for Gap {
-    fn default() -> Self {
-        Gap {
-            stored: 0,
-            due: 0,
-            since: Instant::now(),
-        }
-    }
-}
-
-impl Gap {
-    /// The message lost, if `next` (due) is stored and has been due too long.
-    fn check(&mut self, next: u64) -> Option<u64> {
-        if next != self.due || self.stored < next {
-            self.due = next;
-            self.since = Instant::now();
-            return None;
-        }
-        (self.since.elapsed() > GAP_TIMEOUT).then_some(next)
-    }
 }

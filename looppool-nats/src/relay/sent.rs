@@ -11,6 +11,12 @@
 //! heartbeats), if the broker no longer has it a while after it was stored,
 //! was removed without being delivered.
 //!
+//! The same check notices a consumer that stopped delivering: the oldest
+//! message the worker has not taken still in the stream, while the worker
+//! goes on reporting, means the broker does not hand it out. (A consumer
+//! restored by a broker restarted after a crash can stop for good; see
+//! `Broker::renew_task_consumer`.)
+//!
 //! Publishing a message again never runs its task twice, whatever the
 //! delivery mode: the copy keeps the message's identity (incarnation and
 //! number), and a worker runs each number once and drops a copy of one it
@@ -36,6 +42,11 @@ pub(crate) const GRACE: Duration = Duration::from_secs(3);
 /// before it counts as removed: the first may have left the worker before
 /// the broker was asked; a second one says what the worker took since.
 const REPORTS: u64 = 2;
+
+/// How long the oldest untaken message must stay in the stream, once
+/// found there, before it counts as not delivered (with [`REPORTS`] of the
+/// worker's reports meanwhile).
+const STALL_WAIT: Duration = Duration::from_secs(1);
 
 /// Untaken messages looked up (and published again if missing) at most in
 /// one pass, so that the watch keeps hearing heartbeats meanwhile.
@@ -128,17 +139,29 @@ impl Sent {
     }
 }
 
+/// What the broker's answers about the oldest untaken message mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finding {
+    /// Nothing yet.
+    Wait,
+    /// It was removed before the worker took it: publish it again.
+    Removed,
+    /// It is there, and the worker does not receive it: the worker's
+    /// consumer stopped delivering.
+    Stalled,
+}
+
 /// When to ask the broker whether the oldest untaken message is still
-/// there, and what its absence means.
+/// there, and what its presence or absence means.
 #[derive(Debug)]
 pub(crate) struct Check {
     grace: Duration,
     /// The oldest untaken message last seen, and since when.
     oldest: Option<(u64, Instant)>,
-    /// The message found missing, since when, and the worker's reports
-    /// counted then: the reports arriving meanwhile say whether it took it
-    /// after all.
-    missing: Option<(u64, Instant, u64)>,
+    /// The message looked up, whether the broker had it, since when, and
+    /// the worker's reports counted then: the reports arriving meanwhile
+    /// say whether it took it after all.
+    looked: Option<(u64, bool, Instant, u64)>,
     last_asked: Instant,
 }
 
@@ -149,7 +172,7 @@ impl Check {
         Check {
             grace: grace.max(GRACE),
             oldest: None,
-            missing: None,
+            looked: None,
             last_asked: Instant::now(),
         }
     }
@@ -165,8 +188,8 @@ impl Check {
         if self.oldest.is_none_or(|(seen, _)| seen != k) {
             self.oldest = Some((k, Instant::now()));
         }
-        if self.missing.is_some_and(|(m, _, _)| m != k) {
-            self.missing = None;
+        if self.looked.is_some_and(|(m, ..)| m != k) {
+            self.looked = None;
         }
         let since = self.oldest.map_or(Instant::now(), |(_, at)| at);
         if since.elapsed() < self.grace || self.last_asked.elapsed() < Duration::from_secs(1) {
@@ -176,22 +199,29 @@ impl Check {
         Some((k, seq))
     }
 
-    /// Whether message `k`, which the broker has (`there`) or not, counts
-    /// as removed before delivery: missing, and still untaken a grace
-    /// period and [`REPORTS`] of the worker's reports (`reports` counts
-    /// them all) after it was first found missing.
-    pub(crate) fn removed(&mut self, k: u64, there: bool, reports: u64) -> bool {
-        if there {
-            self.missing = None;
-            return false;
-        }
-        match self.missing {
-            Some((m, at, then)) if m == k => {
-                at.elapsed() >= self.grace && reports >= then + REPORTS
+    /// What it means that the broker has message `k` (`there`) or not,
+    /// the worker's reports being `reports` (a count of them all).
+    ///
+    /// Missing, and still untaken a grace period and [`REPORTS`] reports
+    /// after it was first found missing: removed. There, and still untaken
+    /// [`REPORTS`] reports and a second after it was first found there
+    /// (having been the oldest untaken for the grace period before): the
+    /// consumer does not deliver it.
+    pub(crate) fn judge(&mut self, k: u64, there: bool, reports: u64) -> Finding {
+        match self.looked {
+            Some((m, was, at, then)) if m == k && was == there => {
+                let waited = if there { STALL_WAIT } else { self.grace };
+                if at.elapsed() < waited || reports < then + REPORTS {
+                    Finding::Wait
+                } else if there {
+                    Finding::Stalled
+                } else {
+                    Finding::Removed
+                }
             }
             _ => {
-                self.missing = Some((k, Instant::now(), reports));
-                false
+                self.looked = Some((k, there, Instant::now(), reports));
+                Finding::Wait
             }
         }
     }
@@ -201,7 +231,7 @@ impl Check {
     /// take a while to arrive).
     pub(crate) fn reset(&mut self) {
         self.oldest = None;
-        self.missing = None;
+        self.looked = None;
     }
 }
 
@@ -257,19 +287,50 @@ mod tests {
         let mut check = Check::new(Duration::ZERO);
         assert_eq!(check.due(None), None);
         assert_eq!(check.due(Some((4, 104))), None, "within the grace");
-        assert!(!check.removed(4, false, 0), "missing once is not removed");
-        assert!(!check.removed(4, true, 5));
+        assert_eq!(
+            check.judge(4, false, 0),
+            Finding::Wait,
+            "missing once is not removed"
+        );
+        assert_eq!(
+            check.judge(4, true, 5),
+            Finding::Wait,
+            "there once is not stalled"
+        );
     }
 
     #[test]
     fn a_missing_message_counts_only_after_two_later_reports() {
         let mut check = Check::new(Duration::ZERO);
         check.grace = Duration::ZERO;
-        assert!(!check.removed(4, false, 10));
-        assert!(
-            !check.removed(4, false, 11),
+        assert_eq!(check.judge(4, false, 10), Finding::Wait);
+        assert_eq!(
+            check.judge(4, false, 11),
+            Finding::Wait,
             "one report may predate the look-up"
         );
-        assert!(check.removed(4, false, 12));
+        assert_eq!(check.judge(4, false, 12), Finding::Removed);
+        assert_eq!(
+            check.judge(4, true, 12),
+            Finding::Wait,
+            "found there after all: it starts over"
+        );
+    }
+
+    #[test]
+    fn a_message_there_but_not_taken_counts_after_two_reports_and_a_second() {
+        let mut check = Check::new(Duration::ZERO);
+        check.grace = Duration::ZERO;
+        assert_eq!(check.judge(4, true, 10), Finding::Wait);
+        assert_eq!(check.judge(4, true, 12), Finding::Wait, "within a second");
+        let (k, there, _, then) = check.looked.unwrap();
+        check.looked = Some((k, there, Instant::now() - STALL_WAIT, then));
+        assert_eq!(check.judge(4, true, 11), Finding::Wait, "one report only");
+        assert_eq!(check.judge(4, true, 12), Finding::Stalled);
+        assert_eq!(
+            check.judge(5, true, 40),
+            Finding::Wait,
+            "another message starts over"
+        );
     }
 }
