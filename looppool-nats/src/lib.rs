@@ -189,8 +189,11 @@
 //! (`{ nkey: "U..." , permissions: ... }` for NKey users; with
 //! `verify_and_map: true` in the `tls` block and `ca_file`, users named by
 //! their client certificate's subject, `user: "CN=jobs-parent"`; with an
-//! operator and accounts, the same permissions in the users' JWTs, used
-//! through credentials files.) The parent:
+//! operator and accounts (the pool's account with JetStream), the same
+//! permissions in the users' JWTs, `pub.allow` and `sub.allow` being
+//! [`publish`](auth::Permissions::publish) and
+//! [`subscribe`](auth::Permissions::subscribe), and the parent's with
+//! `resp: { max: 1 }`, used through credentials files.) The parent:
 //!
 //! ```no_run
 //! # use std::rc::Rc;
