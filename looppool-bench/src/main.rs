@@ -39,6 +39,9 @@ use std::process::ExitCode;
 
 mod bench;
 mod broker;
+mod broker_common;
+mod broker_pool;
+mod broker_raw;
 mod broker_server;
 mod cli;
 mod control;
