@@ -44,6 +44,9 @@ pub(crate) enum CodecError {
     Serde(String),
     /// A payload's bytes are not a valid encoding of the expected type.
     Decode(String),
+    /// The value holds a blob, and the frame must be encoded again with a
+    /// sink for its connection (see `blob::wire`); never reaches users.
+    Blobs,
 }
 
 impl std::fmt::Display for CodecError {
@@ -59,6 +62,7 @@ impl std::fmt::Display for CodecError {
             CodecError::Trailing(n) => write!(f, "{n} unexpected trailing bytes"),
             CodecError::Serde(msg) => f.write_str(msg),
             CodecError::Decode(msg) => write!(f, "payload does not decode: {msg}"),
+            CodecError::Blobs => f.write_str("a blob met without a sink for its frame"),
         }
     }
 }
@@ -152,23 +156,68 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
     }
 }
 
-/// Serializes `value` with postcard, appending to `buf` in place.
+/// Serializes `value` with postcard, appending to `buf` in place. A blob
+/// in it travels inline (as for a frame whose connection carries no
+/// descriptors).
 #[inline(always)]
 pub(crate) fn put_serde<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), CodecError> {
     let mark = buf.len();
+    match serialize_into(buf, value) {
+        Ok(()) => Ok(()),
+        Err(e) => serde_failed(buf, mark, value, e, false),
+    }
+}
+
+/// [`put_serde`] for a frame that may carry blobs by descriptor: a blob in
+/// `value` met without a sink fails the encoding with
+/// [`CodecError::Blobs`], and the caller encodes the frame again with a
+/// sink for its connection. Values without blobs pay nothing for that.
+#[inline(always)]
+pub(crate) fn put_serde_or_blobs<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), CodecError> {
+    let mark = buf.len();
+    match serialize_into(buf, value) {
+        Ok(()) => Ok(()),
+        Err(e) => serde_failed(buf, mark, value, e, true),
+    }
+}
+
+#[inline(always)]
+fn serialize_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> postcard::Result<()> {
     let mut serializer = postcard::Serializer {
         output: AppendFlavor(buf),
     };
-    match value.serialize(Top(&mut serializer)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            buf.truncate(mark);
-            Err(CodecError::Serde(e.to_string()))
-        }
+    value.serialize(Top(&mut serializer))
+}
+
+/// A serialization that failed: takes its bytes out of `buf`; when a blob
+/// asked for a sink, says so (`ask`) or encodes again with blobs inline.
+#[cold]
+#[inline(never)]
+fn serde_failed<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    mark: usize,
+    value: &T,
+    e: postcard::Error,
+    ask: bool,
+) -> Result<(), CodecError> {
+    buf.truncate(mark);
+    if !crate::blob::wire::take_wanted() {
+        return Err(CodecError::Serde(e.to_string()));
     }
+    if ask {
+        return Err(CodecError::Blobs);
+    }
+    let (again, _) = crate::blob::wire::with_sink(None, Vec::new(), || serialize_into(buf, value));
+    again.map_err(|e| {
+        buf.truncate(mark);
+        CodecError::Serde(e.to_string())
+    })
 }
 
 /// Decodes a postcard payload that must fill `bytes` exactly.

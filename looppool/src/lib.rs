@@ -361,6 +361,7 @@
 // On docs.rs (all features), each item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod blob;
 mod codec;
 mod error;
 mod event;
@@ -384,6 +385,7 @@ pub mod worker;
 #[path = "fuzz.rs"]
 pub mod __fuzz;
 
+pub use blob::{Blob, BlobMut, DEFAULT_BLOB_THRESHOLD, MIN_BLOB_THRESHOLD};
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{
     BuildError, CallError, EmitError, EmitErrorKind, StartError, SubmitError, SubmitErrorKind,

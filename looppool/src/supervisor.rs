@@ -69,6 +69,8 @@ struct Serving {
     writer: crate::transport::WriteHalf,
     /// Notice of the process's exit, for a local process.
     exit: Option<crate::sys::ProcessExit>,
+    /// The blob socket, for a connection that has one.
+    blobs: Option<crate::transport::blobs::BlobChannel>,
 }
 
 /// State shared by the pool handle and the driver tasks.
@@ -201,6 +203,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             reader,
             writer,
             exit,
+            blobs,
         } = launched;
         {
             let mut slot = crate::sync::lock(&self.children[index]);
@@ -218,6 +221,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             recycle_at,
             self.spec.output_credits,
             self.spec.credit_bytes,
+            blobs.is_some().then_some(self.spec.blob_threshold),
         )?;
         if self.is_stopping() {
             // A shutdown began while this worker was starting.
@@ -230,6 +234,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             reader,
             writer,
             exit,
+            blobs,
         })
     }
 

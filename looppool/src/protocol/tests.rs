@@ -88,6 +88,7 @@ fn parent_messages_round_trip() {
         task_timeout_ms: 0,
         credit_bytes: 4096,
         cancel_grace_ms: 1000,
+        blob_threshold: 65536,
     };
     put_init(&mut buf, &init, b"xyz", DEFAULT_MAX_FRAME).unwrap();
     put_tagged(&mut buf, kind::TASK, 17, "hi", DEFAULT_MAX_FRAME).unwrap();
@@ -348,6 +349,8 @@ fn lift_up(msg: FromWorker<'_>) -> Result<Up, CodecError> {
         FromWorker::Log(b) => Up::Log(b.to_vec()),
         FromWorker::Pong(n) => Up::Pong(n),
         FromWorker::Cancelled(s) => Up::Cancelled(s),
+        // The generator makes none (their descriptors need a socket).
+        FromWorker::Blobs(_) => return Err(CodecError::Decode("a frame with blobs".into())),
     })
 }
 
@@ -369,6 +372,8 @@ fn lift_down(msg: ToWorker<'_>) -> Result<Down, CodecError> {
         ToWorker::TaskOwnDeadline { slot, payload } => {
             Down::TaskOwnDeadline(slot, codec::get_serde(payload)?)
         }
+        // The generator makes none (their descriptors need a socket).
+        ToWorker::Blobs(_) => return Err(CodecError::Decode("a frame with blobs".into())),
     })
 }
 
@@ -620,7 +625,7 @@ struct Read {
 /// holds `tasks` submitted tasks, in slots `0..tasks`.
 fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -> Read {
     let lane = Arc::new(Lane::<u64>::new(0, 8, max_frame, 0));
-    let generation = lane.open(1, None, 1_000, 1 << 20).unwrap();
+    let generation = lane.open(1, None, 1_000, 1 << 20, None).unwrap();
     for _ in 0..tasks {
         lane.try_push(&(), None, None).map_err(|_| ()).unwrap();
     }
