@@ -15,8 +15,8 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
 
 use memmap2::{Mmap, MmapMut};
-use serde::de::{self, Deserializer, EnumAccess, VariantAccess, Visitor};
 use serde::de::Error as _;
+use serde::de::{self, Deserializer, EnumAccess, VariantAccess, Visitor};
 use serde::ser::{Error as _, Serializer};
 
 use crate::sys::shm;

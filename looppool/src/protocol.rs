@@ -497,7 +497,9 @@ pub(crate) fn put_blobs(
     let at = frame.len();
     frame.extend_from_slice(inner);
     let body = frame.len() - start - codec::HEADER_LEN;
-    let total = sizes.iter().fold(body, |sum, &size| sum.saturating_add(size));
+    let total = sizes
+        .iter()
+        .fold(body, |sum, &size| sum.saturating_add(size));
     if total > max {
         // Dropped: the frame is taken out.
         return Err(CodecError::TooLarge { len: total, max });

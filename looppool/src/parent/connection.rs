@@ -7,13 +7,13 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::lane::{Delivered, Lane, LaneState, SlotEvent};
-use crate::blob::wire;
 use super::outputs::{Batch, BatchSender};
+use crate::blob::wire;
 use crate::codec;
 use crate::output::Output;
+use crate::protocol::Announced;
 use crate::protocol::FromWorker;
 use crate::task_id::TaskId;
-use crate::protocol::Announced;
 use crate::transport::blobs::{BlobReceiver, BlobSender, PendingBlob};
 use crate::transport::{self, FrameReader, WriteHalf};
 
@@ -35,7 +35,10 @@ pub(crate) async fn write_loop<O>(
     let yield_after_wake = tokio::runtime::Handle::current().runtime_flavor()
         != tokio::runtime::RuntimeFlavor::CurrentThread;
     loop {
-        if !lane.lock().take_frames(generation, &mut batch, &mut pending) {
+        if !lane
+            .lock()
+            .take_frames(generation, &mut batch, &mut pending)
+        {
             return;
         }
         let took = !batch.is_empty();

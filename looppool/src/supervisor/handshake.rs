@@ -179,11 +179,7 @@ async fn send_init(
         task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
         credit_bytes: spec.credit_bytes,
         cancel_grace_ms: spec.cancel_grace.as_millis() as u64,
-        blob_threshold: if blobs {
-            spec.blob_threshold as u64
-        } else {
-            0
-        },
+        blob_threshold: if blobs { spec.blob_threshold as u64 } else { 0 },
     };
     let mut buf = Vec::new();
     protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)

@@ -154,7 +154,10 @@ impl BlobReceiver {
     /// and maps each (checked to be a sealed memory file of its size).
     /// An error, naming what went wrong, when one is not there: its frame
     /// arrived, so it never will.
-    pub(crate) fn receive(&mut self, sizes: impl Iterator<Item = u64>) -> Result<Vec<Blob>, String> {
+    pub(crate) fn receive(
+        &mut self,
+        sizes: impl Iterator<Item = u64>,
+    ) -> Result<Vec<Blob>, String> {
         let mut blobs = Vec::new();
         for size in sizes {
             let fd = self.take()?;

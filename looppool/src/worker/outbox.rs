@@ -245,7 +245,11 @@ impl Outbox {
         }
         *credits -= cost;
         // Only the buffer after the ready message carries descriptors.
-        pending.extend(blobs.into_iter().map(|sealed| PendingBlob { at: start, sealed }));
+        pending.extend(
+            blobs
+                .into_iter()
+                .map(|sealed| PendingBlob { at: start, sealed }),
+        );
         // A frame with blobs is not folded into its task's completion.
         *last_output = match tag.checked_sub(1) {
             Some(slot) if !early && sizes.is_empty() => Some((start, slot as u32)),

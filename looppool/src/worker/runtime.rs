@@ -13,8 +13,8 @@ use super::Worker;
 use crate::blob::wire;
 use crate::codec::{self, CodecError, DEFAULT_MAX_FRAME};
 use crate::protocol::{self, kind, Announced, Failure, Hello, Init, ToWorker};
-use crate::transport::blobs::BlobReceiver;
 use crate::sys;
+use crate::transport::blobs::BlobReceiver;
 use crate::transport::{self, Connection, FrameReader, WriteHalf};
 use crate::worker::process::EXIT_INIT_FAILED;
 
@@ -286,7 +286,10 @@ fn blob_task<W: Worker>(
     announced: Announced<'_>,
 ) {
     let Some(receiver) = blobs else {
-        protocol_exit(shared, "a frame with blobs on a connection that carries no descriptors")
+        protocol_exit(
+            shared,
+            "a frame with blobs on a connection that carries no descriptors",
+        )
     };
     let max = shared.out.max_frame() as u64;
     if (body_len as u64).saturating_add(announced.total) > max {
@@ -304,7 +307,10 @@ fn blob_task<W: Worker>(
             shared.cancelled(slot);
             return;
         }
-        _ => protocol_exit(shared, "a frame with blobs around something other than a task"),
+        _ => protocol_exit(
+            shared,
+            "a frame with blobs around something other than a task",
+        ),
     };
     let (task, _) = wire::with_inbox(received, || codec::get_serde::<W::Task>(payload));
     let task = match task {

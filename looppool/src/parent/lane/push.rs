@@ -10,12 +10,12 @@ use std::sync::Arc;
 use super::{CallSender, Lane, LaneState, Retry, SlotMore, Status};
 use crate::blob::{wire, Sealed};
 use crate::codec::{CodecError, HEADER_LEN};
-use crate::protocol::kind;
-use crate::transport::blobs::PendingBlob;
 use crate::error::SubmitErrorKind;
 use crate::parent::slots::Call;
 use crate::protocol;
+use crate::protocol::kind;
 use crate::task_id::TaskId;
+use crate::transport::blobs::PendingBlob;
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
 /// the writer can flush a large batch: batch size is set here, not by
@@ -158,9 +158,9 @@ impl<O> Lane<O> {
             Err(CodecError::Blobs)
         } {
             // A blob met without a sink: encode again, for this connection.
-            Err(CodecError::Blobs) => self.encode_with_blobs(&mut st, preset, |out, max| {
-                encode(out, slot, max)
-            }),
+            Err(CodecError::Blobs) => {
+                self.encode_with_blobs(&mut st, preset, |out, max| encode(out, slot, max))
+            }
             other => other,
         };
         std::mem::forget(wake);
@@ -245,7 +245,8 @@ impl<O> Lane<O> {
                         .into(),
                 ));
             }
-            let (encoded, _) = wire::with_sink(None, Vec::new(), || encode(&mut st.out, self.max_frame));
+            let (encoded, _) =
+                wire::with_sink(None, Vec::new(), || encode(&mut st.out, self.max_frame));
             return encoded;
         };
         let mut frame = Vec::new();
@@ -276,8 +277,11 @@ impl<O> Lane<O> {
         if self.retries > 0 {
             st.retry_blobs = blobs.clone();
         }
-        st.blobs
-            .extend(blobs.into_iter().map(|sealed| PendingBlob { at: start, sealed }));
+        st.blobs.extend(
+            blobs
+                .into_iter()
+                .map(|sealed| PendingBlob { at: start, sealed }),
+        );
         Ok(inner + payload - HEADER_LEN)
     }
 
