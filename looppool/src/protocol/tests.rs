@@ -230,11 +230,12 @@ fn init_strategy() -> impl Strategy<Value = Down> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
         ),
         vec(any::<u8>(), 0..8),
     )
         .prop_map(
-            |(index, pool, credits, max_frame, (r, b, log, extra, unit, grace), payload)| {
+            |(index, pool, credits, max_frame, (r, b, log, extra, unit, grace, blobs), payload)| {
                 let mut bytes = Vec::new();
                 codec::put_varint(&mut bytes, index.into());
                 codec::put_serde(&mut bytes, &pool).unwrap();
@@ -246,6 +247,7 @@ fn init_strategy() -> impl Strategy<Value = Down> {
                 codec::put_varint(&mut bytes, extra);
                 codec::put_varint(&mut bytes, unit);
                 codec::put_varint(&mut bytes, grace);
+                codec::put_varint(&mut bytes, blobs);
                 bytes.extend_from_slice(&payload);
                 Down::Init(bytes)
             },
@@ -519,6 +521,7 @@ fn kind_strategy() -> impl Strategy<Value = u8> {
             kind::HELLO, kind::READY, kind::INIT_FAILED, kind::OUTPUT, kind::DONE,
             kind::OUTPUT_DONE, kind::FAILED, kind::BYE, kind::REPORT, kind::LOG, kind::PONG,
             kind::CANCEL, kind::SKIP, kind::TASK_OWN_DEADLINE, kind::CANCELLED,
+            kind::BLOBS, kind::WORKER_BLOBS,
         ]),
         1 => any::<u8>(),
     ]
@@ -545,9 +548,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::HELLO..=kind::CANCELLED).contains(&k));
+                prop_assert!(!(kind::HELLO..=kind::WORKER_BLOBS).contains(&k));
             }
-            Err(_) => prop_assert!((kind::HELLO..=kind::CANCELLED).contains(&first)),
+            Err(_) => prop_assert!((kind::HELLO..=kind::WORKER_BLOBS).contains(&first)),
         }
         match ToWorker::decode(&body) {
             Ok(msg) => {
@@ -556,9 +559,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::INIT..=kind::TASK_OWN_DEADLINE).contains(&k));
+                prop_assert!(!(kind::INIT..=kind::BLOBS).contains(&k));
             }
-            Err(_) => prop_assert!((kind::INIT..=kind::TASK_OWN_DEADLINE).contains(&first)),
+            Err(_) => prop_assert!((kind::INIT..=kind::BLOBS).contains(&first)),
         }
     }
 }
