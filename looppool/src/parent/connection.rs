@@ -369,16 +369,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
             let event = match decode_frame::<O>(body) {
                 Ok(Frame::Slot(event)) => event,
                 Ok(Frame::Blobs(announced)) => {
-                    match self.open_blobs(&mut st, &mut between.blobs, body.len(), announced) {
-                        Ok((Frame::Slot(event), with_blobs)) => {
+                    match self.open_blobs(&mut st, between, &mut got, body.len(), announced) {
+                        Ok(Some((event, with_blobs))) => {
                             cost = with_blobs;
                             event
                         }
-                        Ok((Frame::Unsolicited(value), with_blobs)) => {
-                            got.value(worker, None, value, with_blobs);
-                            continue;
-                        }
-                        Ok(_) => unreachable!("`open_blobs` returns outputs only"),
+                        Ok(None) => continue,
                         Err(e) => {
                             tally.end = Some(e);
                             break;
@@ -436,6 +432,19 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 break;
             }
         }
+        self.settle(st, got, tally, between)
+    }
+
+    /// Settles one read's frames with the lane, then delivers its outputs.
+    #[inline(always)]
+    fn settle(
+        &self,
+        mut st: std::sync::MutexGuard<'_, LaneState<O>>,
+        got: Collected<'_, O>,
+        tally: ReadTally,
+        between: &mut Between<O>,
+    ) -> Option<ReadEnd> {
+        let lane = &*self.lane;
         let mut overdrawn = None;
         let mut waiters = false;
         if !tally.replaced {
@@ -458,21 +467,23 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
     }
 
     /// Takes the descriptors of the blobs a frame announces and decodes
-    /// the frame it wraps with them, which must be an output; returns it
-    /// with the output credits it spends, its blobs' bytes counted. An
-    /// error when a descriptor is not there (its frame arrived, so it
-    /// never will), is not a sealed memory file of its announced size, or
-    /// the frame breaks the protocol otherwise.
+    /// the frame it wraps with them, which must be an output; returns the
+    /// task's event with the output credits it spends, its blobs' bytes
+    /// counted (an output of no task goes to `got` at once). An error when
+    /// a descriptor is not there (its frame arrived, so it never will), is
+    /// not a sealed memory file of its announced size, or the frame breaks
+    /// the protocol otherwise.
     #[cold]
     #[inline(never)]
-    fn open_blobs<'b>(
+    fn open_blobs(
         &self,
         st: &mut LaneState<O>,
-        blobs: &mut Option<BlobReceiver>,
+        between: &mut Between<O>,
+        got: &mut Collected<'_, O>,
         body_len: usize,
-        announced: Announced<'b>,
-    ) -> Result<(Frame<'b, O>, u32), String> {
-        let Some(receiver) = blobs else {
+        announced: Announced<'_>,
+    ) -> Result<Option<(SlotEvent<O>, u32)>, String> {
+        let Some(receiver) = &mut between.blobs else {
             return Err("a frame with blobs on a connection that carries no descriptors".into());
         };
         let max = self.lane.max_frame();
@@ -484,11 +495,7 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
         }
         let received = receiver.receive(announced.sizes())?;
         let (decoded, left) = wire::with_inbox(received, || decode_frame::<O>(announced.inner));
-        let frame = match decoded? {
-            frame @ (Frame::Unsolicited(_)
-            | Frame::Slot(SlotEvent::Output { .. } | SlotEvent::OutputDone { .. })) => frame,
-            _ => return Err("a frame with blobs around something other than an output".into()),
-        };
+        let frame = decoded?;
         if left > 0 {
             return Err(format!(
                 "a frame announcing {} blobs whose output holds {}",
@@ -496,7 +503,17 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 announced.count() as usize - left
             ));
         }
-        Ok((frame, st.output_cost(size as usize)))
+        let cost = st.output_cost(size as usize);
+        match frame {
+            Frame::Unsolicited(value) => {
+                got.value(self.worker, None, value, cost);
+                Ok(None)
+            }
+            Frame::Slot(event @ (SlotEvent::Output { .. } | SlotEvent::OutputDone { .. })) => {
+                Ok(Some((event, cost)))
+            }
+            _ => Err("a frame with blobs around something other than an output".into()),
+        }
     }
 
     /// Handles a report or a log record.
