@@ -73,16 +73,16 @@ async fn a_large_blob_crosses_as_a_mapped_file_both_ways() {
 async fn the_threshold_decides_which_blobs_go_by_descriptor() {
     let (pool, _outputs) = shm_pool!().workers(1).start().await.unwrap();
     // From a vector, above the default threshold: copied into a file once.
-    let big = Blob::from(vec![3u8; 100_000]);
+    let big = Blob::from(vec![3u8; 200_000]);
     assert!(!big.is_shared());
     let want = ShmOut::Seen {
-        len: 100_000,
+        len: 200_000,
         shared: true,
-        sum: 300_000,
+        sum: 600_000,
     };
     assert_eq!(seen(&pool, big).await, want);
     // Below it (and below the least threshold), inline.
-    for len in [1_000usize, 10_000] {
+    for len in [1_000usize, 100_000] {
         let small = Blob::from(vec![1u8; len]);
         let want = ShmOut::Seen {
             len: len as u64,
