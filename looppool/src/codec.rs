@@ -44,9 +44,6 @@ pub(crate) enum CodecError {
     Serde(String),
     /// A payload's bytes are not a valid encoding of the expected type.
     Decode(String),
-    /// The value holds a blob, and the frame must be encoded again with a
-    /// sink for its connection (see `blob::wire`); never reaches users.
-    Blobs,
 }
 
 impl std::fmt::Display for CodecError {
@@ -62,7 +59,6 @@ impl std::fmt::Display for CodecError {
             CodecError::Trailing(n) => write!(f, "{n} unexpected trailing bytes"),
             CodecError::Serde(msg) => f.write_str(msg),
             CodecError::Decode(msg) => write!(f, "payload does not decode: {msg}"),
-            CodecError::Blobs => f.write_str("a blob met without a sink for its frame"),
         }
     }
 }
@@ -172,9 +168,10 @@ pub(crate) fn put_serde<T: Serialize + ?Sized>(
 }
 
 /// [`put_serde`] for a frame that may carry blobs by descriptor: a blob in
-/// `value` met without a sink fails the encoding with
-/// [`CodecError::Blobs`], and the caller encodes the frame again with a
-/// sink for its connection. Values without blobs pay nothing for that.
+/// `value` met without a sink fails the encoding, leaving
+/// `blob::wire::take_wanted` true, and the caller encodes the frame again
+/// with a sink for its connection. Values without blobs pay nothing for
+/// that (a new error variant would: the checks of every `Result` here).
 #[inline(always)]
 pub(crate) fn put_serde_or_blobs<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
@@ -207,12 +204,10 @@ fn serde_failed<T: Serialize + ?Sized>(
     ask: bool,
 ) -> Result<(), CodecError> {
     buf.truncate(mark);
-    if !crate::blob::wire::take_wanted() {
+    if ask || !crate::blob::wire::wanted() {
         return Err(CodecError::Serde(e.to_string()));
     }
-    if ask {
-        return Err(CodecError::Blobs);
-    }
+    crate::blob::wire::take_wanted();
     let (again, _) = crate::blob::wire::with_sink(None, Vec::new(), || serialize_into(buf, value));
     again.map_err(|e| {
         buf.truncate(mark);

@@ -149,8 +149,9 @@ pub(crate) enum ToWorker<'a> {
     Credit(u32),
     Stop,
     Ping(u64),
-    /// A frame that carries blobs by descriptor.
-    Blobs(Announced<'a>),
+    /// A frame that carries blobs by descriptor: the body after its kind,
+    /// read by [`Announced::parse`] (a slice here keeps the enum small).
+    Blobs(&'a [u8]),
 }
 
 /// A message from a worker, borrowing its payload from the read buffer.
@@ -182,8 +183,9 @@ pub(crate) enum FromWorker<'a> {
     Log(&'a [u8]),
     Pong(u64),
     Cancelled(u32),
-    /// A frame that carries blobs by descriptor.
-    Blobs(Announced<'a>),
+    /// A frame that carries blobs by descriptor: the body after its kind,
+    /// read by [`Announced::parse`] (a slice here keeps the enum small).
+    Blobs(&'a [u8]),
 }
 
 /// The head of a frame that carries blobs by descriptor: how many, the size
@@ -202,6 +204,12 @@ pub(crate) struct Announced<'a> {
 }
 
 impl<'a> Announced<'a> {
+    /// Reads the announcement of a `BLOBS` or `WORKER_BLOBS` frame from
+    /// the body after its kind.
+    pub(crate) fn parse(rest: &'a [u8]) -> Result<Self, ProtocolError> {
+        Announced::read(&mut Fields::new(rest))
+    }
+
     /// Reads the announcement after a `BLOBS` or `WORKER_BLOBS` kind.
     fn read(f: &mut Fields<'a>) -> Result<Self, ProtocolError> {
         let count = f.varint_u32()?;
@@ -307,7 +315,7 @@ impl<'a> ToWorker<'a> {
             kind::CREDIT => ToWorker::Credit(f.varint_u32()?),
             kind::STOP => ToWorker::Stop,
             kind::PING => ToWorker::Ping(f.varint()?),
-            kind::BLOBS => return Ok(ToWorker::Blobs(Announced::read(&mut f)?)),
+            kind::BLOBS => return Ok(ToWorker::Blobs(f.rest())),
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         f.end()?;
@@ -363,7 +371,7 @@ impl<'a> FromWorker<'a> {
             kind::LOG => return Ok(FromWorker::Log(f.rest())),
             kind::PONG => FromWorker::Pong(f.varint()?),
             kind::CANCELLED => FromWorker::Cancelled(f.varint_u32()?),
-            kind::WORKER_BLOBS => return Ok(FromWorker::Blobs(Announced::read(&mut f)?)),
+            kind::WORKER_BLOBS => return Ok(FromWorker::Blobs(f.rest())),
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         f.end()?;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::codec::{self, CodecError};
-use crate::protocol::{self, kind, ToWorker};
+use crate::protocol::{self, kind, Announced, ToWorker};
 
 fn built(len: usize, byte: u8) -> Blob {
     let mut b = Blob::build(len).unwrap();
@@ -54,15 +54,12 @@ fn a_frame_encoder_asks_for_a_sink_only_for_large_blobs() {
         blobs: vec![built(MIN_BLOB_THRESHOLD, 1)],
     };
     let mut buf = vec![7];
-    assert_eq!(
-        codec::put_serde_or_blobs(&mut buf, &large),
-        Err(CodecError::Blobs)
-    );
+    assert!(codec::put_serde_or_blobs(&mut buf, &large).is_err());
+    assert!(wire::take_wanted(), "it asks for a sink");
     assert_eq!(buf, [7], "the failed encoding is taken out");
-    assert_eq!(
-        codec::put_serde_or_blobs(&mut buf, &large.blobs[0]),
-        Err(CodecError::Blobs)
-    );
+    assert!(codec::put_serde_or_blobs(&mut buf, &large.blobs[0]).is_err());
+    assert!(wire::take_wanted());
+    assert!(!wire::take_wanted(), "asked once");
     // Without asking, it goes inline.
     codec::put_serde(&mut buf, &large).unwrap();
     assert_eq!(codec::get_serde::<Holder>(&buf[1..]).unwrap(), large);
@@ -140,6 +137,7 @@ fn a_task_with_blobs_is_announced_and_can_be_skipped_inside() {
     let Ok(ToWorker::Blobs(announced)) = ToWorker::decode(body) else {
         panic!("a frame with blobs")
     };
+    let announced = Announced::parse(announced).unwrap();
     assert_eq!(announced.count(), 2);
     assert_eq!(announced.total, 14_096);
     assert_eq!(announced.sizes().collect::<Vec<_>>(), [4096, 10_000]);
@@ -151,6 +149,7 @@ fn a_task_with_blobs_is_announced_and_can_be_skipped_inside() {
     let Ok(ToWorker::Blobs(announced)) = ToWorker::decode(&buf[codec::HEADER_LEN..]) else {
         panic!("still a frame with blobs")
     };
+    let announced = Announced::parse(announced).unwrap();
     assert_eq!(ToWorker::decode(announced.inner), Ok(ToWorker::Skip(5)));
 
     // The limit counts the blobs' bytes.
@@ -175,6 +174,9 @@ fn malformed_announcements_are_refused() {
         vec![kind::BLOBS, 1, 5],
         vec![kind::BLOBS, 0x81, 0x08, 1, kind::STOP],
     ] {
-        assert!(ToWorker::decode(&body).is_err(), "{body:?}");
+        let Ok(ToWorker::Blobs(rest)) = ToWorker::decode(&body) else {
+            panic!("a frame with blobs")
+        };
+        assert!(Announced::parse(rest).is_err(), "{body:?}");
     }
 }

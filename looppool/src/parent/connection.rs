@@ -170,8 +170,9 @@ enum Frame<'a, O> {
     Report(&'a [u8]),
     /// A log record (handled without the lane's lock).
     Log(&'a [u8]),
-    /// A frame that carries blobs by descriptor around an output.
-    Blobs(Announced<'a>),
+    /// A frame that carries blobs by descriptor around an output (the
+    /// body after its kind).
+    Blobs(&'a [u8]),
 }
 
 /// Decodes one frame body from the worker (inlined, as `decode_output`).
@@ -481,11 +482,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
         between: &mut Between<O>,
         got: &mut Collected<'_, O>,
         body_len: usize,
-        announced: Announced<'_>,
+        announced: &[u8],
     ) -> Result<Option<(SlotEvent<O>, u32)>, String> {
         let Some(receiver) = &mut between.blobs else {
             return Err("a frame with blobs on a connection that carries no descriptors".into());
         };
+        let announced = Announced::parse(announced).map_err(|e| e.to_string())?;
         let max = self.lane.max_frame();
         let size = (body_len as u64).saturating_add(announced.total);
         if size > max as u64 {

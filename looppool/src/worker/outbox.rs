@@ -152,7 +152,14 @@ impl Outbox {
         let tag = slot.map_or(0, |s| u64::from(s) + 1);
         match protocol::put_tagged(target, kind::OUTPUT, tag, &value, self.max_frame) {
             Ok(()) => {}
-            Err(CodecError::Blobs) => {
+            Err(CodecError::TooLarge { len, max }) => {
+                return Err(EmitError::new(EmitErrorKind::TooLarge { len, max }, value))
+            }
+            Err(e) => {
+                if !wire::take_wanted() {
+                    return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value));
+                }
+                // A blob asked for a sink: encode again, for the connection.
                 let emitted = self.emit_with_blobs(&mut out, tag, value);
                 drop(out);
                 if emitted.is_ok() && was_empty && !early {
@@ -160,10 +167,6 @@ impl Outbox {
                 }
                 return emitted;
             }
-            Err(CodecError::TooLarge { len, max }) => {
-                return Err(EmitError::new(EmitErrorKind::TooLarge { len, max }, value))
-            }
-            Err(e) => return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value)),
         }
         let body = target.len() - start - codec::HEADER_LEN;
         let cost = protocol::output_cost(body, self.credit_bytes, self.window);

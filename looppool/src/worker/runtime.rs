@@ -283,7 +283,7 @@ fn blob_task<W: Worker>(
     shared: &Rc<Shared>,
     blobs: &mut Option<BlobReceiver>,
     body_len: usize,
-    announced: Announced<'_>,
+    announced: &[u8],
 ) {
     let Some(receiver) = blobs else {
         protocol_exit(
@@ -291,6 +291,8 @@ fn blob_task<W: Worker>(
             "a frame with blobs on a connection that carries no descriptors",
         )
     };
+    let announced =
+        Announced::parse(announced).unwrap_or_else(|e| protocol_exit(shared, &e.to_string()));
     let max = shared.out.max_frame() as u64;
     if (body_len as u64).saturating_add(announced.total) > max {
         protocol_exit(shared, "a frame whose blobs exceed the frame limit");

@@ -119,6 +119,11 @@ impl<O> Lane<O> {
         span: Option<&tracing::Span>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         self.push_with(call, Some((id, attempts)), span, blobs, |out, slot, max| {
+            // Blobs go by the sink: ask for one, as a blob would.
+            if !blobs.is_empty() && !wire::in_sink() {
+                wire::want_sink();
+                return Err(CodecError::Serde(wire::WANT_SINK.into()));
+            }
             protocol::put_encoded_task(out, slot, payload, max)
         })
     }
@@ -152,28 +157,24 @@ impl<O> Lane<O> {
         // (see `codec::FrameWriter`), the slot is still free, and the panic
         // goes on to the caller, with the credits queued above woken for.
         let wake = WakeOnUnwind(&self.writer_wake, was_empty);
-        let encoded = match if preset.is_empty() {
-            encode(&mut st.out, slot, self.max_frame)
-        } else {
-            Err(CodecError::Blobs)
-        } {
-            // A blob met without a sink: encode again, for this connection.
-            Err(CodecError::Blobs) => {
-                self.encode_with_blobs(&mut st, preset, |out, max| encode(out, slot, max))
-            }
-            other => other,
-        };
+        let encoded = encode(&mut st.out, slot, self.max_frame);
         std::mem::forget(wake);
         let payload_start = match encoded {
             Ok(at) => at,
-            Err(e) => {
-                drop(st);
-                if was_empty {
-                    // The owed credits, if any, still go out.
-                    self.writer_wake.notify_one();
+            Err(e) => match self.encode_failed(&mut st, e, preset, was_empty, |out, max| {
+                encode(out, slot, max)
+            }) {
+                // A blob asked for a sink: encoded again, for this connection.
+                Ok(at) => at,
+                Err(e) => {
+                    drop(st);
+                    if was_empty {
+                        // The owed credits, if any, still go out.
+                        self.writer_wake.notify_one();
+                    }
+                    return Err((PushError::Codec(e), call));
                 }
-                return Err((PushError::Codec(e), call));
-            }
+            },
         };
         st.free.pop();
         let (id, attempts) = match retried {
@@ -224,13 +225,33 @@ impl<O> Lane<O> {
         Ok(id)
     }
 
+    /// After a task's encoding failed with `e`: when a blob asked for a sink
+    /// (or `preset` blobs come with an encoded payload), the encoding again
+    /// with one; `e` otherwise.
+    #[cold]
+    #[inline(never)]
+    fn encode_failed(
+        &self,
+        st: &mut LaneState<O>,
+        e: CodecError,
+        preset: &[Arc<Sealed>],
+        was_empty: bool,
+        encode: impl Fn(&mut Vec<u8>, usize) -> Result<usize, CodecError>,
+    ) -> Result<usize, CodecError> {
+        if !wire::take_wanted() {
+            return Err(e);
+        }
+        let wake = WakeOnUnwind(&self.writer_wake, was_empty);
+        let encoded = self.encode_with_blobs(st, preset, encode);
+        std::mem::forget(wake);
+        encoded
+    }
+
     /// Encodes a task frame whose value holds blobs (or whose payload
     /// refers to `preset` ones) with a sink for the current connection:
     /// blobs of at least its threshold go by descriptor, in a `BLOBS`
     /// frame around the task frame, the others inline. Returns where the
     /// task's payload begins in `out`, as `encode` does.
-    #[cold]
-    #[inline(never)]
     fn encode_with_blobs(
         &self,
         st: &mut LaneState<O>,
