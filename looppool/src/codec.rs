@@ -152,67 +152,44 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
     }
 }
 
-/// Serializes `value` with postcard, appending to `buf` in place. A blob
-/// in it travels inline (as for a frame whose connection carries no
-/// descriptors).
-#[inline(always)]
-pub(crate) fn put_serde<T: Serialize + ?Sized>(
-    buf: &mut Vec<u8>,
-    value: &T,
-) -> Result<(), CodecError> {
-    let mark = buf.len();
-    match serialize_into(buf, value) {
-        Ok(()) => Ok(()),
-        Err(e) => serde_failed(buf, mark, value, e, false),
-    }
-}
-
-/// [`put_serde`] for a frame that may carry blobs by descriptor: a blob in
-/// `value` met without a sink fails the encoding, leaving
-/// `blob::wire::take_wanted` true, and the caller encodes the frame again
-/// with a sink for its connection. Values without blobs pay nothing for
-/// that (a new error variant would: the checks of every `Result` here).
+/// Serializes `value` with postcard, appending to `buf` in place, for a
+/// frame that may carry blobs by descriptor: a blob in `value` met without
+/// a sink fails the encoding, leaving `blob::wire::take_wanted` true, and
+/// the caller encodes the frame again with a sink for its connection.
+/// Values without blobs pay nothing for that: this is the codec's plain
+/// serialization, unchanged (even a new error variant would cost the
+/// checks of every `Result` on the path).
 #[inline(always)]
 pub(crate) fn put_serde_or_blobs<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), CodecError> {
     let mark = buf.len();
-    match serialize_into(buf, value) {
-        Ok(()) => Ok(()),
-        Err(e) => serde_failed(buf, mark, value, e, true),
-    }
-}
-
-#[inline(always)]
-fn serialize_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> postcard::Result<()> {
     let mut serializer = postcard::Serializer {
         output: AppendFlavor(buf),
     };
-    value.serialize(Top(&mut serializer))
+    match value.serialize(Top(&mut serializer)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            buf.truncate(mark);
+            Err(CodecError::Serde(e.to_string()))
+        }
+    }
 }
 
-/// A serialization that failed: takes its bytes out of `buf`; when a blob
-/// asked for a sink, says so (`ask`) or encodes again with blobs inline.
-#[cold]
-#[inline(never)]
-fn serde_failed<T: Serialize + ?Sized>(
+/// Serializes `value` with postcard, appending to `buf` in place; a blob
+/// in it travels inline (as in a frame whose connection carries no
+/// descriptors).
+pub(crate) fn put_serde<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
-    mark: usize,
     value: &T,
-    e: postcard::Error,
-    ask: bool,
 ) -> Result<(), CodecError> {
-    buf.truncate(mark);
-    if ask || !crate::blob::wire::wanted() {
-        return Err(CodecError::Serde(e.to_string()));
+    match put_serde_or_blobs(buf, value) {
+        Err(_) if crate::blob::wire::take_wanted() => {
+            crate::blob::wire::with_sink(None, Vec::new(), || put_serde_or_blobs(buf, value)).0
+        }
+        done => done,
     }
-    crate::blob::wire::take_wanted();
-    let (again, _) = crate::blob::wire::with_sink(None, Vec::new(), || serialize_into(buf, value));
-    again.map_err(|e| {
-        buf.truncate(mark);
-        CodecError::Serde(e.to_string())
-    })
 }
 
 /// Decodes a postcard payload that must fill `bytes` exactly.

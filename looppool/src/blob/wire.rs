@@ -90,12 +90,6 @@ pub(crate) fn take_wanted() -> bool {
     WANTED.replace(false)
 }
 
-/// Whether a blob met without a sink waits for its frame to be encoded
-/// again with one (without clearing it).
-pub(crate) fn wanted() -> bool {
-    WANTED.get()
-}
-
 /// Whether a sink is set (a frame is being encoded with one).
 pub(crate) fn in_sink() -> bool {
     SINK.with_borrow(Option::is_some)

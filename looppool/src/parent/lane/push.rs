@@ -161,9 +161,7 @@ impl<O> Lane<O> {
         std::mem::forget(wake);
         let payload_start = match encoded {
             Ok(at) => at,
-            Err(e) => match self.encode_failed(&mut st, e, preset, was_empty, |out, max| {
-                encode(out, slot, max)
-            }) {
+            Err(e) => match self.encode_failed(&mut st, e, preset, was_empty, slot, &encode) {
                 // A blob asked for a sink: encoded again, for this connection.
                 Ok(at) => at,
                 Err(e) => {
@@ -236,13 +234,14 @@ impl<O> Lane<O> {
         e: CodecError,
         preset: &[Arc<Sealed>],
         was_empty: bool,
-        encode: impl Fn(&mut Vec<u8>, usize) -> Result<usize, CodecError>,
+        slot: u32,
+        encode: &impl Fn(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
     ) -> Result<usize, CodecError> {
         if !wire::take_wanted() {
             return Err(e);
         }
         let wake = WakeOnUnwind(&self.writer_wake, was_empty);
-        let encoded = self.encode_with_blobs(st, preset, encode);
+        let encoded = self.encode_with_blobs(st, preset, |out, max| encode(out, slot, max));
         std::mem::forget(wake);
         encoded
     }
