@@ -183,6 +183,10 @@ impl Job {
     }
 }
 
+/// When set in a worker's environment, [`Probe`]'s initialiser fails with
+/// its value (the `probe-broken-init` program sets it).
+pub const FAIL_INIT_ENV: &str = "PROBE_FAIL_INIT";
+
 /// The init payload of a [`Probe`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProbeInit {
@@ -213,6 +217,9 @@ impl Worker for Probe {
     type Output = u64;
 
     async fn init(init: ProbeInit, cx: InitContext<u64>) -> Result<Self, BoxError> {
+        if let Some(why) = std::env::var_os(FAIL_INIT_ENV) {
+            return Err(why.to_string_lossy().into_owned().into());
+        }
         if init.fail_on == Some(cx.worker_index()) {
             return Err(format!("refusing to start worker {}", cx.worker_index()).into());
         }

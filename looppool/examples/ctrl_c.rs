@@ -10,6 +10,10 @@
 //! ```sh
 //! cargo run --release --example ctrl_c     # then press Ctrl-C
 //! ```
+//!
+//! While it runs, `looppool top` shows its pool, live, through the pool's
+//! control socket: `cargo run -p looppool-cli -- top ctrl-c` in another
+//! terminal.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -48,6 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut terminate = signal(SignalKind::terminate())?;
         let (pool, mut outputs) = Pool::<Sleeper>::builder().workers(4).name("ctrl-c").start().await?;
         println!("pool ready: {} workers, pids {:?}", pool.workers(), pool.pids());
+        if let Some(socket) = pool.control_socket() {
+            println!("looppool top --socket {}", socket.display());
+        }
 
         // The consumer counts outputs until the stream ends after shutdown.
         let consumer = tokio::spawn(async move {

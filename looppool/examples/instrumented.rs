@@ -9,6 +9,10 @@
 //! STATSD_ADDR=127.0.0.1:8125 REPORT_INTERVAL_MS=1000 cargo run --release --example instrumented --features statsd
 //! ```
 //!
+//! With `SENTRY_DSN` set and the `sentry` feature (`--features
+//! statsd,sentry`), the failed tasks and worker panics also go to Sentry,
+//! as events tagged with pool, worker, pid and task.
+//!
 //! Watch the gauges arrive with `nc -ul 8125` in another terminal. The
 //! example runs a few seconds of mixed work (computing, waiting, failing,
 //! panicking, and one handler that blocks its loop), prints the pool's
@@ -86,11 +90,34 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Logs to stderr; with `SENTRY_DSN` set (and the `sentry` feature), also
+/// sends `ERROR` lines (failed tasks, worker panics) to Sentry, tagged by
+/// `looppool::metrics::sentry_tags`. The guard returned flushes Sentry as
+/// it is dropped.
+fn init_logging() -> Option<Box<dyn std::any::Any>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer().with_target(true);
+    #[cfg(feature = "sentry")]
+    if let Ok(dsn) = std::env::var("SENTRY_DSN") {
+        use tracing_subscriber::Layer;
+        let mut options = sentry::ClientOptions::default();
+        options.before_send = Some(std::sync::Arc::new(looppool::metrics::sentry_tags));
+        let guard = sentry::init((dsn, options));
+        let errors = sentry::integrations::tracing::ErrorLayer::new()
+            .with_filter(tracing_subscriber::filter::LevelFilter::ERROR);
+        tracing_subscriber::registry().with(fmt).with(errors).init();
+        return Some(Box::new(guard));
+    }
+    tracing_subscriber::registry().with(fmt).init();
+    None
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // In a process the pool started, this runs the worker and never returns.
     looppool::worker_main!(Instrumented);
 
-    tracing_subscriber::fmt().with_target(true).init();
+    let _sentry = init_logging();
     let statsd_addr = env_or("STATSD_ADDR", "127.0.0.1:8125".to_owned());
     let interval = Duration::from_millis(env_or("REPORT_INTERVAL_MS", 10_000u64).max(1));
 
@@ -104,6 +131,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .report_interval(interval)
             .statsd(Statsd::new(statsd_addr.as_str(), "instrumented"))
             .blocked_threshold(Duration::from_millis(200))
+            // Failed tasks are errors here: they reach the log, and Sentry.
+            .failed_task_log_level(tracing::Level::ERROR)
             .start()
             .await?;
         tracing::info!(statsd = %statsd_addr, ?interval, pids = ?pool.pids(), "pool started");

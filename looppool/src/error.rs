@@ -13,6 +13,10 @@ use std::fmt;
 use crate::event::{ExitStatus, LossCause};
 use crate::task_id::TaskId;
 
+mod restart;
+
+pub use restart::RestartError;
+
 /// A setting of [`PoolBuilder`](crate::PoolBuilder) that cannot work.
 ///
 /// Its `Display` is the message alone, which says what to change; inside a

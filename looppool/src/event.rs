@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::task_id::TaskId;
+
 /// What happened to a worker process, as data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -72,6 +74,16 @@ pub enum WorkerEvent {
         pid: u32,
         /// How long it had not answered.
         silent_for: Duration,
+        /// The tasks it held, queued or running (each is then reported
+        /// lost, or retried), in the order of their slots.
+        held: Vec<TaskId>,
+        /// What its threads were doing as it was found stuck, read from
+        /// `/proc` just before the kill: per thread its name, state, the
+        /// kernel function it waits in (`wchan`), its system call, and its
+        /// kernel stack where this process may read it (as root). `None`
+        /// for a worker that is not a local process. User-space stacks are
+        /// not collected: that needs a debugger attached.
+        stack: Option<String>,
     },
     /// Too many restarts in the policy's window: the pool stopped itself.
     PoolFailed {
@@ -94,6 +106,13 @@ pub enum RecycleReason {
         /// Resident memory when sampled, in bytes.
         rss_bytes: u64,
     },
+    /// Someone asked for it, through the pool's control socket (see
+    /// [`control`](crate::control)).
+    Requested,
+    /// A rolling restart ([`Pool::rolling_restart`](crate::Pool::rolling_restart),
+    /// [`Pool::upgrade`](crate::Pool::upgrade)) replaced it, with a
+    /// replacement that had already started.
+    RollingRestart,
 }
 
 /// How a worker process ended.

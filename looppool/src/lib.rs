@@ -151,6 +151,21 @@
 //! its frame, against [`PoolBuilder::max_frame`] and the output byte bound
 //! ([`PoolBuilder::max_result_bytes`]).
 //!
+//! # Operating a running pool
+//!
+//! - **Control socket** (on by default): every pool listens on a Unix
+//!   socket of the user's own (`$XDG_RUNTIME_DIR/looppool/`), through which
+//!   `looppool top` (the `looppool-cli` crate) and scripts read its figures
+//!   and act on it: snapshot, resize, recycle one worker, rolling restart,
+//!   cancel a task. See [`control`] for the protocol, the checks that keep
+//!   other users out, and why it is on by default.
+//! - **Rolling restart and upgrade**: [`Pool::rolling_restart`] replaces
+//!   every worker with a fresh process, and [`Pool::upgrade`] moves every
+//!   worker to another program (a new release), one at a time: each
+//!   replacement must start and pass `init` before the worker it replaces
+//!   drains and retires, so no task fails or is lost, and a replacement
+//!   that fails leaves the old workers serving.
+//!
 //! # Failure semantics
 //!
 //! | what happens | a `submit`ted task | a `call` |
@@ -184,10 +199,27 @@
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
-//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced, its [`WorkerEvent::Unresponsive`] (also logged as an error) naming the tasks it held and, for a local worker, what its threads were doing (state, `wchan`, system call, kernel stack as root), read before the kill; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
 //! | the worker's allocations pass [`PoolBuilder::memory_limit`] (a runaway task), or the kernel's OOM killer kills it | it dies at once and is replaced; [`Output::Lost`] with [`LossCause::OutOfMemory`] (see [below](#out-of-memory)) | [`CallError::WorkerLost`] |
 //! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
 //! | the worker is recycled ([`PoolBuilder::recycle_after_tasks`], [`PoolBuilder::recycle_above_memory`]) or removed by [`Pool::resize`] | it drains first: every task it holds completes | completes |
+//! | a rolling restart ([`Pool::rolling_restart`], [`Pool::upgrade`]) replaces the worker | its replacement starts and passes `init` first; then the worker drains as a recycled one does: every task it holds completes; meanwhile round-robin sends go to the other workers and targeted ones wait for the replacement | completes |
+//! | a rolling restart's replacement fails to start (spawn, handshake, `init`, start timeout) | the restart stops with a [`RestartError`] saying which workers were replaced; the failed replacement is stopped; the worker it was for and those after it serve on, untouched | the same |
+//! | the worker dies while it drains for a rolling restart | its tasks are [`Output::Lost`] as in any crash (the restart policy counts it); the replacement already started takes its place | [`CallError::WorkerLost`] |
+//! | the pool shuts down (or is dropped) during a rolling restart | the restart ends with a [`RestartError`] caused by [`StartError::Closed`]; a replacement not yet in place is stopped; tasks fare as in any shutdown | the same |
+//! | a worker holds a task that never ends during a rolling restart | the restart waits for it: bound tasks with [`PoolBuilder::task_timeout`], or drop the restart's future, which stops the restart after that worker | the same |
+//!
+//! From outside, through the [control socket](control):
+//!
+//! | what happens | what the pool does |
+//! |---|---|
+//! | a client sends a malformed line (not JSON or UTF-8, a wrong field, an unknown op, over [`control::MAX_LINE`] bytes) | an error reply of a stable kind; the request never reaches the pool, and the connection stays usable |
+//! | a client of another user connects (root included), or one whose credentials cannot be read | one `forbidden` line, and the connection is closed |
+//! | a client sends nothing, or stops reading its replies | it is disconnected after [`control::IDLE_TIMEOUT`] or [`control::WRITE_TIMEOUT`]; past [`control::MAX_CLIENTS`] connections, more get `busy` and are closed at once |
+//! | a client hangs up (or dies) in the middle of a request | the request is carried out all the same (a resize, a recycle, a rolling restart complete); its reply is dropped |
+//! | the pool shuts down, fails or is dropped while clients are connected | the listener stops and the socket file is removed (by the time `shutdown` returns); every connection is closed, a request in progress without its reply |
+//! | the parent is killed (SIGKILL) | the socket file stays until the next pool started in the same directory, or [`control::sockets`] (which `looppool top` calls), removes it |
+//! | the socket directory cannot be used (another owner, access for group or others, a symlink, a read-only file system) | in the default directory: the pool starts without a socket and logs a warning; in a directory set with [`PoolBuilder::control_socket`]: `start` fails with [`StartError::Config`] |
 //!
 //! With [`PoolBuilder::retry_lost`]`(n)`, a task lost with its worker is
 //! first re-sent to a live worker, up to `n` times, under its original
@@ -368,9 +400,12 @@
 //!    and reports lost tasks, the restart policy, heartbeats, resizing and
 //!    the pool's lifecycle state.
 //! 7. [`metrics`]: exporters (statsd, Prometheus) reading snapshots.
-//! 8. `pool`: the [`Pool`] handle and its [`PoolBuilder`].
-//! 9. [`testing`]: one worker in a test process, over an in-memory
-//!    connection (it uses only the wire and the worker side).
+//! 8. [`control`]: the control socket (its directory, the listener, the
+//!    JSON-lines requests), reaching the supervisor weakly; `pool` hands
+//!    it the one thing it cannot reach below (cancelling a task).
+//! 9. `pool`: the [`Pool`] handle and its [`PoolBuilder`].
+//! 10. [`testing`]: one worker in a test process, over an in-memory
+//!     connection (it uses only the wire and the worker side).
 //!
 //! # Feature flags
 //!
@@ -382,6 +417,9 @@
 //!   collector to register in the application's own registry, and
 //!   `PoolBuilder::prometheus` serves the same figures at `/metrics` on a
 //!   port of their own.
+//! - `sentry`: `metrics::sentry_tags`, a `before_send` hook that tags the
+//!   events the `sentry` crate's tracing integration makes of a pool's
+//!   failed tasks and worker log lines with pool, worker, pid and task.
 //!
 //! # Platform support
 //!
@@ -392,6 +430,7 @@
 
 mod blob;
 mod codec;
+pub mod control;
 mod error;
 mod event;
 pub mod metrics;
@@ -417,8 +456,8 @@ pub mod __fuzz;
 pub use blob::{Blob, BlobMut, DEFAULT_BLOB_THRESHOLD, MIN_BLOB_THRESHOLD};
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{
-    BuildError, CallError, EmitError, EmitErrorKind, StartError, SubmitError, SubmitErrorKind,
-    TaskError, TryNextError, WorkerLost,
+    BuildError, CallError, EmitError, EmitErrorKind, RestartError, StartError, SubmitError,
+    SubmitErrorKind, TaskError, TryNextError, WorkerLost,
 };
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{PoolStats, WorkerReport, WorkerStats};

@@ -124,11 +124,15 @@ use crate::sync::lock;
 
 #[cfg(feature = "prometheus")]
 mod prometheus;
+#[cfg(feature = "sentry")]
+mod sentry;
 #[cfg(feature = "statsd")]
 pub(crate) mod statsd;
 
 #[cfg(feature = "prometheus")]
 pub use prometheus::PoolCollector;
+#[cfg(feature = "sentry")]
+pub use sentry::sentry_tags;
 #[cfg(feature = "statsd")]
 pub use statsd::Statsd;
 

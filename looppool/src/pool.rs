@@ -14,6 +14,7 @@ use crate::worker::Worker;
 
 mod builder;
 mod control;
+mod ops;
 mod send;
 mod task;
 
@@ -86,6 +87,8 @@ pub(crate) struct Inner<O: serde::de::DeserializeOwned + Send + 'static> {
     space: Arc<AnySpace>,
     /// Dispatch policy and cancellation settings.
     control: Control,
+    /// The control socket, if on; dropped (and removed) with the pool.
+    control_socket: Option<crate::control::Handle>,
 }
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Drop for Inner<O> {
@@ -106,6 +109,7 @@ impl<W: Worker> Pool<W> {
         hub: Arc<crate::metrics::Hub>,
         space: Arc<AnySpace>,
         control: Control,
+        control_socket: Option<crate::control::Handle>,
     ) -> Self {
         Pool {
             inner: Arc::new(Inner {
@@ -115,6 +119,7 @@ impl<W: Worker> Pool<W> {
                 next: AtomicUsize::new(0),
                 space,
                 control,
+                control_socket,
             }),
             _worker: PhantomData,
         }
@@ -460,6 +465,7 @@ impl<W: Worker> Pool<W> {
     /// Cancel safe: the workers still stop; only the waiting ends.
     pub async fn shutdown(&self) -> ShutdownReport {
         let drained = self.inner.sup.shutdown(None).await;
+        self.close_control();
         ShutdownReport {
             drained,
             failure: self.failure(),
@@ -473,6 +479,7 @@ impl<W: Worker> Pool<W> {
     /// As [`shutdown`](Self::shutdown).
     pub async fn shutdown_timeout(&self, deadline: Duration) -> ShutdownReport {
         let drained = self.inner.sup.shutdown(Some(deadline)).await;
+        self.close_control();
         ShutdownReport {
             drained,
             failure: self.failure(),

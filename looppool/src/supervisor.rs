@@ -23,6 +23,7 @@ mod local;
 mod lost;
 mod policy;
 mod resize;
+mod rolling;
 mod spec;
 
 pub(crate) use launch::{launch_all, Launched};
@@ -95,8 +96,16 @@ pub(crate) struct Supervisor<O> {
     /// For the drivers of workers added later; weak, so that the output
     /// stream still ends when the last driver ends.
     outputs: Mutex<Option<mpsc::WeakUnboundedSender<Batch<O>>>>,
-    /// Serialises resizes.
+    /// Serialises resizes and rolling restarts.
     resizing: tokio::sync::Mutex<()>,
+    /// Per index, a replacement a rolling restart started ahead, for the
+    /// driver's next start.
+    staged: Vec<Mutex<rolling::Staged>>,
+    /// Counts the workers installed, for a rolling restart waiting for its
+    /// replacement to be.
+    installs: watch::Sender<u64>,
+    /// The programs of workers moved to another one by an upgrade.
+    programs: Mutex<rolling::Programs>,
 }
 
 impl<O> fmt::Debug for Supervisor<O> {
@@ -142,6 +151,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             active: AtomicUsize::new(0),
             outputs: Mutex::new(None),
             resizing: tokio::sync::Mutex::new(()),
+            staged: (0..children_len).map(|_| Mutex::default()).collect(),
+            installs: watch::Sender::new(0),
+            programs: Mutex::new(rolling::Programs::new(children_len)),
         }
     }
 
@@ -165,6 +177,17 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             }
             WorkerEvent::PoolFailed { reason } => {
                 tracing::error!(pool = %self.spec.pool_name, %reason, "pool failed")
+            }
+            WorkerEvent::Unresponsive {
+                worker,
+                pid,
+                silent_for,
+                held,
+                stack,
+            } => {
+                let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+                let stack = stack.as_deref().unwrap_or("(not a local process)");
+                tracing::error!(pool = %self.spec.pool_name, worker, pid, ?silent_for, held = %held.join(", "), %stack, "worker stopped answering heartbeats: killing it")
             }
             other => tracing::debug!(pool = %self.spec.pool_name, event = ?other, "worker event"),
         }
@@ -222,7 +245,9 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             self.spec.output_credits,
             self.spec.credit_bytes,
             blobs.is_some().then_some(self.spec.blob_threshold),
-        )?;
+        );
+        self.installs.send_modify(|n| *n += 1);
+        let generation = generation?;
         if self.is_stopping() {
             // A shutdown began while this worker was starting.
             self.lanes[index].stop();

@@ -188,6 +188,17 @@ impl<O> Lane<O> {
         self.max_frame
     }
 
+    /// The tasks the lane holds (sent to its worker, or waiting to be),
+    /// in slot order: what a worker about to be killed takes with it.
+    pub(crate) fn held_ids(&self) -> Vec<crate::task_id::TaskId> {
+        let st = self.lock();
+        let index = self.index as u32;
+        st.slots
+            .busy()
+            .map(|slot| st.slots.id(slot, index))
+            .collect()
+    }
+
     /// How many times a lost task may be re-sent.
     pub(crate) fn retries(&self) -> u32 {
         self.retries
@@ -451,6 +462,23 @@ impl<O> Lane<O> {
             st.recycle_reason = Some(RecycleReason::Memory { rss_bytes });
         }
         recycling
+    }
+
+    /// Drains the worker for replacement, for `reason` (one asked for
+    /// from outside); false if it was not open (starting, stopping or
+    /// already recycling).
+    pub(crate) fn recycle_for(&self, reason: RecycleReason) -> bool {
+        let mut st = self.lock();
+        let recycling = self.recycle(&mut st);
+        if recycling {
+            st.recycle_reason = Some(reason);
+        }
+        recycling
+    }
+
+    /// Whether the lane takes tasks, and why not.
+    pub(crate) fn status(&self) -> Status {
+        self.lock().status
     }
 
     /// Why the current worker was recycled, if it was; cleared as taken.

@@ -24,6 +24,7 @@ use crate::worker::{fingerprint, short_type_name, Worker};
 
 mod control;
 mod observe;
+mod ops;
 mod validate;
 
 /// How often the default heartbeat pings each worker.
@@ -113,6 +114,8 @@ pub struct PoolBuilder<W: Worker> {
     /// Reports, statsd, Prometheus, blocked-loop watch, worker logs: set by
     /// the methods in `crate::metrics`.
     pub(crate) observe: crate::metrics::Config,
+    /// Where the control socket goes: set in `ops`.
+    control_socket: crate::control::Setting,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -177,6 +180,7 @@ impl<W: Worker> PoolBuilder<W> {
             task_timeout: None,
             control: Default::default(),
             observe: Default::default(),
+            control_socket: Default::default(),
             _worker: PhantomData,
         }
     }
@@ -508,6 +512,7 @@ impl<W: Worker> PoolBuilder<W> {
         }
         .map_err(|e| BuildError::new(format!("cannot serialize the init value: {e}")))?;
         let (observe, hub) = self.observe.prepare(&self.name).await?;
+        let socket = crate::control::bind(&self.control_socket, &self.name)?;
         let source = match self.connector {
             Some(connector) => WorkerSource::Connector(connector),
             None => WorkerSource::Local(Arc::new(LocalProcesses::new(LocalOptions {
@@ -572,8 +577,23 @@ impl<W: Worker> PoolBuilder<W> {
         }
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
+        let socket = socket.map(|bound| bound.serve(&sup, canceller(&sup, self.control)));
         let outputs = Outputs::new(rx, lanes.clone());
-        let pool = Pool::from_parts(lanes, sup, hub, space, self.control);
+        let pool = Pool::from_parts(lanes, sup, hub, space, self.control, socket);
         Ok((pool, outputs))
     }
+}
+
+/// The control socket's `cancel`: [`Pool::cancel`] on the pool of `sup`,
+/// holding it weakly so that the socket does not keep it alive.
+fn canceller<O: serde::de::DeserializeOwned + Send + 'static>(
+    sup: &Arc<Supervisor<O>>,
+    ctl: super::Control,
+) -> crate::control::Cancel {
+    let weak = Arc::downgrade(sup);
+    Box::new(move |id| {
+        weak.upgrade().is_some_and(|sup| {
+            super::control::cancel_in(&sup, &ctl, id, crate::parent::lane::CancelReason::Asked)
+        })
+    })
 }

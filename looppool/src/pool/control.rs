@@ -144,6 +144,37 @@ fn watch_cancel<O: serde::de::DeserializeOwned + Send + 'static>(
     });
 }
 
+/// Cancels task `id` of the pool of `sup` for `reason`, as
+/// [`Pool::cancel`] says; also what the control socket's `cancel` does.
+pub(crate) fn cancel_in<O: serde::de::DeserializeOwned + Send + 'static>(
+    sup: &Arc<Supervisor<O>>,
+    ctl: &Control,
+    id: TaskId,
+    reason: CancelReason,
+) -> bool {
+    let lanes = &sup.lanes;
+    let Some(first) = lanes.get(id.worker()) else {
+        return false;
+    };
+    let mut found = (first.cancel(id, reason), first);
+    if found.0 == CancelSent::NotHeld && first.retries() > 0 {
+        // A lost task re-sent under its id may be on any worker.
+        for lane in lanes.iter().filter(|l| l.index != id.worker()) {
+            found = (lane.cancel(id, reason), lane);
+            if found.0 != CancelSent::NotHeld {
+                break;
+            }
+        }
+    }
+    match found {
+        (CancelSent::Sent { generation }, lane) => {
+            watch_cancel(ctl, lane, sup, generation, id);
+            true
+        }
+        (CancelSent::NotHeld, _) => false,
+    }
+}
+
 impl<W: Worker> Pool<W> {
     /// Cancels task `id`. Returns true when the pool held the task and its
     /// cancel is now under way; false when the task already ended (its
@@ -176,33 +207,7 @@ impl<W: Worker> Pool<W> {
 
     /// Cancels task `id` for `reason`; see [`cancel`](Self::cancel).
     pub(crate) fn cancel_for(&self, id: TaskId, reason: CancelReason) -> bool {
-        let lanes = &self.inner.lanes;
-        let Some(first) = lanes.get(id.worker()) else {
-            return false;
-        };
-        let mut found = (first.cancel(id, reason), first);
-        if found.0 == CancelSent::NotHeld && first.retries() > 0 {
-            // A lost task re-sent under its id may be on any worker.
-            for lane in lanes.iter().filter(|l| l.index != id.worker()) {
-                found = (lane.cancel(id, reason), lane);
-                if found.0 != CancelSent::NotHeld {
-                    break;
-                }
-            }
-        }
-        match found {
-            (CancelSent::Sent { generation }, lane) => {
-                self.watch_cancel(lane.index, generation, id);
-                true
-            }
-            (CancelSent::NotHeld, _) => false,
-        }
-    }
-
-    fn watch_cancel(&self, worker: usize, generation: u64, id: TaskId) {
-        let ctl = &self.inner.control;
-        let lane = &self.inner.lanes[worker];
-        watch_cancel(ctl, lane, &self.inner.sup, generation, id);
+        cancel_in(&self.inner.sup, &self.inner.control, id, reason)
     }
 
     /// Starts the deadline of task `id`, sent to worker `worker` with a

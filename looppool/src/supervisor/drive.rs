@@ -67,6 +67,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 break;
             }
         }
+        // A replacement a rolling restart started for it will not serve.
+        self.discard_staged(index);
         // Whatever raced with the end (a restart refused, a failed start).
         let held = self.lanes[index].take_held(true);
         self.report_lost(held, &WorkerLost::pool_killed(index), &outputs);
@@ -79,8 +81,16 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         index: usize,
         backoff: &mut Backoff,
     ) -> Option<Option<Serving>> {
+        if let Some(installed) = self.install_staged(index) {
+            // Started (and initialised) by a rolling restart while the
+            // previous process drained.
+            return Some(installed);
+        }
         loop {
-            match self.launch_unless_stopped(index).await? {
+            match self
+                .launch_unless_stopped(&self.spec_for(index), index)
+                .await?
+            {
                 Ok(launched) => return Some(self.install(index, launched)),
                 Err(e) => {
                     self.emit(WorkerEvent::StartFailed {
@@ -254,14 +264,16 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         }
     }
 
-    /// Starts worker `index`, unless the pool stops first (then `None`).
+    /// Starts worker `index` from `spec`, unless the pool stops first
+    /// (then `None`).
     pub(super) async fn launch_unless_stopped(
         &self,
+        spec: &super::LaunchSpec,
         index: usize,
     ) -> Option<Result<Launched, crate::StartError>> {
         let mut state = self.state.subscribe();
         tokio::select! {
-            launched = launch(&self.spec, index) => Some(launched),
+            launched = launch(spec, index) => Some(launched),
             _ = state.wait_for(|s| !s.is_running()) => None,
         }
     }

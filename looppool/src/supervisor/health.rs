@@ -26,10 +26,13 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             tokio::time::sleep(interval).await;
             let silent_for = lane.silent_for();
             if silent_for > timeout {
+                // Read before the kill, while the process is as it was.
                 self.emit(WorkerEvent::Unresponsive {
                     worker: index,
                     pid,
                     silent_for,
+                    held: lane.held_ids(),
+                    stack: crate::sys::thread_states(pid),
                 });
                 lane.unresponsive.store(true, Ordering::SeqCst);
                 self.kill(index);

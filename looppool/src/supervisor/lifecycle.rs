@@ -130,6 +130,19 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         }
     }
 
+    /// Completes once the pool has stopped (shut down, failed or dropped)
+    /// and every driver has ended. Holds no reference to the supervisor,
+    /// so that whoever awaits it does not keep the pool alive.
+    pub(crate) fn ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut state = self.state.subscribe();
+        let mut drivers = self.drivers.subscribe();
+        async move {
+            // An error means the supervisor is gone: the pool ended too.
+            let _ = state.wait_for(|s| !s.is_running()).await;
+            let _ = drivers.wait_for(|d| d.iter().all(|&n| n == 0)).await;
+        }
+    }
+
     /// Closes every lane to new tasks and queues a stop message behind the
     /// tasks already sent.
     fn stop_lanes(&self) {

@@ -13,7 +13,7 @@ use crate::transport::{self, ConnectFuture, Connection, Connector, Link, Peer};
 use crate::worker::process::{BLOBS_ENV, MEMORY_ENV, SIGNALS_ENV, WORKER_ENV};
 
 /// Starts workers as child processes that die with this process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct LocalProcesses {
     /// The program to execute; `/proc/self/exe` for this very executable.
     program: PathBuf,
@@ -100,6 +100,15 @@ impl LocalProcesses {
     /// The program the workers run.
     pub(crate) fn program(&self) -> &Path {
         &self.program
+    }
+
+    /// The same workers, run from `program` (for an upgrade).
+    pub(crate) fn with_program(&self, program: PathBuf) -> Self {
+        LocalProcesses {
+            program,
+            named: true,
+            ..self.clone()
+        }
     }
 
     /// The title `ps` shows: `<program>: <pool> worker <index>`.

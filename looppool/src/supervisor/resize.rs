@@ -53,7 +53,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
         for lane in &self.lanes[added.clone()] {
             lane.reopen();
         }
-        let launched = launch_all(&self.spec, added.clone()).await;
+        self.forget_programs(added.clone());
+        let launched = launch_all(&self.spec_for(added.start), added.clone()).await;
         let outputs = crate::sync::lock(&self.outputs)
             .as_ref()
             .and_then(|w| w.upgrade());
