@@ -39,7 +39,14 @@ pub(crate) fn map_mut(fd: &OwnedFd, len: usize) -> io::Result<MmapMut> {
     // size (set by `create`) changes only when the file is truncated,
     // which nothing does before the mapping is dropped (`seal` needs it
     // gone).
-    unsafe { MmapOptions::new().len(len).map_mut(fd) }
+    let map = unsafe { MmapOptions::new().len(len).map_mut(fd) }?;
+    // A process forked by another thread (a pool starting a worker) would
+    // otherwise hold a copy of this writable mapping until it execs, and
+    // sealing the file meanwhile fails with EBUSY.
+    if len > 0 {
+        map.advise(memmap2::Advice::DontFork)?;
+    }
+    Ok(map)
 }
 
 /// Seals `fd` (no writable mapping of it may remain): its size and
