@@ -67,6 +67,11 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     }
     if opts.runs("W5") {
         w5(&plan, &limits, &rt, &mut rows)?;
+        let w5 = rows.iter().find(|r| r.workload == "W5").map(|r| r.value);
+        crate::blobs::w5_blob(&plan, w5, &rt, &mut rows)?;
+    }
+    if opts.runs("W5-64MIB") {
+        crate::blobs::w5_64mib(&plan, &rt, &mut rows)?;
     }
     if opts.runs("W6") {
         w6(&plan, &rt, &mut rows)?;
@@ -90,7 +95,7 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     Ok(())
 }
 
-fn progress(what: &str) {
+pub(crate) fn progress(what: &str) {
     eprintln!("[{}] {what}", sys::utc_now());
 }
 

@@ -48,7 +48,8 @@ USAGE:
 OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
-    --only LIST      comma-separated subset of W1..W6, hb (W1 with heartbeats and
+    --only LIST      comma-separated subset of W1..W6, W5-64MiB (64 MiB blobs,
+                     beside the raw echo of 64 MiB frames), hb (W1 with heartbeats and
                      without), cancel, hol, raw, W1-broker,
                      W2-broker and raw-js (raw limits that the chosen workloads are compared with
                      are always measured)
@@ -181,7 +182,7 @@ fn normalise(s: &str) -> String {
 }
 
 fn is_workload(s: &str) -> bool {
-    matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W6")
+    matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W5-64MIB" | "W6")
 }
 
 /// The control workloads (`crate::control`).

@@ -12,13 +12,20 @@ use tokio::sync::oneshot;
 /// The descriptor number at which a worker finds its connection to the parent.
 pub(crate) const WORKER_FD: RawFd = 3;
 
-/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`].
-pub(crate) fn pass_connection(cmd: &mut Command, conn_fd: RawFd) {
+/// The descriptor number at which a worker finds the socket its blobs'
+/// descriptors travel over, when the pool passed one.
+pub(crate) const WORKER_BLOB_FD: RawFd = 4;
+
+pub(crate) mod shm;
+
+/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`], and `blob_fd`
+/// as [`WORKER_BLOB_FD`].
+pub(crate) fn pass_connection(cmd: &mut Command, conn_fd: RawFd, blob_fd: RawFd) {
     use std::os::unix::process::CommandExt;
     // SAFETY: `prepare_connection` makes only async-signal-safe system calls
     // and allocates nothing, as a pre_exec hook must.
     unsafe {
-        cmd.pre_exec(move || prepare_connection(conn_fd));
+        cmd.pre_exec(move || prepare_connection(conn_fd, blob_fd));
     }
 }
 
@@ -74,15 +81,21 @@ unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
 }
 
 /// Runs in the forked child, between `fork` and `exec`: moves the connection
-/// to [`WORKER_FD`].
+/// to [`WORKER_FD`] and the blob socket to [`WORKER_BLOB_FD`].
 ///
 /// # Safety
 /// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
 /// calls and allocates nothing.
-unsafe fn prepare_connection(conn_fd: RawFd) -> io::Result<()> {
+unsafe fn prepare_connection(conn_fd: RawFd, blob_fd: RawFd) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors this process owns; no memory
     // is touched, so they are safe between fork and exec.
     unsafe {
+        // The blob socket goes out of the way first (to a number above 4):
+        // either descriptor may sit at 3 or 4, where the other belongs.
+        let blob = libc::fcntl(blob_fd, libc::F_DUPFD, WORKER_BLOB_FD + 1);
+        if blob == -1 {
+            return Err(io::Error::last_os_error());
+        }
         if conn_fd == WORKER_FD {
             // dup2 onto itself would keep close-on-exec set; clear it instead.
             if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) == -1 {
@@ -91,6 +104,10 @@ unsafe fn prepare_connection(conn_fd: RawFd) -> io::Result<()> {
         } else if libc::dup2(conn_fd, WORKER_FD) == -1 {
             return Err(io::Error::last_os_error());
         }
+        if libc::dup2(blob, WORKER_BLOB_FD) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(blob);
     }
     Ok(())
 }
@@ -248,6 +265,46 @@ pub(crate) fn inherited_stream() -> io::Result<std::os::unix::net::UnixStream> {
         libc::fcntl(WORKER_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         Ok(std::os::unix::net::UnixStream::from_raw_fd(WORKER_FD))
     }
+}
+
+/// Takes ownership of the blob socket the parent passed in as
+/// [`WORKER_BLOB_FD`]; an error unless it is an open socket.
+pub(crate) fn inherited_blob_socket() -> io::Result<OwnedFd> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat on a descriptor number only reads into a local.
+    if unsafe { libc::fstat(WORKER_BLOB_FD, stat.as_mut_ptr()) } == -1 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "descriptor 4 (the blob socket) is not open",
+        ));
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let mode = unsafe { stat.assume_init() }.st_mode;
+    if mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptor 4 (the blob socket) is not a socket",
+        ));
+    }
+    // SAFETY: the parent passed this descriptor for us alone and nothing else
+    // in this process refers to it; close-on-exec keeps it from the worker's
+    // own children.
+    unsafe {
+        libc::fcntl(WORKER_BLOB_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok(OwnedFd::from_raw_fd(WORKER_BLOB_FD))
+    }
+}
+
+/// Registers `fd` with the current runtime's I/O driver for `interest` only.
+pub(crate) fn register_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` keeps its descriptor open and returns the same
+    // one from `as_raw_fd` for its whole life, which is what registration
+    // asks of its caller.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| e.into_parts().1)
 }
 
 /// Ignores SIGINT and SIGTERM, so that only the parent decides to stop the
