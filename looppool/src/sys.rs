@@ -18,14 +18,20 @@ pub(crate) const WORKER_BLOB_FD: RawFd = 4;
 
 pub(crate) mod shm;
 
-/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`], and `blob_fd`
-/// as [`WORKER_BLOB_FD`].
-pub(crate) fn pass_connection(cmd: &mut Command, conn_fd: RawFd, blob_fd: RawFd) {
+/// Makes `cmd` hand `conn` to the child as [`WORKER_FD`], and `blobs` as
+/// [`WORKER_BLOB_FD`].
+///
+/// `cmd` owns both descriptors from here on, and closes them when it is
+/// dropped: a spawn finishes on the spawner thread even when the start
+/// that asked for it is abandoned, and the numbers the child duplicates
+/// must still be these descriptors then, not ones the process has since
+/// opened under the same numbers.
+pub(crate) fn pass_connection(cmd: &mut Command, conn: OwnedFd, blobs: OwnedFd) {
     use std::os::unix::process::CommandExt;
     // SAFETY: `prepare_connection` makes only async-signal-safe system calls
     // and allocates nothing, as a pre_exec hook must.
     unsafe {
-        cmd.pre_exec(move || prepare_connection(conn_fd, blob_fd));
+        cmd.pre_exec(move || prepare_connection(conn.as_raw_fd(), blobs.as_raw_fd()));
     }
 }
 
@@ -44,9 +50,23 @@ pub(crate) async fn spawn_tied_child(mut cmd: Command) -> io::Result<std::proces
     unsafe {
         cmd.pre_exec(move || prepare_orphan_guard(parent_pid));
     }
-    on_spawner_thread(move || cmd.spawn())
+    on_spawner_thread(move || cmd.spawn(), abandon_child)
         .await
         .unwrap_or_else(|_| Err(io::Error::other("spawner thread gone")))
+}
+
+/// Ends a child whose spawn nobody waits for any more (the start that asked
+/// for it timed out or was dropped while the spawner thread forked it): no
+/// one else knows its pid, so it is killed with its group and reaped here,
+/// or it would live on, or stay a zombie, for the rest of the process.
+fn abandon_child(spawned: io::Result<std::process::Child>) {
+    if let Ok(mut child) = spawned {
+        // The group exists: `spawn` returns only after the child's exec,
+        // and the child made its group before exec.
+        kill_process_group(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Runs in the forked child, between `fork` and `exec`: arranges for the
@@ -554,9 +574,11 @@ impl ProcessExit {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the spawner thread, which lives as long as the process, so
-/// the children it forks die with the process, and only then.
+/// the children it forks die with the process, and only then. A result whose
+/// receiver is gone by the time it is ready goes to `unclaimed`.
 fn on_spawner_thread<R: Send + 'static>(
     job: impl FnOnce() -> R + Send + 'static,
+    unclaimed: impl FnOnce(R) + Send + 'static,
 ) -> oneshot::Receiver<R> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
@@ -573,7 +595,9 @@ fn on_spawner_thread<R: Send + 'static>(
     });
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(job());
+        if let Err(result) = tx.send(job()) {
+            unclaimed(result);
+        }
     });
     // The thread never exits, so sending cannot fail.
     let _ = crate::sync::lock(sender).send(job);

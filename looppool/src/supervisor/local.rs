@@ -2,7 +2,6 @@
 //! over a socketpair whose far end the child finds as descriptor 3.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -146,16 +145,13 @@ impl LocalProcesses {
         let (parent_end, child_end) = transport::socketpair()?;
         let (parent_blobs, child_blobs) = transport::blobs::pair()?;
         let mut cmd = self.command(index);
-        sys::pass_connection(&mut cmd, child_end.as_raw_fd(), child_blobs.as_raw_fd());
+        // The command owns the child's ends and closes them once the child
+        // has its copies, so that its ends of the sockets are the only ones.
+        sys::pass_connection(&mut cmd, child_end.into(), child_blobs);
         if let Some(bytes) = self.memory_limit {
             sys::limit_memory(&mut cmd, bytes);
         }
-        let spawned = sys::spawn_tied_child(cmd).await;
-        // The child has its own copy now; ours must close so that its end of
-        // the connection is the only one left.
-        drop(child_end);
-        drop(child_blobs);
-        let mut child = spawned?;
+        let mut child = sys::spawn_tied_child(cmd).await?;
         match Connection::unix_with_blobs(parent_end, parent_blobs) {
             Ok(connection) => Ok(Link {
                 connection,
