@@ -292,6 +292,14 @@ fn w1_long(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
                 pools.iter().map(chunk_span).collect::<Vec<_>>(),
             )
             .with(
+                "chunk_rates",
+                pools
+                    .iter()
+                    .map(|p| p.chunk_rates.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .with("chunk", plan.w1_n)
+            .with(
                 "parent_preempted_per_1k_tasks",
                 pools.iter().map(|p| p.preempted_per_k).collect::<Vec<_>>(),
             )
