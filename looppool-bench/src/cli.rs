@@ -48,7 +48,9 @@ USAGE:
 OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
-    --only LIST      comma-separated subset of W1..W6, hb (W1 with heartbeats and
+    --only LIST      comma-separated subset of W1..W6, W1-long (three pools of
+                     10 M tasks each, against W1's fresh pools), W5-64MiB (64 MiB blobs,
+                     beside the raw echo of 64 MiB frames), hb (W1 with heartbeats and
                      without), cancel, hol, raw, W1-broker,
                      W2-broker and raw-js (raw limits that the chosen workloads are compared with
                      are always measured)
@@ -181,7 +183,10 @@ fn normalise(s: &str) -> String {
 }
 
 fn is_workload(s: &str) -> bool {
-    matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W6")
+    matches!(
+        s,
+        "W1" | "W1-LONG" | "W2" | "W3" | "W4" | "W5" | "W5-64MIB" | "W6"
+    )
 }
 
 /// The control workloads (`crate::control`).
@@ -212,6 +217,8 @@ pub(crate) struct Plan {
     pub(crate) bulk_n: u64,
     pub(crate) w1_n: u64,
     pub(crate) w1_warmup_ms: u64,
+    /// Tasks through each of W1-long's pools.
+    pub(crate) w1_long_n: u64,
     pub(crate) w2_warmup: usize,
     pub(crate) w2_n: usize,
     pub(crate) w3_n: u64,
@@ -231,6 +238,7 @@ impl Plan {
                 bulk_n: 100,
                 w1_n: 50_000,
                 w1_warmup_ms: 100,
+                w1_long_n: 500_000,
                 w2_warmup: 200,
                 w2_n: 1_000,
                 w3_n: 4_000,
@@ -247,6 +255,7 @@ impl Plan {
                 bulk_n: 1_000,
                 w1_n: 200_000,
                 w1_warmup_ms: 300,
+                w1_long_n: 10_000_000,
                 w2_warmup: 200,
                 w2_n: 5_000,
                 w3_n: 20_000,

@@ -30,6 +30,7 @@
 //! - [`broker`]: W1 and W2 through NATS JetStream beside a raw JetStream
 //!   round trip;
 //! - [`workers`]: the worker types; [`workloads`]: W1–W6; [`control`]: cancel and hol;
+//!   [`blobs`]: W5 with `looppool::Blob` payloads, and W5-64MiB;
 //! - [`bench`](mod@bench): the main mode; [`soak`]: the memory soak; [`peer`]: the
 //!   peer harness's record;
 //! - [`report`] and [`stats`]: rows, tables, JSON, medians;
@@ -38,6 +39,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod blobs;
 mod broker;
 mod broker_common;
 mod broker_pool;
@@ -63,7 +65,8 @@ fn main() -> ExitCode {
         workers::Echo,
         workers::Sleeper,
         workers::Mixed,
-        workers::Bytes
+        workers::Bytes,
+        workers::BlobEcho
     );
     // A raw-limit child echoes here and never returns.
     raw::child_main_if_requested();

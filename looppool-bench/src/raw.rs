@@ -195,9 +195,14 @@ pub(crate) fn echo_frames_per_sec(pairs: usize, frames_per_pair: u64) -> io::Res
 /// Echo of `n` frames of 1 MiB over one socketpair: payload megabytes
 /// (10^6 B) per second in each direction.
 pub(crate) fn bulk_mb_per_sec(n: u64) -> io::Result<f64> {
-    const MIB: usize = 1 << 20;
-    let took = pipelined(1, MIB, n)?;
-    Ok((n as usize * MIB) as f64 / took.as_secs_f64() / 1e6)
+    bulk_mb_per_sec_of(n, 1 << 20)
+}
+
+/// Echo of `n` frames of `len` bytes over one socketpair, as
+/// [`bulk_mb_per_sec`].
+pub(crate) fn bulk_mb_per_sec_of(n: u64, len: usize) -> io::Result<f64> {
+    let took = pipelined(1, len, n)?;
+    Ok((n as usize * len) as f64 / took.as_secs_f64() / 1e6)
 }
 
 /// Blocking ping-pong of one 20-byte frame (4 + 16 B) with one child:

@@ -118,3 +118,28 @@ impl Worker for Bytes {
         Ok(())
     }
 }
+
+/// W5-blob and W5-64MiB: echoes its blob back (the same memory file, when
+/// it came as one).
+#[derive(Debug)]
+pub(crate) struct BlobEcho;
+
+impl Worker for BlobEcho {
+    const NAME: &'static str = "bench-blob";
+    type Init = ();
+    type Task = looppool::Blob;
+    type Output = looppool::Blob;
+
+    async fn init(_: (), _: InitContext<looppool::Blob>) -> Result<Self, BoxError> {
+        Ok(BlobEcho)
+    }
+
+    async fn handle(
+        self: Rc<Self>,
+        blob: looppool::Blob,
+        cx: TaskContext<looppool::Blob>,
+    ) -> Result<(), BoxError> {
+        cx.emit(blob).await?;
+        Ok(())
+    }
+}

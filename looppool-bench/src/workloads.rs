@@ -232,6 +232,45 @@ pub(crate) async fn w1_heartbeat_series(
     Ok((on, off))
 }
 
+/// What one long-lived W1 pool did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct W1Long {
+    /// Tasks per second over the whole run of the pool.
+    pub(crate) rate: f64,
+    /// Tasks per second of each chunk, in order: a slow state that sets in
+    /// and lasts shows as a step.
+    pub(crate) chunk_rates: Vec<f64>,
+    /// Parent preemptions per 1,000 tasks over the run.
+    pub(crate) preempted_per_k: f64,
+}
+
+/// W1-long: `n` tasks through one pool of 2 workers (warmed up for
+/// `warmup` first), streamed in chunks of `chunk` whose rates are kept, so
+/// that a rate that falls during a pool's life, and stays down, is seen.
+pub(crate) async fn w1_long_pool(n: u64, chunk: u64, warmup: Duration) -> BenchResult<W1Long> {
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, true).await?;
+    let began = Instant::now();
+    while began.elapsed() < warmup {
+        w1_once(&pool, &mut outputs, chunk).await?;
+    }
+    let sw0 = sys::context_switches();
+    let mut long = W1Long::default();
+    let mut done = 0;
+    let mut took = Duration::ZERO;
+    while done < n {
+        let k = chunk.min(n - done);
+        let t = w1_once(&pool, &mut outputs, k).await?;
+        long.chunk_rates.push(k as f64 / t.as_secs_f64());
+        took += t;
+        done += k;
+    }
+    let sw1 = sys::context_switches();
+    long.rate = n as f64 / took.as_secs_f64();
+    long.preempted_per_k = (sw1.1 - sw0.1) as f64 * 1000.0 / n as f64;
+    pool.shutdown().await;
+    Ok(long)
+}
+
 /// One W1 repetition on a pool of its own, after its warm-up.
 async fn w1_on_fresh_pool(
     n: u64,

@@ -5,6 +5,7 @@
 //! which is how users test their own workers under `cargo test`.
 
 pub mod nats;
+pub mod shm;
 pub mod sys;
 
 use std::cell::RefCell;

@@ -82,3 +82,71 @@ pub(crate) fn fork_holding_connection(linger: Duration) -> std::io::Result<u32> 
         pid => Ok(pid as u32),
     }
 }
+
+/// Writes a frame that carries blobs by descriptor straight to the
+/// worker's connection, lying about them as `lie` says (see
+/// [`Lie`](crate::shm::Lie)), after sending its descriptor, if any, on the
+/// blob socket (descriptor 4), as the real sender does.
+pub(crate) fn lie_about_blobs(lie: crate::shm::Lie) -> std::io::Result<()> {
+    use crate::shm::Lie;
+    use rustix::fs::{MemfdFlags, SealFlags};
+    const SIZE: u64 = 4096;
+    let memfd = |len: u64, sealed: bool| -> std::io::Result<std::os::fd::OwnedFd> {
+        let fd = rustix::fs::memfd_create("lie", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, len)?;
+        if sealed {
+            let all = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+            rustix::fs::fcntl_add_seals(&fd, all)?;
+        }
+        Ok(fd)
+    };
+    // The output's payload: `ShmOut::Blob` holding shared blob 0, or
+    // `ShmOut::Fds(1)`, which refers to no blob.
+    let refers = vec![0, 1, 0];
+    let (fd, seq, size, payload) = match lie {
+        Lie::NoDescriptor => (None, 0, SIZE, refers),
+        Lie::Unsealed => (Some(memfd(SIZE, false)?), 0, SIZE, refers),
+        Lie::WrongSize => (Some(memfd(2 * SIZE, true)?), 0, SIZE, refers),
+        Lie::Pipe => (Some(rustix::pipe::pipe()?.0), 0, SIZE, refers),
+        Lie::WrongSequence => (Some(memfd(SIZE, true)?), 5, SIZE, refers),
+        Lie::Unused => (Some(memfd(SIZE, true)?), 0, SIZE, vec![2, 1]),
+        Lie::TooLarge => (None, 0, 1 << 30, refers),
+    };
+    if let Some(fd) = fd {
+        send_descriptor(seq, &fd)?;
+    }
+    // WORKER_BLOBS, one blob of `size`, around an unsolicited OUTPUT.
+    let mut body = vec![0x8d, 1];
+    let mut v = size;
+    while v >= 0x80 {
+        body.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    body.push(v as u8);
+    body.extend_from_slice(&[0x84, 0]);
+    body.extend_from_slice(&payload);
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    write_connection(&frame)
+}
+
+/// Sends `fd` with sequence number `seq` on the blob socket (descriptor 4).
+fn send_descriptor(seq: u64, fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::{AsFd, BorrowedFd};
+    // SAFETY: the pool passed the blob socket as descriptor 4, and the
+    // worker's runtime keeps it open for the process's life.
+    let socket = unsafe { BorrowedFd::borrow_raw(4) };
+    let seq = seq.to_le_bytes();
+    let fds = [fd.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        socket,
+        &[std::io::IoSlice::new(&seq)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}

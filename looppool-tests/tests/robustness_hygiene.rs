@@ -1,7 +1,8 @@
 //! Resource hygiene over long runs: thousands of worker restarts (crashes,
 //! kills and protocol violations) and hundreds of failed starts leave the
 //! parent with the descriptors, child processes and memory it had before,
-//! and no zombie.
+//! and no zombie, even when a start is abandoned while its worker is being
+//! forked.
 //!
 //! Both tests count this process's descriptors and children, so they run
 //! one at a time (and this file holds no other test).
@@ -243,6 +244,25 @@ async fn hundreds_of_failed_starts_leak_nothing() {
     let rss = resident_bytes();
     for i in 0..300 {
         let err = attempt(i).await;
+        assert!(err.worker().is_some(), "{err}");
+    }
+    settles(fds, &[]).await;
+    // Starts whose deadline passes while the worker is being forked (the
+    // spawn runs on a thread of its own, which finishes it regardless): the
+    // child the abandoned spawn made is killed and reaped, not left asleep
+    // or a zombie, and it never gets a descriptor opened since under the
+    // number its connection had.
+    for timeout_us in (0..200).map(|i| 20 + 10 * (i % 100)) {
+        let err = Pool::<Probe>::builder()
+            .init_default()
+            .program(program)
+            .args(["silent"])
+            .workers(1)
+            .start_timeout(Duration::from_micros(timeout_us))
+            .start()
+            .await
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.worker().is_some(), "{err}");
     }
     settles(fds, &[]).await;

@@ -77,7 +77,9 @@ fn payloads(payload: &[u8]) {
 /// `"broken: <why>"`.
 pub fn parent_reader(data: &[u8], tasks: u8, chunk: usize, max_frame: usize) -> String {
     let lane = Arc::new(Lane::<u64>::new(0, 16, max_frame.max(1), 0));
-    let generation = lane.open(1, None, 16, 1 << 20).expect("a new lane opens");
+    let generation = lane
+        .open(1, None, 16, 1 << 20, None)
+        .expect("a new lane opens");
     for _ in 0..tasks.min(16) {
         let _ = lane.try_push(&(), None, None);
     }

@@ -130,6 +130,27 @@
 //! Through `looppool-nats` all of it works the same: a cancel travels on
 //! the broker's task stream behind the task it names.
 //!
+//! # Large payloads
+//!
+//! A [`Blob`] (anywhere in a task or an output) of at least
+//! [`PoolBuilder::blob_threshold`] bytes ([`DEFAULT_BLOB_THRESHOLD`] by
+//! default) does not travel through the worker's socket: its bytes live in
+//! a sealed memory file (`memfd_create`, sealed against writes and
+//! resizing), whose descriptor crosses over a second socket beside the
+//! connection (`SCM_RIGHTS`), and the other side maps it read-only. Neither
+//! side copies the bytes through the kernel; a blob received and sent on
+//! goes as the same file. [`Blob::build`] writes a blob in place; a blob
+//! made from a `Vec<u8>` is copied into a file once, when first sent so.
+//! Smaller blobs travel inline, and so does every blob through a
+//! [`Connector`](transport::Connector) (`looppool-nats`).
+//!
+//! Frames without blobs are encoded and decoded exactly as before. A frame
+//! that carries blobs announces their sizes, and its descriptors are sent
+//! before it is written, so the reader finds them queued when it reads the
+//! frame and never waits for one. A blob's bytes count, as if they were in
+//! its frame, against [`PoolBuilder::max_frame`] and the output byte bound
+//! ([`PoolBuilder::max_result_bytes`]).
+//!
 //! # Operating a running pool
 //!
 //! - **Control socket** (on by default): every pool listens on a Unix
@@ -169,6 +190,12 @@
 //! | a task's own deadline ([`TaskBuilder::timeout`]) passes | as a cancel: not yet written, it never starts; running, its handler is dropped; an [`Output::Failed`] item ("task exceeded its deadline"); the pool-wide [`PoolBuilder::task_timeout`] does not apply to it | [`CallError::Task`] |
 //! | keyed dispatch ([`Dispatch::Keyed`]) and its worker crashes | its tasks fare as above; the key's next tasks wait for the replacement, which has the same index: the key does not move | the same |
 //! | keyed dispatch and [`Pool::resize`] | shrinking moves only the removed workers' keys (their tasks in flight drain first); growing moves about one key in `n` to each new worker, none between old workers | the same |
+//! | a [`Blob`]'s bytes, with its frame, exceed [`PoolBuilder::max_frame`] | refused at its sender: `submit` fails with [`SubmitErrorKind::TooLarge`], an `emit` with [`EmitErrorKind::TooLarge`] | the same |
+//! | putting a blob in a memory file fails (out of descriptors or memory) | `submit` fails with [`SubmitErrorKind::Encode`]; in the worker, the `emit` fails (`Encode`) | the same |
+//! | the worker dies while blobs travel to or from it | its tasks fare as above; the descriptors queued for it, in its socket and in its hands are closed with it: none is leaked | as above |
+//! | a worker's frame announces blob descriptors that are not there, or sends one that is not a memory file sealed against writes and resizing, not of its announced size, out of sequence, or not used by the frame | as a protocol breach, at once (a frame's descriptors are sent before it, so none is waited for): killed and replaced; [`Output::Lost`] with [`LossCause::Protocol`] saying what was wrong | [`CallError::WorkerLost`] |
+//! | a task with blobs is lost with its worker under [`PoolBuilder::retry_lost`] | re-sent with its blobs (the same files) | the same |
+//! | a worker's blob socket is full (it reads slowly) | the frames before the next blob's are written while the writer waits for room: no deadlock | the same |
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
@@ -355,12 +382,14 @@
 //!    [`WorkerEvent`], [`ExitStatus`], [`LossCause`], [`RecycleReason`]),
 //!    `error`, `output` ([`Output`]), `sync` and `sys` (the only module
 //!    with `unsafe`: the parent-death signal, the spawner thread,
-//!    descriptors).
-//! 2. `codec` (length-delimited frames, varints, postcard payloads) and
-//!    `protocol` (the wire messages, with the report and log bodies).
-//! 3. [`transport`]: frames over a byte stream (a socketpair locally) and
-//!    the [`Connector`](transport::Connector) seam every worker comes
-//!    through.
+//!    descriptors, memory files and their mappings).
+//! 2. `blob` ([`Blob`], and the per-thread sink and inbox through which
+//!    blobs meet the frames that carry them), `codec` (length-delimited
+//!    frames, varints, postcard payloads) and `protocol` (the wire
+//!    messages, with the report and log bodies).
+//! 3. [`transport`]: frames over a byte stream (a socketpair locally), the
+//!    blob socket beside it, and the [`Connector`](transport::Connector)
+//!    seam every worker comes through.
 //! 4. The two ends of the wire. `parent`: per worker a *lane* (its queue of
 //!    encoded frames, task slots, output-credit window), the connection's
 //!    reader and writer, reports, and the [`Outputs`] stream. [`worker`]:
@@ -400,6 +429,7 @@
 // On docs.rs (all features), each item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod blob;
 mod codec;
 pub mod control;
 mod error;
@@ -424,6 +454,7 @@ pub mod worker;
 #[path = "fuzz.rs"]
 pub mod __fuzz;
 
+pub use blob::{Blob, BlobMut, DEFAULT_BLOB_THRESHOLD, MIN_BLOB_THRESHOLD};
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{
     BuildError, CallError, EmitError, EmitErrorKind, RestartError, StartError, SubmitError,

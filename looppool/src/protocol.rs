@@ -42,6 +42,11 @@ pub(crate) mod kind {
     /// A `TASK` with a deadline of its own, enforced by the parent: same
     /// layout; the pool-wide task timeout does not apply to it.
     pub(crate) const TASK_OWN_DEADLINE: u8 = 0x08;
+    /// A frame that carries blobs by descriptor: their sizes, then the
+    /// body of a `TASK`, `TASK_OWN_DEADLINE` or `SKIP` (see [`Announced`]).
+    ///
+    /// [`Announced`]: super::Announced
+    pub(crate) const BLOBS: u8 = 0x09;
     // Worker → parent.
     pub(crate) const HELLO: u8 = 0x81;
     pub(crate) const READY: u8 = 0x82;
@@ -57,7 +62,12 @@ pub(crate) mod kind {
     pub(crate) const PONG: u8 = 0x8b;
     /// The task in a slot was cancelled (dropped, or skipped unstarted).
     pub(crate) const CANCELLED: u8 = 0x8c;
+    /// `BLOBS` from the worker, around an `OUTPUT` or `OUTPUT_DONE`.
+    pub(crate) const WORKER_BLOBS: u8 = 0x8d;
 }
+
+/// The most blobs one frame may carry by descriptor.
+pub(crate) const MAX_BLOBS: u32 = 1024;
 
 /// The worker's first frame: who it is and which build of the messages it speaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +94,9 @@ pub(crate) struct Init {
     /// How long a cancelled task that awaits its cancellation may run on
     /// to clean up.
     pub(crate) cancel_grace_ms: u64,
+    /// Blobs of at least this many bytes travel by descriptor (0: none
+    /// does, the connection carries no descriptors).
+    pub(crate) blob_threshold: u64,
 }
 
 /// The output credits an output or failure frame of `body` bytes spends,
@@ -136,6 +149,9 @@ pub(crate) enum ToWorker<'a> {
     Credit(u32),
     Stop,
     Ping(u64),
+    /// A frame that carries blobs by descriptor: the body after its kind,
+    /// read by [`Announced::parse`] (a slice here keeps the enum small).
+    Blobs(&'a [u8]),
 }
 
 /// A message from a worker, borrowing its payload from the read buffer.
@@ -167,6 +183,76 @@ pub(crate) enum FromWorker<'a> {
     Log(&'a [u8]),
     Pong(u64),
     Cancelled(u32),
+    /// A frame that carries blobs by descriptor: the body after its kind,
+    /// read by [`Announced::parse`] (a slice here keeps the enum small).
+    Blobs(&'a [u8]),
+}
+
+/// The head of a frame that carries blobs by descriptor: how many, the size
+/// of each, and the body of the frame it wraps, whose payload refers to
+/// them by index. The descriptors travel on the connection's blob socket,
+/// each sent before the frame that announces it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Announced<'a> {
+    count: u32,
+    /// `count` varints: each blob's size.
+    sizes: &'a [u8],
+    /// Their sum.
+    pub(crate) total: u64,
+    /// The wrapped frame's body (its kind first).
+    pub(crate) inner: &'a [u8],
+}
+
+impl<'a> Announced<'a> {
+    /// Reads the announcement of a `BLOBS` or `WORKER_BLOBS` frame from
+    /// the body after its kind.
+    pub(crate) fn parse(rest: &'a [u8]) -> Result<Self, ProtocolError> {
+        Announced::read(&mut Fields::new(rest))
+    }
+
+    /// Reads the announcement after a `BLOBS` or `WORKER_BLOBS` kind.
+    fn read(f: &mut Fields<'a>) -> Result<Self, ProtocolError> {
+        let count = f.varint_u32()?;
+        if count == 0 || count > MAX_BLOBS {
+            return Err(ProtocolError::Invalid(
+                "a frame announcing no blobs, or more than 1,024",
+            ));
+        }
+        let rest = f.rest();
+        let mut sizes = Fields::new(rest);
+        let mut total: u64 = 0;
+        for _ in 0..count {
+            let size = sizes.varint()?;
+            if size == 0 {
+                return Err(ProtocolError::Invalid("a frame announcing an empty blob"));
+            }
+            total = total
+                .checked_add(size)
+                .ok_or(ProtocolError::Invalid("blob sizes that overflow"))?;
+        }
+        let inner = sizes.rest();
+        if inner.is_empty() {
+            return Err(ProtocolError::Codec(CodecError::Truncated));
+        }
+        Ok(Announced {
+            count,
+            sizes: &rest[..rest.len() - inner.len()],
+            total,
+            inner,
+        })
+    }
+
+    /// How many blobs the frame carries.
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Each blob's size, in order.
+    pub(crate) fn sizes(&self) -> impl Iterator<Item = u64> + 'a {
+        let mut f = Fields::new(self.sizes);
+        // Read once already, so each is there and well-formed.
+        (0..self.count).map(move |_| f.varint().unwrap_or(0))
+    }
 }
 
 /// Why a frame body is not a valid message.
@@ -229,6 +315,7 @@ impl<'a> ToWorker<'a> {
             kind::CREDIT => ToWorker::Credit(f.varint_u32()?),
             kind::STOP => ToWorker::Stop,
             kind::PING => ToWorker::Ping(f.varint()?),
+            kind::BLOBS => return Ok(ToWorker::Blobs(f.rest())),
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         f.end()?;
@@ -284,6 +371,7 @@ impl<'a> FromWorker<'a> {
             kind::LOG => return Ok(FromWorker::Log(f.rest())),
             kind::PONG => FromWorker::Pong(f.varint()?),
             kind::CANCELLED => FromWorker::Cancelled(f.varint_u32()?),
+            kind::WORKER_BLOBS => return Ok(FromWorker::Blobs(f.rest())),
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         f.end()?;
@@ -341,7 +429,7 @@ pub(crate) fn put_tagged<T: Serialize + ?Sized>(
 ) -> Result<(), CodecError> {
     let mut frame = FrameWriter::begin(buf, kind);
     codec::put_varint(&mut frame, tag);
-    codec::put_serde(&mut frame, value)?;
+    codec::put_serde_or_blobs(&mut frame, value)?;
     frame.finish(max)
 }
 
@@ -369,7 +457,7 @@ pub(crate) fn put_task_as<T: Serialize + ?Sized>(
     let mut frame = FrameWriter::begin(buf, kind);
     codec::put_varint(&mut frame, slot.into());
     let payload = frame.len();
-    codec::put_serde(&mut frame, task)?;
+    codec::put_serde_or_blobs(&mut frame, task)?;
     frame.finish(max)?;
     Ok(payload)
 }
@@ -390,6 +478,44 @@ pub(crate) fn put_encoded_task(
     Ok(at)
 }
 
+/// The body of the frame that `body`, a `BLOBS` or `WORKER_BLOBS` frame's
+/// body, wraps; `None` when the announcement is malformed.
+pub(crate) fn blobs_inner(body: &[u8]) -> Option<&[u8]> {
+    let mut f = Fields::new(body.get(1..)?);
+    Announced::read(&mut f).ok().map(|a| a.inner)
+}
+
+/// Appends a frame of `kind` (`BLOBS` or `WORKER_BLOBS`) that carries
+/// blobs of `sizes` bytes by descriptor around `inner`, a frame body;
+/// returns where `inner` begins in `buf`. The frame's size, for the limit
+/// `max`, counts the blobs' bytes.
+pub(crate) fn put_blobs(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    sizes: &[usize],
+    inner: &[u8],
+    max: usize,
+) -> Result<usize, CodecError> {
+    let start = buf.len();
+    let mut frame = FrameWriter::begin(buf, kind);
+    codec::put_varint(&mut frame, sizes.len() as u64);
+    for &size in sizes {
+        codec::put_varint(&mut frame, size as u64);
+    }
+    let at = frame.len();
+    frame.extend_from_slice(inner);
+    let body = frame.len() - start - codec::HEADER_LEN;
+    let total = sizes
+        .iter()
+        .fold(body, |sum, &size| sum.saturating_add(size));
+    if total > max {
+        // Dropped: the frame is taken out.
+        return Err(CodecError::TooLarge { len: total, max });
+    }
+    frame.finish(usize::MAX)?;
+    Ok(at)
+}
+
 /// Turns the task frame for `slot` still in `buf` (frames not yet written)
 /// into a `SKIP`, so the worker answers it without running it; false when
 /// `buf` holds no task frame for `slot`.
@@ -400,10 +526,22 @@ pub(crate) fn put_encoded_task(
 pub(crate) fn skip_task(buf: &mut [u8], slot: u32) -> bool {
     let mut at = 0;
     while let Some((kind_at, end)) = codec::frame_at(buf, at) {
-        if matches!(buf[kind_at], kind::TASK | kind::TASK_OWN_DEADLINE) {
-            let mut f = Fields::new(&buf[kind_at + 1..end]);
+        // A frame that carries blobs is skipped inside: its descriptors
+        // still go, and the worker takes them (and drops them) in turn.
+        let task_at = match buf[kind_at] {
+            kind::BLOBS => {
+                let mut f = Fields::new(&buf[kind_at + 1..end]);
+                match Announced::read(&mut f) {
+                    Ok(announced) => end - announced.inner.len(),
+                    Err(_) => kind_at,
+                }
+            }
+            _ => kind_at,
+        };
+        if matches!(buf[task_at], kind::TASK | kind::TASK_OWN_DEADLINE) {
+            let mut f = Fields::new(&buf[task_at + 1..end]);
             if f.varint_u32().ok() == Some(slot) {
-                buf[kind_at] = kind::SKIP;
+                buf[task_at] = kind::SKIP;
                 return true;
             }
         }

@@ -72,6 +72,8 @@ struct Serving {
     writer: crate::transport::WriteHalf,
     /// Notice of the process's exit, for a local process.
     exit: Option<crate::sys::ProcessExit>,
+    /// The blob socket, for a connection that has one.
+    blobs: Option<crate::transport::blobs::BlobChannel>,
 }
 
 /// State shared by the pool handle and the driver tasks.
@@ -226,6 +228,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             reader,
             writer,
             exit,
+            blobs,
         } = launched;
         {
             let mut slot = crate::sync::lock(&self.children[index]);
@@ -243,6 +246,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             recycle_at,
             self.spec.output_credits,
             self.spec.credit_bytes,
+            blobs.is_some().then_some(self.spec.blob_threshold),
         );
         self.installs.send_modify(|n| *n += 1);
         let generation = generation?;
@@ -257,6 +261,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             reader,
             writer,
             exit,
+            blobs,
         })
     }
 

@@ -12,13 +12,26 @@ use tokio::sync::oneshot;
 /// The descriptor number at which a worker finds its connection to the parent.
 pub(crate) const WORKER_FD: RawFd = 3;
 
-/// Makes `cmd` hand `conn_fd` to the child as [`WORKER_FD`].
-pub(crate) fn pass_connection(cmd: &mut Command, conn_fd: RawFd) {
+/// The descriptor number at which a worker finds the socket its blobs'
+/// descriptors travel over, when the pool passed one.
+pub(crate) const WORKER_BLOB_FD: RawFd = 4;
+
+pub(crate) mod shm;
+
+/// Makes `cmd` hand `conn` to the child as [`WORKER_FD`], and `blobs` as
+/// [`WORKER_BLOB_FD`].
+///
+/// `cmd` owns both descriptors from here on, and closes them when it is
+/// dropped: a spawn finishes on the spawner thread even when the start
+/// that asked for it is abandoned, and the numbers the child duplicates
+/// must still be these descriptors then, not ones the process has since
+/// opened under the same numbers.
+pub(crate) fn pass_connection(cmd: &mut Command, conn: OwnedFd, blobs: OwnedFd) {
     use std::os::unix::process::CommandExt;
     // SAFETY: `prepare_connection` makes only async-signal-safe system calls
     // and allocates nothing, as a pre_exec hook must.
     unsafe {
-        cmd.pre_exec(move || prepare_connection(conn_fd));
+        cmd.pre_exec(move || prepare_connection(conn.as_raw_fd(), blobs.as_raw_fd()));
     }
 }
 
@@ -37,9 +50,23 @@ pub(crate) async fn spawn_tied_child(mut cmd: Command) -> io::Result<std::proces
     unsafe {
         cmd.pre_exec(move || prepare_orphan_guard(parent_pid));
     }
-    on_spawner_thread(move || cmd.spawn())
+    on_spawner_thread(move || cmd.spawn(), abandon_child)
         .await
         .unwrap_or_else(|_| Err(io::Error::other("spawner thread gone")))
+}
+
+/// Ends a child whose spawn nobody waits for any more (the start that asked
+/// for it timed out or was dropped while the spawner thread forked it): no
+/// one else knows its pid, so it is killed with its group and reaped here,
+/// or it would live on, or stay a zombie, for the rest of the process.
+fn abandon_child(spawned: io::Result<std::process::Child>) {
+    if let Ok(mut child) = spawned {
+        // The group exists: `spawn` returns only after the child's exec,
+        // and the child made its group before exec.
+        kill_process_group(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Runs in the forked child, between `fork` and `exec`: arranges for the
@@ -74,15 +101,21 @@ unsafe fn prepare_orphan_guard(parent_pid: libc::pid_t) -> io::Result<()> {
 }
 
 /// Runs in the forked child, between `fork` and `exec`: moves the connection
-/// to [`WORKER_FD`].
+/// to [`WORKER_FD`] and the blob socket to [`WORKER_BLOB_FD`].
 ///
 /// # Safety
 /// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
 /// calls and allocates nothing.
-unsafe fn prepare_connection(conn_fd: RawFd) -> io::Result<()> {
+unsafe fn prepare_connection(conn_fd: RawFd, blob_fd: RawFd) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors this process owns; no memory
     // is touched, so they are safe between fork and exec.
     unsafe {
+        // The blob socket goes out of the way first (to a number above 4):
+        // either descriptor may sit at 3 or 4, where the other belongs.
+        let blob = libc::fcntl(blob_fd, libc::F_DUPFD, WORKER_BLOB_FD + 1);
+        if blob == -1 {
+            return Err(io::Error::last_os_error());
+        }
         if conn_fd == WORKER_FD {
             // dup2 onto itself would keep close-on-exec set; clear it instead.
             if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) == -1 {
@@ -91,6 +124,10 @@ unsafe fn prepare_connection(conn_fd: RawFd) -> io::Result<()> {
         } else if libc::dup2(conn_fd, WORKER_FD) == -1 {
             return Err(io::Error::last_os_error());
         }
+        if libc::dup2(blob, WORKER_BLOB_FD) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(blob);
     }
     Ok(())
 }
@@ -248,6 +285,46 @@ pub(crate) fn inherited_stream() -> io::Result<std::os::unix::net::UnixStream> {
         libc::fcntl(WORKER_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         Ok(std::os::unix::net::UnixStream::from_raw_fd(WORKER_FD))
     }
+}
+
+/// Takes ownership of the blob socket the parent passed in as
+/// [`WORKER_BLOB_FD`]; an error unless it is an open socket.
+pub(crate) fn inherited_blob_socket() -> io::Result<OwnedFd> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat on a descriptor number only reads into a local.
+    if unsafe { libc::fstat(WORKER_BLOB_FD, stat.as_mut_ptr()) } == -1 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "descriptor 4 (the blob socket) is not open",
+        ));
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let mode = unsafe { stat.assume_init() }.st_mode;
+    if mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptor 4 (the blob socket) is not a socket",
+        ));
+    }
+    // SAFETY: the parent passed this descriptor for us alone and nothing else
+    // in this process refers to it; close-on-exec keeps it from the worker's
+    // own children.
+    unsafe {
+        libc::fcntl(WORKER_BLOB_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok(OwnedFd::from_raw_fd(WORKER_BLOB_FD))
+    }
+}
+
+/// Registers `fd` with the current runtime's I/O driver for `interest` only.
+pub(crate) fn register_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` keeps its descriptor open and returns the same
+    // one from `as_raw_fd` for its whole life, which is what registration
+    // asks of its caller.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| e.into_parts().1)
 }
 
 /// Ignores SIGINT and SIGTERM, so that only the parent decides to stop the
@@ -497,9 +574,11 @@ impl ProcessExit {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the spawner thread, which lives as long as the process, so
-/// the children it forks die with the process, and only then.
+/// the children it forks die with the process, and only then. A result whose
+/// receiver is gone by the time it is ready goes to `unclaimed`.
 fn on_spawner_thread<R: Send + 'static>(
     job: impl FnOnce() -> R + Send + 'static,
+    unclaimed: impl FnOnce(R) + Send + 'static,
 ) -> oneshot::Receiver<R> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
@@ -516,7 +595,9 @@ fn on_spawner_thread<R: Send + 'static>(
     });
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(job());
+        if let Err(result) = tx.send(job()) {
+            unclaimed(result);
+        }
     });
     // The thread never exits, so sending cannot fail.
     let _ = crate::sync::lock(sender).send(job);

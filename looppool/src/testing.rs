@@ -152,6 +152,8 @@ impl<W: Worker> TestWorker<W> {
             task_timeout_ms: 0,
             credit_bytes: CREDIT_BYTES,
             cancel_grace_ms: 1000,
+            // An in-memory connection: blobs travel inline.
+            blob_threshold: 0,
         };
         let mut frame = Vec::new();
         protocol::put_init(&mut frame, &init, &payload, usize::MAX)
@@ -184,8 +186,17 @@ impl<W: Worker> TestWorker<W> {
             panicked,
         };
         let mut frame = Vec::new();
-        protocol::put_task(&mut frame, 0, &task, DEFAULT_MAX_FRAME)
-            .map_err(|e| fail(format!("cannot serialize the task: {e}"), false))?;
+        let encoded = match protocol::put_task(&mut frame, 0, &task, DEFAULT_MAX_FRAME) {
+            // The connection is in memory: blobs travel inline.
+            Err(_) if crate::blob::wire::take_wanted() => {
+                crate::blob::wire::with_sink(None, Vec::new(), || {
+                    protocol::put_task(&mut frame, 0, &task, DEFAULT_MAX_FRAME)
+                })
+                .0
+            }
+            other => other,
+        };
+        encoded.map_err(|e| fail(format!("cannot serialize the task: {e}"), false))?;
         parent.send(&frame).await.map_err(|e| fail(e, false))?;
         let mut outputs = Vec::new();
         loop {
@@ -312,6 +323,10 @@ impl Parent {
                         Frame::Failed(failure.message, failure.panicked)
                     }
                     FromWorker::Bye => Frame::Bye,
+                    // Never sent: the worker was told to send blobs inline.
+                    FromWorker::Blobs(_) => {
+                        return Err("a frame with blobs over an in-memory connection".into())
+                    }
                     FromWorker::Report(_) | FromWorker::Log(_) | FromWorker::Pong(_) => continue,
                 };
                 break Some(frame);

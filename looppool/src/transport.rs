@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 
 use crate::codec::{CodecError, FrameDecoder, HEADER_LEN};
 
+pub(crate) mod blobs;
 mod connector;
 pub mod frame;
 
@@ -36,6 +37,9 @@ pub type WriteHalf = Pin<Box<dyn AsyncWrite + Send>>;
 pub struct Connection {
     pub(crate) reader: ReadHalf,
     pub(crate) writer: WriteHalf,
+    /// The socket that carries blobs' descriptors beside the byte stream,
+    /// for a local connection; without it, blobs travel inline.
+    pub(crate) blobs: Option<blobs::BlobChannel>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -53,6 +57,7 @@ impl Connection {
         Connection {
             reader: Box::pin(reader),
             writer: Box::pin(writer),
+            blobs: None,
         }
     }
 
@@ -90,7 +95,19 @@ impl Connection {
                 idle: Some(write_end),
                 blocked: None,
             }),
+            blobs: None,
         })
+    }
+
+    /// [`unix`](Self::unix), with `blob_socket` (an end of a
+    /// `blobs::pair`) carrying blobs' descriptors beside it.
+    pub(crate) fn unix_with_blobs(
+        stream: UnixStream,
+        blob_socket: std::os::fd::OwnedFd,
+    ) -> io::Result<Self> {
+        let mut conn = Connection::unix(stream)?;
+        conn.blobs = Some(blobs::BlobChannel::new(blob_socket)?);
+        Ok(conn)
     }
 }
 

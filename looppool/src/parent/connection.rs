@@ -8,16 +8,26 @@ use serde::de::DeserializeOwned;
 
 use super::lane::{Delivered, Lane, LaneState, SlotEvent};
 use super::outputs::{Batch, BatchSender};
+use crate::blob::wire;
 use crate::codec;
 use crate::output::Output;
+use crate::protocol::Announced;
 use crate::protocol::FromWorker;
 use crate::task_id::TaskId;
+use crate::transport::blobs::{BlobReceiver, BlobSender, PendingBlob};
 use crate::transport::{self, FrameReader, WriteHalf};
 
 /// Writes the lane's queued frames, one `write` per batch, until aborted or
-/// the connection fails.
-pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: WriteHalf) {
+/// the connection fails; the descriptors of the blobs they carry go first,
+/// on `blobs`.
+pub(crate) async fn write_loop<O>(
+    lane: Arc<Lane<O>>,
+    generation: u64,
+    mut io: WriteHalf,
+    mut blobs: Option<BlobSender>,
+) {
     let mut batch = Vec::with_capacity(64 * 1024);
+    let mut pending = Vec::new();
     // On a current_thread runtime nobody runs while the writer does: the
     // submitters have queued what they had before it was polled. A yield
     // there only defers the write behind a poll of the I/O driver (one more
@@ -25,7 +35,10 @@ pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: W
     let yield_after_wake = tokio::runtime::Handle::current().runtime_flavor()
         != tokio::runtime::RuntimeFlavor::CurrentThread;
     loop {
-        if !lane.lock().take_frames(generation, &mut batch) {
+        if !lane
+            .lock()
+            .take_frames(generation, &mut batch, &mut pending)
+        {
             return;
         }
         let took = !batch.is_empty();
@@ -38,10 +51,30 @@ pub(crate) async fn write_loop<O>(lane: Arc<Lane<O>>, generation: u64, mut io: W
             }
             continue;
         }
-        if transport::flush_batch(&mut io, &mut batch).await.is_err() {
+        let written = if pending.is_empty() {
+            transport::flush_batch(&mut io, &mut batch).await
+        } else {
+            flush_with_blobs(&mut io, &mut batch, &mut pending, blobs.as_mut()).await
+        };
+        if written.is_err() {
             // The worker is gone; the reader sees the end and reports it.
             return;
         }
+    }
+}
+
+/// Writes a batch whose frames carry blobs, their descriptors first.
+#[cold]
+async fn flush_with_blobs(
+    io: &mut WriteHalf,
+    batch: &mut Vec<u8>,
+    pending: &mut Vec<PendingBlob>,
+    blobs: Option<&mut BlobSender>,
+) -> std::io::Result<()> {
+    match blobs {
+        Some(blobs) => blobs.flush(io, batch, pending).await,
+        // The lane sends blobs by descriptor only over a blob socket.
+        None => Err(std::io::Error::other("blobs queued without a blob socket")),
     }
 }
 
@@ -137,6 +170,9 @@ enum Frame<'a, O> {
     Report(&'a [u8]),
     /// A log record (handled without the lane's lock).
     Log(&'a [u8]),
+    /// A frame that carries blobs by descriptor around an output (the
+    /// body after its kind).
+    Blobs(&'a [u8]),
 }
 
 /// Decodes one frame body from the worker (inlined, as `decode_output`).
@@ -170,6 +206,7 @@ fn decode_frame<O: DeserializeOwned>(body: &[u8]) -> Result<Frame<'_, O>, String
         FromWorker::Pong(_) => Frame::Pong,
         FromWorker::Report(body) => Frame::Report(body),
         FromWorker::Log(body) => Frame::Log(body),
+        FromWorker::Blobs(announced) => Frame::Blobs(announced),
         FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
             return Err("handshake message after the handshake".into())
         }
@@ -191,6 +228,8 @@ struct Between<O> {
     bye: bool,
     /// The list of full batches (empty between reads, its capacity kept).
     full: Vec<(Vec<Output<O>>, u32)>,
+    /// Where the descriptors of the blobs that frames announce arrive.
+    blobs: Option<BlobReceiver>,
 }
 
 /// What one read's frames did to the lane, settled after they are applied.
@@ -234,17 +273,27 @@ pub(crate) async fn read_loop<O: DeserializeOwned + Send + 'static>(
     reader: FrameReader,
     outputs: BatchSender<O>,
 ) -> ReadEnd {
-    read_loop_until(lane, generation, reader, outputs, std::future::pending()).await
+    read_loop_until(
+        lane,
+        generation,
+        reader,
+        None,
+        outputs,
+        std::future::pending(),
+    )
+    .await
 }
 
 /// Reads the worker's frames until the connection ends, or until `ended`
 /// completes, which then counts as the end of the connection (a worker
 /// process that exited while something else holds its connection open).
-/// `ended` is polled only when no input is at hand.
+/// `ended` is polled only when no input is at hand. The descriptors of the
+/// blobs that frames announce are taken from `blobs`.
 pub(crate) async fn read_loop_until<O: DeserializeOwned + Send + 'static>(
     lane: Arc<Lane<O>>,
     generation: u64,
     mut reader: FrameReader,
+    blobs: Option<BlobReceiver>,
     outputs: BatchSender<O>,
     ended: impl std::future::Future<Output = ()>,
 ) -> ReadEnd {
@@ -259,6 +308,7 @@ pub(crate) async fn read_loop_until<O: DeserializeOwned + Send + 'static>(
     let mut between = Between {
         bye: false,
         full: Vec::new(),
+        blobs,
     };
     loop {
         let filled = tokio::select! {
@@ -316,9 +366,22 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 }
             };
             // What an output or failure frame spends (most cost one).
-            let cost = st.output_cost(body.len());
+            let mut cost = st.output_cost(body.len());
             let event = match decode_frame::<O>(body) {
                 Ok(Frame::Slot(event)) => event,
+                Ok(Frame::Blobs(announced)) => {
+                    match self.open_blobs(&mut st, between, &mut got, body.len(), announced) {
+                        Ok(Some((event, with_blobs))) => {
+                            cost = with_blobs;
+                            event
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tally.end = Some(e);
+                            break;
+                        }
+                    }
+                }
                 Ok(Frame::Unsolicited(value)) => {
                     got.value(worker, None, value, cost);
                     continue;
@@ -370,6 +433,19 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 break;
             }
         }
+        self.settle(st, got, tally, between)
+    }
+
+    /// Settles one read's frames with the lane, then delivers its outputs.
+    #[inline(always)]
+    fn settle(
+        &self,
+        mut st: std::sync::MutexGuard<'_, LaneState<O>>,
+        got: Collected<'_, O>,
+        tally: ReadTally,
+        between: &mut Between<O>,
+    ) -> Option<ReadEnd> {
+        let lane = &*self.lane;
         let mut overdrawn = None;
         let mut waiters = false;
         if !tally.replaced {
@@ -389,6 +465,57 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
             )));
         }
         tally.end.map(ReadEnd::Broken)
+    }
+
+    /// Takes the descriptors of the blobs a frame announces and decodes
+    /// the frame it wraps with them, which must be an output; returns the
+    /// task's event with the output credits it spends, its blobs' bytes
+    /// counted (an output of no task goes to `got` at once). An error when
+    /// a descriptor is not there (its frame arrived, so it never will), is
+    /// not a sealed memory file of its announced size, or the frame breaks
+    /// the protocol otherwise.
+    #[cold]
+    #[inline(never)]
+    fn open_blobs(
+        &self,
+        st: &mut LaneState<O>,
+        between: &mut Between<O>,
+        got: &mut Collected<'_, O>,
+        body_len: usize,
+        announced: &[u8],
+    ) -> Result<Option<(SlotEvent<O>, u32)>, String> {
+        let Some(receiver) = &mut between.blobs else {
+            return Err("a frame with blobs on a connection that carries no descriptors".into());
+        };
+        let announced = Announced::parse(announced).map_err(|e| e.to_string())?;
+        let max = self.lane.max_frame();
+        let size = (body_len as u64).saturating_add(announced.total);
+        if size > max as u64 {
+            return Err(format!(
+                "a frame of {size} bytes with its blobs exceeds the limit of {max} bytes"
+            ));
+        }
+        let received = receiver.receive(announced.sizes())?;
+        let (decoded, left) = wire::with_inbox(received, || decode_frame::<O>(announced.inner));
+        let frame = decoded?;
+        if left > 0 {
+            return Err(format!(
+                "a frame announcing {} blobs whose output holds {}",
+                announced.count(),
+                announced.count() as usize - left
+            ));
+        }
+        let cost = st.output_cost(size as usize);
+        match frame {
+            Frame::Unsolicited(value) => {
+                got.value(self.worker, None, value, cost);
+                Ok(None)
+            }
+            Frame::Slot(event @ (SlotEvent::Output { .. } | SlotEvent::OutputDone { .. })) => {
+                Ok(Some((event, cost)))
+            }
+            _ => Err("a frame with blobs around something other than an output".into()),
+        }
     }
 
     /// Handles a report or a log record.

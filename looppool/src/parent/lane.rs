@@ -21,8 +21,10 @@ use super::reports::LaneObs;
 pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry};
 use super::slots::{SlotMore, Slots};
 use super::space::AnySpace;
+use crate::blob::Sealed;
 use crate::event::RecycleReason;
 use crate::protocol::{self, kind};
+use crate::transport::blobs::PendingBlob;
 
 /// Whether a lane takes tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,13 @@ pub(crate) struct LaneState<O> {
     window: OutputWindow,
     /// Tasks whose cancel was sent and not yet answered (rarely any).
     cancelling: Vec<cancel::Cancelling>,
+    /// Blobs whose descriptors go out with the frames in `out`.
+    blobs: Vec<PendingBlob>,
+    /// Blobs of at least this many bytes go to the current worker by
+    /// descriptor; `None`: its connection carries none.
+    blob_threshold: Option<usize>,
+    /// The blobs of the task frame just encoded, for its retry copy.
+    retry_blobs: Vec<Arc<Sealed>>,
 }
 
 /// The counts a lane keeps under its lock, per worker index.
@@ -144,6 +153,9 @@ impl<O> Lane<O> {
                 counters: Default::default(),
                 window: OutputWindow::default(),
                 cancelling: Vec::new(),
+                blobs: Vec::new(),
+                blob_threshold: None,
+                retry_blobs: Vec::new(),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -169,6 +181,11 @@ impl<O> Lane<O> {
     pub(crate) fn silent_for(&self) -> Duration {
         let last = Duration::from_millis(self.pong_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// The largest frame the worker may send, its blobs' bytes counted.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// The tasks the lane holds (sent to its worker, or waiting to be),
@@ -318,14 +335,16 @@ impl<O> Lane<O> {
     }
 
     /// Opens the lane for a newly connected worker, with a window of
-    /// `output_credits` credits of `credit_bytes` bytes; returns its
-    /// generation.
+    /// `output_credits` credits of `credit_bytes` bytes, and blobs of at
+    /// least `blob_threshold` bytes sent by descriptor (`None`: its
+    /// connection carries none); returns its generation.
     pub(crate) fn open(
         &self,
         pid: u32,
         recycle_at: Option<u64>,
         output_credits: u32,
         credit_bytes: u64,
+        blob_threshold: Option<usize>,
     ) -> Option<u64> {
         let mut st = self.lock();
         if st.status == Status::Closed {
@@ -345,6 +364,8 @@ impl<O> Lane<O> {
         st.recycle_reason = None;
         st.window = OutputWindow::new(output_credits, credit_bytes);
         st.out.clear();
+        st.blobs.clear();
+        st.blob_threshold = blob_threshold;
         self.up.store(true, Ordering::Relaxed);
         self.pong();
         let generation = st.generation;
@@ -394,6 +415,7 @@ impl<O> Lane<O> {
             Status::Down
         };
         st.out.clear();
+        st.blobs.clear();
         self.up.store(false, Ordering::Relaxed);
         let index = self.index as u32;
         let mut held = Vec::new();
@@ -501,13 +523,22 @@ impl<O> LaneState<O> {
     }
 
     /// Moves the queued frames into `batch` (which must be empty) for the
-    /// writer of connection `generation`; false if the lane passed to
-    /// another connection.
-    pub(crate) fn take_frames(&mut self, generation: u64, batch: &mut Vec<u8>) -> bool {
+    /// writer of connection `generation`, and the blobs they carry into
+    /// `blobs` (empty too); false if the lane passed to another connection.
+    #[inline(always)]
+    pub(crate) fn take_frames(
+        &mut self,
+        generation: u64,
+        batch: &mut Vec<u8>,
+        blobs: &mut Vec<PendingBlob>,
+    ) -> bool {
         if self.generation != generation {
             return false;
         }
         std::mem::swap(&mut self.out, batch);
+        if !self.blobs.is_empty() {
+            std::mem::swap(&mut self.blobs, blobs);
+        }
         true
     }
 

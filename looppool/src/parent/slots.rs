@@ -37,11 +37,22 @@ pub(crate) struct Held<O> {
     pub(crate) cancel: Option<super::lane::CancelReason>,
 }
 
-/// What a retry needs: the encoded task and how often it was already lost.
-#[derive(Debug)]
+/// What a retry needs: the encoded task, the blobs it refers to by index
+/// (sent by descriptor), and how often it was already lost.
 pub(crate) struct Retry {
     pub(crate) payload: Box<[u8]>,
+    pub(crate) blobs: Vec<std::sync::Arc<crate::blob::Sealed>>,
     pub(crate) attempts: u32,
+}
+
+impl std::fmt::Debug for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("payload", &self.payload.len())
+            .field("blobs", &self.blobs.len())
+            .field("attempts", &self.attempts)
+            .finish()
+    }
 }
 
 /// The `seq` of a free slot (a lane's sequence numbers never reach it).

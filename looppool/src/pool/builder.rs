@@ -96,6 +96,7 @@ pub struct PoolBuilder<W: Worker> {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     max_frame: usize,
+    blob_threshold: usize,
     frame_timeout: Duration,
     start_timeout: Duration,
     signals: Signals,
@@ -162,6 +163,7 @@ impl<W: Worker> PoolBuilder<W> {
             args: Vec::new(),
             connector: None,
             max_frame: DEFAULT_MAX_FRAME,
+            blob_threshold: crate::blob::DEFAULT_BLOB_THRESHOLD,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             start_timeout: Duration::from_secs(30),
             signals: Signals::Ignore,
@@ -313,6 +315,19 @@ impl<W: Worker> PoolBuilder<W> {
     /// or output that encodes larger is refused at its sender.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
+        self
+    }
+
+    /// The size from which a [`Blob`](crate::Blob) crosses to a local
+    /// worker (or back) as a memory file passed by descriptor, rather than
+    /// through the socket (default
+    /// [`DEFAULT_BLOB_THRESHOLD`](crate::DEFAULT_BLOB_THRESHOLD), at least
+    /// [`MIN_BLOB_THRESHOLD`](crate::MIN_BLOB_THRESHOLD); smaller values
+    /// are raised to it). `usize::MAX` sends every blob inline. Workers
+    /// reached through a [`connector`](Self::connector) always get blobs
+    /// inline.
+    pub fn blob_threshold(mut self, bytes: usize) -> Self {
+        self.blob_threshold = bytes.max(crate::blob::MIN_BLOB_THRESHOLD);
         self
     }
 
@@ -521,6 +536,7 @@ impl<W: Worker> PoolBuilder<W> {
             output_credits,
             credit_bytes,
             max_frame: self.max_frame,
+            blob_threshold: self.blob_threshold,
             frame_timeout: self.frame_timeout,
             start_timeout: self.start_timeout,
             task_timeout: self.task_timeout,

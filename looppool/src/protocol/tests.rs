@@ -88,6 +88,7 @@ fn parent_messages_round_trip() {
         task_timeout_ms: 0,
         credit_bytes: 4096,
         cancel_grace_ms: 1000,
+        blob_threshold: 65536,
     };
     put_init(&mut buf, &init, b"xyz", DEFAULT_MAX_FRAME).unwrap();
     put_tagged(&mut buf, kind::TASK, 17, "hi", DEFAULT_MAX_FRAME).unwrap();
@@ -229,11 +230,12 @@ fn init_strategy() -> impl Strategy<Value = Down> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
         ),
         vec(any::<u8>(), 0..8),
     )
         .prop_map(
-            |(index, pool, credits, max_frame, (r, b, log, extra, unit, grace), payload)| {
+            |(index, pool, credits, max_frame, (r, b, log, extra, unit, grace, blobs), payload)| {
                 let mut bytes = Vec::new();
                 codec::put_varint(&mut bytes, index.into());
                 codec::put_serde(&mut bytes, &pool).unwrap();
@@ -245,6 +247,7 @@ fn init_strategy() -> impl Strategy<Value = Down> {
                 codec::put_varint(&mut bytes, extra);
                 codec::put_varint(&mut bytes, unit);
                 codec::put_varint(&mut bytes, grace);
+                codec::put_varint(&mut bytes, blobs);
                 bytes.extend_from_slice(&payload);
                 Down::Init(bytes)
             },
@@ -348,6 +351,8 @@ fn lift_up(msg: FromWorker<'_>) -> Result<Up, CodecError> {
         FromWorker::Log(b) => Up::Log(b.to_vec()),
         FromWorker::Pong(n) => Up::Pong(n),
         FromWorker::Cancelled(s) => Up::Cancelled(s),
+        // The generator makes none (their descriptors need a socket).
+        FromWorker::Blobs(_) => return Err(CodecError::Decode("a frame with blobs".into())),
     })
 }
 
@@ -369,6 +374,8 @@ fn lift_down(msg: ToWorker<'_>) -> Result<Down, CodecError> {
         ToWorker::TaskOwnDeadline { slot, payload } => {
             Down::TaskOwnDeadline(slot, codec::get_serde(payload)?)
         }
+        // The generator makes none (their descriptors need a socket).
+        ToWorker::Blobs(_) => return Err(CodecError::Decode("a frame with blobs".into())),
     })
 }
 
@@ -514,6 +521,7 @@ fn kind_strategy() -> impl Strategy<Value = u8> {
             kind::HELLO, kind::READY, kind::INIT_FAILED, kind::OUTPUT, kind::DONE,
             kind::OUTPUT_DONE, kind::FAILED, kind::BYE, kind::REPORT, kind::LOG, kind::PONG,
             kind::CANCEL, kind::SKIP, kind::TASK_OWN_DEADLINE, kind::CANCELLED,
+            kind::BLOBS, kind::WORKER_BLOBS,
         ]),
         1 => any::<u8>(),
     ]
@@ -540,9 +548,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::HELLO..=kind::CANCELLED).contains(&k));
+                prop_assert!(!(kind::HELLO..=kind::WORKER_BLOBS).contains(&k));
             }
-            Err(_) => prop_assert!((kind::HELLO..=kind::CANCELLED).contains(&first)),
+            Err(_) => prop_assert!((kind::HELLO..=kind::WORKER_BLOBS).contains(&first)),
         }
         match ToWorker::decode(&body) {
             Ok(msg) => {
@@ -551,9 +559,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::INIT..=kind::TASK_OWN_DEADLINE).contains(&k));
+                prop_assert!(!(kind::INIT..=kind::BLOBS).contains(&k));
             }
-            Err(_) => prop_assert!((kind::INIT..=kind::TASK_OWN_DEADLINE).contains(&first)),
+            Err(_) => prop_assert!((kind::INIT..=kind::BLOBS).contains(&first)),
         }
     }
 }
@@ -620,7 +628,7 @@ struct Read {
 /// holds `tasks` submitted tasks, in slots `0..tasks`.
 fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -> Read {
     let lane = Arc::new(Lane::<u64>::new(0, 8, max_frame, 0));
-    let generation = lane.open(1, None, 1_000, 1 << 20).unwrap();
+    let generation = lane.open(1, None, 1_000, 1 << 20, None).unwrap();
     for _ in 0..tasks {
         lane.try_push(&(), None, None).map_err(|_| ()).unwrap();
     }

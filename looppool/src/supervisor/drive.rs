@@ -120,9 +120,14 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             reader,
             writer,
             exit,
+            blobs,
         } = serving;
         let lane = &self.lanes[index];
-        let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer));
+        let (blob_tx, blob_rx) = match blobs {
+            Some(channel) => (Some(channel.sender), Some(channel.receiver)),
+            None => (None, None),
+        };
+        let writer_task = tokio::spawn(write_loop(lane.clone(), generation, writer, blob_tx));
         let heartbeat = self.tuning.heartbeat.map(|(interval, timeout)| {
             tokio::spawn(
                 self.clone()
@@ -144,7 +149,15 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
             tokio::time::sleep(EXITED_READ_GRACE).await;
             tracing::warn!(pool = %self.spec.pool_name, worker = index, pid, "the worker exited but its connection stayed open (a process it forked holds it): closing it");
         };
-        let end = read_loop_until(lane.clone(), generation, reader, outputs.clone(), exited).await;
+        let end = read_loop_until(
+            lane.clone(),
+            generation,
+            reader,
+            blob_rx,
+            outputs.clone(),
+            exited,
+        )
+        .await;
         writer_task.abort();
         if let Some(heartbeat) = heartbeat {
             heartbeat.abort();

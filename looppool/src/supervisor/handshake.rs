@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::spec::LaunchSpec;
 use crate::error::StartError;
 use crate::protocol::{self, FromWorker, Init, PROTOCOL_VERSION};
+use crate::transport::blobs::BlobChannel;
 use crate::transport::{self, Connection, FrameReader};
 
 /// The largest hello accepted: a stray program writing to descriptor 3
@@ -21,6 +22,8 @@ pub(super) struct Handshaken {
     pub(super) writer: transport::WriteHalf,
     /// The process id the worker gave in its hello.
     pub(super) pid: u32,
+    /// The blob socket, for a connection that has one.
+    pub(super) blobs: Option<BlobChannel>,
 }
 
 /// Completes the handshake over `conn`, setting `hello_seen` once the
@@ -32,13 +35,17 @@ pub(super) async fn handshake(
     conn: Connection,
     hello_seen: &AtomicBool,
 ) -> Result<Handshaken, StartError> {
-    let Connection { reader, mut writer } = conn;
+    let Connection {
+        reader,
+        mut writer,
+        blobs,
+    } = conn;
     let mut reader = FrameReader::new(reader, HELLO_LIMIT);
     let pid = next_message(&mut reader, spec, index, false, |msg| {
         accept_hello(spec, index, msg, hello_seen)
     })
     .await??;
-    send_init(spec, index, &mut writer).await?;
+    send_init(spec, index, blobs.is_some(), &mut writer).await?;
     // From here on the worker may send frames up to the pool's limit.
     reader.set_max_frame(spec.max_frame);
     // ... and must not stop half-way through one.
@@ -53,6 +60,7 @@ pub(super) async fn handshake(
                 reader,
                 writer,
                 pid,
+                blobs,
             });
         }
     }
@@ -153,10 +161,11 @@ fn accept_hello(
 }
 
 /// Sends the worker its init: its place in the pool, the pool's settings and
-/// the init value.
+/// the init value; `blobs` when the connection carries blobs' descriptors.
 async fn send_init(
     spec: &LaunchSpec,
     index: usize,
+    blobs: bool,
     writer: &mut transport::WriteHalf,
 ) -> Result<(), StartError> {
     let init = Init {
@@ -170,6 +179,7 @@ async fn send_init(
         task_timeout_ms: spec.task_timeout.map_or(0, |t| t.as_millis().max(1) as u64),
         credit_bytes: spec.credit_bytes,
         cancel_grace_ms: spec.cancel_grace.as_millis() as u64,
+        blob_threshold: if blobs { spec.blob_threshold as u64 } else { 0 },
     };
     let mut buf = Vec::new();
     protocol::put_init(&mut buf, &init, &spec.init_payload, usize::MAX)

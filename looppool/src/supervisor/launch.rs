@@ -20,6 +20,8 @@ pub(crate) struct Launched {
     pub(crate) writer: transport::WriteHalf,
     /// Notice of the process's exit, for a worker that is a local process.
     pub(crate) exit: Option<ProcessExit>,
+    /// The blob socket, for a connection that has one.
+    pub(crate) blobs: Option<crate::transport::blobs::BlobChannel>,
 }
 
 impl std::fmt::Debug for Launched {
@@ -69,12 +71,14 @@ pub(crate) async fn launch(spec: &LaunchSpec, index: usize) -> Result<Launched, 
             reader,
             writer,
             pid,
+            blobs,
         })) => {
             return Ok(Launched {
                 peer: peer.expect("a handshake follows the link"),
                 pid,
                 reader,
                 writer,
+                blobs,
                 exit: exit.into_inner().unwrap_or_else(|e| e.into_inner()),
             })
         }

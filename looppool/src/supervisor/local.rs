@@ -2,7 +2,6 @@
 //! over a socketpair whose far end the child finds as descriptor 3.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +9,7 @@ use std::process::{Command, Stdio};
 use crate::event::ExitStatus;
 use crate::sys;
 use crate::transport::{self, ConnectFuture, Connection, Connector, Link, Peer};
-use crate::worker::process::{MEMORY_ENV, SIGNALS_ENV, WORKER_ENV};
+use crate::worker::process::{BLOBS_ENV, MEMORY_ENV, SIGNALS_ENV, WORKER_ENV};
 
 /// Starts workers as child processes that die with this process.
 #[derive(Debug, Clone)]
@@ -50,8 +49,11 @@ pub(crate) struct LocalOptions {
 
 impl LocalProcesses {
     pub(crate) fn new(options: LocalOptions) -> Self {
-        let mut env: Vec<(OsString, OsString)> =
-            vec![(WORKER_ENV.into(), options.worker_name.into())];
+        // Every local worker gets a blob socket as descriptor 4.
+        let mut env: Vec<(OsString, OsString)> = vec![
+            (WORKER_ENV.into(), options.worker_name.into()),
+            (BLOBS_ENV.into(), "4".into()),
+        ];
         if options.inherit_signals {
             env.push((SIGNALS_ENV.into(), "inherit".into()));
         }
@@ -137,20 +139,20 @@ impl LocalProcesses {
         cmd
     }
 
-    /// Spawns worker `index` with its end of a new socketpair.
+    /// Spawns worker `index` with its end of a new socketpair, and of a
+    /// blob socket.
     async fn spawn(&self, index: usize) -> std::io::Result<Link> {
         let (parent_end, child_end) = transport::socketpair()?;
+        let (parent_blobs, child_blobs) = transport::blobs::pair()?;
         let mut cmd = self.command(index);
-        sys::pass_connection(&mut cmd, child_end.as_raw_fd());
+        // The command owns the child's ends and closes them once the child
+        // has its copies, so that its ends of the sockets are the only ones.
+        sys::pass_connection(&mut cmd, child_end.into(), child_blobs);
         if let Some(bytes) = self.memory_limit {
             sys::limit_memory(&mut cmd, bytes);
         }
-        let spawned = sys::spawn_tied_child(cmd).await;
-        // The child has its own copy now; ours must close so that its end of
-        // the connection is the only one left.
-        drop(child_end);
-        let mut child = spawned?;
-        match Connection::unix(parent_end) {
+        let mut child = sys::spawn_tied_child(cmd).await?;
+        match Connection::unix_with_blobs(parent_end, parent_blobs) {
             Ok(connection) => Ok(Link {
                 connection,
                 peer: Box::new(WorkerProcess {

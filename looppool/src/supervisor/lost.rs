@@ -83,7 +83,15 @@ async fn resend<O>(
 ) {
     use crate::parent::lane::PushError;
     loop {
-        match lane.try_push_retry(id, &retry.payload, retry.attempts + 1, call, span.as_ref()) {
+        let attempts = retry.attempts + 1;
+        match lane.try_push_retry(
+            id,
+            &retry.payload,
+            &retry.blobs,
+            attempts,
+            call,
+            span.as_ref(),
+        ) {
             Ok(_) => return,
             Err((PushError::Full | PushError::Down, back)) => {
                 call = back;

@@ -20,6 +20,9 @@ pub(crate) struct LaunchSpec {
     /// The output frame bytes one output credit covers.
     pub(crate) credit_bytes: u64,
     pub(crate) max_frame: usize,
+    /// Blobs of at least this many bytes cross to a local worker by
+    /// descriptor.
+    pub(crate) blob_threshold: usize,
     /// How long a begun frame from a worker may go without a byte.
     pub(crate) frame_timeout: Duration,
     pub(crate) start_timeout: Duration,

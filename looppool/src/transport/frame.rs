@@ -84,9 +84,22 @@ pub fn role(frame: &[u8]) -> Result<Role, BadFrame> {
     let body = frame
         .get(HEADER_LEN..)
         .ok_or_else(|| BadFrame("shorter than its header".into()))?;
+    role_of(body)
+}
+
+/// [`role`] of a frame's body.
+fn role_of(body: &[u8]) -> Result<Role, BadFrame> {
     let bad = |e: codec::CodecError| BadFrame(e.to_string());
     let mut f = Fields::new(body);
     Ok(match f.u8().map_err(bad)? {
+        // A frame that carries blobs by descriptor (only over a local
+        // socket) has the role of the frame it wraps.
+        kind::BLOBS | kind::WORKER_BLOBS => match crate::protocol::blobs_inner(body) {
+            Some(inner) if !matches!(inner.first(), Some(&(kind::BLOBS | kind::WORKER_BLOBS))) => {
+                role_of(inner)?
+            }
+            _ => return Err(BadFrame("a malformed frame with blobs".into())),
+        },
         kind::INIT => Role::Init,
         kind::TASK | kind::TASK_OWN_DEADLINE | kind::SKIP => {
             Role::Task(f.varint_u32().map_err(bad)?)

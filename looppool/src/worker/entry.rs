@@ -8,7 +8,7 @@ use super::runtime::serve;
 use super::{logging, panic, Worker};
 use crate::sys;
 use crate::transport::Connection;
-use crate::worker::process::{EXIT_OUT_OF_MEMORY, MEMORY_ENV, SIGNALS_ENV};
+use crate::worker::process::{BLOBS_ENV, EXIT_OUT_OF_MEMORY, MEMORY_ENV, SIGNALS_ENV};
 
 /// The worker name this process was started to run, if a pool started it.
 /// Reading removes the marker.
@@ -109,7 +109,16 @@ pub fn run_worker_runtime<F: Future<Output = i32>>(body: F) -> i32 {
 }
 
 async fn serve_inherited<W: Worker>() -> i32 {
-    match sys::inherited_stream().and_then(Connection::unix) {
+    let blobs = std::env::var_os(BLOBS_ENV).is_some();
+    std::env::remove_var(BLOBS_ENV);
+    let conn = sys::inherited_stream().and_then(|stream| {
+        if blobs {
+            Connection::unix_with_blobs(stream, sys::inherited_blob_socket()?)
+        } else {
+            Connection::unix(stream)
+        }
+    });
+    match conn {
         Ok(conn) => serve::<W>(conn).await,
         Err(e) => {
             eprintln!("looppool worker: {e}");

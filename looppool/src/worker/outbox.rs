@@ -8,9 +8,11 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::blob::wire;
 use crate::codec::{self, CodecError};
 use crate::error::{EmitError, EmitErrorKind};
 use crate::protocol::{self, kind, Failure};
+use crate::transport::blobs::{BlobSender, PendingBlob};
 use crate::transport::{self, WriteHalf};
 
 /// The worker's end of the wire going out: the frames waiting to be
@@ -21,6 +23,9 @@ pub(crate) struct Outbox {
     credit_bytes: u64,
     /// The whole output window, in credits.
     window: u32,
+    /// Blobs of at least this many bytes go to the parent by descriptor;
+    /// `None`: the connection carries none.
+    blob_threshold: Option<usize>,
     frames: RefCell<Frames>,
     /// Woken on the empty → non-empty transition of `frames.buf`.
     writer_wake: Notify,
@@ -45,22 +50,32 @@ struct Frames {
     /// background work): the parent reads only handshake messages until
     /// then, so they are held here and queued right behind it.
     early: Option<Vec<u8>>,
+    /// Blobs whose descriptors go out with the frames in `buf`.
+    blobs: Vec<PendingBlob>,
 }
 
 impl Outbox {
     /// An outbox for frames up to `max_frame` bytes, with a window of
     /// `credits` output credits of `credit_bytes` bytes each, holding
-    /// outputs back until [`push_ready`](Self::push_ready).
-    pub(crate) fn new(max_frame: usize, credits: u32, credit_bytes: u64) -> Self {
+    /// outputs back until [`push_ready`](Self::push_ready); blobs of at
+    /// least `blob_threshold` bytes go by descriptor.
+    pub(crate) fn new(
+        max_frame: usize,
+        credits: u32,
+        credit_bytes: u64,
+        blob_threshold: Option<usize>,
+    ) -> Self {
         Outbox {
             max_frame,
             credit_bytes: credit_bytes.max(1),
             window: credits,
+            blob_threshold,
             frames: RefCell::new(Frames {
                 buf: Vec::with_capacity(64 * 1024),
                 credits,
                 last_output: None,
                 early: Some(Vec::new()),
+                blobs: Vec::new(),
             }),
             writer_wake: Notify::new(),
             credit_wake: Notify::new(),
@@ -140,7 +155,18 @@ impl Outbox {
             Err(CodecError::TooLarge { len, max }) => {
                 return Err(EmitError::new(EmitErrorKind::TooLarge { len, max }, value))
             }
-            Err(e) => return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value)),
+            Err(e) => {
+                if !wire::take_wanted() {
+                    return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value));
+                }
+                // A blob asked for a sink: encode again, for the connection.
+                let emitted = self.emit_with_blobs(&mut out, tag, value);
+                drop(out);
+                if emitted.is_ok() && was_empty && !early {
+                    self.writer_wake.notify_one();
+                }
+                return emitted;
+            }
         }
         let body = target.len() - start - codec::HEADER_LEN;
         let cost = protocol::output_cost(body, self.credit_bytes, self.window);
@@ -158,6 +184,81 @@ impl Outbox {
         if was_empty && !early {
             self.writer_wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Queues an output (of wire tag `tag`) whose value holds blobs, encoded
+    /// again with a sink for the connection: blobs of at least its
+    /// threshold go by descriptor, in a `WORKER_BLOBS` frame around the
+    /// output frame, and count for its credits; the others inline. Before
+    /// the ready message every blob goes inline.
+    #[cold]
+    #[inline(never)]
+    fn emit_with_blobs<O: Serialize>(
+        &self,
+        out: &mut Frames,
+        tag: u64,
+        value: O,
+    ) -> Result<(), EmitError<O>> {
+        let early = out.early.is_some();
+        let threshold = if early { None } else { self.blob_threshold };
+        let mut frame = Vec::new();
+        let (encoded, blobs) = wire::with_sink(threshold, Vec::new(), || {
+            protocol::put_tagged(&mut frame, kind::OUTPUT, tag, &value, usize::MAX)
+        });
+        if let Err(e) = encoded {
+            return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value));
+        }
+        let Frames {
+            buf,
+            early: held,
+            credits,
+            blobs: pending,
+            last_output,
+        } = out;
+        let target = held.as_mut().unwrap_or(buf);
+        let start = target.len();
+        let sizes: Vec<usize> = blobs.iter().map(|b| b.len()).collect();
+        let size = if blobs.is_empty() {
+            let len = frame.len() - codec::HEADER_LEN;
+            if len > self.max_frame {
+                let kind = EmitErrorKind::TooLarge {
+                    len,
+                    max: self.max_frame,
+                };
+                return Err(EmitError::new(kind, value));
+            }
+            target.extend_from_slice(&frame);
+            len
+        } else {
+            let inner = &frame[codec::HEADER_LEN..];
+            match protocol::put_blobs(target, kind::WORKER_BLOBS, &sizes, inner, self.max_frame) {
+                Ok(_) => {}
+                Err(CodecError::TooLarge { len, max }) => {
+                    return Err(EmitError::new(EmitErrorKind::TooLarge { len, max }, value))
+                }
+                Err(e) => return Err(EmitError::new(EmitErrorKind::Encode(e.to_string()), value)),
+            }
+            target.len() - start - codec::HEADER_LEN + sizes.iter().sum::<usize>()
+        };
+        let cost = protocol::output_cost(size, self.credit_bytes, self.window);
+        if cost > *credits {
+            target.truncate(start);
+            return Err(EmitError::new(EmitErrorKind::Full, value));
+        }
+        *credits -= cost;
+        // Only the buffer after the ready message carries descriptors.
+        pending.extend(
+            blobs
+                .into_iter()
+                .map(|sealed| PendingBlob { at: start, sealed }),
+        );
+        // A frame with blobs is not folded into its task's completion.
+        *last_output = match tag.checked_sub(1) {
+            Some(slot) if !early && sizes.is_empty() => Some((start, slot as u32)),
+            _ => None,
+        };
+        self.outputs.set(self.outputs.get() + 1);
         Ok(())
     }
 
@@ -273,14 +374,24 @@ impl Outbox {
     }
 
     /// Writes queued frames to `io` until the outbox closes; one `write` per
-    /// batch. When the parent is gone, exits the process if `exit_when_gone`
-    /// (a worker process), else stops writing (a test's worker).
-    pub(crate) async fn write_to(&self, mut io: WriteHalf, exit_when_gone: bool) {
+    /// batch, after the descriptors of the blobs it carries (on `blobs`).
+    /// When the parent is gone, exits the process if `exit_when_gone` (a
+    /// worker process), else stops writing (a test's worker).
+    pub(crate) async fn write_to(
+        &self,
+        mut io: WriteHalf,
+        exit_when_gone: bool,
+        mut blobs: Option<BlobSender>,
+    ) {
         let mut batch = Vec::new();
+        let mut pending = Vec::new();
         loop {
             let took = {
                 let mut out = self.frames.borrow_mut();
                 std::mem::swap(&mut out.buf, &mut batch);
+                if !out.blobs.is_empty() {
+                    std::mem::swap(&mut out.blobs, &mut pending);
+                }
                 out.last_output = None;
                 !batch.is_empty()
             };
@@ -291,7 +402,12 @@ impl Outbox {
                 self.writer_wake.notified().await;
                 continue;
             }
-            if transport::flush_batch(&mut io, &mut batch).await.is_err() {
+            let written = match (pending.is_empty(), blobs.as_mut()) {
+                (true, _) => transport::flush_batch(&mut io, &mut batch).await,
+                (false, Some(blobs)) => blobs.flush(&mut io, &mut batch, &mut pending).await,
+                (false, None) => Err(std::io::Error::other("blobs queued without a blob socket")),
+            };
+            if written.is_err() {
                 // The parent is gone: nobody is left to work for.
                 if exit_when_gone {
                     std::process::exit(0);

@@ -16,6 +16,10 @@ pub(crate) const SIGNALS_ENV: &str = "LOOPPOOL_SIGNALS";
 /// the limit.
 pub(crate) const MEMORY_ENV: &str = "LOOPPOOL_MEMORY_LIMIT";
 
+/// Set by a local pool to the descriptor number of the worker's blob socket
+/// (see `transport::blobs`); removed on reading.
+pub(crate) const BLOBS_ENV: &str = "LOOPPOOL_BLOB_FD";
+
 /// Exit code of a worker whose initialiser failed.
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
 /// Exit code of a program asked to run a worker it does not know.

@@ -10,9 +10,11 @@ use super::process::EXIT_PROTOCOL;
 use super::shared::Shared;
 use super::task::{error_chain, run_task, with_deadline};
 use super::Worker;
+use crate::blob::wire;
 use crate::codec::{self, CodecError, DEFAULT_MAX_FRAME};
-use crate::protocol::{self, kind, Failure, Hello, Init, ToWorker};
+use crate::protocol::{self, kind, Announced, Failure, Hello, Init, ToWorker};
 use crate::sys;
+use crate::transport::blobs::BlobReceiver;
 use crate::transport::{self, Connection, FrameReader, WriteHalf};
 use crate::worker::process::EXIT_INIT_FAILED;
 
@@ -48,7 +50,11 @@ pub(crate) enum Host {
 
 /// [`serve`], in `host`.
 pub(crate) async fn serve_hosted<W: Worker>(conn: Connection, host: Host) -> i32 {
-    let Connection { reader, mut writer } = conn;
+    let Connection {
+        reader,
+        mut writer,
+        blobs,
+    } = conn;
 
     // Handshake: say who we are, then wait for our place in the pool.
     if !say_hello::<W>(&mut writer).await {
@@ -64,12 +70,23 @@ pub(crate) async fn serve_hosted<W: Worker>(conn: Connection, host: Host) -> i32
     if host == Host::Process {
         sys::set_thread_name(&format!("{}-w{}", init.pool, init.index));
     }
-    let shared = Rc::new(Shared::new(&init, max_frame));
+    // Blobs go by descriptor when both ends have a blob socket (the parent
+    // says so with a threshold).
+    let (blob_tx, blob_rx) = match blobs {
+        Some(channel) if init.blob_threshold > 0 => (Some(channel.sender), Some(channel.receiver)),
+        _ => (None, None),
+    };
+    let blob_threshold = blob_tx
+        .as_ref()
+        .map(|_| usize::try_from(init.blob_threshold).unwrap_or(usize::MAX));
+    let shared = Rc::new(Shared::new(&init, max_frame, blob_threshold));
     let obs = Observe::new(&init, host == Host::Process);
     let writer_task = {
         let shared = shared.clone();
         let exit_when_gone = host == Host::Process;
-        tokio::task::spawn_local(async move { shared.out.write_to(writer, exit_when_gone).await })
+        tokio::task::spawn_local(async move {
+            shared.out.write_to(writer, exit_when_gone, blob_tx).await
+        })
     };
     obs.begin(&shared);
 
@@ -85,7 +102,13 @@ pub(crate) async fn serve_hosted<W: Worker>(conn: Connection, host: Host) -> i32
     shared.out.push_ready();
     obs.start(&shared);
 
-    tokio::task::spawn_local(read_loop(worker.clone(), shared.clone(), reader, host));
+    tokio::task::spawn_local(read_loop(
+        worker.clone(),
+        shared.clone(),
+        reader,
+        blob_rx,
+        host,
+    ));
 
     // Serve until the parent's stop message, which arrives behind every task
     // it sent us; then drain the running tasks.
@@ -164,11 +187,13 @@ async fn shut_down<W: Worker>(worker: Rc<W>, shared: &Shared) {
     }
 }
 
-/// Reads the parent's frames: tasks, credits, pings and the stop message.
+/// Reads the parent's frames: tasks, credits, pings and the stop message;
+/// the descriptors of the blobs tasks carry arrive on `blobs`.
 async fn read_loop<W: Worker>(
     worker: Rc<W>,
     shared: Rc<Shared>,
     mut reader: FrameReader,
+    mut blobs: Option<BlobReceiver>,
     host: Host,
 ) {
     // Spare cells for the two types of task future (see `TaskCell`).
@@ -226,6 +251,9 @@ async fn read_loop<W: Worker>(
                 Ok(ToWorker::Credit(n)) => shared.out.refill(n),
                 Ok(ToWorker::Stop) => shared.request_stop(),
                 Ok(ToWorker::Ping(nonce)) => shared.out.push_simple(kind::PONG, Some(nonce)),
+                Ok(ToWorker::Blobs(announced)) => {
+                    blob_task(&worker, &shared, &mut blobs, body.len(), announced)
+                }
                 Ok(ToWorker::Init(..)) => protocol_exit(&shared, "a second init message"),
                 Err(e) => protocol_exit(&shared, &e.to_string()),
             }
@@ -242,6 +270,66 @@ async fn read_loop<W: Worker>(
             }
             Err(e) => protocol_exit(&shared, &e.to_string()),
         }
+    }
+}
+
+/// Starts a task whose frame carries blobs by descriptor: takes them, then
+/// decodes the task with them (or answers a task cancelled before it was
+/// written, dropping them).
+#[cold]
+#[inline(never)]
+fn blob_task<W: Worker>(
+    worker: &Rc<W>,
+    shared: &Rc<Shared>,
+    blobs: &mut Option<BlobReceiver>,
+    body_len: usize,
+    announced: &[u8],
+) {
+    let Some(receiver) = blobs else {
+        protocol_exit(
+            shared,
+            "a frame with blobs on a connection that carries no descriptors",
+        )
+    };
+    let announced =
+        Announced::parse(announced).unwrap_or_else(|e| protocol_exit(shared, &e.to_string()));
+    let max = shared.out.max_frame() as u64;
+    if (body_len as u64).saturating_add(announced.total) > max {
+        protocol_exit(shared, "a frame whose blobs exceed the frame limit");
+    }
+    let received = receiver
+        .receive(announced.sizes())
+        .unwrap_or_else(|e| protocol_exit(shared, &e));
+    let (slot, payload, own_deadline) = match ToWorker::decode(announced.inner) {
+        Ok(ToWorker::Task { slot, payload }) => (slot, payload, false),
+        Ok(ToWorker::TaskOwnDeadline { slot, payload }) => (slot, payload, true),
+        Ok(ToWorker::Skip(slot)) => {
+            drop(received);
+            shared.task_started();
+            shared.cancelled(slot);
+            return;
+        }
+        _ => protocol_exit(
+            shared,
+            "a frame with blobs around something other than a task",
+        ),
+    };
+    let (task, _) = wire::with_inbox(received, || codec::get_serde::<W::Task>(payload));
+    let task = match task {
+        Ok(task) => task,
+        Err(e) => return reject_task(shared, slot, &e),
+    };
+    shared.task_started();
+    let cx = TaskContext::new(shared.clone(), slot);
+    let worker = worker.clone();
+    match shared.task_timeout {
+        Some(limit) if !own_deadline => run_task(
+            shared,
+            slot,
+            move || with_deadline(worker.handle(task, cx), limit),
+            &mut None,
+        ),
+        _ => run_task(shared, slot, move || worker.handle(task, cx), &mut None),
     }
 }
 

@@ -40,12 +40,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state of the worker the parent's `init` message describes.
-    pub(crate) fn new(init: &Init, max_frame: usize) -> Self {
+    /// The state of the worker the parent's `init` message describes;
+    /// blobs of at least `blob_threshold` bytes go to the parent by
+    /// descriptor.
+    pub(crate) fn new(init: &Init, max_frame: usize, blob_threshold: Option<usize>) -> Self {
         Shared {
             index: init.index as usize,
             pool_name: init.pool.clone(),
-            out: Outbox::new(max_frame, init.output_credits, init.credit_bytes),
+            out: Outbox::new(
+                max_frame,
+                init.output_credits,
+                init.credit_bytes,
+                blob_threshold,
+            ),
             running: Cell::new(0),
             done: Cell::new(0),
             idle: Notify::new(),

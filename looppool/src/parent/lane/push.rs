@@ -5,12 +5,17 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::{CallSender, Lane, Retry, SlotMore, Status};
-use crate::codec::CodecError;
+use std::sync::{Arc, MutexGuard};
+
+use super::{CallSender, Lane, LaneState, Retry, SlotMore, Status};
+use crate::blob::{wire, Sealed};
+use crate::codec::{CodecError, HEADER_LEN};
 use crate::error::SubmitErrorKind;
 use crate::parent::slots::Call;
 use crate::protocol;
+use crate::protocol::kind;
 use crate::task_id::TaskId;
+use crate::transport::blobs::PendingBlob;
 
 /// Tasks a submitter pushes to one lane before it yields to the runtime, so
 /// the writer can flush a large batch: batch size is set here, not by
@@ -76,6 +81,7 @@ impl<O> Lane<O> {
             call,
             None,
             span,
+            &[],
             #[inline(always)]
             |out, slot, max| protocol::put_task(out, slot, task, max),
         )
@@ -95,21 +101,29 @@ impl<O> Lane<O> {
             call,
             None,
             span,
+            &[],
             #[inline(always)]
             |out, slot, max| protocol::put_task_as(out, kind, slot, task, max),
         )
     }
 
-    /// Re-sends an already encoded task that was lost on another worker.
+    /// Re-sends an already encoded task that was lost on another worker,
+    /// with the blobs its payload refers to by index.
     pub(crate) fn try_push_retry(
         &self,
         id: TaskId,
         payload: &[u8],
+        blobs: &[Arc<Sealed>],
         attempts: u32,
         call: Option<CallSender<O>>,
         span: Option<&tracing::Span>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
-        self.push_with(call, Some((id, attempts)), span, |out, slot, max| {
+        self.push_with(call, Some((id, attempts)), span, blobs, |out, slot, max| {
+            // Blobs go by the sink: ask for one, as a blob would.
+            if !blobs.is_empty() && !wire::in_sink() {
+                wire::want_sink();
+                return Err(CodecError::Serde(wire::WANT_SINK.into()));
+            }
             protocol::put_encoded_task(out, slot, payload, max)
         })
     }
@@ -121,8 +135,10 @@ impl<O> Lane<O> {
         retried: Option<(TaskId, u32)>,
         // The span the task was sent in, if any.
         span: Option<&tracing::Span>,
+        // Blobs an already encoded payload refers to by index (a retry's).
+        preset: &[Arc<Sealed>],
         // Appends the task's frame; returns where its payload begins.
-        encode: impl FnOnce(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
+        encode: impl Fn(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
     ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         let mut st = self.lock();
         match st.status {
@@ -145,15 +161,31 @@ impl<O> Lane<O> {
         std::mem::forget(wake);
         let payload_start = match encoded {
             Ok(at) => at,
+            // Returns from here, so that the common push's path does not
+            // merge with the blob one's (a merge cost it reloads of the
+            // lane's state, some 15 instructions a task).
             Err(e) => {
-                drop(st);
-                if was_empty {
-                    // The owed credits, if any, still go out.
-                    self.writer_wake.notify_one();
-                }
-                return Err((PushError::Codec(e), call));
+                return self
+                    .push_failed(st, e, call, retried, span, preset, was_empty, slot, &encode)
             }
         };
+        self.finish_push(st, slot, payload_start, call, retried, span, was_empty)
+    }
+
+    /// The rest of a push whose frame is in the lane: takes the slot,
+    /// records the task and wakes the writer.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn finish_push(
+        &self,
+        mut st: MutexGuard<'_, LaneState<O>>,
+        slot: u32,
+        payload_start: usize,
+        call: Option<CallSender<O>>,
+        retried: Option<(TaskId, u32)>,
+        span: Option<&tracing::Span>,
+        was_empty: bool,
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
         st.free.pop();
         let (id, attempts) = match retried {
             Some(r) => r,
@@ -172,6 +204,7 @@ impl<O> Lane<O> {
             let retry = if self.retries > 0 {
                 Some(Retry {
                     payload: st.out[payload_start..].into(),
+                    blobs: std::mem::take(&mut st.retry_blobs),
                     attempts,
                 })
             } else {
@@ -200,6 +233,105 @@ impl<O> Lane<O> {
             self.writer_wake.notify_one();
         }
         Ok(id)
+    }
+
+    /// A push whose encoding failed with `e`: when a blob asked for a sink
+    /// (or `preset` blobs come with an encoded payload), encodes again with
+    /// one and finishes the push; otherwise refuses it.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn push_failed(
+        &self,
+        mut st: MutexGuard<'_, LaneState<O>>,
+        e: CodecError,
+        call: Option<CallSender<O>>,
+        retried: Option<(TaskId, u32)>,
+        span: Option<&tracing::Span>,
+        preset: &[Arc<Sealed>],
+        was_empty: bool,
+        slot: u32,
+        encode: &impl Fn(&mut Vec<u8>, u32, usize) -> Result<usize, CodecError>,
+    ) -> Result<TaskId, (PushError, Option<CallSender<O>>)> {
+        let encoded = if wire::take_wanted() {
+            let wake = WakeOnUnwind(&self.writer_wake, was_empty);
+            let encoded =
+                self.encode_with_blobs(&mut st, preset, |out, max| encode(out, slot, max));
+            std::mem::forget(wake);
+            encoded
+        } else {
+            Err(e)
+        };
+        match encoded {
+            Ok(at) => self.finish_push(st, slot, at, call, retried, span, was_empty),
+            Err(e) => {
+                drop(st);
+                if was_empty {
+                    // The owed credits, if any, still go out.
+                    self.writer_wake.notify_one();
+                }
+                Err((PushError::Codec(e), call))
+            }
+        }
+    }
+
+    /// Encodes a task frame whose value holds blobs (or whose payload
+    /// refers to `preset` ones) with a sink for the current connection:
+    /// blobs of at least its threshold go by descriptor, in a `BLOBS`
+    /// frame around the task frame, the others inline. Returns where the
+    /// task's payload begins in `out`, as `encode` does.
+    fn encode_with_blobs(
+        &self,
+        st: &mut LaneState<O>,
+        preset: &[Arc<Sealed>],
+        encode: impl Fn(&mut Vec<u8>, usize) -> Result<usize, CodecError>,
+    ) -> Result<usize, CodecError> {
+        let Some(threshold) = st.blob_threshold else {
+            if !preset.is_empty() {
+                return Err(CodecError::Serde(
+                    "a task with blobs sent by descriptor, re-sent to a worker whose \
+                     connection carries none"
+                        .into(),
+                ));
+            }
+            let (encoded, _) =
+                wire::with_sink(None, Vec::new(), || encode(&mut st.out, self.max_frame));
+            return encoded;
+        };
+        let mut frame = Vec::new();
+        let (encoded, blobs) = wire::with_sink(Some(threshold), preset.to_vec(), || {
+            encode(&mut frame, usize::MAX)
+        });
+        let payload = encoded?;
+        let start = st.out.len();
+        if blobs.is_empty() {
+            let len = frame.len() - HEADER_LEN;
+            if len > self.max_frame {
+                return Err(CodecError::TooLarge {
+                    len,
+                    max: self.max_frame,
+                });
+            }
+            st.out.extend_from_slice(&frame);
+            return Ok(start + payload);
+        }
+        let sizes: Vec<usize> = blobs.iter().map(|b| b.len()).collect();
+        let inner = protocol::put_blobs(
+            &mut st.out,
+            kind::BLOBS,
+            &sizes,
+            &frame[HEADER_LEN..],
+            self.max_frame,
+        )?;
+        if self.retries > 0 {
+            st.retry_blobs = blobs.clone();
+        }
+        st.blobs.extend(
+            blobs
+                .into_iter()
+                .map(|sealed| PendingBlob { at: start, sealed }),
+        );
+        Ok(inner + payload - HEADER_LEN)
     }
 
     /// Whether a submitter should yield to the runtime before its next push

@@ -9,7 +9,9 @@ use crate::protocol::ToWorker;
 fn queued(lane: &Lane<u64>) -> Vec<(u8, u32)> {
     let mut out = Vec::new();
     let generation = lane.lock().generation();
-    assert!(lane.lock().take_frames(generation, &mut out));
+    assert!(lane
+        .lock()
+        .take_frames(generation, &mut out, &mut Vec::new()));
     let mut frames = FrameDecoder::new(usize::MAX);
     let mut seen = Vec::new();
     while let Some(body) = frames.next_frame(&out).unwrap() {
@@ -26,7 +28,7 @@ fn queued(lane: &Lane<u64>) -> Vec<(u8, u32)> {
 /// A lane open to a worker with an output window of `window`.
 fn open_lane(window: u32) -> (Lane<u64>, u64) {
     let lane = Lane::new(0, 8, 1 << 20, 0);
-    let generation = lane.open(1, None, window, 1024).unwrap();
+    let generation = lane.open(1, None, window, 1024, None).unwrap();
     (lane, generation)
 }
 
@@ -100,7 +102,7 @@ fn a_new_worker_is_owed_nothing() {
     let (lane, _) = open_lane(8);
     replies(&lane, 1);
     let _ = lane.take_held(false);
-    lane.open(2, None, 8, 1024).unwrap();
+    lane.open(2, None, 8, 1024, None).unwrap();
     lane.try_push(&5u64, None, None).map_err(|_| ()).unwrap();
     assert_eq!(queued(&lane), [(kind::TASK, 0)]);
     assert_eq!(window(&lane), 8);
