@@ -107,6 +107,7 @@ pub struct PoolBuilder<W: Worker> {
     tuning: Tuning,
     recycle_rss: Option<u64>,
     memory_limit: Option<u64>,
+    worker_cpus: Option<Vec<usize>>,
     task_timeout: Option<Duration>,
     connector: Option<ConnectorRef>,
     /// Dispatch policy and cancellation: set by the methods in `control`.
@@ -177,6 +178,7 @@ impl<W: Worker> PoolBuilder<W> {
             },
             recycle_rss: None,
             memory_limit: None,
+            worker_cpus: None,
             task_timeout: None,
             control: Default::default(),
             observe: Default::default(),
@@ -439,6 +441,34 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// Lets each worker run only on the CPUs `cpus` (numbered as the
+    /// kernel numbers them, from 0), set before it executes, as `taskset`
+    /// would; a replacement gets the same set. Default: the CPUs this
+    /// process may use, with placement left to the kernel.
+    ///
+    /// For throughput-bound pools on a machine with few CPUs: a socket
+    /// write wakes its reader as a "synchronous" wake-up, which the
+    /// scheduler takes as a reason to run the reader on the writer's CPU, so
+    /// the parent can end up sharing its CPU with a worker for the pool's
+    /// whole life (about half of W1's throughput on 2 CPUs; see
+    /// `BENCHMARKS.md`). Keeping the parent's thread on one CPU (with
+    /// `sched_setaffinity`, for example through the `core_affinity` crate)
+    /// and the workers on the others keeps them apart. Leave it unset when
+    /// other programs share the machine's CPUs: a fixed placement cannot
+    /// move away from their load.
+    ///
+    /// The pool refuses to start ([`StartError::Config`](crate::StartError::Config))
+    /// when the set is empty, names a CPU past the kernel's limit
+    /// (`CPU_SETSIZE`, 1024), or names none that is online; it acts on
+    /// local processes, so a pool with a [`connector`](Self::connector)
+    /// refuses it too. A set the kernel refuses otherwise (none of its
+    /// CPUs in this process's cpuset, in a container say) fails each
+    /// worker's start with [`StartError::Spawn`](crate::StartError::Spawn).
+    pub fn worker_cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.worker_cpus = Some(cpus.into_iter().collect());
+        self
+    }
+
     /// Fails a task whose handler runs longer than `timeout`: the handler is
     /// dropped at its next await and the task reported failed. A handler
     /// that blocks its loop without awaiting cannot be stopped this way; see
@@ -525,6 +555,7 @@ impl<W: Worker> PoolBuilder<W> {
                 titles: self.titles,
                 statsd: observe.statsd.clone(),
                 memory_limit: self.memory_limit,
+                worker_cpus: self.worker_cpus,
             }))),
         };
         let spec = LaunchSpec {
