@@ -375,7 +375,7 @@ def line_chart(title, subtitle, series, unit, xlabel, ref=None, note=None):
 
     series = [(name, colour, [y])]; ref = (value, text) draws a dashed
     horizontal line (a target)."""
-    top, plot_h, bottom_pad = 90, 260, 52
+    top, plot_h, bottom_pad = 100, 260, 52
     height = top + plot_h + bottom_pad + (18 if note else 0)
     svg = Svg(WIDTH, height)
     header(svg, title, subtitle)
@@ -418,21 +418,23 @@ POOL_COLOURS = [OURS, RAW, "#2b8a3e"]
 
 def w1_long_chart(rows, run):
     by = {r["workload"]: r for r in rows if "workload" in r}
-    row = by.get("W1-long")
-    if not row or "chunk_rates" not in row:
-        return {}
-    series = [(f"pool {i + 1}: {fmt(rate)} tasks/s", POOL_COLOURS[i % 3], ys)
-              for i, (rate, ys) in enumerate(zip(row["rates_per_pool"], row["chunk_rates"]))]
-    fresh = row["limit"]
-    sub = f"looppool-bench --only W1,W1-long, run of {run}" if run else "looppool-bench --only W1,W1-long"
-    chunk = row.get("chunk", 200000)
-    return {
-        "w1-long.svg": line_chart(
-            f"W1-long: {fmt(row['n_per_pool'])} tasks through each of three pools", sub, series,
+    out = {}
+    for name, how in [("W1-long", "as the kernel places the processes"),
+                      ("W1-long-placed", "parent on one CPU, workers on the others (worker_cpus)")]:
+        row = by.get(name)
+        if not row or "chunk_rates" not in row:
+            continue
+        series = [(f"pool {i + 1}: {fmt(rate)} tasks/s", POOL_COLOURS[i % 3], ys)
+                  for i, (rate, ys) in enumerate(zip(row["rates_per_pool"], row["chunk_rates"]))]
+        fresh = row["limit"]
+        sub = [how, f"looppool-bench --only W1,W1-long, run of {run}" if run else "looppool-bench --only W1,W1-long"]
+        chunk = row.get("chunk", 200000)
+        out[f"{name.lower()}.svg"] = line_chart(
+            f"{name}: {fmt(row['n_per_pool'])} tasks through each of three pools", sub, series,
             "tasks/s", f"chunks of {chunk:,} tasks, in order",
             ref=(0.8 * fresh, f"target: 0.8 × fresh-pool W1 median ({fmt(fresh)})"),
         )
-    }
+    return out
 
 
 def blob_chart(rows, run):

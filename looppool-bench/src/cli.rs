@@ -49,7 +49,8 @@ OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
     --only LIST      comma-separated subset of W1..W6, W1-long (three pools of
-                     10 M tasks each, against W1's fresh pools), W5-64MiB (64 MiB blobs,
+                     10 M tasks each, against W1's fresh pools; then three more with
+                     the parent on one CPU and the workers on the others), W5-64MiB (64 MiB blobs,
                      beside the raw echo of 64 MiB frames), hb (W1 with heartbeats and
                      without), cancel, hol, raw, W1-broker,
                      W2-broker and raw-js (raw limits that the chosen workloads are compared with

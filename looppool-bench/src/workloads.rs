@@ -56,14 +56,16 @@ pub(crate) async fn start<W: Worker>(
     workers: usize,
     window: usize,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
-    start_with(workers, window, true).await
+    start_with(workers, window, true, None).await
 }
 
-/// [`start`], with heartbeats (the default) or without.
+/// [`start`], with heartbeats (the default) or without, and with the
+/// workers kept on `cpus` if given.
 async fn start_with<W: Worker>(
     workers: usize,
     window: usize,
     heartbeat: bool,
+    cpus: Option<&[usize]>,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
     let mut builder = Pool::<W>::builder()
         .workers(workers)
@@ -72,6 +74,9 @@ async fn start_with<W: Worker>(
         .name("bench");
     if !heartbeat {
         builder = builder.no_heartbeat();
+    }
+    if let Some(cpus) = cpus {
+        builder = builder.worker_cpus(cpus.iter().copied());
     }
     // Under valgrind `/proc/self/exe` is valgrind itself: name the program.
     if let Some(program) = std::env::var_os(PROGRAM_ENV) {
@@ -245,10 +250,16 @@ pub(crate) struct W1Long {
 }
 
 /// W1-long: `n` tasks through one pool of 2 workers (warmed up for
-/// `warmup` first), streamed in chunks of `chunk` whose rates are kept, so
-/// that a rate that falls during a pool's life, and stays down, is seen.
-pub(crate) async fn w1_long_pool(n: u64, chunk: u64, warmup: Duration) -> BenchResult<W1Long> {
-    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, true).await?;
+/// `warmup` first, and kept on `cpus` if given), streamed in chunks of
+/// `chunk` whose rates are kept, so that a rate that falls during a pool's
+/// life, and stays down, is seen.
+pub(crate) async fn w1_long_pool(
+    n: u64,
+    chunk: u64,
+    warmup: Duration,
+    cpus: Option<&[usize]>,
+) -> BenchResult<W1Long> {
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, true, cpus).await?;
     let began = Instant::now();
     while began.elapsed() < warmup {
         w1_once(&pool, &mut outputs, chunk).await?;
@@ -278,7 +289,7 @@ async fn w1_on_fresh_pool(
     heartbeat: bool,
     f: &mut W1Figures,
 ) -> BenchResult<()> {
-    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, heartbeat).await?;
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, heartbeat, None).await?;
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let began = Instant::now();
     let mut warm_tasks = 0;
