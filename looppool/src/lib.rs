@@ -444,6 +444,7 @@ mod sync;
 mod sys;
 mod task_id;
 pub mod testing;
+mod timing;
 pub mod transport;
 pub mod worker;
 
@@ -460,7 +461,7 @@ pub use error::{
     SubmitErrorKind, TaskError, TryNextError, WorkerLost,
 };
 pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
-pub use metrics::{PoolStats, WorkerReport, WorkerStats};
+pub use metrics::{Histogram, PoolStats, WorkerReport, WorkerStats};
 pub use pool::{
     BlockedCancel, Dispatch, Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals,
     TaskBuilder, TaskId, DEFAULT_CANCEL_GRACE, DEFAULT_HEARTBEAT_INTERVAL,

@@ -137,6 +137,7 @@ pub use sentry::sentry_tags;
 pub use statsd::Statsd;
 
 pub use crate::stats::{PoolStats, WorkerReport, WorkerStats};
+pub use crate::timing::Histogram;
 
 /// The report interval when statsd or Prometheus is configured without one.
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -149,6 +150,8 @@ pub(crate) struct Config {
     pub(crate) log_level: LevelFilter,
     /// The level failed tasks are logged at in the parent.
     pub(crate) failed_task_level: tracing::Level,
+    /// Whether tasks are timed (see [where time goes](self#where-time-goes)).
+    pub(crate) task_timings: bool,
     #[cfg(feature = "statsd")]
     pub(crate) statsd: Option<Statsd>,
     #[cfg(feature = "prometheus")]
@@ -162,6 +165,7 @@ impl Default for Config {
             blocked_threshold: None,
             log_level: LevelFilter::INFO,
             failed_task_level: crate::parent::reports::DEFAULT_FAILED_TASK_LEVEL,
+            task_timings: true,
             #[cfg(feature = "statsd")]
             statsd: None,
             #[cfg(feature = "prometheus")]

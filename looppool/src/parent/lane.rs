@@ -18,12 +18,13 @@ use tokio::sync::Notify;
 use super::batches::SpareBatches;
 use super::credits::{OutputWindow, Overdrawn};
 use super::reports::LaneObs;
-pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry};
+pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry, Timed};
 use super::slots::{SlotMore, Slots};
 use super::space::AnySpace;
 use crate::blob::Sealed;
 use crate::event::RecycleReason;
 use crate::protocol::{self, kind};
+use crate::timing::{Sampler, Timings};
 use crate::transport::blobs::PendingBlob;
 
 /// Whether a lane takes tasks.
@@ -73,6 +74,8 @@ pub(crate) struct LaneState<O> {
     blob_threshold: Option<usize>,
     /// The blobs of the task frame just encoded, for its retry copy.
     retry_blobs: Vec<Arc<Sealed>>,
+    /// Which tasks are timed (see `crate::timing`).
+    pub(crate) sampler: Sampler,
 }
 
 /// The counts a lane keeps under its lock, per worker index.
@@ -118,6 +121,8 @@ pub(crate) struct Lane<O> {
     pub(crate) obs: LaneObs,
     /// Emptied output batches, kept for the reader to fill again.
     pub(crate) batches: SpareBatches<O>,
+    /// Where this worker index's tasks' time goes.
+    pub(crate) timings: Timings,
 }
 
 impl<O> std::fmt::Debug for Lane<O> {
@@ -156,6 +161,7 @@ impl<O> Lane<O> {
                 blobs: Vec::new(),
                 blob_threshold: None,
                 retry_blobs: Vec::new(),
+                sampler: Sampler::new(false, index as u64),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -168,7 +174,20 @@ impl<O> Lane<O> {
             epoch: Instant::now(),
             obs: Default::default(),
             batches: SpareBatches::default(),
+            timings: Timings::default(),
         }
+    }
+
+    /// Makes the lane time a sample of its tasks, or none (the default).
+    pub(crate) fn timed(mut self, on: bool) -> Self {
+        self.timings = Timings::new(on);
+        self.lock().sampler = Sampler::new(on, self.index as u64);
+        self
+    }
+
+    /// `at` in ns since the lane's epoch (0 before it).
+    pub(crate) fn ns_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Records that the worker answered a ping.

@@ -82,21 +82,28 @@ impl Shared {
         self.running.set(self.running.get() + 1);
     }
 
-    /// Queues the completion of the task in wire slot `slot`, and counts it.
+    /// Queues the completion of the task in wire slot `slot`, and counts it;
+    /// `ran_ns` is how long a timed task ran.
     ///
     /// A failure spends output credits (the parent holds it for its
     /// consumer as it holds a value): when the window is shut, the task
     /// ends only once its failure is queued, in a task of its own that
     /// waits for credits, so that a drain waits for it too.
-    pub(crate) fn complete(self: &Rc<Self>, slot: u32, result: Result<(), Failure>) {
+    pub(crate) fn complete(
+        self: &Rc<Self>,
+        slot: u32,
+        result: Result<(), Failure>,
+        ran_ns: Option<u64>,
+    ) {
         self.cancels.disarm(slot);
-        match result {
-            Ok(()) => self.out.push_done(slot),
-            Err(failure) => {
-                if let Err(failure) = self.out.try_push_failed(slot, failure) {
+        match (result, ran_ns) {
+            (Ok(()), None) => self.out.push_done(slot),
+            (Ok(()), Some(ran)) => self.out.push_done_timed(slot, ran),
+            (Err(failure), _) => {
+                if let Err(failure) = self.out.try_push_failed(slot, failure, ran_ns) {
                     let shared = self.clone();
                     tokio::task::spawn_local(async move {
-                        shared.out.push_failed(slot, failure).await;
+                        shared.out.push_failed(slot, failure, ran_ns).await;
                         shared.ended();
                     });
                     return;

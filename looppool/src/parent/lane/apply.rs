@@ -32,6 +32,19 @@ pub(crate) enum SlotEvent<O> {
     },
 }
 
+impl<O> SlotEvent<O> {
+    /// The slot whose task it concerns.
+    pub(crate) fn slot(&self) -> u32 {
+        match self {
+            SlotEvent::Output { slot, .. }
+            | SlotEvent::Done { slot }
+            | SlotEvent::OutputDone { slot, .. }
+            | SlotEvent::Failed { slot, .. }
+            | SlotEvent::Cancelled { slot } => *slot,
+        }
+    }
+}
+
 /// The part of a read batch that goes to the output stream.
 pub(crate) enum Delivered<O> {
     Value {
@@ -53,6 +66,11 @@ impl<O> LaneState<O> {
     /// The task a slot holds, if it holds one.
     pub(crate) fn task_in_slot(&self, slot: u32, lane: u32) -> Option<TaskId> {
         self.slots.is_busy(slot).then(|| self.slots.id(slot, lane))
+    }
+
+    /// The timing record of the task in `slot`, if it holds a timed one.
+    pub(crate) fn timed_in_slot(&self, slot: u32) -> Option<super::Timed> {
+        self.slots.timed(slot)
     }
 
     /// The span the task in `slot` was submitted in, if it holds a task
