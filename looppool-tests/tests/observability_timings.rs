@@ -235,3 +235,37 @@ async fn without_timings_the_histograms_stay_empty() {
     assert!(stats.output_wait.is_empty());
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_loop_held_by_a_handler_reports_its_lag() {
+    let (pool, mut outputs) = probe_pool!()
+        .workers(2)
+        .report_interval(ms(300))
+        .start()
+        .await
+        .unwrap();
+    // Worker 0's loop is held for 250 ms at a time; worker 1's is idle.
+    for i in 0..6 {
+        let job = Job::Spin { ms: 250, value: i };
+        pool.submit_to(0, job).await.unwrap();
+    }
+    let lagged = eventually(Duration::from_secs(20), || {
+        let stats = pool.stats();
+        stats.workers[0]
+            .last_report
+            .as_ref()
+            .is_some_and(|r| r.loop_lag_max >= ms(150))
+    })
+    .await;
+    let stats = pool.stats();
+    println!("{:?}", stats.workers[0].last_report);
+    assert!(lagged);
+    let idle = stats.workers[1].last_report.as_ref().expect("a report");
+    println!("{idle:?}");
+    assert!(idle.loop_lag_max < ms(50), "{idle:?}");
+    assert!(idle.loop_lag_mean <= idle.loop_lag_max);
+    for _ in 0..6 {
+        next_output(&mut outputs).await;
+    }
+    pool.shutdown().await;
+}

@@ -117,6 +117,14 @@ pub struct WorkerReport {
     pub outputs: u64,
     /// Log events this process dropped so far.
     pub logs_dropped: u64,
+    /// The loop's worst lag over the interval: how late a timer ticking on
+    /// the loop (ten times per interval, at most every 100 ms) fired at
+    /// most. A handler that computes for 200 ms without awaiting makes it
+    /// about 200 ms; an idle loop's is below a millisecond, the timer's
+    /// resolution.
+    pub loop_lag_max: Duration,
+    /// The loop's mean lag over the interval, from the same timer.
+    pub loop_lag_mean: Duration,
 }
 
 impl WorkerReport {
@@ -136,6 +144,8 @@ impl WorkerReport {
             tasks_done: r.tasks_done,
             outputs: r.outputs,
             logs_dropped: r.logs_dropped,
+            loop_lag_max: Duration::from_micros(r.loop_lag_max_us),
+            loop_lag_mean: Duration::from_micros(r.loop_lag_mean_us),
         }
     }
 }

@@ -107,6 +107,8 @@ struct Families {
     running: IntGauges,
     cpu: FloatGauges,
     busy: FloatGauges,
+    lag_max: FloatGauges,
+    lag_mean: FloatGauges,
     age: FloatGauges,
     done: Counters,
     failed: Counters,
@@ -195,6 +197,16 @@ impl Families {
             "looppool_worker_loop_busy",
             "Fraction of its last report interval the worker's loop was busy",
             &self.busy,
+        );
+        sink.add(
+            "looppool_worker_loop_lag_max_seconds",
+            "Worst lag of the worker's loop (how late a timer on it fired) over its last report interval",
+            &self.lag_max,
+        );
+        sink.add(
+            "looppool_worker_loop_lag_mean_seconds",
+            "Mean lag of the worker's loop over its last report interval",
+            &self.lag_mean,
         );
         sink.add(
             "looppool_worker_report_age_seconds",
@@ -289,6 +301,10 @@ impl Families {
                 int(&self.running, r.tasks_running);
                 self.cpu.get_or_create(&labels).set(r.cpu);
                 self.busy.get_or_create(&labels).set(r.loop_busy);
+                let lag_max = r.loop_lag_max.as_secs_f64();
+                self.lag_max.get_or_create(&labels).set(lag_max);
+                let lag_mean = r.loop_lag_mean.as_secs_f64();
+                self.lag_mean.get_or_create(&labels).set(lag_mean);
                 self.age
                     .get_or_create(&labels)
                     .set(r.received.elapsed().as_secs_f64());

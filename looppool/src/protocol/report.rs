@@ -34,6 +34,10 @@ pub(crate) struct Resources {
     pub(crate) tasks_done: u64,
     pub(crate) outputs: u64,
     pub(crate) logs_dropped: u64,
+    /// The loop's lag over the interval: how late a periodic timer of its
+    /// own fired, at most and on average, in microseconds.
+    pub(crate) loop_lag_max_us: u64,
+    pub(crate) loop_lag_mean_us: u64,
 }
 
 /// One episode of a blocked loop.
