@@ -56,22 +56,42 @@ pub(crate) async fn start<W: Worker>(
     workers: usize,
     window: usize,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
-    start_with(workers, window, true).await
+    start_with(workers, window, Defaults::ON).await
 }
 
-/// [`start`], with heartbeats (the default) or without.
-async fn start_with<W: Worker>(
+/// Which of the pool's defaults that cost something are on: the workloads
+/// run with both, and the `hb` and `hist` rows compare each with its
+/// absence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Defaults {
+    pub(crate) heartbeat: bool,
+    pub(crate) timings: bool,
+}
+
+impl Defaults {
+    /// Both on, as a pool starts by default.
+    pub(crate) const ON: Defaults = Defaults {
+        heartbeat: true,
+        timings: true,
+    };
+}
+
+/// [`start`], with the defaults of `on`.
+pub(crate) async fn start_with<W: Worker>(
     workers: usize,
     window: usize,
-    heartbeat: bool,
+    on: Defaults,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
     let mut builder = Pool::<W>::builder()
         .workers(workers)
         .max_tasks(window * workers)
         .max_results(2 * window * workers)
         .name("bench");
-    if !heartbeat {
+    if !on.heartbeat {
         builder = builder.no_heartbeat();
+    }
+    if !on.timings {
+        builder = builder.no_task_timings();
     }
     // Under valgrind `/proc/self/exe` is valgrind itself: name the program.
     if let Some(program) = std::env::var_os(PROGRAM_ENV) {
@@ -209,37 +229,40 @@ pub(crate) struct W1Figures {
 pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchResult<W1Figures> {
     let mut f = W1Figures::default();
     for _ in 0..reps {
-        w1_on_fresh_pool(n, warmup, true, &mut f).await?;
+        w1_on_fresh_pool(n, warmup, Defaults::ON, &mut f).await?;
     }
     Ok(f)
 }
 
-/// W1 with heartbeats (the default) and without, in alternating
-/// repetitions so that both see the same machine: what heartbeats cost.
-pub(crate) async fn w1_heartbeat_series(
+/// W1 on pools with the defaults `a` and on pools with `b`, in alternating
+/// repetitions so that both see the same machine: what a default costs
+/// (heartbeats, timings).
+pub(crate) async fn w1_pair_series(
     reps: usize,
     n: u64,
     warmup: Duration,
+    a: Defaults,
+    b: Defaults,
 ) -> BenchResult<(W1Figures, W1Figures)> {
-    let (mut on, mut off) = (W1Figures::default(), W1Figures::default());
+    let (mut fa, mut fb) = (W1Figures::default(), W1Figures::default());
     for rep in 0..reps {
         // Alternate which goes first, so neither always follows the other.
-        for heartbeat in [rep % 2 == 0, rep % 2 != 0] {
-            let f = if heartbeat { &mut on } else { &mut off };
-            w1_on_fresh_pool(n, warmup, heartbeat, f).await?;
+        for first in [rep % 2 == 0, rep % 2 != 0] {
+            let (on, f) = if first { (a, &mut fa) } else { (b, &mut fb) };
+            w1_on_fresh_pool(n, warmup, on, f).await?;
         }
     }
-    Ok((on, off))
+    Ok((fa, fb))
 }
 
 /// One W1 repetition on a pool of its own, after its warm-up.
 async fn w1_on_fresh_pool(
     n: u64,
     warmup: Duration,
-    heartbeat: bool,
+    on: Defaults,
     f: &mut W1Figures,
 ) -> BenchResult<()> {
-    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, heartbeat).await?;
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, on).await?;
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let began = Instant::now();
     let mut warm_tasks = 0;

@@ -165,6 +165,13 @@
 //!   replacement must start and pass `init` before the worker it replaces
 //!   drains and retires, so no task fails or is lost, and a replacement
 //!   that fails leaves the old workers serving.
+//! - **Where time goes**: per worker and for the pool, histograms of queue
+//!   wait, run time and output wait (the consumer's lag) in
+//!   [`Pool::stats`], the control socket's snapshot, `looppool top` and
+//!   Prometheus; a sample of about a thousand tasks a second per worker is
+//!   timed, cheap enough to leave on (see
+//!   [where time goes](metrics#where-time-goes)). Each worker's reports
+//!   carry its loop's lag beside its busy share.
 //!
 //! # Failure semantics
 //!
@@ -220,6 +227,17 @@
 //! | the pool shuts down, fails or is dropped while clients are connected | the listener stops and the socket file is removed (by the time `shutdown` returns); every connection is closed, a request in progress without its reply |
 //! | the parent is killed (SIGKILL) | the socket file stays until the next pool started in the same directory, or [`control::sockets`] (which `looppool top` calls), removes it |
 //! | the socket directory cannot be used (another owner, access for group or others, a symlink, a read-only file system) | in the default directory: the pool starts without a socket and logs a warning; in a directory set with [`PoolBuilder::control_socket`]: `start` fails with [`StartError::Config`] |
+//!
+//! What failures do to the [timing histograms](metrics#where-time-goes):
+//!
+//! | what happens | what the histograms count |
+//! |---|---|
+//! | a timed task's worker dies (or is killed, or breaks the protocol) before it completes | nothing of it: a lost task has no run time; the outputs it emitted first and the consumer took have their output wait |
+//! | a lost task is retried ([`PoolBuilder::retry_lost`]) | its last attempt, from when it was re-sent |
+//! | a task is cancelled, or fails its own deadline ([`TaskBuilder::timeout`]) | nothing of it (the worker dropped it); a task failing the pool-wide [`PoolBuilder::task_timeout`] is timed as any failure |
+//! | the worker says a task ran longer than its whole stay (a wrong clock, or a lie) | the run as said, and no queue wait; sums saturate rather than wrap; never a panic |
+//! | the worker reports the run of a task the parent did not time | nothing: the completion applies, the figure is ignored |
+//! | the consumer never takes an item (the stream is kept unread, or dropped) | no output wait for it, until it is taken |
 //!
 //! With [`PoolBuilder::retry_lost`]`(n)`, a task lost with its worker is
 //! first re-sent to a live worker, up to `n` times, under its original
@@ -379,8 +397,9 @@
 //!
 //! 1. Leaves: `task_id` ([`TaskId`]), `event` (the lifecycle vocabulary:
 //!    [`WorkerEvent`], [`ExitStatus`], [`LossCause`], [`RecycleReason`]),
-//!    `error`, `output` ([`Output`]), `sync` and `sys` (the only module
-//!    with `unsafe`: the parent-death signal, the spawner thread,
+//!    `error`, `output` ([`Output`]), `timing` ([`Histogram`], and the
+//!    sampler that picks the tasks to time), `sync` and `sys` (the only
+//!    module with `unsafe`: the parent-death signal, the spawner thread,
 //!    descriptors, memory files and their mappings).
 //! 2. `blob` ([`Blob`], and the per-thread sink and inbox through which
 //!    blobs meet the frames that carry them), `codec` (length-delimited

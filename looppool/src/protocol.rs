@@ -19,7 +19,12 @@ use crate::codec::{self, CodecError, Fields, FrameWriter};
 /// 3: log records name the task's slot; cancellation (`CANCEL`, `SKIP` and
 /// `CANCELLED`), tasks whose deadline the parent enforces
 /// (`TASK_OWN_DEADLINE`), and the cancellation grace period in [`Init`].
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+///
+/// 4: frames that carry blobs by descriptor (`BLOBS`, `WORKER_BLOBS`, the
+/// threshold in [`Init`]), and timed tasks (`TASK_TIMED`,
+/// `TASK_OWN_DEADLINE_TIMED`), whose completion tells how long they ran
+/// (`DONE_TIMED`, `FAILED_TIMED`).
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The first bytes of a worker's hello, so that a program that is not a
 /// looppool worker is recognised as such rather than misread.

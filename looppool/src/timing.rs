@@ -1,36 +1,14 @@
 //! Where a task's time goes: the [`Histogram`] of a duration, the
 //! lock-free histograms each worker index keeps, and the sampler that
-//! chooses which tasks are timed.
+//! chooses which tasks are timed. What is measured, and why a sample, is in
+//! [the metrics docs](crate::metrics#where-time-goes).
 //!
-//! # What is measured
-//!
-//! For a timed task the parent notes when it queued the task's frame, the
-//! worker measures its run (from just before the handler's first poll to
-//! its completion, on the worker's own clock), and the parent notes when
-//! it read the completion. Its *run time* is the worker's figure; its
-//! *queue wait* is the rest of its time in the pool: waiting to be
-//! written, in the worker's queue, and both trips over the connection.
-//! The difference of two readings of one clock each, neither figure
-//! depends on the two processes' clocks agreeing (a worker behind a broker
-//! may run on another machine). An item's *output wait* is the time from
-//! the reader taking its frame off the connection to the consumer taking
-//! it from [`Outputs`](crate::Outputs): the consumer's lag.
-//!
-//! # Which tasks are timed
-//!
-//! Timing every task would cost two clock reads per task at each end, a
-//! large share of a trivial task's cost. So a worker index times every
-//! task while it is sent fewer than [`TIMED_PER_SEC`] tasks a second, and
-//! above that a random sample of about that many a second: after each
-//! timed task the next one is drawn uniformly from the following
-//! `2n - 1`, `n` being the rate over the last window divided by
-//! [`TIMED_PER_SEC`]. A random draw rather than every `n`-th task, so that
-//! a workload with a period of its own is not sampled in step with it.
-//! Each timed task counts for `n` tasks (the inverse of its chance of being
-//! timed), so a histogram's counts estimate the number of tasks in each
-//! bucket, and its shape is that of all tasks, not of the quiet moments
-//! when every task is timed. Outputs are sampled the same way as the
-//! consumer takes them.
+//! A timed task's path: the parent's lane draws it from its [`Sampler`]
+//! as it queues its frame, marks the frame timed and notes the time; the
+//! worker measures the run and says how long in the completion; the
+//! reader, which read the clock once for the whole read, counts the run
+//! and the rest of the stay in the lane's [`Timings`]. The output consumer
+//! draws items from a sampler of its own and counts their wait there too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The choice of which tasks (or outputs) are timed: every one while they
 //! are few, a random sample of about [`TIMED_PER_SEC`] a second when they
-//! are many (see [the module docs](super)).
+//! are many (see [where time goes](crate::metrics#where-time-goes)).
 
 use super::TIMED_PER_SEC;
 
