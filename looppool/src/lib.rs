@@ -194,7 +194,7 @@
 //! | [`Pool::cancel`] racing the task's completion | exactly one fate: whichever the worker reads first (a completion stands; `cancel` returns false for a task already ended) | the same |
 //! | [`Pool::cancel`] of a handler that blocks its loop | [`BlockedCancel::Wait`] (default): it ends as it ends, cancelled at its next await; [`BlockedCancel::ReplaceWorker`]: after twice the grace period the worker is killed and replaced, the task [`Output::Cancelled`], the worker's other tasks [`Output::Lost`] ([`LossCause::Unresponsive`]) | [`CallError::Cancelled`] |
 //! | the worker dies while a task's cancel is under way | [`Output::Cancelled`], not lost, and not retried | [`CallError::Cancelled`] |
-//! | a task's own deadline ([`TaskBuilder::timeout`]) passes | as a cancel: not yet written, it never starts; running, its handler is dropped; an [`Output::Failed`] item ("task exceeded its deadline"); the pool-wide [`PoolBuilder::task_timeout`] does not apply to it | [`CallError::Task`] |
+//! | a task's own deadline ([`TaskBuilder::timeout`]) passes | as a cancel: not yet written, it never starts; running, its handler is dropped; an [`Output::Failed`] item ("task exceeded its deadline"); the pool-wide [`PoolBuilder::task_timeout`] does not apply to it. As it sends the cancel, the parent logs a warning (target `looppool::metrics`) naming the tasks the worker held, for how long, and, for a local worker, what its threads were doing | [`CallError::Task`] |
 //! | keyed dispatch ([`Dispatch::Keyed`]) and its worker crashes | its tasks fare as above; the key's next tasks wait for the replacement, which has the same index: the key does not move | the same |
 //! | keyed dispatch and [`Pool::resize`] | shrinking moves only the removed workers' keys (their tasks in flight drain first); growing moves about one key in `n` to each new worker, none between old workers | the same |
 //! | a [`Blob`]'s bytes, with its frame, exceed [`PoolBuilder::max_frame`] | refused at its sender: `submit` fails with [`SubmitErrorKind::TooLarge`], an `emit` with [`EmitErrorKind::TooLarge`] | the same |
@@ -206,9 +206,9 @@
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
-//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced, its [`WorkerEvent::Unresponsive`] (also logged as an error) naming the tasks it held and, for a local worker, what its threads were doing (state, `wchan`, system call, kernel stack as root), read before the kill; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced, its [`WorkerEvent::Unresponsive`] (also logged as an error) naming the tasks it held, for how long each (see [`HeldTask`]), and, for a local worker, what its threads were doing (state, `wchan`, system call, kernel stack as root), read before the kill; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
 //! | the worker's allocations pass [`PoolBuilder::memory_limit`] (a runaway task), or the kernel's OOM killer kills it | it dies at once and is replaced; [`Output::Lost`] with [`LossCause::OutOfMemory`] (see [below](#out-of-memory)) | [`CallError::WorkerLost`] |
-//! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
+//! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item; the worker reports it first, with what its threads were doing (read from `/proc` in the worker, so also behind a broker), and the parent logs a warning naming the tasks the worker held and for how long | [`CallError::Task`] |
 //! | the worker is recycled ([`PoolBuilder::recycle_after_tasks`], [`PoolBuilder::recycle_above_memory`]) or removed by [`Pool::resize`] | it drains first: every task it holds completes | completes |
 //! | a rolling restart ([`Pool::rolling_restart`], [`Pool::upgrade`]) replaces the worker | its replacement starts and passes `init` first; then the worker drains as a recycled one does: every task it holds completes; meanwhile round-robin sends go to the other workers and targeted ones wait for the replacement | completes |
 //! | a rolling restart's replacement fails to start (spawn, handshake, `init`, start timeout) | the restart stops with a [`RestartError`] saying which workers were replaced; the failed replacement is stopped; the worker it was for and those after it serve on, untouched | the same |
@@ -452,6 +452,7 @@ mod codec;
 pub mod control;
 mod error;
 mod event;
+mod forensics;
 pub mod metrics;
 mod output;
 mod parent;
@@ -479,7 +480,7 @@ pub use error::{
     BuildError, CallError, EmitError, EmitErrorKind, RestartError, StartError, SubmitError,
     SubmitErrorKind, TaskError, TryNextError, WorkerLost,
 };
-pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
+pub use event::{ExitStatus, HeldTask, LossCause, RecycleReason, WorkerEvent};
 pub use metrics::{Histogram, PoolStats, WorkerReport, WorkerStats};
 pub use pool::{
     BlockedCancel, Dispatch, Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals,

@@ -139,8 +139,14 @@
 //! line to the worker's standard error at once (the loop itself cannot send
 //! anything while blocked). When the loop turns again, the worker tells the
 //! parent, which logs a warning (target `looppool::metrics`) naming the
-//! worker, its pid, how long the loop was blocked and the tasks that were
-//! being run meanwhile, and counts the episode in [`WorkerStats::blocked`].
+//! worker, its pid, how long the loop was blocked, the tasks that were
+//! being run meanwhile, every task the worker held and for how long
+//! ([`HeldTask`](crate::HeldTask)), and what the worker's threads were
+//! doing while the loop was blocked (state, `wchan`, system call, and the
+//! kernel stack where readable, as root), which the watchdog read from
+//! `/proc` at the time; and counts the episode in [`WorkerStats::blocked`].
+//! A task that passes its deadline (its own, or the pool's task timeout) is
+//! reported the same way, as it passes.
 //!
 //! # One log
 //!

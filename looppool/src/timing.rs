@@ -16,8 +16,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod sampler;
+mod sent;
 
 pub(crate) use sampler::Sampler;
+pub(crate) use sent::SentLog;
 
 /// About how many tasks a second each worker index times, and how many
 /// outputs of each worker the consumer's side times, at most.

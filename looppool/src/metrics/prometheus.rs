@@ -163,51 +163,7 @@ impl Families {
             "Tasks queued or running on the worker",
             &self.in_flight,
         );
-        sink.add(
-            "looppool_worker_rss_bytes",
-            "Resident memory of the worker at its last report",
-            &self.rss,
-        );
-        sink.add(
-            "looppool_worker_max_rss_bytes",
-            "Peak resident memory of the worker at its last report",
-            &self.max_rss,
-        );
-        sink.add(
-            "looppool_worker_loop_alive_tasks",
-            "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
-            &self.alive,
-        );
-        sink.add(
-            "looppool_worker_loop_global_queue",
-            "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
-            &self.global_queue,
-        );
-        sink.add(
-            "looppool_worker_tasks_running",
-            "Handlers in progress on the worker at its last report",
-            &self.running,
-        );
-        sink.add(
-            "looppool_worker_cpu",
-            "CPU used by the worker over its last report interval, as a fraction of one core",
-            &self.cpu,
-        );
-        sink.add(
-            "looppool_worker_loop_busy",
-            "Fraction of its last report interval the worker's loop was busy",
-            &self.busy,
-        );
-        sink.add(
-            "looppool_worker_loop_lag_max_seconds",
-            "Worst lag of the worker's loop (how late a timer on it fired) over its last report interval",
-            &self.lag_max,
-        );
-        sink.add(
-            "looppool_worker_loop_lag_mean_seconds",
-            "Mean lag of the worker's loop over its last report interval",
-            &self.lag_mean,
-        );
+        self.visit_reports(sink);
         sink.add(
             "looppool_worker_report_age_seconds",
             "Seconds since the worker's last report arrived",
@@ -256,6 +212,55 @@ impl Families {
                 &self.pool_times[i],
             );
         }
+    }
+
+    /// Hands the families of the workers' last reports to `sink`.
+    fn visit_reports(&self, sink: &mut impl Sink) {
+        sink.add(
+            "looppool_worker_rss_bytes",
+            "Resident memory of the worker at its last report",
+            &self.rss,
+        );
+        sink.add(
+            "looppool_worker_max_rss_bytes",
+            "Peak resident memory of the worker at its last report",
+            &self.max_rss,
+        );
+        sink.add(
+            "looppool_worker_loop_alive_tasks",
+            "Tasks alive on the worker's tokio runtime (tokio's num_alive_tasks)",
+            &self.alive,
+        );
+        sink.add(
+            "looppool_worker_loop_global_queue",
+            "Tasks in the worker runtime's injection queue (tokio's global_queue_depth)",
+            &self.global_queue,
+        );
+        sink.add(
+            "looppool_worker_tasks_running",
+            "Handlers in progress on the worker at its last report",
+            &self.running,
+        );
+        sink.add(
+            "looppool_worker_cpu",
+            "CPU used by the worker over its last report interval, as a fraction of one core",
+            &self.cpu,
+        );
+        sink.add(
+            "looppool_worker_loop_busy",
+            "Fraction of its last report interval the worker's loop was busy",
+            &self.busy,
+        );
+        sink.add(
+            "looppool_worker_loop_lag_max_seconds",
+            "Worst lag of the worker's loop (how late a timer on it fired) over its last report interval",
+            &self.lag_max,
+        );
+        sink.add(
+            "looppool_worker_loop_lag_mean_seconds",
+            "Mean lag of the worker's loop over its last report interval",
+            &self.lag_mean,
+        );
     }
 
     /// Sets every family from `stats`.

@@ -479,10 +479,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 let lane = &self.lane;
                 lane.obs.on_report(self.worker, self.pid, body, |slots| {
                     let st = lane.lock();
-                    slots
+                    let named = slots
                         .iter()
                         .filter_map(|&s| st.task_in_slot(s, lane.index as u32))
-                        .collect()
+                        .collect();
+                    drop(st);
+                    (named, lane.held_tasks())
                 })
             }
             Frame::Log(body) => {

@@ -24,7 +24,7 @@ use super::space::AnySpace;
 use crate::blob::Sealed;
 use crate::event::RecycleReason;
 use crate::protocol::{self, kind};
-use crate::timing::{Sampler, Timings};
+use crate::timing::{Sampler, SentLog, Timings};
 use crate::transport::blobs::PendingBlob;
 
 /// Whether a lane takes tasks.
@@ -76,6 +76,8 @@ pub(crate) struct LaneState<O> {
     retry_blobs: Vec<Arc<Sealed>>,
     /// Which tasks are timed (see `crate::timing`).
     pub(crate) sampler: Sampler,
+    /// When the last timed tasks were queued.
+    sent: SentLog,
 }
 
 /// The counts a lane keeps under its lock, per worker index.
@@ -162,6 +164,7 @@ impl<O> Lane<O> {
                 blob_threshold: None,
                 retry_blobs: Vec::new(),
                 sampler: Sampler::new(false, index as u64),
+                sent: SentLog::default(),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -205,17 +208,6 @@ impl<O> Lane<O> {
     /// The largest frame the worker may send, its blobs' bytes counted.
     pub(crate) fn max_frame(&self) -> usize {
         self.max_frame
-    }
-
-    /// The tasks the lane holds (sent to its worker, or waiting to be),
-    /// in slot order: what a worker about to be killed takes with it.
-    pub(crate) fn held_ids(&self) -> Vec<crate::task_id::TaskId> {
-        let st = self.lock();
-        let index = self.index as u32;
-        st.slots
-            .busy()
-            .map(|slot| st.slots.id(slot, index))
-            .collect()
     }
 
     /// How many times a lost task may be re-sent.
@@ -572,6 +564,7 @@ impl<O> LaneState<O> {
 
 mod apply;
 mod cancel;
+mod held;
 mod push;
 pub(crate) use apply::{Delivered, SlotEvent};
 pub(crate) use cancel::{CancelReason, CancelSent};

@@ -223,13 +223,12 @@ async fn read_loop<W: Worker>(
                                 move || worker.handle(task, cx),
                                 &mut plain,
                             ),
-                            Some(limit) => run_task(
-                                &shared,
-                                slot,
-                                timed,
-                                move || with_deadline(worker.handle(task, cx), limit),
-                                &mut bounded,
-                            ),
+                            Some(limit) => {
+                                let sh = shared.clone();
+                                let handle =
+                                    move || with_deadline(worker.handle(task, cx), limit, sh, slot);
+                                run_task(&shared, slot, timed, handle, &mut bounded)
+                            }
                         }
                     }
                     Err(e) => reject_task(&shared, slot, &e),
@@ -340,13 +339,11 @@ fn blob_task<W: Worker>(
     let cx = TaskContext::new(shared.clone(), slot);
     let worker = worker.clone();
     match shared.task_timeout {
-        Some(limit) if !own_deadline => run_task(
-            shared,
-            slot,
-            timed,
-            move || with_deadline(worker.handle(task, cx), limit),
-            &mut None,
-        ),
+        Some(limit) if !own_deadline => {
+            let sh = shared.clone();
+            let handle = move || with_deadline(worker.handle(task, cx), limit, sh, slot);
+            run_task(shared, slot, timed, handle, &mut None)
+        }
         _ => run_task(
             shared,
             slot,

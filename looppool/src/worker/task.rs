@@ -116,14 +116,24 @@ fn ran_ns(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A task's future bounded by the pool's task timeout.
-pub(crate) async fn with_deadline<F>(handler: F, limit: std::time::Duration) -> Result<(), BoxError>
+/// A task's future bounded by the pool's task timeout; when the timeout
+/// passes, the worker reports it (with its threads' state) to the parent
+/// before the task's failure, naming slot `slot`.
+pub(crate) async fn with_deadline<F>(
+    handler: F,
+    limit: std::time::Duration,
+    shared: Rc<Shared>,
+    slot: u32,
+) -> Result<(), BoxError>
 where
     F: Future<Output = Result<(), BoxError>>,
 {
     match tokio::time::timeout(limit, handler).await {
         Ok(result) => result,
-        Err(_) => Err(format!("task exceeded its deadline of {limit:?}").into()),
+        Err(_) => {
+            shared.report_deadline(slot, limit);
+            Err(format!("task exceeded its deadline of {limit:?}").into())
+        }
     }
 }
 

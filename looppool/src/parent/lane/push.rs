@@ -198,7 +198,10 @@ impl<O> Lane<O> {
         let foreign = id.worker != self.index as u32;
         let timed = match st.sampler.hit() {
             None => None,
-            Some(weight) => Some(self.time_task(&mut st, slot, payload_start, weight)),
+            Some(weight) => {
+                let seq = (!foreign).then_some(id.seq);
+                Some(self.time_task(&mut st, slot, payload_start, weight, seq))
+            }
         };
         // Written without closures: ones that captured `call` cost a drop
         // check per task even when not called.
@@ -242,15 +245,22 @@ impl<O> Lane<O> {
     }
 
     /// Makes the task frame just queued for `slot` (its payload at
-    /// `payload_at`) a timed one, and notes when it was queued.
+    /// `payload_at`; the task `seq` of this lane's numbering, unless it
+    /// comes from another lane) a timed one, and notes when it was queued.
     #[cold]
     #[inline(never)]
-    fn time_task(&self, st: &mut LaneState<O>, slot: u32, payload_at: usize, weight: u32) -> Timed {
+    fn time_task(
+        &self,
+        st: &mut LaneState<O>,
+        slot: u32,
+        payload_at: usize,
+        weight: u32,
+        seq: Option<u64>,
+    ) -> Timed {
         protocol::mark_timed(&mut st.out, payload_at, slot);
-        Timed {
-            sent_ns: self.ns_at(std::time::Instant::now()),
-            weight,
-        }
+        let sent_ns = self.ns_at(std::time::Instant::now());
+        Self::note_sent(st, seq, sent_ns);
+        Timed { sent_ns, weight }
     }
 
     /// A push whose encoding failed with `e`: when a blob asked for a sink
