@@ -15,6 +15,10 @@ Inputs (JSON lines; a line that is not a JSON object is skipped):
   `workload`, `params`, `wall_s`, `rate`, ...). Several rounds of the same peer
   are reduced to their median. Draws w1.svg, w3.svg, w4.svg (tasks/s) and
   w5.svg (MB/s each way): every peer of the run, looppool-rs highlighted.
+- docs/bench/w1-long.jsonl (`--only W1,W1-long`): draws w1-long.svg, each
+  long pool's rate chunk by chunk against its target.
+- docs/bench/blobs.jsonl (`--only W5,W5-64MiB`): draws blobs.svg, inline
+  against Blob payloads beside the raw socket and memcpy.
 
 An object with a `run` key and no `workload` describes the run (date, commit)
 and becomes the charts' subtitle; `--bench-run` and `--peers-run` set it
@@ -366,6 +370,90 @@ def w2_chart(rows, run):
     }
 
 
+def line_chart(title, subtitle, series, unit, xlabel, ref=None, note=None):
+    """Lines of y values over their index, one colour each.
+
+    series = [(name, colour, [y])]; ref = (value, text) draws a dashed
+    horizontal line (a target)."""
+    top, plot_h, bottom_pad = 100, 260, 52
+    height = top + plot_h + bottom_pad + (18 if note else 0)
+    svg = Svg(WIDTH, height)
+    header(svg, title, subtitle)
+    left, right = 70, WIDTH - 20
+    base = top + plot_h
+    n = max(len(ys) for _, _, ys in series)
+    hi = max([max(ys) for _, _, ys in series] + ([ref[0]] if ref else [])) * 1.1
+    step = nice_step(hi, 5)
+    hi = math.ceil(hi / step) * step
+
+    def x(i):
+        return left + (right - left) * i / max(1, n - 1)
+
+    def y(v):
+        return base - plot_h * v / hi
+
+    for i in range(int(round(hi / step)) + 1):
+        t = i * step
+        svg.line(left, y(t), right, y(t), GRID)
+        svg.text(left - 6, y(t) + 4, tick_label(t), size=11, anchor="end", fill="#495057")
+    svg.text(left - 6, top - 10, unit, size=11, anchor="end", fill="#495057")
+    svg.text((left + right) / 2, base + 20, xlabel, size=11, anchor="middle", fill="#495057")
+    lx = left
+    for name, colour, ys in series:
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys))
+        svg.parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        svg.rect(lx, base + 30, 12, 12, colour)
+        svg.text(lx + 18, base + 40, name, size=12)
+        lx += 40 + 7 * len(name)
+    if ref:
+        svg.line(left, y(ref[0]), right, y(ref[0]), INK, 1.5, "5,4")
+        svg.text(right, y(ref[0]) - 6, ref[1], size=11, anchor="end")
+    if note:
+        svg.text(16, height - 8, note, size=11, fill="#495057")
+    return svg.render(title)
+
+
+POOL_COLOURS = [OURS, RAW, "#2b8a3e"]
+
+
+def w1_long_chart(rows, run):
+    by = {r["workload"]: r for r in rows if "workload" in r}
+    out = {}
+    for name, how in [("W1-long", "as the kernel places the processes"),
+                      ("W1-long-placed", "parent on one CPU, workers on the others (worker_cpus)")]:
+        row = by.get(name)
+        if not row or "chunk_rates" not in row:
+            continue
+        series = [(f"pool {i + 1}: {fmt(rate)} tasks/s", POOL_COLOURS[i % 3], ys)
+                  for i, (rate, ys) in enumerate(zip(row["rates_per_pool"], row["chunk_rates"]))]
+        fresh = row["limit"]
+        sub = [how, f"looppool-bench --only W1,W1-long, run of {run}" if run else "looppool-bench --only W1,W1-long"]
+        chunk = row.get("chunk", 200000)
+        out[f"{name.lower()}.svg"] = line_chart(
+            f"{name}: {fmt(row['n_per_pool'])} tasks through each of three pools", sub, series,
+            "tasks/s", f"chunks of {chunk:,} tasks, in order",
+            ref=(0.8 * fresh, f"target: 0.8 × fresh-pool W1 median ({fmt(fresh)})"),
+        )
+    return out
+
+
+def blob_chart(rows, run):
+    by = {r["workload"]: r for r in rows if "workload" in r}
+    names = [("raw-bulk-1MiB", RAW), ("W5", OURS), ("W5-blob", OURS),
+             ("raw-bulk-64MiB", RAW), ("memcpy-64MiB", RAW), ("W5-64MiB", OURS)]
+    bars = [(n, by[n]["value"], c) for n, c in names if n in by]
+    if len(bars) < len(names):
+        return {}
+    sub = f"looppool-bench --only W5,W5-64MiB, run of {run}" if run else "looppool-bench --only W5,W5-64MiB"
+    return {
+        "blobs.svg": hbar_chart(
+            "Large payloads: 1 MiB and 64 MiB echoed, inline and as Blob", [sub], bars,
+            "MB/s each way", log=True,
+            note="A Blob crosses as a sealed memfd's descriptor: no copy; raw rows copy through a socketpair.",
+        )
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default=os.path.join(BENCH_DIR, "latest.jsonl"))
@@ -381,6 +469,11 @@ def main():
         charts.update(w2_chart(rows, a.bench_run or run))
     else:
         print(f"bench-charts: {a.bench} not found, no W2 chart", file=sys.stderr)
+    for name, draw in [("w1-long.jsonl", w1_long_chart), ("blobs.jsonl", blob_chart)]:
+        path = os.path.join(BENCH_DIR, name)
+        if os.path.exists(path):
+            rows, run = read_jsonl(path)
+            charts.update(draw(rows, run))
     if os.path.exists(a.peers):
         recs, run = read_jsonl(a.peers)
         charts.update(peer_charts(recs, a.peers_run or run))

@@ -53,6 +53,9 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     if opts.runs("W1") {
         w1(&plan, &limits, &rt, &mut rows)?;
     }
+    if opts.runs("W1-LONG") {
+        w1_long(&plan, &rt, &mut rows)?;
+    }
     if opts.runs("hb") {
         w1_heartbeat_cost(&plan, &rt, &mut rows)?;
     }
@@ -246,6 +249,97 @@ fn w1(plan: &Plan, limits: &Limits, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
         }
     }
     Ok(())
+}
+
+/// Pools W1-long keeps for a whole run of `Plan::w1_long_n` tasks each.
+const W1_LONG_POOLS: usize = 3;
+
+/// W1-long: three pools in a row, each kept for `w1_long_n` tasks, against
+/// the median fresh-pool W1 of the same run (measured here when W1 was not
+/// chosen). The row's value is the slowest pool's rate: every pool must
+/// keep its speed for its whole life, not only the median one.
+fn w1_long(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    let warmup = Duration::from_millis(plan.w1_warmup_ms);
+    let fresh = match rows.iter().find(|r| r.workload == "W1") {
+        Some(row) => row.value,
+        None => {
+            progress(&format!(
+                "W1-long: fresh-pool W1 for the comparison, {} tasks",
+                plan.w1_n
+            ));
+            let f = rt.block_on(wl::w1_series(plan.reps, plan.w1_n, warmup))?;
+            Summary::of(&f.rates).median
+        }
+    };
+    let pools = w1_long_pools(plan, rt, "W1-long", None)?;
+    rows.push(w1_long_row("W1-long", plan, &pools, fresh));
+    // The same with the parent on one CPU and the workers on the others,
+    // as `PoolBuilder::worker_cpus` allows: what a fixed placement gives.
+    let allowed = sys::allowed_cpus()?;
+    if let [parent_cpu, rest @ ..] = allowed.as_slice() {
+        if !rest.is_empty() {
+            let pinned = Pinned::all_threads_to(*parent_cpu)?;
+            let placed = w1_long_pools(plan, rt, "W1-long-placed", Some(rest));
+            drop(pinned);
+            rows.push(
+                w1_long_row("W1-long-placed", plan, &placed?, fresh)
+                    .with("parent_cpu", *parent_cpu)
+                    .with("worker_cpus", rest.to_vec()),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs W1-long's pools one after another.
+fn w1_long_pools(
+    plan: &Plan,
+    rt: &Runtime,
+    name: &str,
+    cpus: Option<&[usize]>,
+) -> BenchResult<Vec<wl::W1Long>> {
+    let warmup = Duration::from_millis(plan.w1_warmup_ms);
+    let mut pools = Vec::new();
+    for i in 1..=W1_LONG_POOLS {
+        progress(&format!(
+            "{name}: pool {i} of {W1_LONG_POOLS}, {} tasks",
+            plan.w1_long_n
+        ));
+        pools.push(rt.block_on(wl::w1_long_pool(plan.w1_long_n, plan.w1_n, warmup, cpus))?);
+    }
+    Ok(pools)
+}
+
+/// The row of W1-long's pools: the slowest pool's rate against the fresh
+/// pools' median.
+fn w1_long_row(name: &str, plan: &Plan, pools: &[wl::W1Long], fresh: f64) -> Row {
+    let rates: Vec<f64> = pools.iter().map(|p| p.rate).collect();
+    let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let chunk_span = |p: &wl::W1Long| {
+        let min = p.chunk_rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = p.chunk_rates.iter().copied().fold(0.0, f64::max);
+        vec![min, median(&p.chunk_rates), max]
+    };
+    Row::new(name, Summary::of(&[slowest]), "tasks/s")
+        .with("n_per_pool", plan.w1_long_n)
+        .with("rates_per_pool", rates)
+        .with(
+            "chunk_rates_min_median_max",
+            pools.iter().map(chunk_span).collect::<Vec<_>>(),
+        )
+        .with(
+            "chunk_rates",
+            pools
+                .iter()
+                .map(|p| p.chunk_rates.clone())
+                .collect::<Vec<_>>(),
+        )
+        .with("chunk", plan.w1_n)
+        .with(
+            "parent_preempted_per_1k_tasks",
+            pools.iter().map(|p| p.preempted_per_k).collect::<Vec<_>>(),
+        )
+        .target("W1-fresh-median", fresh, Target::AtLeast(0.8))
 }
 
 /// W1 with heartbeats (the default) against W1 without, alternating.

@@ -50,7 +50,9 @@ USAGE:
 OPTIONS:
     --quick          fewer repetitions and smaller counts (a smoke run of a few seconds)
     --json           one JSON object per result line instead of a table
-    --only LIST      comma-separated subset of W1..W6, W5-64MiB (64 MiB blobs,
+    --only LIST      comma-separated subset of W1..W6, W1-long (three pools of
+                     10 M tasks each, against W1's fresh pools; then three more with
+                     the parent on one CPU and the workers on the others), W5-64MiB (64 MiB blobs,
                      beside the raw echo of 64 MiB frames), hb (W1 with heartbeats and
                      without), hist (W1 with task timings and without), cancel, hol,
                      raw, W1-broker,
@@ -188,7 +190,10 @@ fn normalise(s: &str) -> String {
 }
 
 fn is_workload(s: &str) -> bool {
-    matches!(s, "W1" | "W2" | "W3" | "W4" | "W5" | "W5-64MIB" | "W6")
+    matches!(
+        s,
+        "W1" | "W1-LONG" | "W2" | "W3" | "W4" | "W5" | "W5-64MIB" | "W6"
+    )
 }
 
 /// The control workloads (`crate::control`).
@@ -219,6 +224,8 @@ pub(crate) struct Plan {
     pub(crate) bulk_n: u64,
     pub(crate) w1_n: u64,
     pub(crate) w1_warmup_ms: u64,
+    /// Tasks through each of W1-long's pools.
+    pub(crate) w1_long_n: u64,
     pub(crate) w2_warmup: usize,
     pub(crate) w2_n: usize,
     pub(crate) w3_n: u64,
@@ -238,6 +245,7 @@ impl Plan {
                 bulk_n: 100,
                 w1_n: 50_000,
                 w1_warmup_ms: 100,
+                w1_long_n: 500_000,
                 w2_warmup: 200,
                 w2_n: 1_000,
                 w3_n: 4_000,
@@ -254,6 +262,7 @@ impl Plan {
                 bulk_n: 1_000,
                 w1_n: 200_000,
                 w1_warmup_ms: 300,
+                w1_long_n: 10_000_000,
                 w2_warmup: 200,
                 w2_n: 5_000,
                 w3_n: 20_000,

@@ -92,7 +92,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("looppool-bench: {e}");
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                message += &format!(": {cause}");
+                source = cause.source();
+            }
+            eprintln!("looppool-bench: {message}");
             ExitCode::FAILURE
         }
     }

@@ -40,7 +40,8 @@ pub(crate) fn run(tasks: u64, timings: bool, json: bool) -> BenchResult<()> {
             timings,
             ..wl::Defaults::ON
         };
-        let (pool, mut outputs) = wl::start_with::<Echo>(wl::WORKERS, wl::W1_WINDOW, on).await?;
+        let (pool, mut outputs) =
+            wl::start_with::<Echo>(wl::WORKERS, wl::W1_WINDOW, on, None).await?;
         let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
         let sample = |tasks, secs| Sample {
             tasks,

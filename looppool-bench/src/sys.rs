@@ -94,6 +94,15 @@ impl Drop for Pinned {
     }
 }
 
+/// The CPUs this thread may run on.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    let set = get_affinity(0)?;
+    Ok((0..8 * std::mem::size_of::<libc::cpu_set_t>())
+        // SAFETY: reading bits of a valid set, inside its size.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
 /// The first CPU this thread may run on.
 pub(crate) fn first_allowed_cpu() -> io::Result<usize> {
     let set = get_affinity(0)?;

@@ -56,7 +56,7 @@ pub(crate) async fn start<W: Worker>(
     workers: usize,
     window: usize,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
-    start_with(workers, window, Defaults::ON).await
+    start_with(workers, window, Defaults::ON, None).await
 }
 
 /// Which of the pool's defaults that cost something are on: the workloads
@@ -76,11 +76,13 @@ impl Defaults {
     };
 }
 
-/// [`start`], with the defaults of `on`.
+/// [`start`], with the defaults of `on`, and with the workers kept on
+/// `cpus` if given.
 pub(crate) async fn start_with<W: Worker>(
     workers: usize,
     window: usize,
     on: Defaults,
+    cpus: Option<&[usize]>,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
     let mut builder = Pool::<W>::builder()
         .workers(workers)
@@ -92,6 +94,9 @@ pub(crate) async fn start_with<W: Worker>(
     }
     if !on.timings {
         builder = builder.no_task_timings();
+    }
+    if let Some(cpus) = cpus {
+        builder = builder.worker_cpus(cpus.iter().copied());
     }
     // Under valgrind `/proc/self/exe` is valgrind itself: name the program.
     if let Some(program) = std::env::var_os(PROGRAM_ENV) {
@@ -255,6 +260,51 @@ pub(crate) async fn w1_pair_series(
     Ok((fa, fb))
 }
 
+/// What one long-lived W1 pool did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct W1Long {
+    /// Tasks per second over the whole run of the pool.
+    pub(crate) rate: f64,
+    /// Tasks per second of each chunk, in order: a slow state that sets in
+    /// and lasts shows as a step.
+    pub(crate) chunk_rates: Vec<f64>,
+    /// Parent preemptions per 1,000 tasks over the run.
+    pub(crate) preempted_per_k: f64,
+}
+
+/// W1-long: `n` tasks through one pool of 2 workers (warmed up for
+/// `warmup` first, and kept on `cpus` if given), streamed in chunks of
+/// `chunk` whose rates are kept, so that a rate that falls during a pool's
+/// life, and stays down, is seen.
+pub(crate) async fn w1_long_pool(
+    n: u64,
+    chunk: u64,
+    warmup: Duration,
+    cpus: Option<&[usize]>,
+) -> BenchResult<W1Long> {
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, Defaults::ON, cpus).await?;
+    let began = Instant::now();
+    while began.elapsed() < warmup {
+        w1_once(&pool, &mut outputs, chunk).await?;
+    }
+    let sw0 = sys::context_switches();
+    let mut long = W1Long::default();
+    let mut done = 0;
+    let mut took = Duration::ZERO;
+    while done < n {
+        let k = chunk.min(n - done);
+        let t = w1_once(&pool, &mut outputs, k).await?;
+        long.chunk_rates.push(k as f64 / t.as_secs_f64());
+        took += t;
+        done += k;
+    }
+    let sw1 = sys::context_switches();
+    long.rate = n as f64 / took.as_secs_f64();
+    long.preempted_per_k = (sw1.1 - sw0.1) as f64 * 1000.0 / n as f64;
+    pool.shutdown().await;
+    Ok(long)
+}
+
 /// One W1 repetition on a pool of its own, after its warm-up.
 async fn w1_on_fresh_pool(
     n: u64,
@@ -262,7 +312,7 @@ async fn w1_on_fresh_pool(
     on: Defaults,
     f: &mut W1Figures,
 ) -> BenchResult<()> {
-    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, on).await?;
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, on, None).await?;
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let began = Instant::now();
     let mut warm_tasks = 0;

@@ -16,7 +16,10 @@ pub(crate) const WORKER_FD: RawFd = 3;
 /// descriptors travel over, when the pool passed one.
 pub(crate) const WORKER_BLOB_FD: RawFd = 4;
 
+mod limits;
 pub(crate) mod shm;
+
+pub(crate) use limits::{limit_memory, online_cpus, restrict_cpus, MAX_CPUS};
 
 /// Makes `cmd` hand `conn` to the child as [`WORKER_FD`], and `blobs` as
 /// [`WORKER_BLOB_FD`].
@@ -128,37 +131,6 @@ unsafe fn prepare_connection(conn_fd: RawFd, blob_fd: RawFd) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         libc::close(blob);
-    }
-    Ok(())
-}
-
-/// Makes `cmd`'s child run with its data segment limited to `bytes`: the
-/// soft and hard `RLIMIT_DATA`, which bounds the heap, anonymous private
-/// mappings and writable data (not the stack, code or shared mappings), so
-/// that an allocation past it fails. The child cannot raise it again
-/// (unless it has `CAP_SYS_RESOURCE`).
-pub(crate) fn limit_memory(cmd: &mut Command, bytes: u64) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: `set_data_limit` makes one async-signal-safe system call and
-    // allocates nothing, as a pre_exec hook must.
-    unsafe {
-        cmd.pre_exec(move || set_data_limit(bytes));
-    }
-}
-
-/// Runs in the forked child, between `fork` and `exec`: sets `RLIMIT_DATA`.
-///
-/// # Safety
-/// Must only be called from a `pre_exec` hook: it uses only async-signal-safe
-/// calls and allocates nothing.
-unsafe fn set_data_limit(bytes: u64) -> io::Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: bytes as libc::rlim_t,
-    };
-    // SAFETY: setrlimit reads a `rlimit` through a valid pointer to a local.
-    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } == -1 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ use crate::worker::{fingerprint, short_type_name, Worker};
 mod control;
 mod observe;
 mod ops;
+mod process;
 mod validate;
 
 /// How often the default heartbeat pings each worker.
@@ -107,6 +108,7 @@ pub struct PoolBuilder<W: Worker> {
     tuning: Tuning,
     recycle_rss: Option<u64>,
     memory_limit: Option<u64>,
+    worker_cpus: Option<Vec<usize>>,
     task_timeout: Option<Duration>,
     connector: Option<ConnectorRef>,
     /// Dispatch policy and cancellation: set by the methods in `control`.
@@ -177,6 +179,7 @@ impl<W: Worker> PoolBuilder<W> {
             },
             recycle_rss: None,
             memory_limit: None,
+            worker_cpus: None,
             task_timeout: None,
             control: Default::default(),
             observe: Default::default(),
@@ -413,32 +416,6 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
-    /// Limits each worker's memory to `bytes`, enforced by the kernel: a
-    /// worker whose allocations pass it dies at once, and its tasks are
-    /// reported lost with [`LossCause::OutOfMemory`](crate::LossCause::OutOfMemory);
-    /// it is replaced under the restart policy. Default: no limit. At least
-    /// 32 MiB, for the worker's runtime.
-    ///
-    /// The limit is the worker's `RLIMIT_DATA`, set before it executes: its
-    /// heap, anonymous private mappings and writable data, counted when
-    /// allocated, touched or not (its resident memory, which
-    /// `recycle_above_memory` samples, is at most that plus its code and
-    /// stack). An allocation past it fails, and Rust aborts the process
-    /// ("memory allocation of N bytes failed"); the worker catches that
-    /// abort and exits with a code the pool reads as out of memory. The
-    /// [failure semantics](crate#out-of-memory) say exactly when a worker's
-    /// end is reported so.
-    ///
-    /// With [`recycle_above_memory`](Self::recycle_above_memory) the two
-    /// work as a soft and a hard limit: a worker that grows past the
-    /// recycling threshold is drained and replaced with nothing lost; one
-    /// whose task keeps allocating meets the hard limit and loses its
-    /// tasks. The recycling threshold must therefore be below this limit.
-    pub fn memory_limit(mut self, bytes: u64) -> Self {
-        self.memory_limit = Some(bytes);
-        self
-    }
-
     /// Fails a task whose handler runs longer than `timeout`: the handler is
     /// dropped at its next await and the task reported failed. A handler
     /// that blocks its loop without awaiting cannot be stopped this way; see
@@ -525,6 +502,7 @@ impl<W: Worker> PoolBuilder<W> {
                 titles: self.titles,
                 statsd: observe.statsd.clone(),
                 memory_limit: self.memory_limit,
+                worker_cpus: self.worker_cpus,
             }))),
         };
         let spec = LaunchSpec {

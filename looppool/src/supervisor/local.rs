@@ -27,6 +27,8 @@ pub(crate) struct LocalProcesses {
     title_pool: Option<String>,
     /// The limit on each worker's data segment, in bytes.
     memory_limit: Option<u64>,
+    /// The CPUs each worker may run on, if the pool chose them.
+    worker_cpus: Option<Vec<usize>>,
 }
 
 /// How a local pool starts its workers.
@@ -45,6 +47,8 @@ pub(crate) struct LocalOptions {
     pub(crate) statsd: Option<(String, String)>,
     /// The limit on each worker's data segment, in bytes.
     pub(crate) memory_limit: Option<u64>,
+    /// The CPUs each worker may run on, if the pool chose them.
+    pub(crate) worker_cpus: Option<Vec<usize>>,
 }
 
 impl LocalProcesses {
@@ -78,6 +82,7 @@ impl LocalProcesses {
             worker_type: options.worker_type,
             title_pool: options.titles.then_some(options.pool_name),
             memory_limit: options.memory_limit,
+            worker_cpus: options.worker_cpus,
         }
     }
 
@@ -150,6 +155,9 @@ impl LocalProcesses {
         sys::pass_connection(&mut cmd, child_end.into(), child_blobs);
         if let Some(bytes) = self.memory_limit {
             sys::limit_memory(&mut cmd, bytes);
+        }
+        if let Some(cpus) = &self.worker_cpus {
+            sys::restrict_cpus(&mut cmd, cpus);
         }
         let mut child = sys::spawn_tied_child(cmd).await?;
         match Connection::unix_with_blobs(parent_end, parent_blobs) {

@@ -65,6 +65,7 @@ impl<W: Worker> PoolBuilder<W> {
             ));
         }
         self.check_memory_limit()?;
+        self.check_worker_cpus()?;
         if self.start_timeout.is_zero() {
             return Err(BuildError::new(
                 "start_timeout(0) leaves no time for a worker to start; use a positive duration",
@@ -74,6 +75,41 @@ impl<W: Worker> PoolBuilder<W> {
             return Err(BuildError::new(
                 "task_timeout(0) would fail every task; use a positive duration",
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks `worker_cpus`: a set the kernel can hold, with a CPU this
+    /// process may use, for local workers.
+    fn check_worker_cpus(&self) -> Result<(), BuildError> {
+        let Some(cpus) = &self.worker_cpus else {
+            return Ok(());
+        };
+        if cpus.is_empty() {
+            return Err(BuildError::new(
+                "worker_cpus([]) leaves the workers no CPU to run on; name at least one, or leave it unset",
+            ));
+        }
+        if let Some(&cpu) = cpus.iter().find(|&&c| c >= crate::sys::MAX_CPUS) {
+            return Err(BuildError::new(format!(
+                "worker_cpus names CPU {cpu}, past the kernel's limit of {} CPUs in a set",
+                crate::sys::MAX_CPUS
+            )));
+        }
+        if self.connector.is_some() {
+            return Err(BuildError::new(
+                "worker_cpus is set on local processes as they start and cannot place \
+                 workers reached through a connector; place them where they are started",
+            ));
+        }
+        // Where the kernel does not say, a set it cannot honour fails each
+        // worker's start instead (`StartError::Spawn`, "Invalid argument").
+        if let Some(online) = crate::sys::online_cpus() {
+            if !cpus.iter().any(|c| online.contains(c)) {
+                return Err(BuildError::new(format!(
+                    "worker_cpus({cpus:?}) names no CPU that is online (online: {online:?})"
+                )));
+            }
         }
         Ok(())
     }
