@@ -130,7 +130,10 @@ async fn warned(capture: &Capture, message: &str) -> Captured {
         "no {message:?} among {:#?}",
         capture.matching(|_| true)
     );
-    found.unwrap()
+    let found = found.unwrap();
+    assert_eq!(found.level, tracing::Level::WARN, "{found:?}");
+    assert_eq!(found.target, "looppool::metrics", "{found:?}");
+    found
 }
 
 /// Whether the `held` field names `task` with how long it was held.
