@@ -59,6 +59,9 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
     if opts.runs("hb") {
         w1_heartbeat_cost(&plan, &rt, &mut rows)?;
     }
+    if opts.runs("hist") {
+        w1_timings_cost(&plan, &rt, &mut rows)?;
+    }
     if opts.runs("W2") {
         w2(&plan, pin_cpu, &limits, &rt, &mut rows)?;
     }
@@ -345,20 +348,55 @@ fn w1_heartbeat_cost(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchRes
         "hb: {} tiny tasks, heartbeats on and off in turn",
         plan.w1_n
     ));
+    let off = wl::Defaults {
+        heartbeat: false,
+        ..wl::Defaults::ON
+    };
+    w1_pair_rows(plan, rt, rows, off, ["W1-heartbeat", "W1-no-heartbeat"])
+}
+
+/// W1 with task timings (the default) against W1 without, alternating.
+fn w1_timings_cost(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
+    progress(&format!(
+        "hist: {} tiny tasks, task timings on and off in turn",
+        plan.w1_n
+    ));
+    let off = wl::Defaults {
+        timings: false,
+        ..wl::Defaults::ON
+    };
+    w1_pair_rows(plan, rt, rows, off, ["W1-timings", "W1-no-timings"])
+}
+
+/// The rows of W1 on default pools (`names[0]`) against W1 on pools with
+/// the defaults `off` (`names[1]`), in alternating repetitions.
+fn w1_pair_rows(
+    plan: &Plan,
+    rt: &Runtime,
+    rows: &mut Vec<Row>,
+    off: wl::Defaults,
+    names: [&str; 2],
+) -> BenchResult<()> {
     let warmup = Duration::from_millis(plan.w1_warmup_ms);
-    let (on, off) = rt.block_on(wl::w1_heartbeat_series(plan.reps, plan.w1_n, warmup))?;
+    let (on, off) = rt.block_on(wl::w1_pair_series(
+        plan.reps,
+        plan.w1_n,
+        warmup,
+        wl::Defaults::ON,
+        off,
+    ))?;
     let off_rate = Summary::of(&off.rates);
     let cpu = |f: &wl::W1Figures| median(&f.parent_cpu_ns);
     rows.push(
-        Row::new("W1-no-heartbeat", off_rate, "tasks/s")
+        Row::new(names[1], off_rate, "tasks/s")
             .with("parent_cpu_ns_per_task", cpu(&off))
             .with("rates_per_pool", off.rates.clone()),
     );
     rows.push(
-        Row::new("W1-heartbeat", Summary::of(&on.rates), "tasks/s")
+        Row::new(names[0], Summary::of(&on.rates), "tasks/s")
             .with("parent_cpu_ns_per_task", cpu(&on))
             .with("rates_per_pool", on.rates.clone())
-            .target("W1-no-heartbeat", off_rate.median, Target::AtLeast(0.98)),
+            .target(names[1], off_rate.median, Target::AtLeast(0.98)),
     );
     Ok(())
 }

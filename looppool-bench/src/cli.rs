@@ -34,6 +34,8 @@ pub(crate) struct Options {
     /// The CPU that the pinned measurements use (default: the first this
     /// process may run on).
     pub(crate) pin_cpu: Option<usize>,
+    /// `--no-timings`: the soak's pool does not time tasks.
+    pub(crate) timings: bool,
 }
 
 pub(crate) const USAGE: &str = "\
@@ -42,7 +44,7 @@ looppool-bench: the machine's socketpair limits, then looppool's workloads.
 USAGE:
     looppool-bench [--quick] [--json] [--only W1,W2,...] [--pin-cpu N]
     looppool-bench --broker [--quick] [--json]
-    looppool-bench --soak [--tasks N] [--json]
+    looppool-bench --soak [--tasks N] [--no-timings] [--json]
     looppool-bench --workload Wn [--workers N] [--n N]
 
 OPTIONS:
@@ -52,7 +54,8 @@ OPTIONS:
                      10 M tasks each, against W1's fresh pools; then three more with
                      the parent on one CPU and the workers on the others), W5-64MiB (64 MiB blobs,
                      beside the raw echo of 64 MiB frames), hb (W1 with heartbeats and
-                     without), cancel, hol, raw, W1-broker,
+                     without), hist (W1 with task timings and without), cancel, hol,
+                     raw, W1-broker,
                      W2-broker and raw-js (raw limits that the chosen workloads are compared with
                      are always measured)
     --broker         only the broker workloads (W1-broker, W2-broker and their raw
@@ -62,6 +65,7 @@ OPTIONS:
                      first CPU this process may run on)
     --soak           parent memory over a long W1 stream (default 10,000,000 tasks)
     --tasks N        tasks of the soak
+    --no-timings     the soak's pool times no task (to compare the two under callgrind)
     --workload Wn    run one workload once and print one JSON line in the format of
                      the Python peer harness (its run_all.py --extra-peer calls this)
     --workers N      workers of that run (default 2)
@@ -78,6 +82,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
         broker: false,
         only: None,
         pin_cpu: None,
+        timings: true,
     };
     let mut soak = false;
     let mut tasks = None;
@@ -107,6 +112,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, S
             "--json" => opts.json = true,
             "--quick" => opts.quick = true,
             "--soak" => soak = true,
+            "--no-timings" => opts.timings = false,
             "--broker" => opts.broker = true,
             "--extra-peer" => {}
             "--only" => {
@@ -192,7 +198,7 @@ fn is_workload(s: &str) -> bool {
 
 /// The control workloads (`crate::control`).
 fn is_control_workload(s: &str) -> bool {
-    matches!(s, "cancel" | "hol" | "hb")
+    matches!(s, "cancel" | "hol" | "hb" | "hist")
 }
 
 fn is_broker_workload(s: &str) -> bool {

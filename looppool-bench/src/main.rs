@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         cli::Mode::Bench => bench::run(&opts),
-        cli::Mode::Soak { tasks } => soak::run(*tasks, opts.json),
+        cli::Mode::Soak { tasks } => soak::run(*tasks, opts.timings, opts.json),
         cli::Mode::Peer {
             workload,
             workers,

@@ -22,19 +22,26 @@ struct Sample {
     workers_kib: u64,
 }
 
-/// Runs `tasks` W1 tasks through one pool and prints the memory rows.
-pub(crate) fn run(tasks: u64, json: bool) -> BenchResult<()> {
+/// Runs `tasks` W1 tasks through one pool (timing tasks, or not) and
+/// prints the memory rows.
+pub(crate) fn run(tasks: u64, timings: bool, json: bool) -> BenchResult<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     eprintln!(
-        "soak: {tasks} W1 tasks on 2 workers at {}, load average {}",
+        "soak: {tasks} W1 tasks on 2 workers, task timings {}, at {}, load average {}",
+        if timings { "on" } else { "off" },
         sys::utc_now(),
         sys::load_average()
     );
     let every = (tasks / SAMPLES).max(1);
     let (samples, wall, parent_cpu, workers_cpu) = rt.block_on(async {
-        let (pool, mut outputs) = wl::start::<Echo>(wl::WORKERS, wl::W1_WINDOW).await?;
+        let on = wl::Defaults {
+            timings,
+            ..wl::Defaults::ON
+        };
+        let (pool, mut outputs) =
+            wl::start_with::<Echo>(wl::WORKERS, wl::W1_WINDOW, on, None).await?;
         let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
         let sample = |tasks, secs| Sample {
             tasks,

@@ -56,15 +56,32 @@ pub(crate) async fn start<W: Worker>(
     workers: usize,
     window: usize,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
-    start_with(workers, window, true, None).await
+    start_with(workers, window, Defaults::ON, None).await
 }
 
-/// [`start`], with heartbeats (the default) or without, and with the
-/// workers kept on `cpus` if given.
-async fn start_with<W: Worker>(
+/// Which of the pool's defaults that cost something are on: the workloads
+/// run with both, and the `hb` and `hist` rows compare each with its
+/// absence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Defaults {
+    pub(crate) heartbeat: bool,
+    pub(crate) timings: bool,
+}
+
+impl Defaults {
+    /// Both on, as a pool starts by default.
+    pub(crate) const ON: Defaults = Defaults {
+        heartbeat: true,
+        timings: true,
+    };
+}
+
+/// [`start`], with the defaults of `on`, and with the workers kept on
+/// `cpus` if given.
+pub(crate) async fn start_with<W: Worker>(
     workers: usize,
     window: usize,
-    heartbeat: bool,
+    on: Defaults,
     cpus: Option<&[usize]>,
 ) -> BenchResult<(Pool<W>, Outputs<W::Output>)> {
     let mut builder = Pool::<W>::builder()
@@ -72,8 +89,11 @@ async fn start_with<W: Worker>(
         .max_tasks(window * workers)
         .max_results(2 * window * workers)
         .name("bench");
-    if !heartbeat {
+    if !on.heartbeat {
         builder = builder.no_heartbeat();
+    }
+    if !on.timings {
+        builder = builder.no_task_timings();
     }
     if let Some(cpus) = cpus {
         builder = builder.worker_cpus(cpus.iter().copied());
@@ -214,27 +234,30 @@ pub(crate) struct W1Figures {
 pub(crate) async fn w1_series(reps: usize, n: u64, warmup: Duration) -> BenchResult<W1Figures> {
     let mut f = W1Figures::default();
     for _ in 0..reps {
-        w1_on_fresh_pool(n, warmup, true, &mut f).await?;
+        w1_on_fresh_pool(n, warmup, Defaults::ON, &mut f).await?;
     }
     Ok(f)
 }
 
-/// W1 with heartbeats (the default) and without, in alternating
-/// repetitions so that both see the same machine: what heartbeats cost.
-pub(crate) async fn w1_heartbeat_series(
+/// W1 on pools with the defaults `a` and on pools with `b`, in alternating
+/// repetitions so that both see the same machine: what a default costs
+/// (heartbeats, timings).
+pub(crate) async fn w1_pair_series(
     reps: usize,
     n: u64,
     warmup: Duration,
+    a: Defaults,
+    b: Defaults,
 ) -> BenchResult<(W1Figures, W1Figures)> {
-    let (mut on, mut off) = (W1Figures::default(), W1Figures::default());
+    let (mut fa, mut fb) = (W1Figures::default(), W1Figures::default());
     for rep in 0..reps {
         // Alternate which goes first, so neither always follows the other.
-        for heartbeat in [rep % 2 == 0, rep % 2 != 0] {
-            let f = if heartbeat { &mut on } else { &mut off };
-            w1_on_fresh_pool(n, warmup, heartbeat, f).await?;
+        for first in [rep % 2 == 0, rep % 2 != 0] {
+            let (on, f) = if first { (a, &mut fa) } else { (b, &mut fb) };
+            w1_on_fresh_pool(n, warmup, on, f).await?;
         }
     }
-    Ok((on, off))
+    Ok((fa, fb))
 }
 
 /// What one long-lived W1 pool did.
@@ -259,7 +282,7 @@ pub(crate) async fn w1_long_pool(
     warmup: Duration,
     cpus: Option<&[usize]>,
 ) -> BenchResult<W1Long> {
-    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, true, cpus).await?;
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, Defaults::ON, cpus).await?;
     let began = Instant::now();
     while began.elapsed() < warmup {
         w1_once(&pool, &mut outputs, chunk).await?;
@@ -286,10 +309,10 @@ pub(crate) async fn w1_long_pool(
 async fn w1_on_fresh_pool(
     n: u64,
     warmup: Duration,
-    heartbeat: bool,
+    on: Defaults,
     f: &mut W1Figures,
 ) -> BenchResult<()> {
-    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, heartbeat, None).await?;
+    let (pool, mut outputs) = start_with::<Echo>(WORKERS, W1_WINDOW, on, None).await?;
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let began = Instant::now();
     let mut warm_tasks = 0;

@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use looppool::control::Snapshot;
+use looppool::control::{Snapshot, WorkerSnapshot};
+use looppool::Histogram;
 
 use crate::client::Client;
 use crate::procfs::{self, CpuMeter};
@@ -27,6 +28,10 @@ pub(crate) struct PoolView {
     pub(crate) rate: Option<f64>,
     /// The same per worker, by index.
     pub(crate) worker_rates: Vec<Option<f64>>,
+    /// Where time went over the last interval, pool-wide.
+    pub(crate) times: Option<Times>,
+    /// The same per worker, by index.
+    pub(crate) worker_times: Vec<Option<Times>>,
     /// Pool-wide completions per second, oldest first.
     pub(crate) history: VecDeque<u64>,
     /// Why the last refresh failed, if it did.
@@ -44,6 +49,8 @@ impl PoolView {
             last: None,
             rate: None,
             worker_rates: Vec::new(),
+            times: None,
+            worker_times: Vec::new(),
             history: VecDeque::new(),
             error: None,
             cpu: CpuMeter::default(),
@@ -95,6 +102,15 @@ impl PoolView {
                     Some(per_sec(w.done, before.done))
                 })
                 .collect();
+            self.times = Some(Times::pool(&snapshot, prev));
+            self.worker_times = snapshot
+                .workers
+                .iter()
+                .map(|w| {
+                    let before = prev.workers.iter().find(|p| p.index == w.index)?;
+                    Some(Times::worker(w, before))
+                })
+                .collect();
         }
         self.last = Some((now, snapshot));
     }
@@ -115,5 +131,34 @@ impl PoolView {
             }
         }
         self.cpu.keep(&alive);
+    }
+}
+
+/// Where time went over one interval: the difference of two snapshots'
+/// histograms.
+#[derive(Debug, Clone)]
+pub(crate) struct Times {
+    pub(crate) queue_wait: Histogram,
+    pub(crate) run_time: Histogram,
+    pub(crate) output_wait: Histogram,
+}
+
+impl Times {
+    /// The pool's, from snapshot `then` to `now`.
+    fn pool(now: &Snapshot, then: &Snapshot) -> Self {
+        Times {
+            queue_wait: now.queue_wait.since(&then.queue_wait),
+            run_time: now.run_time.since(&then.run_time),
+            output_wait: now.output_wait.since(&then.output_wait),
+        }
+    }
+
+    /// A worker's, from its snapshot `then` to `now`.
+    fn worker(now: &WorkerSnapshot, then: &WorkerSnapshot) -> Self {
+        Times {
+            queue_wait: now.queue_wait.since(&then.queue_wait),
+            run_time: now.run_time.since(&then.run_time),
+            output_wait: now.output_wait.since(&then.output_wait),
+        }
     }
 }

@@ -7,7 +7,11 @@ use ratatui::style::{Modifier, Style};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
-use crate::model::PoolView;
+use std::time::Duration;
+
+use looppool::Histogram;
+
+use crate::model::{PoolView, Times};
 
 /// What the keys act on, and what the last action said.
 #[derive(Debug, Default)]
@@ -26,10 +30,11 @@ pub(crate) struct Focus {
 pub(crate) const KEYS: &str =
     "q quit  tab pool  ↑↓ worker  r recycle worker  R rolling restart  + - resize";
 
-/// Rows a pool takes: borders, totals, sparkline, header, workers, error.
+/// Rows a pool takes: borders, totals, times, sparkline, header, workers,
+/// error.
 pub(crate) fn pool_height(pool: &PoolView) -> u16 {
     let workers = pool.last.as_ref().map_or(0, |(_, s)| s.workers.len());
-    (2 + 1 + 2 + 1 + workers + usize::from(pool.error.is_some())) as u16
+    (2 + 1 + 1 + 2 + 1 + workers + usize::from(pool.error.is_some())) as u16
 }
 
 /// Draws every pool, then the status and key lines.
@@ -79,7 +84,8 @@ fn draw_pool(frame: &mut Frame<'_>, area: Rect, pool: &PoolView, selected: Optio
     }
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let [totals, spark, table, error] = Layout::vertical([
+    let [totals, times, spark, table, error] = Layout::vertical([
+        Constraint::Length(1),
         Constraint::Length(1),
         Constraint::Length(2),
         Constraint::Min(0),
@@ -98,6 +104,7 @@ fn draw_pool(frame: &mut Frame<'_>, area: Rect, pool: &PoolView, selected: Optio
         s.in_flight, s.done, s.failed, s.lost, s.restarts, s.blocked
     );
     frame.render_widget(Paragraph::new(line), totals);
+    frame.render_widget(Paragraph::new(times_line(pool.times.as_ref())), times);
     let history: Vec<u64> = pool.history.iter().copied().collect();
     // The newest samples, right-aligned as in `top`'s graphs.
     let start = history.len().saturating_sub(usize::from(spark.width));
@@ -111,12 +118,14 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, pool: &PoolView, selected: Op
         return;
     };
     let header = Row::new([
-        "W", "PID", "STATE", "INFL", "DONE/S", "DONE", "FAILED", "LOST", "RESTARTS", "CPU%", "RSS",
-        "LOOP%", "REPORT",
+        "W", "PID", "STATE", "INFL", "DONE/S", "DONE", "FAIL", "LOST", "RST", "CPU%", "RSS",
+        "LOOP%", "LAG", "QW99", "RUN99", "OW99", "REPORT",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
     let rows = s.workers.iter().enumerate().map(|(i, w)| {
         let rate = pool.worker_rates.get(i).copied().flatten();
+        let times = pool.worker_times.get(i).and_then(Option::as_ref);
+        let q = |pick: fn(&Times) -> &Histogram, q: f64| quantile(times.map(pick), q);
         Row::new([
             w.index.to_string(),
             w.pid.map_or("-".into(), |p| p.to_string()),
@@ -131,16 +140,59 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, pool: &PoolView, selected: Op
             w.rss_bytes.map_or("-".into(), mebibytes),
             w.loop_busy_percent
                 .map_or("-".into(), |b| format!("{b:.1}")),
+            w.loop_lag_ms
+                .map_or("-".into(), |ms| short(Duration::from_secs_f64(ms / 1e3))),
+            q(|t| &t.queue_wait, 0.99),
+            q(|t| &t.run_time, 0.99),
+            q(|t| &t.output_wait, 0.99),
             w.report_age_ms
                 .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
         ])
     });
-    let widths = [3, 8, 9, 5, 7, 9, 7, 5, 8, 6, 8, 6, 6].map(Constraint::Length);
+    let widths = [3, 7, 9, 5, 7, 8, 5, 5, 4, 6, 7, 6, 6, 6, 6, 6, 6].map(Constraint::Length);
     let table = Table::new(rows, widths)
         .header(header)
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default().with_selected(selected);
     frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// The pool's times line: p50 and p99 of each figure over the last
+/// interval.
+fn times_line(times: Option<&Times>) -> String {
+    let pair =
+        |h: Option<&Histogram>| format!("p50 {} p99 {}", quantile(h, 0.5), quantile(h, 0.99));
+    format!(
+        "queue wait {}  run {}  output wait {}",
+        pair(times.map(|t| &t.queue_wait)),
+        pair(times.map(|t| &t.run_time)),
+        pair(times.map(|t| &t.output_wait)),
+    )
+}
+
+/// Quantile `q` of `h`, as a short duration; `-` when nothing was timed.
+fn quantile(h: Option<&Histogram>, q: f64) -> String {
+    h.and_then(|h| h.quantile(q)).map_or("-".into(), short)
+}
+
+/// A duration in at most 5 characters: `480ns`, `35µs`, `3.4ms`, `51ms`,
+/// `1.2s`, `120s`.
+pub(crate) fn short(d: Duration) -> String {
+    let ns = d.as_nanos();
+    let f = d.as_secs_f64();
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.0}µs", f * 1e6)
+    } else if ns < 10_000_000 {
+        format!("{:.1}ms", f * 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.0}ms", f * 1e3)
+    } else if ns < 100_000_000_000 {
+        format!("{f:.1}s")
+    } else {
+        format!("{f:.0}s")
+    }
 }
 
 /// `bytes` in MiB, as `top` shows memory.
@@ -161,4 +213,24 @@ pub(crate) fn buffer_text(buffer: &ratatui::buffer::Buffer) -> String {
         text.pop();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fit_in_five_characters() {
+        let cases = [
+            (Duration::from_nanos(480), "480ns"),
+            (Duration::from_micros(35), "35µs"),
+            (Duration::from_micros(3_400), "3.4ms"),
+            (Duration::from_millis(51), "51ms"),
+            (Duration::from_millis(1_200), "1.2s"),
+            (Duration::from_secs(120), "120s"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(short(d), text);
+        }
+    }
 }

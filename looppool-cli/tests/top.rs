@@ -112,6 +112,14 @@ async fn json_lists_the_workers(dir: &Path) {
     assert_eq!(snap.pool, "top-json");
     assert_eq!(snap.pid, std::process::id());
     assert_eq!(snap.done, 3);
+    // The three calls slept 1, 2 and 3 ms: timed (a quiet pool times every
+    // task), each in the histogram of the worker that ran it.
+    assert_eq!(snap.run_time.count(), 3, "{:?}", snap.run_time);
+    let fastest = snap.run_time.quantile(0.0).unwrap();
+    assert!(fastest >= Duration::from_micros(500), "{fastest:?}");
+    let per_worker: u64 = snap.workers.iter().map(|w| w.run_time.count()).sum();
+    assert_eq!(per_worker, 3);
+    assert!(lines[0].contains("\"run_time\":{\"count\":3"), "{text}");
     let pids: Vec<Option<u32>> = snap.workers.iter().map(|w| w.pid).collect();
     assert_eq!(pids, pool.pids());
     // By name, by pid, and by socket: the same pool; an unknown name fails.
@@ -158,6 +166,12 @@ async fn once_prints_a_frame_with_every_worker(dir: &Path) {
     let frame = String::from_utf8(out.stdout).unwrap();
     assert!(frame.contains("top-once"), "{frame}");
     assert!(frame.contains("in flight 30"), "{frame}");
+    // Nothing completed over the interval: no times to show yet.
+    assert!(
+        frame.contains("queue wait p50 - p99 -  run p50 - p99 -  output wait p50 - p99 -"),
+        "{frame}"
+    );
+    assert!(frame.contains("LAG") && frame.contains("RUN99"), "{frame}");
     for (index, pid) in pool.pids().into_iter().enumerate() {
         let row = worker_row(&frame, index).unwrap_or_else(|| panic!("no row {index}:\n{frame}"));
         assert_eq!(row[1], pid.unwrap().to_string(), "{frame}");

@@ -258,6 +258,25 @@
 //!   local processes); recycle by task count instead.
 //! - Round trips cost broker hops: each task is a persisted message, its
 //!   completion another (batched with others under load).
+//! - [`Pool::rolling_restart`](looppool::Pool::rolling_restart) and
+//!   [`Pool::upgrade`](looppool::Pool::upgrade) are refused (a
+//!   `RestartError` caused by `StartError::Config`; `unsupported` on the
+//!   control socket). A rolling restart starts each replacement, through
+//!   its handshake and `init`, while the worker it replaces still serves,
+//!   so both would be worker `n` at once; but worker `n`'s queue
+//!   (`lp.P.task.n`), task consumer and output stream belong to one
+//!   incarnation at a time, and a joining incarnation deletes the
+//!   consumers of the earlier ones (so that a worker declared dead
+//!   receives nothing more), which would cut the draining worker off from
+//!   the tasks it holds. Two live incarnations of one index would need
+//!   subjects per incarnation. And a remote index is started by whoever
+//!   runs its program, not by the pool. To move workers to new code,
+//!   recycle them one at a time (the control socket's `recycle`, `r` in
+//!   `looppool top`, or `recycle_after_tasks`): each drains and is replaced
+//!   as after a crash, a local one by a fresh process of the pool's
+//!   program, a remote one by the next process that joins as its index.
+//!   Unlike a rolling restart, the pool runs one worker short meanwhile,
+//!   and a replacement that fails to start goes by the restart policy.
 //!
 //! # Testing
 //!

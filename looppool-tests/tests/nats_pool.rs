@@ -317,3 +317,38 @@ async fn resize_stats_reports_and_init_failures_work_through_the_broker() {
     assert_eq!(pool.call(Job::WhoAmI).await.unwrap(), 0);
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn tasks_through_the_broker_are_timed_as_local_ones() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (pool, mut outputs) = pool(&server.url, "timed")
+        .local_workers(1)
+        .start()
+        .await
+        .unwrap();
+    // The run is measured by the worker, the stay by the parent: through a
+    // broker, the queue wait includes both trips through it.
+    for x in 0..3 {
+        pool.submit(Job::Sleep { ms: 50, value: x }).await.unwrap();
+    }
+    take(&mut outputs, 3, WAIT).await;
+    let timed = looppool_tests::eventually(Duration::from_secs(5), || {
+        pool.stats().workers[0].run_time.count() == 3
+    })
+    .await;
+    let stats = pool.stats();
+    println!("{:?}", stats.workers[0]);
+    assert!(timed, "{:?}", stats.workers[0]);
+    let run = &stats.workers[0].run_time;
+    let in_50_to_100_ms = run
+        .buckets()
+        .filter(|(bound, _)| *bound == Some(Duration::from_millis(100)))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    assert_eq!(in_50_to_100_ms, 3, "{run:?}");
+    assert_eq!(stats.queue_wait.count(), 3);
+    assert_eq!(stats.output_wait.count(), 3);
+    pool.shutdown().await;
+}

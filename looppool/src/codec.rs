@@ -127,6 +127,12 @@ impl Drop for FrameWriter<'_> {
     }
 }
 
+/// The bytes [`put_varint`] takes for `value`.
+pub(crate) const fn varint_len(value: u64) -> usize {
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
 /// Appends `value` as a LEB128 varint.
 #[inline(always)]
 pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {

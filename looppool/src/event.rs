@@ -75,8 +75,9 @@ pub enum WorkerEvent {
         /// How long it had not answered.
         silent_for: Duration,
         /// The tasks it held, queued or running (each is then reported
-        /// lost, or retried), in the order of their slots.
-        held: Vec<TaskId>,
+        /// lost, or retried), in the order of their slots, with how long
+        /// each had been held.
+        held: Vec<HeldTask>,
         /// What its threads were doing as it was found stuck, read from
         /// `/proc` just before the kill: per thread its name, state, the
         /// kernel function it waits in (`wchan`), its system call, and its
@@ -90,6 +91,34 @@ pub enum WorkerEvent {
         /// Why.
         reason: String,
     },
+}
+
+/// A task a worker held, and about how long it had held it: what the
+/// reports of a stuck worker, a passed deadline or a blocked loop name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeldTask {
+    /// The task.
+    pub task: TaskId,
+    /// How long ago the pool queued it for the worker. Exact for a task
+    /// the pool timed (see [where time goes](crate::metrics#where-time-goes));
+    /// otherwise measured from the last timed task queued for the worker
+    /// before it, so longer by at most the gap between timed tasks (none
+    /// while the worker is sent fewer than about 1,000 tasks a second,
+    /// about a millisecond beyond). `None` when the pool no longer knows:
+    /// queued before the last 1,024 timed tasks of its worker, retried
+    /// from another worker, or sent with timings off.
+    pub held_for: Option<Duration>,
+}
+
+impl fmt::Display for HeldTask {
+    /// `w0#12 (held 31.2s)`, or `w0#12` when how long is not known.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.held_for {
+            Some(d) => write!(f, "{} (held {d:.1?})", self.task),
+            None => write!(f, "{}", self.task),
+        }
+    }
 }
 
 /// Why a worker was recycled.

@@ -165,6 +165,13 @@
 //!   replacement must start and pass `init` before the worker it replaces
 //!   drains and retires, so no task fails or is lost, and a replacement
 //!   that fails leaves the old workers serving.
+//! - **Where time goes**: per worker and for the pool, histograms of queue
+//!   wait, run time and output wait (the consumer's lag) in
+//!   [`Pool::stats`], the control socket's snapshot, `looppool top` and
+//!   Prometheus; a sample of about a thousand tasks a second per worker is
+//!   timed, cheap enough to leave on (see
+//!   [where time goes](metrics#where-time-goes)). Each worker's reports
+//!   carry its loop's lag beside its busy share.
 //!
 //! # Failure semantics
 //!
@@ -187,7 +194,7 @@
 //! | [`Pool::cancel`] racing the task's completion | exactly one fate: whichever the worker reads first (a completion stands; `cancel` returns false for a task already ended) | the same |
 //! | [`Pool::cancel`] of a handler that blocks its loop | [`BlockedCancel::Wait`] (default): it ends as it ends, cancelled at its next await; [`BlockedCancel::ReplaceWorker`]: after twice the grace period the worker is killed and replaced, the task [`Output::Cancelled`], the worker's other tasks [`Output::Lost`] ([`LossCause::Unresponsive`]) | [`CallError::Cancelled`] |
 //! | the worker dies while a task's cancel is under way | [`Output::Cancelled`], not lost, and not retried | [`CallError::Cancelled`] |
-//! | a task's own deadline ([`TaskBuilder::timeout`]) passes | as a cancel: not yet written, it never starts; running, its handler is dropped; an [`Output::Failed`] item ("task exceeded its deadline"); the pool-wide [`PoolBuilder::task_timeout`] does not apply to it | [`CallError::Task`] |
+//! | a task's own deadline ([`TaskBuilder::timeout`]) passes | as a cancel: not yet written, it never starts; running, its handler is dropped; an [`Output::Failed`] item ("task exceeded its deadline"); the pool-wide [`PoolBuilder::task_timeout`] does not apply to it. As it sends the cancel, the parent logs a warning (target `looppool::metrics`) naming the tasks the worker held, for how long, and, for a local worker, what its threads were doing | [`CallError::Task`] |
 //! | keyed dispatch ([`Dispatch::Keyed`]) and its worker crashes | its tasks fare as above; the key's next tasks wait for the replacement, which has the same index: the key does not move | the same |
 //! | keyed dispatch and [`Pool::resize`] | shrinking moves only the removed workers' keys (their tasks in flight drain first); growing moves about one key in `n` to each new worker, none between old workers | the same |
 //! | a [`Blob`]'s bytes, with its frame, exceed [`PoolBuilder::max_frame`] | refused at its sender: `submit` fails with [`SubmitErrorKind::TooLarge`], an `emit` with [`EmitErrorKind::TooLarge`] | the same |
@@ -199,11 +206,11 @@
 //! | the pool is shut down | runs to completion first | runs to completion first |
 //! | a shutdown deadline passes | [`Output::Lost`] with [`LossCause::ShutdownDeadline`] | [`CallError::WorkerLost`] |
 //! | the pool is dropped | [`Output::Lost`] with [`LossCause::PoolKilled`] | (no call can be pending) |
-//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced, its [`WorkerEvent::Unresponsive`] (also logged as an error) naming the tasks it held and, for a local worker, what its threads were doing (state, `wchan`, system call, kernel stack as root), read before the kill; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
+//! | the worker's loop stops answering heartbeats (on by default: [`PoolBuilder::heartbeat`]), e.g. the process is stopped (`SIGSTOP`) or a handler never yields | meanwhile round-robin sends skip it; after the timeout it is killed and replaced, its [`WorkerEvent::Unresponsive`] (also logged as an error) naming the tasks it held, for how long each (see [`HeldTask`]), and, for a local worker, what its threads were doing (state, `wchan`, system call, kernel stack as root), read before the kill; [`Output::Lost`] with [`LossCause::Unresponsive`] | [`CallError::WorkerLost`] |
 //! | the worker's allocations pass [`PoolBuilder::memory_limit`] (a runaway task), or the kernel's OOM killer kills it | it dies at once and is replaced; [`Output::Lost`] with [`LossCause::OutOfMemory`] (see [below](#out-of-memory)) | [`CallError::WorkerLost`] |
 //! | a connector's transport loses the worker and says why ([`transport::Peer::loss_cause`]; `looppool-nats`: a broker stream deleted, heartbeats lost) | [`Output::Lost`] with [`LossCause::Transport`] and the reason | [`CallError::WorkerLost`] |
 //! | [`PoolBuilder::worker_cpus`] names CPUs the kernel no longer lets a worker use (taken offline, or outside a changed cpuset) when a replacement starts | the replacement's start fails ([`StartError::Spawn`], "Invalid argument") and is retried as any failed start, under the restart policy | the same |
-//! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item | [`CallError::Task`] |
+//! | the task runs past [`PoolBuilder::task_timeout`] | its handler is dropped; an [`Output::Failed`] item; the worker reports it first, with what its threads were doing (read from `/proc` in the worker, so also behind a broker), and the parent logs a warning naming the tasks the worker held and for how long | [`CallError::Task`] |
 //! | the worker is recycled ([`PoolBuilder::recycle_after_tasks`], [`PoolBuilder::recycle_above_memory`]) or removed by [`Pool::resize`] | it drains first: every task it holds completes | completes |
 //! | a rolling restart ([`Pool::rolling_restart`], [`Pool::upgrade`]) replaces the worker | its replacement starts and passes `init` first; then the worker drains as a recycled one does: every task it holds completes; meanwhile round-robin sends go to the other workers and targeted ones wait for the replacement | completes |
 //! | a rolling restart's replacement fails to start (spawn, handshake, `init`, start timeout) | the restart stops with a [`RestartError`] saying which workers were replaced; the failed replacement is stopped; the worker it was for and those after it serve on, untouched | the same |
@@ -222,6 +229,17 @@
 //! | the pool shuts down, fails or is dropped while clients are connected | the listener stops and the socket file is removed (by the time `shutdown` returns); every connection is closed, a request in progress without its reply |
 //! | the parent is killed (SIGKILL) | the socket file stays until the next pool started in the same directory, or [`control::sockets`] (which `looppool top` calls), removes it |
 //! | the socket directory cannot be used (another owner, access for group or others, a symlink, a read-only file system) | in the default directory: the pool starts without a socket and logs a warning; in a directory set with [`PoolBuilder::control_socket`]: `start` fails with [`StartError::Config`] |
+//!
+//! What failures do to the [timing histograms](metrics#where-time-goes):
+//!
+//! | what happens | what the histograms count |
+//! |---|---|
+//! | a timed task's worker dies (or is killed, or breaks the protocol) before it completes | nothing of it: a lost task has no run time; the outputs it emitted first and the consumer took have their output wait |
+//! | a lost task is retried ([`PoolBuilder::retry_lost`]) | its last attempt, from when it was re-sent |
+//! | a task is cancelled, or fails its own deadline ([`TaskBuilder::timeout`]) | nothing of it (the worker dropped it); a task failing the pool-wide [`PoolBuilder::task_timeout`] is timed as any failure |
+//! | the worker says a task ran longer than its whole stay (a wrong clock, or a lie) | the run as said, and no queue wait; sums saturate rather than wrap; never a panic |
+//! | the worker reports the run of a task the parent did not time | nothing: the completion applies, the figure is ignored |
+//! | the consumer never takes an item (the stream is kept unread, or dropped) | no output wait for it, until it is taken |
 //!
 //! With [`PoolBuilder::retry_lost`]`(n)`, a task lost with its worker is
 //! first re-sent to a live worker, up to `n` times, under its original
@@ -381,8 +399,9 @@
 //!
 //! 1. Leaves: `task_id` ([`TaskId`]), `event` (the lifecycle vocabulary:
 //!    [`WorkerEvent`], [`ExitStatus`], [`LossCause`], [`RecycleReason`]),
-//!    `error`, `output` ([`Output`]), `sync` and `sys` (the only module
-//!    with `unsafe`: the parent-death signal, the spawner thread,
+//!    `error`, `output` ([`Output`]), `timing` ([`Histogram`], and the
+//!    sampler that picks the tasks to time), `sync` and `sys` (the only
+//!    module with `unsafe`: the parent-death signal, the spawner thread,
 //!    descriptors, memory files and their mappings).
 //! 2. `blob` ([`Blob`], and the per-thread sink and inbox through which
 //!    blobs meet the frames that carry them), `codec` (length-delimited
@@ -435,6 +454,7 @@ mod codec;
 pub mod control;
 mod error;
 mod event;
+mod forensics;
 pub mod metrics;
 mod output;
 mod parent;
@@ -446,6 +466,7 @@ mod sync;
 mod sys;
 mod task_id;
 pub mod testing;
+mod timing;
 pub mod transport;
 pub mod worker;
 
@@ -461,8 +482,8 @@ pub use error::{
     BuildError, CallError, EmitError, EmitErrorKind, RestartError, StartError, SubmitError,
     SubmitErrorKind, TaskError, TryNextError, WorkerLost,
 };
-pub use event::{ExitStatus, LossCause, RecycleReason, WorkerEvent};
-pub use metrics::{PoolStats, WorkerReport, WorkerStats};
+pub use event::{ExitStatus, HeldTask, LossCause, RecycleReason, WorkerEvent};
+pub use metrics::{Histogram, PoolStats, WorkerReport, WorkerStats};
 pub use pool::{
     BlockedCancel, Dispatch, Output, Outputs, Pool, PoolBuilder, ShutdownReport, Signals,
     TaskBuilder, TaskId, DEFAULT_CANCEL_GRACE, DEFAULT_HEARTBEAT_INTERVAL,

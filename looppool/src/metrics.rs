@@ -5,7 +5,58 @@
 //! [`Pool::stats`](crate::Pool::stats) returns a [`PoolStats`] snapshot: per
 //! worker and for the whole pool, the tasks in flight (queued plus running),
 //! done, failed and lost, the restarts, the blocked-loop episodes, the log
-//! events dropped, and each worker's last [`WorkerReport`].
+//! events dropped, where tasks' time goes (below), and each worker's last
+//! [`WorkerReport`].
+//!
+//! # Where time goes
+//!
+//! Three [`Histogram`]s per worker index, and their sums for the pool:
+//!
+//! - **queue wait**: a task's time in the pool other than its run: from
+//!   `submit` (or `call`) queueing its frame to its completion reaching the
+//!   parent, less its run time; so it counts the wait to be written, in
+//!   the worker's queue (behind running tasks, or a blocked loop), and
+//!   both trips over the connection (or the broker).
+//! - **run time**: from just before the handler's first poll to its
+//!   completion, measured by the worker; a handler waiting in `emit` for
+//!   output credits is still running.
+//! - **output wait**: an item's time in the parent, from its frame being
+//!   read off the connection to the consumer taking it from
+//!   [`Outputs`](crate::Outputs): the consumer's lag, which holds workers
+//!   back once their output credits are spent. A `call`'s reply goes to
+//!   its caller and is not counted; nor is a `Lost` item.
+//!
+//! Each is the difference of two readings of one clock (the worker's for
+//! the run, the parent's for the rest), so a worker on another machine,
+//! through `looppool-nats`, is timed as well as a local one. A task that
+//! fails is timed as one that completes; a cancelled or lost one is not.
+//!
+//! **Which tasks are timed.** Timing every task would cost two clock reads
+//! per task at each end, a large share of a trivial task's cost. So each
+//! worker index times every task while it is sent fewer than about 1,000
+//! a second, and a random sample of about 1,000 a second beyond: after
+//! each timed task the next one is drawn uniformly among the following
+//! `2n - 1`, `n` being the rate over the last millisecond or more divided
+//! by 1,000 (a random draw rather than every `n`-th task, so that a
+//! workload with a period of its own is not sampled in step with it).
+//! Outputs are sampled the same way as the consumer takes them. Each timed
+//! task counts for the `n` tasks it stands for, so a histogram's counts
+//! estimate how many tasks fell in each bucket and its shape is that of
+//! all tasks, not of the quiet moments when every task is timed (the
+//! histogram of a uniform sample, weighted by the inverse of each one's
+//! chance of being drawn, is an unbiased estimate of the whole one). The
+//! cost left on every task is a counter decremented in the parent, and
+//! one clock read per read of the worker's connection; the `hist` rows of
+//! `looppool-bench` measure it (see `BENCHMARKS.md`).
+//! [`PoolBuilder::no_task_timings`](crate::PoolBuilder::no_task_timings)
+//! turns timing off.
+//!
+//! Buckets go in 1, 2, 5 steps from 1 µs to 100 s, and one more holds
+//! longer durations; [`Histogram::quantile`] interpolates within a bucket,
+//! as Prometheus' `histogram_quantile` does, so a quantile is exact only
+//! to its bucket. The histograms count from the pool's start (a
+//! replacement process continues its index's); [`Histogram::since`] gives
+//! the distribution over an interval, as `looppool top` shows it.
 //!
 //! # Resource reports
 //!
@@ -13,7 +64,9 @@
 //! configured, every 10 s) each worker measures, once per interval, its CPU
 //! use as a fraction of one core (`getrusage` user + system time over wall
 //! time), its resident and peak resident memory (`VmRSS` and `VmHWM`), its
-//! loop's backlog from tokio's stable runtime metrics, and its task and
+//! loop's backlog from tokio's stable runtime metrics, its loop's lag (how
+//! late a timer ticking on the loop ten times per interval, at most ten
+//! times a second, fires: the worst and the mean), and its task and
 //! output counts. The report travels to the parent over the pool's own
 //! connection; the parent keeps the last one per worker.
 //!
@@ -32,12 +85,17 @@
 //! | `<prefix>.worker.<i>.loop.global_queue` | tasks in the runtime's injection queue (tokio `global_queue_depth`) |
 //! | `<prefix>.worker.<i>.loop.busy` | fraction of the interval the loop was busy (tokio `worker_total_busy_duration`) |
 //! | `<prefix>.worker.<i>.loop.parks` | times the loop went idle during the interval (tokio `worker_park_count`) |
+//! | `<prefix>.worker.<i>.loop.lag_max_ms` / `lag_mean_ms` | the loop's worst and mean lag over the interval: how late a timer ticking on it fired (see [`WorkerReport::loop_lag_max`]) |
 //! | `<prefix>.worker.<i>.tasks.running` | handlers in progress |
 //! | `<prefix>.worker.<i>.tasks.done` | tasks the process completed (or failed) so far |
 //! | `<prefix>.worker.<i>.outputs` | outputs the process emitted so far |
 //! | `<prefix>.worker.<i>.logs.dropped` | log events the process dropped so far |
 //! | `<prefix>.worker.<i>.in_flight` / `failed` / `lost` / `restarts` / `blocked` | the parent's counts for worker index `i` |
 //! | `<prefix>.pool.workers` / `in_flight` / `done` / `failed` / `lost` / `restarts` / `blocked` / `logs_dropped` | the whole pool |
+//!
+//! The timing histograms are not sent to statsd (its gauges carry one
+//! number each); read them from [`Pool::stats`](crate::Pool::stats),
+//! Prometheus or the control socket.
 //!
 //! `<i>` is the worker's index, which a replacement process inherits. The
 //! parent sends the `pool.*` gauges and its own counts every report
@@ -52,12 +110,19 @@
 //! `looppool_worker_in_flight`, `looppool_worker_cpu`,
 //! `looppool_worker_rss_bytes`, `looppool_worker_max_rss_bytes`,
 //! `looppool_worker_loop_alive_tasks`, `looppool_worker_loop_global_queue`,
-//! `looppool_worker_loop_busy`, `looppool_worker_tasks_running`,
+//! `looppool_worker_loop_busy`, `looppool_worker_loop_lag_max_seconds`,
+//! `looppool_worker_loop_lag_mean_seconds`, `looppool_worker_tasks_running`,
 //! `looppool_worker_report_age_seconds` and the counters
 //! `looppool_worker_tasks_done_total`, `…_tasks_failed_total`,
 //! `…_tasks_lost_total`, `…_restarts_total`, `…_blocked_total` and
-//! `…_logs_dropped_total`. [`Pool::prometheus_addr`](crate::Pool::prometheus_addr)
-//! tells the bound address (useful with port 0).
+//! `…_logs_dropped_total`; and the [timing histograms](#where-time-goes),
+//! in seconds, per worker (`looppool_worker_queue_wait_seconds`,
+//! `looppool_worker_run_time_seconds`, `looppool_worker_output_wait_seconds`)
+//! and for the pool, labelled `pool` only (`looppool_queue_wait_seconds`,
+//! `looppool_run_time_seconds`, `looppool_output_wait_seconds`: separate
+//! families, so that summing a family never counts a task twice).
+//! [`Pool::prometheus_addr`](crate::Pool::prometheus_addr) tells the bound
+//! address (useful with port 0).
 //!
 //! To scrape these with the application's other metrics instead, from its
 //! own `prometheus-client` registry and HTTP server, register
@@ -74,8 +139,14 @@
 //! line to the worker's standard error at once (the loop itself cannot send
 //! anything while blocked). When the loop turns again, the worker tells the
 //! parent, which logs a warning (target `looppool::metrics`) naming the
-//! worker, its pid, how long the loop was blocked and the tasks that were
-//! being run meanwhile, and counts the episode in [`WorkerStats::blocked`].
+//! worker, its pid, how long the loop was blocked, the tasks that were
+//! being run meanwhile, every task the worker held and for how long
+//! ([`HeldTask`](crate::HeldTask)), and what the worker's threads were
+//! doing while the loop was blocked (state, `wchan`, system call, and the
+//! kernel stack where readable, as root), which the watchdog read from
+//! `/proc` at the time; and counts the episode in [`WorkerStats::blocked`].
+//! A task that passes its deadline (its own, or the pool's task timeout) is
+//! reported the same way, as it passes.
 //!
 //! # One log
 //!
@@ -137,6 +208,7 @@ pub use sentry::sentry_tags;
 pub use statsd::Statsd;
 
 pub use crate::stats::{PoolStats, WorkerReport, WorkerStats};
+pub use crate::timing::Histogram;
 
 /// The report interval when statsd or Prometheus is configured without one.
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -149,6 +221,8 @@ pub(crate) struct Config {
     pub(crate) log_level: LevelFilter,
     /// The level failed tasks are logged at in the parent.
     pub(crate) failed_task_level: tracing::Level,
+    /// Whether tasks are timed (see [where time goes](self#where-time-goes)).
+    pub(crate) task_timings: bool,
     #[cfg(feature = "statsd")]
     pub(crate) statsd: Option<Statsd>,
     #[cfg(feature = "prometheus")]
@@ -162,6 +236,7 @@ impl Default for Config {
             blocked_threshold: None,
             log_level: LevelFilter::INFO,
             failed_task_level: crate::parent::reports::DEFAULT_FAILED_TASK_LEVEL,
+            task_timings: true,
             #[cfg(feature = "statsd")]
             statsd: None,
             #[cfg(feature = "prometheus")]

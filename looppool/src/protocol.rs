@@ -19,13 +19,21 @@ use crate::codec::{self, CodecError, Fields, FrameWriter};
 /// 3: log records name the task's slot; cancellation (`CANCEL`, `SKIP` and
 /// `CANCELLED`), tasks whose deadline the parent enforces
 /// (`TASK_OWN_DEADLINE`), and the cancellation grace period in [`Init`].
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+///
+/// 4: frames that carry blobs by descriptor (`BLOBS`, `WORKER_BLOBS`, the
+/// threshold in [`Init`]), and timed tasks (`TASK_TIMED`,
+/// `TASK_OWN_DEADLINE_TIMED`), whose completion tells how long they ran
+/// (`DONE_TIMED`, `FAILED_TIMED`).
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The first bytes of a worker's hello, so that a program that is not a
 /// looppool worker is recognised as such rather than misread.
 pub(crate) const HELLO_MAGIC: &[u8; 4] = b"LPWK";
 
+mod announced;
 pub(crate) mod report;
+
+pub(crate) use announced::{blobs_inner, put_blobs, Announced};
 
 pub(crate) mod kind {
     // Parent → worker.
@@ -47,6 +55,11 @@ pub(crate) mod kind {
     ///
     /// [`Announced`]: super::Announced
     pub(crate) const BLOBS: u8 = 0x09;
+    /// A `TASK` the parent times: same layout; the worker answers it with
+    /// `DONE_TIMED` or `FAILED_TIMED` (see [`timed`]).
+    pub(crate) const TASK_TIMED: u8 = 0x0a;
+    /// A `TASK_OWN_DEADLINE` the parent times.
+    pub(crate) const TASK_OWN_DEADLINE_TIMED: u8 = 0x0b;
     // Worker → parent.
     pub(crate) const HELLO: u8 = 0x81;
     pub(crate) const READY: u8 = 0x82;
@@ -64,10 +77,22 @@ pub(crate) mod kind {
     pub(crate) const CANCELLED: u8 = 0x8c;
     /// `BLOBS` from the worker, around an `OUTPUT` or `OUTPUT_DONE`.
     pub(crate) const WORKER_BLOBS: u8 = 0x8d;
-}
+    /// A timed task's completion: its slot, then how long it ran, in
+    /// nanoseconds of the worker's clock.
+    pub(crate) const DONE_TIMED: u8 = 0x8e;
+    /// A timed task's failure: its slot, how long it ran, the failure.
+    pub(crate) const FAILED_TIMED: u8 = 0x8f;
 
-/// The most blobs one frame may carry by descriptor.
-pub(crate) const MAX_BLOBS: u32 = 1024;
+    /// The timed kind of task kind `kind` (`TASK` or `TASK_OWN_DEADLINE`);
+    /// other kinds as they are.
+    pub(crate) const fn timed(kind: u8) -> u8 {
+        match kind {
+            TASK => TASK_TIMED,
+            TASK_OWN_DEADLINE => TASK_OWN_DEADLINE_TIMED,
+            other => other,
+        }
+    }
+}
 
 /// The worker's first frame: who it is and which build of the messages it speaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,11 +162,14 @@ pub(crate) enum ToWorker<'a> {
     Task {
         slot: u32,
         payload: &'a [u8],
+        /// Whether the worker reports how long it ran.
+        timed: bool,
     },
     /// A task whose deadline the parent enforces: no pool-wide timeout.
     TaskOwnDeadline {
         slot: u32,
         payload: &'a [u8],
+        timed: bool,
     },
     /// A task cancelled before it was sent: answer, do not run.
     Skip(u32),
@@ -178,6 +206,17 @@ pub(crate) enum FromWorker<'a> {
         slot: u32,
         failure: Box<Failure>,
     },
+    /// A timed task's completion, and how long it ran (ns).
+    DoneTimed {
+        slot: u32,
+        ran_ns: u64,
+    },
+    /// A timed task's failure, and how long it ran (ns).
+    FailedTimed {
+        slot: u32,
+        ran_ns: u64,
+        failure: Box<Failure>,
+    },
     Bye,
     Report(&'a [u8]),
     Log(&'a [u8]),
@@ -186,73 +225,6 @@ pub(crate) enum FromWorker<'a> {
     /// A frame that carries blobs by descriptor: the body after its kind,
     /// read by [`Announced::parse`] (a slice here keeps the enum small).
     Blobs(&'a [u8]),
-}
-
-/// The head of a frame that carries blobs by descriptor: how many, the size
-/// of each, and the body of the frame it wraps, whose payload refers to
-/// them by index. The descriptors travel on the connection's blob socket,
-/// each sent before the frame that announces it is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Announced<'a> {
-    count: u32,
-    /// `count` varints: each blob's size.
-    sizes: &'a [u8],
-    /// Their sum.
-    pub(crate) total: u64,
-    /// The wrapped frame's body (its kind first).
-    pub(crate) inner: &'a [u8],
-}
-
-impl<'a> Announced<'a> {
-    /// Reads the announcement of a `BLOBS` or `WORKER_BLOBS` frame from
-    /// the body after its kind.
-    pub(crate) fn parse(rest: &'a [u8]) -> Result<Self, ProtocolError> {
-        Announced::read(&mut Fields::new(rest))
-    }
-
-    /// Reads the announcement after a `BLOBS` or `WORKER_BLOBS` kind.
-    fn read(f: &mut Fields<'a>) -> Result<Self, ProtocolError> {
-        let count = f.varint_u32()?;
-        if count == 0 || count > MAX_BLOBS {
-            return Err(ProtocolError::Invalid(
-                "a frame announcing no blobs, or more than 1,024",
-            ));
-        }
-        let rest = f.rest();
-        let mut sizes = Fields::new(rest);
-        let mut total: u64 = 0;
-        for _ in 0..count {
-            let size = sizes.varint()?;
-            if size == 0 {
-                return Err(ProtocolError::Invalid("a frame announcing an empty blob"));
-            }
-            total = total
-                .checked_add(size)
-                .ok_or(ProtocolError::Invalid("blob sizes that overflow"))?;
-        }
-        let inner = sizes.rest();
-        if inner.is_empty() {
-            return Err(ProtocolError::Codec(CodecError::Truncated));
-        }
-        Ok(Announced {
-            count,
-            sizes: &rest[..rest.len() - inner.len()],
-            total,
-            inner,
-        })
-    }
-
-    /// How many blobs the frame carries.
-    pub(crate) fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// Each blob's size, in order.
-    pub(crate) fn sizes(&self) -> impl Iterator<Item = u64> + 'a {
-        let mut f = Fields::new(self.sizes);
-        // Read once already, so each is there and well-formed.
-        (0..self.count).map(move |_| f.varint().unwrap_or(0))
-    }
 }
 
 /// Why a frame body is not a valid message.
@@ -295,18 +267,20 @@ impl<'a> ToWorker<'a> {
                     .map_err(|e| CodecError::Decode(e.to_string()))?;
                 return Ok(ToWorker::Init(init, rest));
             }
-            kind::TASK => {
+            k @ (kind::TASK | kind::TASK_TIMED) => {
                 let slot = f.varint_u32()?;
                 return Ok(ToWorker::Task {
                     slot,
                     payload: f.rest(),
+                    timed: k == kind::TASK_TIMED,
                 });
             }
-            kind::TASK_OWN_DEADLINE => {
+            k @ (kind::TASK_OWN_DEADLINE | kind::TASK_OWN_DEADLINE_TIMED) => {
                 let slot = f.varint_u32()?;
                 return Ok(ToWorker::TaskOwnDeadline {
                     slot,
                     payload: f.rest(),
+                    timed: k == kind::TASK_OWN_DEADLINE_TIMED,
                 });
             }
             // The payload of a skipped task is not looked at.
@@ -365,6 +339,20 @@ impl<'a> FromWorker<'a> {
                 let slot = f.varint_u32()?;
                 let failure = Box::new(codec::get_serde(f.rest())?);
                 return Ok(FromWorker::Failed { slot, failure });
+            }
+            kind::DONE_TIMED => FromWorker::DoneTimed {
+                slot: f.varint_u32()?,
+                ran_ns: f.varint()?,
+            },
+            kind::FAILED_TIMED => {
+                let slot = f.varint_u32()?;
+                let ran_ns = f.varint()?;
+                let failure = Box::new(codec::get_serde(f.rest())?);
+                return Ok(FromWorker::FailedTimed {
+                    slot,
+                    ran_ns,
+                    failure,
+                });
             }
             kind::BYE => FromWorker::Bye,
             kind::REPORT => return Ok(FromWorker::Report(f.rest())),
@@ -478,44 +466,6 @@ pub(crate) fn put_encoded_task(
     Ok(at)
 }
 
-/// The body of the frame that `body`, a `BLOBS` or `WORKER_BLOBS` frame's
-/// body, wraps; `None` when the announcement is malformed.
-pub(crate) fn blobs_inner(body: &[u8]) -> Option<&[u8]> {
-    let mut f = Fields::new(body.get(1..)?);
-    Announced::read(&mut f).ok().map(|a| a.inner)
-}
-
-/// Appends a frame of `kind` (`BLOBS` or `WORKER_BLOBS`) that carries
-/// blobs of `sizes` bytes by descriptor around `inner`, a frame body;
-/// returns where `inner` begins in `buf`. The frame's size, for the limit
-/// `max`, counts the blobs' bytes.
-pub(crate) fn put_blobs(
-    buf: &mut Vec<u8>,
-    kind: u8,
-    sizes: &[usize],
-    inner: &[u8],
-    max: usize,
-) -> Result<usize, CodecError> {
-    let start = buf.len();
-    let mut frame = FrameWriter::begin(buf, kind);
-    codec::put_varint(&mut frame, sizes.len() as u64);
-    for &size in sizes {
-        codec::put_varint(&mut frame, size as u64);
-    }
-    let at = frame.len();
-    frame.extend_from_slice(inner);
-    let body = frame.len() - start - codec::HEADER_LEN;
-    let total = sizes
-        .iter()
-        .fold(body, |sum, &size| sum.saturating_add(size));
-    if total > max {
-        // Dropped: the frame is taken out.
-        return Err(CodecError::TooLarge { len: total, max });
-    }
-    frame.finish(usize::MAX)?;
-    Ok(at)
-}
-
 /// Turns the task frame for `slot` still in `buf` (frames not yet written)
 /// into a `SKIP`, so the worker answers it without running it; false when
 /// `buf` holds no task frame for `slot`.
@@ -538,7 +488,10 @@ pub(crate) fn skip_task(buf: &mut [u8], slot: u32) -> bool {
             }
             _ => kind_at,
         };
-        if matches!(buf[task_at], kind::TASK | kind::TASK_OWN_DEADLINE) {
+        if matches!(
+            buf[task_at],
+            kind::TASK | kind::TASK_OWN_DEADLINE | kind::TASK_TIMED | kind::TASK_OWN_DEADLINE_TIMED
+        ) {
             let mut f = Fields::new(&buf[task_at + 1..end]);
             if f.varint_u32().ok() == Some(slot) {
                 buf[task_at] = kind::SKIP;
@@ -562,16 +515,51 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     frame.finish(max)
 }
 
-/// Appends a task failure frame.
-pub(crate) fn put_failed(buf: &mut Vec<u8>, slot: u32, failure: &Failure, max: usize) {
-    if put_tagged(buf, kind::FAILED, slot.into(), failure, max).is_err() {
+/// Appends a task failure frame; `ran_ns` is how long a timed task ran.
+pub(crate) fn put_failed(
+    buf: &mut Vec<u8>,
+    slot: u32,
+    failure: &Failure,
+    ran_ns: Option<u64>,
+    max: usize,
+) {
+    let put = |buf: &mut Vec<u8>, failure: &Failure, max| match ran_ns {
+        None => put_tagged(buf, kind::FAILED, slot.into(), failure, max),
+        Some(ran) => {
+            let mut frame = FrameWriter::begin(buf, kind::FAILED_TIMED);
+            codec::put_varint(&mut frame, slot.into());
+            codec::put_varint(&mut frame, ran);
+            codec::put_serde(&mut frame, failure)?;
+            frame.finish(max)
+        }
+    };
+    if put(buf, failure, max).is_err() {
         // A message too long for the frame limit is cut rather than lost.
         let short = Failure {
             message: failure.message.chars().take(1024).collect(),
             panicked: failure.panicked,
         };
-        let _ = put_tagged(buf, kind::FAILED, slot.into(), &short, usize::MAX);
+        let _ = put(buf, &short, usize::MAX);
     }
+}
+
+/// Appends a timed task's completion frame: it ran for `ran_ns`.
+pub(crate) fn put_done_timed(buf: &mut Vec<u8>, slot: u32, ran_ns: u64) {
+    let mut frame = FrameWriter::begin(buf, kind::DONE_TIMED);
+    codec::put_varint(&mut frame, slot.into());
+    codec::put_varint(&mut frame, ran_ns);
+    // Cannot fail: a kind and two varints are far below any frame limit.
+    let _ = frame.finish(usize::MAX);
+}
+
+/// Makes the task frame whose payload begins at `payload_at` in `buf` (as
+/// [`put_task`] and its kin return it, inside a `BLOBS` frame or not, for
+/// the task in `slot`) a timed one.
+pub(crate) fn mark_timed(buf: &mut [u8], payload_at: usize, slot: u32) {
+    // A task frame's body is its kind, its slot as a varint, its payload.
+    let kind_at = payload_at - 1 - codec::varint_len(slot.into());
+    debug_assert!(matches!(buf[kind_at], kind::TASK | kind::TASK_OWN_DEADLINE));
+    buf[kind_at] = kind::timed(buf[kind_at]);
 }
 
 #[cfg(test)]

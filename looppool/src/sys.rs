@@ -342,49 +342,6 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// What the threads of process `pid`, a child of this process, are doing,
-/// from `/proc`: a line per thread with its id, name, state, `wchan` and
-/// system call, then its kernel stack when readable (root). `None` when
-/// `pid` is not a child of this one: a worker reached through a connector
-/// may be a process elsewhere, whose pid names another one here.
-pub(crate) fn thread_states(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ppid: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
-    if ppid != std::process::id() {
-        return None;
-    }
-    let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    tids.sort_unstable();
-    let mut text = String::new();
-    for tid in tids {
-        let dir = format!("/proc/{pid}/task/{tid}");
-        let read = |file: &str| std::fs::read_to_string(format!("{dir}/{file}")).ok();
-        let Some(stat) = read("stat") else { continue };
-        let name = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "));
-        let (name, state) = name.map_or(("?", "?"), |(n, r)| (n, r.get(..1).unwrap_or("?")));
-        let wchan = read("wchan").unwrap_or_default();
-        let wchan = if wchan.is_empty() || wchan == "0" {
-            "-"
-        } else {
-            &wchan
-        };
-        let syscall = read("syscall").unwrap_or_default();
-        let syscall = syscall.split_whitespace().next().unwrap_or("?");
-        text.push_str(&format!(
-            "thread {tid} ({name}): state {state}, wchan {wchan}, syscall {syscall}\n"
-        ));
-        for frame in read("stack").unwrap_or_default().lines() {
-            text.push_str("    ");
-            text.push_str(frame);
-            text.push('\n');
-        }
-    }
-    Some(text)
-}
-
 /// Resident memory of process `pid`, in bytes (VmRSS).
 pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

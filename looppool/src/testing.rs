@@ -318,7 +318,10 @@ impl Parent {
                     }
                     // Never sent: this harness sends no cancel.
                     FromWorker::Done(_) | FromWorker::Cancelled(_) => Frame::Done,
-                    FromWorker::Failed { failure, .. } => {
+                    // Never sent: this harness times no task.
+                    FromWorker::DoneTimed { .. } => Frame::Done,
+                    FromWorker::Failed { failure, .. }
+                    | FromWorker::FailedTimed { failure, .. } => {
                         credits += cost;
                         Frame::Failed(failure.message, failure.panicked)
                     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::parent::lane::Status;
 use crate::stats::PoolStats;
+use crate::timing::Histogram;
 
 /// A pool's figures, as the control socket's `snapshot` request returns
 /// them: [`PoolStats`] and each worker's last
@@ -41,6 +42,17 @@ pub struct Snapshot {
     pub restarts: u64,
     /// Episodes of a worker loop blocked past the threshold.
     pub blocked: u64,
+    /// Queue wait of the pool's tasks since it started (see
+    /// [`PoolStats::queue_wait`]); a client takes the difference of two
+    /// snapshots ([`Histogram::since`]) for an interval.
+    #[serde(default)]
+    pub queue_wait: Histogram,
+    /// Run time of the pool's tasks.
+    #[serde(default)]
+    pub run_time: Histogram,
+    /// Output wait of the pool's output items.
+    #[serde(default)]
+    pub output_wait: Histogram,
     /// Each worker in use, by index.
     pub workers: Vec<WorkerSnapshot>,
 }
@@ -83,15 +95,31 @@ pub struct WorkerSnapshot {
     #[serde(default)]
     pub max_rss_bytes: Option<u64>,
     /// Share of the last interval its event loop was busy, in percent: how
-    /// close it is to lagging (the reports carry no lag figure as such).
+    /// close it is to lagging.
     #[serde(default)]
     pub loop_busy_percent: Option<f64>,
+    /// Its event loop's worst lag over the last interval, in milliseconds
+    /// (see [`WorkerReport::loop_lag_max`](crate::WorkerReport::loop_lag_max)).
+    #[serde(default)]
+    pub loop_lag_ms: Option<f64>,
+    /// Its event loop's mean lag over the last interval, in milliseconds.
+    #[serde(default)]
+    pub loop_lag_mean_ms: Option<f64>,
     /// Tasks woken from other threads and waiting for the loop.
     #[serde(default)]
     pub loop_queue: Option<u64>,
     /// How old the last report is, in milliseconds.
     #[serde(default)]
     pub report_age_ms: Option<u64>,
+    /// Queue wait of its tasks.
+    #[serde(default)]
+    pub queue_wait: Histogram,
+    /// Run time of its tasks.
+    #[serde(default)]
+    pub run_time: Histogram,
+    /// Output wait of its output items.
+    #[serde(default)]
+    pub output_wait: Histogram,
 }
 
 /// Whether a worker takes tasks, in a [`WorkerSnapshot`].
@@ -170,8 +198,13 @@ impl Snapshot {
                     rss_bytes: r.map(|r| r.rss_bytes),
                     max_rss_bytes: r.map(|r| r.max_rss_bytes),
                     loop_busy_percent: r.map(|r| r.loop_busy * 100.0),
+                    loop_lag_ms: r.map(|r| r.loop_lag_max.as_secs_f64() * 1e3),
+                    loop_lag_mean_ms: r.map(|r| r.loop_lag_mean.as_secs_f64() * 1e3),
                     loop_queue: r.map(|r| r.loop_global_queue),
                     report_age_ms: r.map(|r| r.received.elapsed().as_millis() as u64),
+                    queue_wait: w.queue_wait,
+                    run_time: w.run_time,
+                    output_wait: w.output_wait,
                 }
             })
             .collect();
@@ -188,6 +221,9 @@ impl Snapshot {
             lost: stats.lost,
             restarts: stats.restarts,
             blocked: stats.blocked,
+            queue_wait: stats.queue_wait,
+            run_time: stats.run_time,
+            output_wait: stats.output_wait,
             workers,
         }
     }

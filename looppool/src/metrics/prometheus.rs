@@ -9,25 +9,60 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{prometheus_text, DescriptorEncoder};
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::TypedMetric;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Metric, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::PoolStats;
+use super::{Histogram, PoolStats};
+use crate::sync::lock;
 
 type Labels = Vec<(&'static str, String)>;
 type IntGauges = Family<Labels, Gauge>;
 type FloatGauges = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter>;
+type Histograms = Family<Labels, Hist>;
+
+/// A [`Histogram`] already counted, as a Prometheus histogram in seconds
+/// (`prometheus-client`'s own type only counts observations itself).
+#[derive(Debug, Clone, Default)]
+struct Hist(Arc<Mutex<Histogram>>);
+
+impl Hist {
+    fn set(&self, h: &Histogram) {
+        *lock(&self.0) = h.clone();
+    }
+}
+
+impl TypedMetric for Hist {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Hist {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        let h = lock(&self.0).clone();
+        // Per-bucket counts: the encoder makes them cumulative.
+        let buckets: Vec<(f64, u64)> = h
+            .buckets()
+            .map(|(bound, count)| (bound.map_or(f64::INFINITY, |b| b.as_secs_f64()), count))
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(h.sum().as_secs_f64(), h.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 /// Where [`Families::visit`] puts each family: a registry (the endpoint's)
 /// or a collector's descriptor encoder.
@@ -72,6 +107,8 @@ struct Families {
     running: IntGauges,
     cpu: FloatGauges,
     busy: FloatGauges,
+    lag_max: FloatGauges,
+    lag_mean: FloatGauges,
     age: FloatGauges,
     done: Counters,
     failed: Counters,
@@ -79,7 +116,27 @@ struct Families {
     restarts: Counters,
     blocked: Counters,
     logs_dropped: Counters,
+    /// Queue wait, run time and output wait: per worker, then pool-wide.
+    worker_times: [Histograms; 3],
+    pool_times: [Histograms; 3],
 }
+
+/// The timing histograms' names (after `looppool_` or
+/// `looppool_worker_`) and what each measures.
+const TIMES: [(&str, &str); 3] = [
+    (
+        "queue_wait_seconds",
+        "time in the pool other than the run, of a sample of tasks",
+    ),
+    (
+        "run_time_seconds",
+        "run time, from the handler's first poll to its completion, of a sample of tasks",
+    ),
+    (
+        "output_wait_seconds",
+        "time from reaching the parent to the consumer taking it, of a sample of output items",
+    ),
+];
 
 impl Families {
     /// The families filled from `stats`.
@@ -106,6 +163,59 @@ impl Families {
             "Tasks queued or running on the worker",
             &self.in_flight,
         );
+        self.visit_reports(sink);
+        sink.add(
+            "looppool_worker_report_age_seconds",
+            "Seconds since the worker's last report arrived",
+            &self.age,
+        );
+        sink.add(
+            "looppool_worker_tasks_done",
+            "Tasks of this worker index that completed",
+            &self.done,
+        );
+        sink.add(
+            "looppool_worker_tasks_failed",
+            "Tasks of this worker index whose handler failed or panicked",
+            &self.failed,
+        );
+        sink.add(
+            "looppool_worker_tasks_lost",
+            "Tasks of this worker index lost with its process",
+            &self.lost,
+        );
+        sink.add(
+            "looppool_worker_restarts",
+            "Times this worker index's process was replaced",
+            &self.restarts,
+        );
+        sink.add(
+            "looppool_worker_blocked",
+            "Times this worker's loop was blocked past the threshold",
+            &self.blocked,
+        );
+        sink.add(
+            "looppool_worker_logs_dropped",
+            "Log events this worker dropped because its log buffer was full",
+            &self.logs_dropped,
+        );
+        for (i, (name, help)) in TIMES.iter().enumerate() {
+            let help = format!("Estimated distribution of the {help}");
+            sink.add(
+                &format!("looppool_worker_{name}"),
+                &format!("{help}, per worker"),
+                &self.worker_times[i],
+            );
+            sink.add(
+                &format!("looppool_{name}"),
+                &format!("{help}, for the whole pool"),
+                &self.pool_times[i],
+            );
+        }
+    }
+
+    /// Hands the families of the workers' last reports to `sink`.
+    fn visit_reports(&self, sink: &mut impl Sink) {
         sink.add(
             "looppool_worker_rss_bytes",
             "Resident memory of the worker at its last report",
@@ -142,39 +252,14 @@ impl Families {
             &self.busy,
         );
         sink.add(
-            "looppool_worker_report_age_seconds",
-            "Seconds since the worker's last report arrived",
-            &self.age,
+            "looppool_worker_loop_lag_max_seconds",
+            "Worst lag of the worker's loop (how late a timer on it fired) over its last report interval",
+            &self.lag_max,
         );
         sink.add(
-            "looppool_worker_tasks_done",
-            "Tasks of this worker index that completed",
-            &self.done,
-        );
-        sink.add(
-            "looppool_worker_tasks_failed",
-            "Tasks of this worker index whose handler failed or panicked",
-            &self.failed,
-        );
-        sink.add(
-            "looppool_worker_tasks_lost",
-            "Tasks of this worker index lost with its process",
-            &self.lost,
-        );
-        sink.add(
-            "looppool_worker_restarts",
-            "Times this worker index's process was replaced",
-            &self.restarts,
-        );
-        sink.add(
-            "looppool_worker_blocked",
-            "Times this worker's loop was blocked past the threshold",
-            &self.blocked,
-        );
-        sink.add(
-            "looppool_worker_logs_dropped",
-            "Log events this worker dropped because its log buffer was full",
-            &self.logs_dropped,
+            "looppool_worker_loop_lag_mean_seconds",
+            "Mean lag of the worker's loop over its last report interval",
+            &self.lag_mean,
         );
     }
 
@@ -184,6 +269,10 @@ impl Families {
         self.workers
             .get_or_create(&pool())
             .set(stats.workers.len() as i64);
+        let pool_times = [&stats.queue_wait, &stats.run_time, &stats.output_wait];
+        for (family, h) in self.pool_times.iter().zip(pool_times) {
+            family.get_or_create(&pool()).set(h);
+        }
         for w in &stats.workers {
             let labels = vec![
                 ("pool", stats.pool.clone()),
@@ -205,6 +294,10 @@ impl Families {
             count(&self.restarts, w.restarts);
             count(&self.blocked, w.blocked);
             count(&self.logs_dropped, w.logs_dropped);
+            let times = [&w.queue_wait, &w.run_time, &w.output_wait];
+            for (family, h) in self.worker_times.iter().zip(times) {
+                family.get_or_create(&labels).set(h);
+            }
             if let Some(r) = &w.last_report {
                 int(&self.rss, r.rss_bytes);
                 int(&self.max_rss, r.max_rss_bytes);
@@ -213,6 +306,10 @@ impl Families {
                 int(&self.running, r.tasks_running);
                 self.cpu.get_or_create(&labels).set(r.cpu);
                 self.busy.get_or_create(&labels).set(r.loop_busy);
+                let lag_max = r.loop_lag_max.as_secs_f64();
+                self.lag_max.get_or_create(&labels).set(lag_max);
+                let lag_mean = r.loop_lag_mean.as_secs_f64();
+                self.lag_mean.get_or_create(&labels).set(lag_mean);
                 self.age
                     .get_or_create(&labels)
                     .set(r.received.elapsed().as_secs_f64());

@@ -109,6 +109,8 @@ impl Sender {
         self.gauge_u64(&key("tasks.done"), r.tasks_done);
         self.gauge_u64(&key("outputs"), r.outputs);
         self.gauge_u64(&key("logs.dropped"), r.logs_dropped);
+        self.gauge_f64(&key("loop.lag_max_ms"), r.loop_lag_max_us as f64 / 1e3);
+        self.gauge_f64(&key("loop.lag_mean_ms"), r.loop_lag_mean_us as f64 / 1e3);
         let _ = self.client.flush();
     }
 

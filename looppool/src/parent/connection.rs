@@ -9,13 +9,16 @@ use serde::de::DeserializeOwned;
 use super::lane::{Delivered, Lane, LaneState, SlotEvent};
 use super::outputs::{Batch, BatchSender};
 use crate::blob::wire;
-use crate::codec;
 use crate::output::Output;
 use crate::protocol::Announced;
-use crate::protocol::FromWorker;
 use crate::task_id::TaskId;
 use crate::transport::blobs::{BlobReceiver, BlobSender, PendingBlob};
 use crate::transport::{self, FrameReader, WriteHalf};
+
+mod decode;
+mod timed;
+
+use decode::{decode_frame, Frame};
 
 /// Writes the lane's queued frames, one `write` per batch, until aborted or
 /// the connection fails; the descriptors of the blobs they carry go first,
@@ -89,21 +92,13 @@ pub(crate) enum ReadEnd {
     Broken(String),
 }
 
-/// Decodes an output's payload.
-///
-/// A function rather than a closure in the read loop: the compiler left the
-/// closure out of line, and its result, returned through memory, was
-/// reloaded by a stalled caller.
-#[inline(always)]
-fn decode_output<O: DeserializeOwned>(payload: &[u8]) -> Result<O, String> {
-    codec::get_serde::<O>(payload).map_err(|e| format!("cannot deserialize an output: {e}"))
-}
-
 /// What one read hands to the output stream: batches of at most
 /// [`SpareBatches::batch_items`](super::batches::SpareBatches::batch_items)
 /// items each (see there), all full but the last.
 struct Collected<'a, O> {
     lane: &'a Lane<O>,
+    /// When the read was made, if the lane's tasks are timed.
+    received: Option<std::time::Instant>,
     /// The batch being filled.
     items: Vec<Output<O>>,
     /// Output credits its items spent (each its frame's cost).
@@ -112,7 +107,20 @@ struct Collected<'a, O> {
     full: Vec<(Vec<Output<O>>, u32)>,
 }
 
-impl<O> Collected<'_, O> {
+impl<'a, O> Collected<'a, O> {
+    /// What a read of `lane` collects, into a fresh batch after `full`
+    /// (empty, its capacity kept from an earlier read).
+    #[inline(always)]
+    fn new(lane: &'a Lane<O>, full: Vec<(Vec<Output<O>>, u32)>) -> Self {
+        Collected {
+            lane,
+            received: None,
+            items: lane.batches.empty(),
+            credits: 0,
+            full,
+        }
+    }
+
     #[inline(always)]
     fn deliver(&mut self, worker: usize, delivered: Delivered<O>, cost: u32) {
         match delivered {
@@ -154,63 +162,6 @@ impl<O> Collected<'_, O> {
     fn spent(&self) -> u32 {
         self.credits + self.full.iter().map(|(_, c)| c).sum::<u32>()
     }
-}
-
-/// One decoded frame, as the reader acts on it.
-enum Frame<'a, O> {
-    /// An output, completion or failure of the task in a slot.
-    Slot(SlotEvent<O>),
-    /// An output that belongs to no task.
-    Unsolicited(O),
-    /// The worker's goodbye: the end of the connection is expected.
-    Bye,
-    /// The answer to a heartbeat ping.
-    Pong,
-    /// A resource or blocked-loop report (handled without the lane's lock).
-    Report(&'a [u8]),
-    /// A log record (handled without the lane's lock).
-    Log(&'a [u8]),
-    /// A frame that carries blobs by descriptor around an output (the
-    /// body after its kind).
-    Blobs(&'a [u8]),
-}
-
-/// Decodes one frame body from the worker (inlined, as `decode_output`).
-#[inline(always)]
-fn decode_frame<O: DeserializeOwned>(body: &[u8]) -> Result<Frame<'_, O>, String> {
-    let msg = FromWorker::decode(body).map_err(|e| e.to_string())?;
-    Ok(match msg {
-        FromWorker::OutputDone { slot, payload } => Frame::Slot(SlotEvent::OutputDone {
-            slot,
-            value: decode_output(payload)?,
-        }),
-        FromWorker::Output {
-            slot: Some(slot),
-            payload,
-        } => Frame::Slot(SlotEvent::Output {
-            slot,
-            value: decode_output(payload)?,
-        }),
-        FromWorker::Output {
-            slot: None,
-            payload,
-        } => Frame::Unsolicited(decode_output(payload)?),
-        FromWorker::Done(slot) => Frame::Slot(SlotEvent::Done { slot }),
-        FromWorker::Failed { slot, failure } => Frame::Slot(SlotEvent::Failed {
-            slot,
-            message: failure.message,
-            panicked: failure.panicked,
-        }),
-        FromWorker::Cancelled(slot) => Frame::Slot(SlotEvent::Cancelled { slot }),
-        FromWorker::Bye => Frame::Bye,
-        FromWorker::Pong(_) => Frame::Pong,
-        FromWorker::Report(body) => Frame::Report(body),
-        FromWorker::Log(body) => Frame::Log(body),
-        FromWorker::Blobs(announced) => Frame::Blobs(announced),
-        FromWorker::Hello { .. } | FromWorker::Ready | FromWorker::InitFailed(_) => {
-            return Err("handshake message after the handshake".into())
-        }
-    })
 }
 
 /// The reader of one worker connection, between reads.
@@ -345,17 +296,13 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
     fn read(&self, reader: &mut FrameReader, between: &mut Between<O>) -> Option<ReadEnd> {
         let lane = &*self.lane;
         let worker = self.worker;
-        let mut got = Collected {
-            lane,
-            items: lane.batches.empty(),
-            credits: 0,
-            full: std::mem::take(&mut between.full),
-        };
+        let mut got = Collected::new(lane, std::mem::take(&mut between.full));
         let mut tally = ReadTally::default();
         let mut st = lane.lock();
         if st.generation() != self.generation {
             return Some(ReadEnd::Broken("connection replaced".into()));
         }
+        got.received = self.timed_now(&mut st);
         loop {
             let body = match reader.next_frame() {
                 Ok(Some(body)) => body,
@@ -369,6 +316,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
             let mut cost = st.output_cost(body.len());
             let event = match decode_frame::<O>(body) {
                 Ok(Frame::Slot(event)) => event,
+                Ok(Frame::Timed(event, ran)) => {
+                    if self.apply_timed(&mut st, &mut got, &mut tally, event, cost, ran) {
+                        continue;
+                    }
+                    break;
+                }
                 Ok(Frame::Blobs(announced)) => {
                     match self.open_blobs(&mut st, between, &mut got, body.len(), announced) {
                         Ok(Some((event, with_blobs))) => {
@@ -526,10 +479,12 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 let lane = &self.lane;
                 lane.obs.on_report(self.worker, self.pid, body, |slots| {
                     let st = lane.lock();
-                    slots
+                    let named = slots
                         .iter()
                         .filter_map(|&s| st.task_in_slot(s, lane.index as u32))
-                        .collect()
+                        .collect();
+                    drop(st);
+                    (named, lane.held_tasks())
                 })
             }
             Frame::Log(body) => {
@@ -561,6 +516,7 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
                 generation: self.generation,
                 credits,
                 items,
+                received: got.received,
             };
             if let Err(returned) = self.outputs.send(batch) {
                 // Nobody consumes outputs: hand the credits straight back.

@@ -18,12 +18,13 @@ use tokio::sync::Notify;
 use super::batches::SpareBatches;
 use super::credits::{OutputWindow, Overdrawn};
 use super::reports::LaneObs;
-pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry};
+pub(crate) use super::slots::{CallOutcome, CallSender, Held, Retry, Timed};
 use super::slots::{SlotMore, Slots};
 use super::space::AnySpace;
 use crate::blob::Sealed;
 use crate::event::RecycleReason;
 use crate::protocol::{self, kind};
+use crate::timing::{Sampler, SentLog, Timings};
 use crate::transport::blobs::PendingBlob;
 
 /// Whether a lane takes tasks.
@@ -73,6 +74,10 @@ pub(crate) struct LaneState<O> {
     blob_threshold: Option<usize>,
     /// The blobs of the task frame just encoded, for its retry copy.
     retry_blobs: Vec<Arc<Sealed>>,
+    /// Which tasks are timed (see `crate::timing`).
+    pub(crate) sampler: Sampler,
+    /// When the last timed tasks were queued.
+    sent: SentLog,
 }
 
 /// The counts a lane keeps under its lock, per worker index.
@@ -118,6 +123,8 @@ pub(crate) struct Lane<O> {
     pub(crate) obs: LaneObs,
     /// Emptied output batches, kept for the reader to fill again.
     pub(crate) batches: SpareBatches<O>,
+    /// Where this worker index's tasks' time goes.
+    pub(crate) timings: Timings,
 }
 
 impl<O> std::fmt::Debug for Lane<O> {
@@ -156,6 +163,8 @@ impl<O> Lane<O> {
                 blobs: Vec::new(),
                 blob_threshold: None,
                 retry_blobs: Vec::new(),
+                sampler: Sampler::new(false, index as u64),
+                sent: SentLog::default(),
             }),
             writer_wake: Notify::new(),
             space: Notify::new(),
@@ -168,7 +177,20 @@ impl<O> Lane<O> {
             epoch: Instant::now(),
             obs: Default::default(),
             batches: SpareBatches::default(),
+            timings: Timings::default(),
         }
+    }
+
+    /// Makes the lane time a sample of its tasks, or none (the default).
+    pub(crate) fn timed(mut self, on: bool) -> Self {
+        self.timings = Timings::new(on);
+        self.lock().sampler = Sampler::new(on, self.index as u64);
+        self
+    }
+
+    /// `at` in ns since the lane's epoch (0 before it).
+    pub(crate) fn ns_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Records that the worker answered a ping.
@@ -186,17 +208,6 @@ impl<O> Lane<O> {
     /// The largest frame the worker may send, its blobs' bytes counted.
     pub(crate) fn max_frame(&self) -> usize {
         self.max_frame
-    }
-
-    /// The tasks the lane holds (sent to its worker, or waiting to be),
-    /// in slot order: what a worker about to be killed takes with it.
-    pub(crate) fn held_ids(&self) -> Vec<crate::task_id::TaskId> {
-        let st = self.lock();
-        let index = self.index as u32;
-        st.slots
-            .busy()
-            .map(|slot| st.slots.id(slot, index))
-            .collect()
     }
 
     /// How many times a lost task may be re-sent.
@@ -553,6 +564,7 @@ impl<O> LaneState<O> {
 
 mod apply;
 mod cancel;
+mod held;
 mod push;
 pub(crate) use apply::{Delivered, SlotEvent};
 pub(crate) use cancel::{CancelReason, CancelSent};

@@ -4,12 +4,14 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::lane::Lane;
 use crate::error::TryNextError;
 use crate::output::Output;
+use crate::timing::{Sampler, TIMED_PER_SEC};
 
 /// A batch of items from one read of one worker's connection.
 pub(crate) struct Batch<O> {
@@ -18,6 +20,9 @@ pub(crate) struct Batch<O> {
     /// Output credits to give back to the worker once the batch is taken.
     pub(crate) credits: u32,
     pub(crate) items: Vec<Output<O>>,
+    /// When its items reached the parent, if they are timed: an item's
+    /// output wait runs from then until the consumer takes it.
+    pub(crate) received: Option<Instant>,
 }
 
 pub(crate) type BatchSender<O> = mpsc::UnboundedSender<Batch<O>>;
@@ -50,6 +55,11 @@ pub struct Outputs<O> {
     pending: Option<(usize, u64, u32)>,
     /// Values taken from the current batch since credits were last given back.
     taken: u32,
+    /// Which items' output wait is timed, and the clock it adjusts by.
+    sampler: Sampler,
+    epoch: Instant,
+    /// When the current batch's items reached the parent, if timed.
+    current_received: Option<Instant>,
 }
 
 /// Values taken from a batch between two returns of their credits. A batch
@@ -68,7 +78,16 @@ impl<O> fmt::Debug for Outputs<O> {
 }
 
 impl<O> Outputs<O> {
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Batch<O>>, lanes: Arc<[Arc<Lane<O>>]>) -> Self {
+    /// The stream of the batches `rx` receives from the readers of
+    /// `lanes`; with timings on, about [`TIMED_PER_SEC`] items a second
+    /// per worker of the `workers` the pool starts with are timed.
+    pub(crate) fn new(
+        rx: mpsc::UnboundedReceiver<Batch<O>>,
+        lanes: Arc<[Arc<Lane<O>>]>,
+        workers: usize,
+    ) -> Self {
+        let on = lanes.first().is_some_and(|lane| lane.timings.on);
+        let per_sec = TIMED_PER_SEC.saturating_mul(workers.max(1) as u32);
         Outputs {
             rx,
             lanes,
@@ -76,6 +95,9 @@ impl<O> Outputs<O> {
             current_from: 0,
             pending: None,
             taken: 0,
+            sampler: Sampler::per_sec(on, u64::MAX, per_sec),
+            epoch: Instant::now(),
+            current_received: None,
         }
     }
 
@@ -112,6 +134,9 @@ impl<O> Outputs<O> {
     fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output<O>>> {
         loop {
             if let Some(item) = self.current.pop() {
+                if let Some(weight) = self.sampler.hit() {
+                    self.time_item(weight);
+                }
                 if self.current.is_empty() {
                     self.give_back_credits();
                     if let Some(lane) = self.lanes.get(self.current_from) {
@@ -135,11 +160,30 @@ impl<O> Outputs<O> {
                     items.reverse();
                     self.current = items;
                     self.current_from = batch.worker;
+                    self.current_received = batch.received;
+                    if let Some(at) = batch.received {
+                        let ns = at.saturating_duration_since(self.epoch).as_nanos();
+                        self.sampler.adjust(u64::try_from(ns).unwrap_or(u64::MAX));
+                    }
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// Counts the output wait of the item being taken, for `weight` items,
+    /// in its worker's histogram (unless it was not timed: a `Lost` item).
+    #[cold]
+    #[inline(never)]
+    fn time_item(&self, weight: u32) {
+        let (Some(received), Some(lane)) =
+            (self.current_received, self.lanes.get(self.current_from))
+        else {
+            return;
+        };
+        let waited = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        lane.timings.output_wait.record(waited, weight);
     }
 
     /// Gives back every credit of the current batch not given back yet.

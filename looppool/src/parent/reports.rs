@@ -10,6 +10,7 @@ use std::time::Instant;
 use tracing::{Level, Span};
 
 use crate::codec;
+use crate::event::HeldTask;
 use crate::protocol::report::{self as wire, LogRecord, ReportFrame, Resources};
 use crate::sync::lock;
 use crate::task_id::TaskId;
@@ -133,13 +134,14 @@ impl LaneObs {
     }
 
     /// Handles a `REPORT` frame from worker `worker` (process `pid`);
-    /// `tasks_in` names the tasks that a blocked-loop report's slots hold.
+    /// `look_up` names the tasks that a blocked-loop or deadline report's
+    /// slots hold, and every task the worker holds, with how long.
     pub(crate) fn on_report(
         &self,
         worker: usize,
         pid: u32,
         body: &[u8],
-        tasks_in: impl FnOnce(&[u32]) -> Vec<TaskId>,
+        look_up: impl FnOnce(&[u32]) -> (Vec<TaskId>, Vec<HeldTask>),
     ) {
         let frame: ReportFrame = match codec::get_serde(body) {
             Ok(frame) => frame,
@@ -158,16 +160,12 @@ impl LaneObs {
             ReportFrame::Blocked(b) => {
                 // The worker sends this before the completion of any task it
                 // names, so each slot still holds the task it ran.
-                let tasks = tasks_in(&b.slots);
+                let (tasks, held) = look_up(&b.slots);
                 lock(&self.state).blocked += 1;
                 let tasks = if tasks.is_empty() {
                     "none (background work, or between tasks)".to_owned()
                 } else {
-                    tasks
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    list(&tasks)
                 };
                 tracing::warn!(
                     target: "looppool::metrics",
@@ -178,7 +176,25 @@ impl LaneObs {
                     threshold_ms = b.threshold_ms,
                     tasks = %tasks,
                     running = b.running,
+                    held = %list(&held),
+                    stack = b.stack.as_deref().unwrap_or(NO_STACK),
                     "worker event loop blocked"
+                );
+            }
+            ReportFrame::Deadline(d) => {
+                // Sent before the task's failure: its slot still holds it.
+                let (task, held) = look_up(&[d.slot]);
+                tracing::warn!(
+                    target: "looppool::metrics",
+                    pool = self.pool(),
+                    worker,
+                    pid,
+                    task = %list(&task),
+                    limit_ms = d.limit_ms,
+                    running = d.running,
+                    held = %list(&held),
+                    stack = d.stack.as_deref().unwrap_or(NO_STACK),
+                    "task passed the pool's task timeout"
                 );
             }
         }
@@ -198,6 +214,16 @@ impl LaneObs {
             lock(&self.state).logs_dropped += dropped;
         }
     }
+}
+
+/// What a forensics report says when the worker could not read its
+/// threads' state (no `/proc`).
+const NO_STACK: &str = "(not readable)";
+
+/// `items`, comma-separated, as `Display` shows each.
+pub(crate) fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+    items.join(", ")
 }
 
 /// Emits a worker's log record to the parent's subscriber; returns how many

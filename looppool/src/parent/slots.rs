@@ -70,6 +70,17 @@ pub(super) struct SlotMore<O> {
     /// The span the task was submitted in: its worker's log records for it
     /// are relayed inside it.
     pub(super) span: Option<tracing::Span>,
+    /// When a timed task was queued (see `crate::timing`).
+    pub(super) timed: Option<Timed>,
+}
+
+/// A timed task's record in the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timed {
+    /// When its frame was queued, in ns since its lane's epoch.
+    pub(crate) sent_ns: u64,
+    /// How many tasks it counts for.
+    pub(crate) weight: u32,
 }
 
 /// A `call` waiting for its task.
@@ -164,6 +175,14 @@ impl<O> Slots<O> {
         self.more[slot as usize].as_deref()?.span.as_ref()
     }
 
+    /// The timing record of the task in `slot`, if it holds a timed one.
+    pub(super) fn timed(&self, slot: u32) -> Option<Timed> {
+        if self.seq.get(slot as usize)? & MORE == 0 {
+            return None;
+        }
+        self.more[slot as usize].as_deref()?.timed
+    }
+
     /// Takes the span of the task in busy `slot`, if it has one.
     pub(super) fn take_span(&mut self, slot: u32) -> Option<tracing::Span> {
         if self.seq[slot as usize] & MORE == 0 {
@@ -211,6 +230,7 @@ mod tests {
             call: Some(Call { tx, reply: None }),
             retry: None,
             span: None,
+            timed: None,
         }))
     }
 

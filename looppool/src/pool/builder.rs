@@ -525,7 +525,8 @@ impl<W: Worker> PoolBuilder<W> {
         let space = Arc::new(AnySpace::default());
         let lanes: Arc<[Arc<Lane<W::Output>>]> = (0..max_workers)
             .map(|i| {
-                let lane = Lane::new(i, task_slots, self.max_frame, self.retries);
+                let lane = Lane::new(i, task_slots, self.max_frame, self.retries)
+                    .timed(self.observe.task_timings);
                 Arc::new(lane.sharing_space(space.clone()))
             })
             .collect();
@@ -556,7 +557,7 @@ impl<W: Worker> PoolBuilder<W> {
         let weak = Arc::downgrade(&sup);
         hub.spawn_tasks(move || weak.upgrade().map(|sup| super::snapshot(&sup)));
         let socket = socket.map(|bound| bound.serve(&sup, canceller(&sup, self.control)));
-        let outputs = Outputs::new(rx, lanes.clone());
+        let outputs = Outputs::new(rx, lanes.clone(), workers);
         let pool = Pool::from_parts(lanes, sup, hub, space, self.control, socket);
         Ok((pool, outputs))
     }

@@ -222,6 +222,7 @@ impl<W: Worker> Pool<W> {
             tokio::time::sleep(limit).await;
             if let CancelSent::Sent { generation } = lane.cancel(id, CancelReason::Deadline(limit))
             {
+                sup.report_deadline(worker, id, limit);
                 watch_cancel(&ctl, &lane, &sup, generation, id);
             }
         });

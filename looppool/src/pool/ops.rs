@@ -33,7 +33,10 @@ impl<W: Worker> Pool<W> {
     /// as its cause when the pool shuts down meanwhile, and a
     /// [`StartError::Config`](crate::StartError::Config) cause for a pool
     /// whose workers come through a [connector](crate::PoolBuilder::connector),
-    /// which it does not start itself.
+    /// which it does not start itself: a connector starts the one worker of
+    /// an index, not a second one beside it (the `looppool-nats` crate docs
+    /// say why its broker layout cannot hold two, and how to move its
+    /// workers to new code instead).
     ///
     /// # Cancel safety
     /// The restart runs as a task of its own. Dropping the future stops it

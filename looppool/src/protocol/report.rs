@@ -15,6 +15,8 @@ pub(crate) enum ReportFrame {
     Resources(Resources),
     /// The loop did not turn for longer than the threshold, and has now.
     Blocked(Blocked),
+    /// A task passed the pool's task timeout (sent before its failure).
+    Deadline(Deadline),
 }
 
 /// A worker's figures over one report interval (see `WorkerReport`).
@@ -34,6 +36,10 @@ pub(crate) struct Resources {
     pub(crate) tasks_done: u64,
     pub(crate) outputs: u64,
     pub(crate) logs_dropped: u64,
+    /// The loop's lag over the interval: how late a periodic timer of its
+    /// own fired, at most and on average, in microseconds.
+    pub(crate) loop_lag_max_us: u64,
+    pub(crate) loop_lag_mean_us: u64,
 }
 
 /// One episode of a blocked loop.
@@ -47,6 +53,22 @@ pub(crate) struct Blocked {
     pub(crate) slots: Vec<u32>,
     /// Tasks in progress on the worker at the time.
     pub(crate) running: u64,
+    /// What the worker's threads were doing while the loop was blocked,
+    /// as its watchdog read them from `/proc` (see `forensics`).
+    pub(crate) stack: Option<String>,
+}
+
+/// A task that passed the pool's task timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Deadline {
+    /// The task's wire slot.
+    pub(crate) slot: u32,
+    /// The timeout, in milliseconds.
+    pub(crate) limit_ms: u64,
+    /// Tasks in progress on the worker at the time.
+    pub(crate) running: u64,
+    /// What the worker's threads were doing (see `forensics`).
+    pub(crate) stack: Option<String>,
 }
 
 /// The body of a `LOG` frame: one `tracing` event (or panic) of a worker.
@@ -135,6 +157,7 @@ mod tests {
             threshold_ms: 100,
             slots: vec![3, 7],
             running: 2,
+            stack: Some("thread 1 (w): state R".into()),
         });
         let bytes = postcard::to_stdvec(&frame).unwrap();
         assert_eq!(postcard::from_bytes::<ReportFrame>(&bytes).unwrap(), frame);

@@ -27,8 +27,10 @@ fn worker_messages_round_trip() {
         message: "boom".into(),
         panicked: true,
     };
-    put_failed(&mut buf, 2, &failure, DEFAULT_MAX_FRAME);
+    put_failed(&mut buf, 2, &failure, None, DEFAULT_MAX_FRAME);
     put_simple(&mut buf, kind::BYE, None);
+    put_done_timed(&mut buf, 300, 1_500_000);
+    put_failed(&mut buf, 7, &failure, Some(u64::MAX), DEFAULT_MAX_FRAME);
 
     let bodies = bodies(&buf);
     let msgs: Vec<_> = bodies
@@ -68,10 +70,25 @@ fn worker_messages_round_trip() {
         msgs[5],
         FromWorker::Failed {
             slot: 2,
-            failure: Box::new(failure)
+            failure: Box::new(failure.clone())
         }
     );
     assert_eq!(msgs[6], FromWorker::Bye);
+    assert_eq!(
+        msgs[7],
+        FromWorker::DoneTimed {
+            slot: 300,
+            ran_ns: 1_500_000
+        }
+    );
+    assert_eq!(
+        msgs[8],
+        FromWorker::FailedTimed {
+            slot: 7,
+            ran_ns: u64::MAX,
+            failure: Box::new(failure)
+        }
+    );
 }
 
 #[test]
@@ -104,11 +121,44 @@ fn parent_messages_round_trip() {
         msgs[1],
         ToWorker::Task {
             slot: 17,
-            payload: &[2, b'h', b'i']
+            payload: &[2, b'h', b'i'],
+            timed: false
         }
     );
     assert_eq!(msgs[2], ToWorker::Credit(300));
     assert_eq!(msgs[3], ToWorker::Stop);
+}
+
+#[test]
+fn a_task_frame_marked_timed_keeps_its_slot_and_payload() {
+    for (slot, plain) in [
+        (3, kind::TASK),
+        (300, kind::TASK_OWN_DEADLINE),
+        (70_000, kind::TASK),
+    ] {
+        let mut buf = Vec::new();
+        let at = put_task_as(&mut buf, plain, slot, "hi", DEFAULT_MAX_FRAME).unwrap();
+        mark_timed(&mut buf, at, slot);
+        let body = &bodies(&buf)[0];
+        assert_eq!(body[0], kind::timed(plain));
+        let (s, payload, timed) = match ToWorker::decode(body).unwrap() {
+            ToWorker::Task {
+                slot,
+                payload,
+                timed,
+            }
+            | ToWorker::TaskOwnDeadline {
+                slot,
+                payload,
+                timed,
+            } => (slot, payload, timed),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((s, payload, timed), (slot, &[2, b'h', b'i'][..], true));
+        // A timed task cancelled before it is written is skipped as any.
+        assert!(skip_task(&mut buf, slot));
+        assert_eq!(ToWorker::decode(&bodies(&buf)[0]), Ok(ToWorker::Skip(slot)));
+    }
 }
 
 #[test]
@@ -168,7 +218,9 @@ enum Up {
     Output(Option<u32>, u64),
     OutputDone(u32, u64),
     Done(u32),
-    Failed(u32, String, bool),
+    /// The last field: how long a timed task ran.
+    Failed(u32, String, bool, Option<u64>),
+    DoneTimed(u32, u64),
     Bye,
     Report(Vec<u8>),
     Log(Vec<u8>),
@@ -180,7 +232,8 @@ enum Up {
 #[derive(Debug, Clone, PartialEq)]
 enum Down {
     Init(Vec<u8>),
-    Task(u32, String),
+    /// The last field: whether it is timed.
+    Task(u32, String, bool),
     Credit(u32),
     Stop,
     Ping(u64),
@@ -188,7 +241,7 @@ enum Down {
     /// Not generated: the decoder does not hand a skip's payload on (see
     /// `a_task_frame_still_buffered_becomes_a_skip`).
     Skip(u32, String),
-    TaskOwnDeadline(u32, String),
+    TaskOwnDeadline(u32, String, bool),
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -204,7 +257,9 @@ fn up_strategy() -> impl Strategy<Value = Up> {
         (proptest::option::of(slot.clone()), any::<u64>()).prop_map(|(s, v)| Up::Output(s, v)),
         (slot.clone(), any::<u64>()).prop_map(|(s, v)| Up::OutputDone(s, v)),
         any::<u32>().prop_map(Up::Done),
-        (any::<u32>(), text(), any::<bool>()).prop_map(|(s, m, p)| Up::Failed(s, m, p)),
+        (any::<u32>(), text(), any::<bool>(), any::<Option<u64>>())
+            .prop_map(|(s, m, p, t)| Up::Failed(s, m, p, t)),
+        (any::<u32>(), any::<u64>()).prop_map(|(s, t)| Up::DoneTimed(s, t)),
         Just(Up::Bye),
         vec(any::<u8>(), 0..8).prop_map(Up::Report),
         vec(any::<u8>(), 0..8).prop_map(Up::Log),
@@ -257,12 +312,12 @@ fn init_strategy() -> impl Strategy<Value = Down> {
 fn down_strategy() -> impl Strategy<Value = Down> {
     prop_oneof![
         init_strategy(),
-        (any::<u32>(), text()).prop_map(|(s, t)| Down::Task(s, t)),
+        (any::<u32>(), text(), any::<bool>()).prop_map(|(s, t, m)| Down::Task(s, t, m)),
         any::<u32>().prop_map(Down::Credit),
         Just(Down::Stop),
         any::<u64>().prop_map(Down::Ping),
         any::<u32>().prop_map(Down::Cancel),
-        (any::<u32>(), text()).prop_map(|(s, t)| Down::TaskOwnDeadline(s, t)),
+        (any::<u32>(), text(), any::<bool>()).prop_map(|(s, t, m)| Down::TaskOwnDeadline(s, t, m)),
     ]
 }
 
@@ -287,13 +342,14 @@ fn encode_up(buf: &mut Vec<u8>, msg: &Up) {
             put_tagged(buf, kind::OUTPUT_DONE, u64::from(*slot) + 1, v, max).unwrap()
         }
         Up::Done(slot) => put_simple(buf, kind::DONE, Some((*slot).into())),
-        Up::Failed(slot, message, panicked) => {
+        Up::Failed(slot, message, panicked, ran) => {
             let failure = Failure {
                 message: message.clone(),
                 panicked: *panicked,
             };
-            put_failed(buf, *slot, &failure, max)
+            put_failed(buf, *slot, &failure, *ran, max)
         }
+        Up::DoneTimed(slot, ran) => put_done_timed(buf, *slot, *ran),
         Up::Bye => put_simple(buf, kind::BYE, None),
         Up::Report(b) | Up::Log(b) => {
             let k = if matches!(msg, Up::Report(_)) {
@@ -318,14 +374,19 @@ fn encode_down(buf: &mut Vec<u8>, msg: &Down) {
             f.extend_from_slice(bytes);
             f.finish(max).unwrap()
         }
-        Down::Task(slot, t) => put_tagged(buf, kind::TASK, (*slot).into(), t, max).unwrap(),
+        Down::Task(slot, t, timed) => {
+            let k = if *timed { kind::TASK_TIMED } else { kind::TASK };
+            put_tagged(buf, k, (*slot).into(), t, max).unwrap()
+        }
         Down::Credit(n) => put_simple(buf, kind::CREDIT, Some((*n).into())),
         Down::Stop => put_simple(buf, kind::STOP, None),
         Down::Ping(n) => put_simple(buf, kind::PING, Some(*n)),
         Down::Cancel(s) => put_simple(buf, kind::CANCEL, Some((*s).into())),
         Down::Skip(slot, t) => put_tagged(buf, kind::SKIP, (*slot).into(), t, max).unwrap(),
-        Down::TaskOwnDeadline(slot, t) => {
-            put_tagged(buf, kind::TASK_OWN_DEADLINE, (*slot).into(), t, max).unwrap()
+        Down::TaskOwnDeadline(slot, t, timed) => {
+            let k = kind::TASK_OWN_DEADLINE;
+            let k = if *timed { kind::timed(k) } else { k };
+            put_tagged(buf, k, (*slot).into(), t, max).unwrap()
         }
     }
 }
@@ -345,7 +406,15 @@ fn lift_up(msg: FromWorker<'_>) -> Result<Up, CodecError> {
             Up::OutputDone(slot, codec::get_serde(payload)?)
         }
         FromWorker::Done(slot) => Up::Done(slot),
-        FromWorker::Failed { slot, failure } => Up::Failed(slot, failure.message, failure.panicked),
+        FromWorker::Failed { slot, failure } => {
+            Up::Failed(slot, failure.message, failure.panicked, None)
+        }
+        FromWorker::FailedTimed {
+            slot,
+            ran_ns,
+            failure,
+        } => Up::Failed(slot, failure.message, failure.panicked, Some(ran_ns)),
+        FromWorker::DoneTimed { slot, ran_ns } => Up::DoneTimed(slot, ran_ns),
         FromWorker::Bye => Up::Bye,
         FromWorker::Report(b) => Up::Report(b.to_vec()),
         FromWorker::Log(b) => Up::Log(b.to_vec()),
@@ -364,16 +433,22 @@ fn lift_down(msg: ToWorker<'_>) -> Result<Down, CodecError> {
             put_init(&mut frame, &init, payload, DEFAULT_MAX_FRAME).unwrap();
             Down::Init(frame[codec::HEADER_LEN + 1..].to_vec())
         }
-        ToWorker::Task { slot, payload } => Down::Task(slot, codec::get_serde(payload)?),
+        ToWorker::Task {
+            slot,
+            payload,
+            timed,
+        } => Down::Task(slot, codec::get_serde(payload)?, timed),
         ToWorker::Credit(n) => Down::Credit(n),
         ToWorker::Stop => Down::Stop,
         ToWorker::Ping(n) => Down::Ping(n),
         ToWorker::Cancel(s) => Down::Cancel(s),
         // The decoder hands a skip's payload on unread: not compared.
         ToWorker::Skip(s) => Down::Skip(s, String::new()),
-        ToWorker::TaskOwnDeadline { slot, payload } => {
-            Down::TaskOwnDeadline(slot, codec::get_serde(payload)?)
-        }
+        ToWorker::TaskOwnDeadline {
+            slot,
+            payload,
+            timed,
+        } => Down::TaskOwnDeadline(slot, codec::get_serde(payload)?, timed),
         // The generator makes none (their descriptors need a socket).
         ToWorker::Blobs(_) => return Err(CodecError::Decode("a frame with blobs".into())),
     })
@@ -389,6 +464,8 @@ fn carries_payload(kind: u8) -> bool {
             | kind::LOG
             | kind::TASK
             | kind::TASK_OWN_DEADLINE
+            | kind::TASK_TIMED
+            | kind::TASK_OWN_DEADLINE_TIMED
             | kind::SKIP
             | kind::INIT
     )
@@ -521,7 +598,8 @@ fn kind_strategy() -> impl Strategy<Value = u8> {
             kind::HELLO, kind::READY, kind::INIT_FAILED, kind::OUTPUT, kind::DONE,
             kind::OUTPUT_DONE, kind::FAILED, kind::BYE, kind::REPORT, kind::LOG, kind::PONG,
             kind::CANCEL, kind::SKIP, kind::TASK_OWN_DEADLINE, kind::CANCELLED,
-            kind::BLOBS, kind::WORKER_BLOBS,
+            kind::BLOBS, kind::WORKER_BLOBS, kind::TASK_TIMED, kind::TASK_OWN_DEADLINE_TIMED,
+            kind::DONE_TIMED, kind::FAILED_TIMED,
         ]),
         1 => any::<u8>(),
     ]
@@ -548,9 +626,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::HELLO..=kind::WORKER_BLOBS).contains(&k));
+                prop_assert!(!(kind::HELLO..=kind::FAILED_TIMED).contains(&k));
             }
-            Err(_) => prop_assert!((kind::HELLO..=kind::WORKER_BLOBS).contains(&first)),
+            Err(_) => prop_assert!((kind::HELLO..=kind::FAILED_TIMED).contains(&first)),
         }
         match ToWorker::decode(&body) {
             Ok(msg) => {
@@ -559,9 +637,9 @@ proptest! {
             }
             Err(ProtocolError::UnknownKind(k)) => {
                 prop_assert_eq!(k, first);
-                prop_assert!(!(kind::INIT..=kind::BLOBS).contains(&k));
+                prop_assert!(!(kind::INIT..=kind::TASK_OWN_DEADLINE_TIMED).contains(&k));
             }
-            Err(_) => prop_assert!((kind::INIT..=kind::BLOBS).contains(&first)),
+            Err(_) => prop_assert!((kind::INIT..=kind::TASK_OWN_DEADLINE_TIMED).contains(&first)),
         }
     }
 }
@@ -651,7 +729,7 @@ fn read_as_parent(wire: Vec<u8>, cuts: &[usize], tasks: u32, max_frame: usize) -
 /// output; unsolicited outputs, pongs and logs are mixed in.
 fn worker_stream_strategy() -> impl Strategy<Value = (u32, Vec<Up>)> {
     (1u32..8).prop_flat_map(|n| {
-        let per_task = vec((vec(any::<u64>(), 0..3), 0u8..3), n as usize);
+        let per_task = vec((vec(any::<u64>(), 0..3), 0u8..5), n as usize);
         let extras = vec(
             prop_oneof![
                 any::<u64>().prop_map(|v| Up::Output(None, v)),
@@ -673,7 +751,12 @@ fn worker_stream_strategy() -> impl Strategy<Value = (u32, Vec<Up>)> {
                 }
                 msgs.push(match (end, last) {
                     (2, Some(v)) => Up::OutputDone(slot, v),
-                    (1, _) => Up::Failed(slot, format!("task {slot} failed"), false),
+                    (1, _) => Up::Failed(slot, format!("task {slot} failed"), false, None),
+                    (3, _) => Up::DoneTimed(slot, values.len() as u64),
+                    (4, _) => {
+                        let ran = Some(values.len() as u64);
+                        Up::Failed(slot, format!("task {slot} failed"), true, ran)
+                    }
                     _ => Up::Done(slot),
                 });
             }
@@ -707,7 +790,7 @@ proptest! {
             match m {
                 Up::Output(slot, v) => want.push(format!("value {slot:?} {v}")),
                 Up::OutputDone(slot, v) => want.push(format!("value {:?} {v}", Some(*slot))),
-                Up::Failed(slot, message, _) => want.push(format!("failed {slot} {message}")),
+                Up::Failed(slot, message, ..) => want.push(format!("failed {slot} {message}")),
                 _ => {}
             }
         }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use super::{jittered, Supervisor};
 use crate::event::WorkerEvent;
+use crate::parent::reports::list;
+use crate::task_id::TaskId;
 
 impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
     /// Pings the worker every `interval`; kills it when it has not answered
@@ -31,8 +33,8 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                     worker: index,
                     pid,
                     silent_for,
-                    held: lane.held_ids(),
-                    stack: crate::sys::thread_states(pid),
+                    held: lane.held_tasks(),
+                    stack: crate::forensics::thread_states(pid),
                 });
                 lane.unresponsive.store(true, Ordering::SeqCst);
                 self.kill(index);
@@ -43,6 +45,26 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Supervisor<O> {
                 return;
             }
         }
+    }
+
+    /// Reports, as the deadline of `limit` of task `task` passes on worker
+    /// `index` and its cancel is sent, the tasks the worker holds (with how
+    /// long) and what its threads are doing, as a warning.
+    pub(crate) fn report_deadline(&self, index: usize, task: TaskId, limit: Duration) {
+        let lane = &self.lanes[index];
+        let pid = lane.pid();
+        let stack = crate::forensics::thread_states(pid);
+        tracing::warn!(
+            target: "looppool::metrics",
+            pool = %self.spec.pool_name,
+            worker = index,
+            pid,
+            %task,
+            limit_ms = limit.as_millis() as u64,
+            held = %list(&lane.held_tasks()),
+            stack = stack.as_deref().unwrap_or("(not a local process)"),
+            "task passed its deadline: cancelling it"
+        );
     }
 
     /// Samples each worker's resident memory and recycles those above the

@@ -163,5 +163,6 @@ fn send_lost<O>(outputs: &BatchSender<O>, worker: usize, items: Vec<Output<O>>) 
         generation: 0,
         credits: 0,
         items,
+        received: None,
     });
 }

@@ -35,8 +35,8 @@ pub enum Role {
     /// The parent's init message: the first frame after the worker's hello.
     Init,
     /// A task, in the parent's task slot `slot` (also a task with a
-    /// deadline of its own, and one cancelled before it was written, which
-    /// the worker answers without running it).
+    /// deadline of its own, a timed one, and one cancelled before it was
+    /// written, which the worker answers without running it).
     Task(u32),
     /// The parent cancels the task in slot `slot`. It must reach the worker
     /// behind the tasks written before it (as on one byte stream): the
@@ -101,13 +101,15 @@ fn role_of(body: &[u8]) -> Result<Role, BadFrame> {
             _ => return Err(BadFrame("a malformed frame with blobs".into())),
         },
         kind::INIT => Role::Init,
-        kind::TASK | kind::TASK_OWN_DEADLINE | kind::SKIP => {
-            Role::Task(f.varint_u32().map_err(bad)?)
-        }
+        kind::TASK
+        | kind::TASK_OWN_DEADLINE
+        | kind::TASK_TIMED
+        | kind::TASK_OWN_DEADLINE_TIMED
+        | kind::SKIP => Role::Task(f.varint_u32().map_err(bad)?),
         kind::CANCEL => Role::Cancel(f.varint_u32().map_err(bad)?),
         kind::CREDIT => Role::Credit(f.varint_u32().map_err(bad)?),
         kind::STOP => Role::Stop,
-        kind::DONE | kind::FAILED | kind::CANCELLED => {
+        kind::DONE | kind::FAILED | kind::DONE_TIMED | kind::FAILED_TIMED | kind::CANCELLED => {
             Role::Completes(f.varint_u32().map_err(bad)?)
         }
         kind::OUTPUT_DONE => Role::Completes(

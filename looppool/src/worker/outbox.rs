@@ -297,18 +297,34 @@ impl Outbox {
         });
     }
 
-    /// Queues the failure of the task in wire slot `slot`, spending output
-    /// credits as an output of its size would: the parent holds a failure
-    /// for its consumer as it holds a value (and gives a call's credits
-    /// back at once). Gives the failure back when too few credits are left.
-    pub(crate) fn try_push_failed(&self, slot: u32, failure: Failure) -> Result<(), Failure> {
+    /// Queues the completion of the timed task in wire slot `slot`, which
+    /// ran for `ran_ns`: a frame of its own, never folded into the task's
+    /// last output.
+    pub(crate) fn push_done_timed(&self, slot: u32, ran_ns: u64) {
+        self.push_with(|out| {
+            protocol::put_done_timed(&mut out.buf, slot, ran_ns);
+            out.last_output = None;
+        });
+    }
+
+    /// Queues the failure of the task in wire slot `slot` (which ran for
+    /// `ran_ns`, if timed), spending output credits as an output of its
+    /// size would: the parent holds a failure for its consumer as it holds
+    /// a value (and gives a call's credits back at once). Gives the
+    /// failure back when too few credits are left.
+    pub(crate) fn try_push_failed(
+        &self,
+        slot: u32,
+        failure: Failure,
+        ran_ns: Option<u64>,
+    ) -> Result<(), Failure> {
         let mut out = self.frames.borrow_mut();
         if out.credits == 0 {
             return Err(failure);
         }
         let was_empty = out.buf.is_empty();
         let start = out.buf.len();
-        protocol::put_failed(&mut out.buf, slot, &failure, self.max_frame);
+        protocol::put_failed(&mut out.buf, slot, &failure, ran_ns, self.max_frame);
         let body = out.buf.len() - start - codec::HEADER_LEN;
         let cost = protocol::output_cost(body, self.credit_bytes, self.window);
         if cost > out.credits {
@@ -326,12 +342,12 @@ impl Outbox {
 
     /// Queues the failure of the task in wire slot `slot`, waiting while
     /// the output window is shut, as [`emit`](Self::emit) does.
-    pub(crate) async fn push_failed(&self, slot: u32, mut failure: Failure) {
+    pub(crate) async fn push_failed(&self, slot: u32, mut failure: Failure, ran_ns: Option<u64>) {
         loop {
             // Single-threaded: nothing returns credits between the attempt
             // and the wait, whose `Notified` is woken once it exists.
             let credits = self.credit_wake.notified();
-            match self.try_push_failed(slot, failure) {
+            match self.try_push_failed(slot, failure, ran_ns) {
                 Ok(()) => return,
                 Err(back) => failure = back,
             }

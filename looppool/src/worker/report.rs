@@ -1,6 +1,7 @@
-//! The worker's resource reporter: CPU, memory, loop backlog and counts,
-//! once per report interval.
+//! The worker's resource reporter: CPU, memory, loop backlog and lag, and
+//! counts, once per report interval.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -57,8 +58,47 @@ fn memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The loop's lag as a timer of its own sees it: how late each tick fires.
+#[derive(Debug, Default)]
+struct Lag {
+    max: Cell<Duration>,
+    sum: Cell<Duration>,
+    ticks: Cell<u32>,
+}
+
+impl Lag {
+    /// The most and the mean lag since the last call, in µs.
+    fn take(&self) -> (u64, u64) {
+        let max = self.max.take();
+        let sum = self.sum.take();
+        let mean = sum.checked_div(self.ticks.take()).unwrap_or_default();
+        (max.as_micros() as u64, mean.as_micros() as u64)
+    }
+}
+
+/// Ticks every `period` on the loop, noting how late each tick fires: a
+/// loop held up by a handler that does not yield fires it late by as much.
+/// The lag includes the timer's own resolution (about a millisecond).
+async fn measure_lag(lag: Rc<Lag>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let due = ticker.tick().await;
+        let late = due.elapsed();
+        lag.max.set(lag.max.get().max(late));
+        lag.sum.set(lag.sum.get() + late);
+        lag.ticks.set(lag.ticks.get() + 1);
+    }
+}
+
 /// Makes a report every `interval` until the process ends.
 pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) {
+    // Ten lag samples per report, at most ten a second.
+    let lag = Rc::new(Lag::default());
+    let period = (interval / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let probe = tokio::task::spawn_local(measure_lag(lag.clone(), period));
+    // Ends with the reporter (a test's worker, stopping).
+    let _probe = AbortOnDrop(probe);
     let metrics = tokio::runtime::Handle::current().metrics();
     let mut prev = Sample::take(&metrics);
     let start = tokio::time::Instant::now() + interval;
@@ -76,6 +116,7 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             }
         };
         let (rss_bytes, max_rss_bytes) = memory();
+        let (loop_lag_max_us, loop_lag_mean_us) = lag.take();
         let report = Resources {
             pid: std::process::id(),
             interval_us: wall.as_micros() as u64,
@@ -90,6 +131,8 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             tasks_done: shared.done(),
             outputs: shared.out.outputs(),
             logs_dropped: super::logging::dropped_total(),
+            loop_lag_max_us,
+            loop_lag_mean_us,
         };
         if let Some(send) = &statsd {
             send(shared.index, &report);
@@ -100,5 +143,14 @@ pub(crate) async fn run(shared: Rc<Shared>, interval: Duration, statsd: Statsd) 
             let _ = protocol::put_value(buf, kind::REPORT, &frame, max_frame);
         });
         prev = now;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -197,7 +197,7 @@ async fn read_loop<W: Worker>(
     host: Host,
 ) {
     // Spare cells for the two types of task future (see `TaskCell`).
-    let (mut plain, mut timed) = (None, None);
+    let (mut plain, mut bounded) = (None, None);
     loop {
         loop {
             let body = match reader.next_frame() {
@@ -206,31 +206,38 @@ async fn read_loop<W: Worker>(
                 Err(e) => protocol_exit(&shared, &e.to_string()),
             };
             match ToWorker::decode(body) {
-                Ok(ToWorker::Task { slot, payload }) => {
-                    match codec::get_serde::<W::Task>(payload) {
-                        Ok(task) => {
-                            shared.task_started();
-                            let cx = TaskContext::new(shared.clone(), slot);
-                            let worker = worker.clone();
-                            match shared.task_timeout {
-                                None => run_task(
-                                    &shared,
-                                    slot,
-                                    move || worker.handle(task, cx),
-                                    &mut plain,
-                                ),
-                                Some(limit) => run_task(
-                                    &shared,
-                                    slot,
-                                    move || with_deadline(worker.handle(task, cx), limit),
-                                    &mut timed,
-                                ),
+                Ok(ToWorker::Task {
+                    slot,
+                    payload,
+                    timed,
+                }) => match codec::get_serde::<W::Task>(payload) {
+                    Ok(task) => {
+                        shared.task_started();
+                        let cx = TaskContext::new(shared.clone(), slot);
+                        let worker = worker.clone();
+                        match shared.task_timeout {
+                            None => run_task(
+                                &shared,
+                                slot,
+                                timed,
+                                move || worker.handle(task, cx),
+                                &mut plain,
+                            ),
+                            Some(limit) => {
+                                let sh = shared.clone();
+                                let handle =
+                                    move || with_deadline(worker.handle(task, cx), limit, sh, slot);
+                                run_task(&shared, slot, timed, handle, &mut bounded)
                             }
                         }
-                        Err(e) => reject_task(&shared, slot, &e),
                     }
-                }
-                Ok(ToWorker::TaskOwnDeadline { slot, payload }) => {
+                    Err(e) => reject_task(&shared, slot, &e),
+                },
+                Ok(ToWorker::TaskOwnDeadline {
+                    slot,
+                    payload,
+                    timed,
+                }) => {
                     // The parent enforces this task's deadline (by a
                     // cancel): the pool-wide timeout does not apply.
                     match codec::get_serde::<W::Task>(payload) {
@@ -238,7 +245,8 @@ async fn read_loop<W: Worker>(
                             shared.task_started();
                             let cx = TaskContext::new(shared.clone(), slot);
                             let worker = worker.clone();
-                            run_task(&shared, slot, move || worker.handle(task, cx), &mut plain);
+                            let handle = move || worker.handle(task, cx);
+                            run_task(&shared, slot, timed, handle, &mut plain);
                         }
                         Err(e) => reject_task(&shared, slot, &e),
                     }
@@ -300,9 +308,17 @@ fn blob_task<W: Worker>(
     let received = receiver
         .receive(announced.sizes())
         .unwrap_or_else(|e| protocol_exit(shared, &e));
-    let (slot, payload, own_deadline) = match ToWorker::decode(announced.inner) {
-        Ok(ToWorker::Task { slot, payload }) => (slot, payload, false),
-        Ok(ToWorker::TaskOwnDeadline { slot, payload }) => (slot, payload, true),
+    let (slot, payload, own_deadline, timed) = match ToWorker::decode(announced.inner) {
+        Ok(ToWorker::Task {
+            slot,
+            payload,
+            timed,
+        }) => (slot, payload, false, timed),
+        Ok(ToWorker::TaskOwnDeadline {
+            slot,
+            payload,
+            timed,
+        }) => (slot, payload, true, timed),
         Ok(ToWorker::Skip(slot)) => {
             drop(received);
             shared.task_started();
@@ -323,13 +339,18 @@ fn blob_task<W: Worker>(
     let cx = TaskContext::new(shared.clone(), slot);
     let worker = worker.clone();
     match shared.task_timeout {
-        Some(limit) if !own_deadline => run_task(
+        Some(limit) if !own_deadline => {
+            let sh = shared.clone();
+            let handle = move || with_deadline(worker.handle(task, cx), limit, sh, slot);
+            run_task(shared, slot, timed, handle, &mut None)
+        }
+        _ => run_task(
             shared,
             slot,
-            move || with_deadline(worker.handle(task, cx), limit),
+            timed,
+            move || worker.handle(task, cx),
             &mut None,
         ),
-        _ => run_task(shared, slot, move || worker.handle(task, cx), &mut None),
     }
 }
 
@@ -337,13 +358,12 @@ fn blob_task<W: Worker>(
 fn reject_task(shared: &Rc<Shared>, slot: u32, e: &CodecError) {
     shared.task_started();
     let message = format!("cannot deserialize the task: {e}");
-    shared.complete(
-        slot,
-        Err(Failure {
-            message,
-            panicked: false,
-        }),
-    );
+    let failure = Failure {
+        message,
+        panicked: false,
+    };
+    // It never ran: not timed, even when the parent asked.
+    shared.complete(slot, Err(failure), None);
 }
 
 /// Ends the process after the parent broke the protocol.

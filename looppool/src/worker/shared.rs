@@ -10,7 +10,8 @@ use tokio::sync::Notify;
 use super::cancel::Cancels;
 use super::outbox::Outbox;
 use super::watchdog::Watch;
-use crate::protocol::{Failure, Init};
+use crate::protocol::report::{Deadline, ReportFrame};
+use crate::protocol::{kind, Failure, Init};
 
 /// State shared by everything running in one worker process.
 pub(crate) struct Shared {
@@ -82,21 +83,28 @@ impl Shared {
         self.running.set(self.running.get() + 1);
     }
 
-    /// Queues the completion of the task in wire slot `slot`, and counts it.
+    /// Queues the completion of the task in wire slot `slot`, and counts it;
+    /// `ran_ns` is how long a timed task ran.
     ///
     /// A failure spends output credits (the parent holds it for its
     /// consumer as it holds a value): when the window is shut, the task
     /// ends only once its failure is queued, in a task of its own that
     /// waits for credits, so that a drain waits for it too.
-    pub(crate) fn complete(self: &Rc<Self>, slot: u32, result: Result<(), Failure>) {
+    pub(crate) fn complete(
+        self: &Rc<Self>,
+        slot: u32,
+        result: Result<(), Failure>,
+        ran_ns: Option<u64>,
+    ) {
         self.cancels.disarm(slot);
-        match result {
-            Ok(()) => self.out.push_done(slot),
-            Err(failure) => {
-                if let Err(failure) = self.out.try_push_failed(slot, failure) {
+        match (result, ran_ns) {
+            (Ok(()), None) => self.out.push_done(slot),
+            (Ok(()), Some(ran)) => self.out.push_done_timed(slot, ran),
+            (Err(failure), _) => {
+                if let Err(failure) = self.out.try_push_failed(slot, failure, ran_ns) {
                     let shared = self.clone();
                     tokio::task::spawn_local(async move {
-                        shared.out.push_failed(slot, failure).await;
+                        shared.out.push_failed(slot, failure, ran_ns).await;
                         shared.ended();
                     });
                     return;
@@ -110,8 +118,7 @@ impl Shared {
     /// `slot`, whose future was dropped (or never started), and counts it.
     pub(crate) fn cancelled(&self, slot: u32) {
         self.cancels.disarm(slot);
-        self.out
-            .push_simple(crate::protocol::kind::CANCELLED, Some(slot.into()));
+        self.out.push_simple(kind::CANCELLED, Some(slot.into()));
         self.ended();
     }
 
@@ -152,6 +159,23 @@ impl Shared {
     /// that just ended.
     pub(crate) fn loop_turned(&self, watch: &Watch) {
         watch.turned(&self.out, self.running.get());
+    }
+
+    /// Tells the parent that the task in wire slot `slot` passed the
+    /// pool's task timeout of `limit`, with what the process's threads are
+    /// doing; queued before the task's failure, so the parent still knows
+    /// the slot's task.
+    pub(crate) fn report_deadline(&self, slot: u32, limit: Duration) {
+        let frame = ReportFrame::Deadline(Deadline {
+            slot,
+            limit_ms: limit.as_millis() as u64,
+            running: self.running.get() as u64,
+            stack: crate::forensics::own_thread_states(),
+        });
+        let max_frame = self.out.max_frame();
+        self.out.try_push_frame(usize::MAX, |buf| {
+            let _ = crate::protocol::put_value(buf, kind::REPORT, &frame, max_frame);
+        });
     }
 
     /// Records the parent's stop message.

@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use super::panic::{in_task, panic_message, CatchUnwind};
 use super::shared::Shared;
@@ -21,7 +22,9 @@ use crate::protocol::Failure;
 pub(crate) type TaskCell<F> = Pin<Box<Option<F>>>;
 
 /// Starts a task: polls its future once in place, and spawns it only if it
-/// has to wait. `spare` is the spare cell for futures of this type.
+/// has to wait. `spare` is the spare cell for futures of this type; a
+/// `timed` task's completion tells how long it ran, from just before its
+/// first poll.
 ///
 /// The future is made by `make` right where it is stored: built first and
 /// then passed in, it was copied on the way into the cell, and those copies
@@ -31,6 +34,7 @@ pub(crate) type TaskCell<F> = Pin<Box<Option<F>>>;
 pub(crate) fn run_task<F>(
     shared: &Rc<Shared>,
     slot: u32,
+    timed: bool,
     make: impl FnOnce() -> F,
     spare: &mut Option<TaskCell<F>>,
 ) where
@@ -39,6 +43,7 @@ pub(crate) fn run_task<F>(
     let mut cell = spare.take().unwrap_or_else(|| Box::pin(None));
     cell.set(Some(make()));
     let mut noop = Context::from_waker(Waker::noop());
+    let started = timed.then(Instant::now);
     // The future is polled again by the spawned task (with a real waker) if
     // it is not ready now, so the no-op waker loses nothing.
     let polled = shared.polling(slot, || {
@@ -58,7 +63,7 @@ pub(crate) fn run_task<F>(
             // emits still belongs to the task.
             cell.set(None);
             *spare = Some(cell);
-            shared.complete(slot, result.map_err(failure_of));
+            shared.complete(slot, result.map_err(failure_of), started.map(ran_ns));
         }
         Ok(Poll::Pending) => {
             let shared = shared.clone();
@@ -89,7 +94,7 @@ pub(crate) fn run_task<F>(
                     None => None,
                 };
                 match result {
-                    Some(result) => shared.complete(slot, result),
+                    Some(result) => shared.complete(slot, result, started.map(ran_ns)),
                     None => shared.cancelled(slot),
                 }
             });
@@ -97,25 +102,38 @@ pub(crate) fn run_task<F>(
         Err(payload) => {
             let message = panic_message(payload);
             drop(cell);
-            shared.complete(
-                slot,
-                Err(Failure {
-                    message,
-                    panicked: true,
-                }),
-            );
+            let failure = Failure {
+                message,
+                panicked: true,
+            };
+            shared.complete(slot, Err(failure), started.map(ran_ns));
         }
     }
 }
 
-/// A task's future bounded by the pool's task timeout.
-pub(crate) async fn with_deadline<F>(handler: F, limit: std::time::Duration) -> Result<(), BoxError>
+/// Nanoseconds since `started`.
+fn ran_ns(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A task's future bounded by the pool's task timeout; when the timeout
+/// passes, the worker reports it (with its threads' state) to the parent
+/// before the task's failure, naming slot `slot`.
+pub(crate) async fn with_deadline<F>(
+    handler: F,
+    limit: std::time::Duration,
+    shared: Rc<Shared>,
+    slot: u32,
+) -> Result<(), BoxError>
 where
     F: Future<Output = Result<(), BoxError>>,
 {
     match tokio::time::timeout(limit, handler).await {
         Ok(result) => result,
-        Err(_) => Err(format!("task exceeded its deadline of {limit:?}").into()),
+        Err(_) => {
+            shared.report_deadline(slot, limit);
+            Err(format!("task exceeded its deadline of {limit:?}").into())
+        }
     }
 }
 

@@ -46,6 +46,8 @@ struct Episode {
     since_ms: u64,
     /// Slots of the tasks seen being polled during the episode.
     slots: Vec<u32>,
+    /// What the process's threads were doing when the episode began.
+    stack: Option<String>,
 }
 
 impl Watch {
@@ -101,12 +103,13 @@ impl Watch {
                 Some((
                     now.saturating_sub(ep.since_ms),
                     std::mem::take(&mut ep.slots),
+                    ep.stack.take(),
                 ))
             } else {
                 None
             }
         };
-        let Some((blocked_ms, slots)) = ended else {
+        let Some((blocked_ms, slots, stack)) = ended else {
             return;
         };
         let frame = ReportFrame::Blocked(Blocked {
@@ -114,6 +117,7 @@ impl Watch {
             threshold_ms: self.threshold.as_millis() as u64,
             slots,
             running: running as u64,
+            stack,
         });
         let max_frame = out.max_frame();
         out.try_push_frame(usize::MAX, |buf| {
@@ -145,6 +149,15 @@ impl Watch {
                 eprintln!(
                     "looppool {who}: event loop blocked for more than {threshold_ms} ms ({task})"
                 );
+                // Read now, while the loop is stuck, for the report sent
+                // when it turns again; without the lock, which the loop
+                // takes as it turns.
+                drop(ep);
+                let stack = crate::forensics::own_thread_states();
+                ep = crate::sync::lock(&self.episode);
+                if ep.open && ep.since_ms == turned {
+                    ep.stack = stack;
+                }
             }
             if current != 0 && ep.slots.len() < MAX_SLOTS && !ep.slots.contains(&(current - 1)) {
                 ep.slots.push(current - 1);

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use std::sync::{Arc, MutexGuard};
 
-use super::{CallSender, Lane, LaneState, Retry, SlotMore, Status};
+use super::{CallSender, Lane, LaneState, Retry, SlotMore, Status, Timed};
 use crate::blob::{wire, Sealed};
 use crate::codec::{CodecError, HEADER_LEN};
 use crate::error::SubmitErrorKind;
@@ -196,29 +196,38 @@ impl<O> Lane<O> {
             }
         };
         let foreign = id.worker != self.index as u32;
+        let timed = match st.sampler.hit() {
+            None => None,
+            Some(weight) => {
+                let seq = (!foreign).then_some(id.seq);
+                Some(self.time_task(&mut st, slot, payload_start, weight, seq))
+            }
+        };
         // Written without closures: ones that captured `call` cost a drop
         // check per task even when not called.
-        let more = if call.is_some() || self.retries > 0 || foreign || span.is_some() {
-            // Keeping a copy of every task costs an allocation per task, so
-            // it is done only when lost tasks are to be retried.
-            let retry = if self.retries > 0 {
-                Some(Retry {
-                    payload: st.out[payload_start..].into(),
-                    blobs: std::mem::take(&mut st.retry_blobs),
-                    attempts,
-                })
+        let more =
+            if call.is_some() || self.retries > 0 || foreign || span.is_some() || timed.is_some() {
+                // Keeping a copy of every task costs an allocation per task, so
+                // it is done only when lost tasks are to be retried.
+                let retry = if self.retries > 0 {
+                    Some(Retry {
+                        payload: st.out[payload_start..].into(),
+                        blobs: std::mem::take(&mut st.retry_blobs),
+                        attempts,
+                    })
+                } else {
+                    None
+                };
+                Some(Box::new(SlotMore {
+                    id: if foreign { Some(id) } else { None },
+                    call: call.map(|tx| Call { tx, reply: None }),
+                    retry,
+                    span: span.cloned(),
+                    timed,
+                }))
             } else {
                 None
             };
-            Some(Box::new(SlotMore {
-                id: if foreign { Some(id) } else { None },
-                call: call.map(|tx| Call { tx, reply: None }),
-                retry,
-                span: span.cloned(),
-            }))
-        } else {
-            None
-        };
         st.slots.fill(slot, id.seq, more);
         st.since_yield += 1;
         if st.since_yield >= self.yield_every || st.out.len() >= YIELD_BYTES {
@@ -233,6 +242,25 @@ impl<O> Lane<O> {
             self.writer_wake.notify_one();
         }
         Ok(id)
+    }
+
+    /// Makes the task frame just queued for `slot` (its payload at
+    /// `payload_at`; the task `seq` of this lane's numbering, unless it
+    /// comes from another lane) a timed one, and notes when it was queued.
+    #[cold]
+    #[inline(never)]
+    fn time_task(
+        &self,
+        st: &mut LaneState<O>,
+        slot: u32,
+        payload_at: usize,
+        weight: u32,
+        seq: Option<u64>,
+    ) -> Timed {
+        protocol::mark_timed(&mut st.out, payload_at, slot);
+        let sent_ns = self.ns_at(std::time::Instant::now());
+        Self::note_sent(st, seq, sent_ns);
+        Timed { sent_ns, weight }
     }
 
     /// A push whose encoding failed with `e`: when a blob asked for a sink

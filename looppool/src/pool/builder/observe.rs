@@ -63,6 +63,16 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// Stops timing tasks: [`PoolStats`](crate::PoolStats) and the
+    /// exporters then show empty queue-wait, run-time and output-wait
+    /// histograms. Timings are on by default; they time a sample of about
+    /// a thousand tasks a second per worker, whatever the load, so they
+    /// cost little (see [where time goes](crate::metrics#where-time-goes)).
+    pub fn no_task_timings(mut self) -> Self {
+        self.observe.task_timings = false;
+        self
+    }
+
     /// The level at which the parent logs each failed task (target
     /// `looppool::parent::reports`, with the pool, worker, pid, task, message
     /// and whether it panicked). Default: `DEBUG`, as the application
