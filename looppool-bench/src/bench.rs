@@ -7,7 +7,7 @@ use tokio::runtime::{Builder, Runtime};
 
 use crate::cli::{Options, Plan};
 use crate::raw;
-use crate::report::{self, Row, Target};
+use crate::report::{self, progress, Row, Target};
 use crate::stats::{median, Latency, Summary};
 use crate::sys::{self, Machine, Pinned};
 use crate::workers::{Bytes, Mixed, Sleeper};
@@ -99,10 +99,6 @@ pub(crate) fn run(opts: &Options) -> BenchResult<()> {
         println!("\nload average after the run: {}", sys::load_average());
     }
     Ok(())
-}
-
-pub(crate) fn progress(what: &str) {
-    eprintln!("[{}] {what}", sys::utc_now());
 }
 
 /// Runs `f` `reps` times and collects its results.

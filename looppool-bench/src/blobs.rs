@@ -123,7 +123,7 @@ pub(crate) fn w5_blob(
     rt: &Runtime,
     rows: &mut Vec<Row>,
 ) -> BenchResult<()> {
-    crate::bench::progress(&format!("W5-blob: {} blobs of 1 MiB echoed", plan.w5_n));
+    crate::report::progress(&format!("W5-blob: {} blobs of 1 MiB echoed", plan.w5_n));
     let (rates, cpu, shared) = echo_rates(rt, plan.reps, plan.w5_n, wl::W5_SIZE)?;
     let mut row = Row::new("W5-blob", Summary::of(&rates), "MB/s")
         .with("n", plan.w5_n)
@@ -158,7 +158,7 @@ fn memcpy_rates(reps: usize, len: usize) -> Vec<f64> {
 pub(crate) fn w5_64mib(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()> {
     let quick = plan.reps < 5;
     let raw_frames = if quick { 4 } else { 16 };
-    crate::bench::progress(&format!("raw: echo of {raw_frames} frames of 64 MiB"));
+    crate::report::progress(&format!("raw: echo of {raw_frames} frames of 64 MiB"));
     let raw: Vec<f64> = (0..plan.reps)
         .map(|_| raw::bulk_mb_per_sec_of(raw_frames, BIG))
         .collect::<Result<_, _>>()?;
@@ -167,7 +167,7 @@ pub(crate) fn w5_64mib(plan: &Plan, rt: &Runtime, rows: &mut Vec<Row>) -> BenchR
     let memcpy = Summary::of(&memcpy_rates(plan.reps.max(5), BIG));
     rows.push(Row::new("memcpy-64MiB", memcpy, "MB/s"));
     let n = if quick { 20 } else { BIG_TASKS };
-    crate::bench::progress(&format!("W5-64MiB: {n} blobs of 64 MiB echoed"));
+    crate::report::progress(&format!("W5-64MiB: {n} blobs of 64 MiB echoed"));
     let (rates, cpu, shared) = echo_rates(rt, plan.reps, n, BIG)?;
     rows.push(
         Row::new("W5-64MiB", Summary::of(&rates), "MB/s")

@@ -26,9 +26,8 @@ use crate::broker_pool::{w1_broker, w2_broker};
 use crate::broker_raw::raw_series;
 use crate::broker_server::Server;
 use crate::cli::Options;
-use crate::report::{Row, Target};
+use crate::report::{progress, Row, Target};
 use crate::stats::{median, Latency, Summary};
-use crate::sys;
 use crate::workloads::BenchResult;
 
 pub(crate) use crate::broker_raw::child_main_if_requested;
@@ -152,10 +151,6 @@ fn run_all(opts: &Options, rt: &Runtime, rows: &mut Vec<Row>) -> BenchResult<()>
     drop(secured);
     drop(server);
     Ok(())
-}
-
-fn progress(what: &str) {
-    eprintln!("[{}] {what}", sys::utc_now());
 }
 
 /// Medians over the series of (p50, p99, mean) and the largest max.

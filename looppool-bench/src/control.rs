@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use looppool::{Dispatch, Output, Pool};
 use tokio::runtime::Runtime;
 
-use crate::report::{Row, Target};
+use crate::report::{progress, Row, Target};
 use crate::stats::{Latency, Summary};
 use crate::workers::{Mixed, MixedTask, Sleeper};
 use crate::workloads::BenchResult;
@@ -30,10 +30,6 @@ const HOL_CALLS: usize = 2_000;
 const HOL_RR_CALLS: usize = 40;
 /// The long tasks' busy loop.
 const LONG_SPIN_US: u32 = 100_000;
-
-fn progress(what: &str) {
-    eprintln!("[{}] {what}", crate::sys::utc_now());
-}
 
 /// Runs the chosen control workloads; `w2_p50` is W2's p50 of this run, in
 /// µs, when it ran.

@@ -182,6 +182,11 @@ pub(crate) fn json_line(row: &Row) -> String {
     serde_json::to_string(row).expect("rows serialize")
 }
 
+/// Prints a timestamped progress line on stderr (the rows go to stdout).
+pub(crate) fn progress(what: &str) {
+    eprintln!("[{}] {what}", crate::sys::utc_now());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
