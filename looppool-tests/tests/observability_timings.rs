@@ -127,12 +127,7 @@ async fn a_worker_that_dies_mid_task_leaves_the_histograms_whole() {
         tokio::time::sleep(ms(5)).await;
     }
     // A task that sleeps for a minute is held when the worker exits.
-    pool.submit(Job::Sleep {
-        ms: 60_000,
-        value: 0,
-    })
-    .await
-    .unwrap();
+    pool.submit(Job::hold(0)).await.unwrap();
     tokio::time::sleep(ms(50)).await;
     pool.submit(Job::Exit(3)).await.unwrap();
     for _ in 0..2 {

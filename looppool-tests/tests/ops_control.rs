@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use looppool::{Output, Pool};
+use looppool::{Output, Outputs, Pool};
 use looppool_tests::{probe_pool, Job, Probe};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -20,6 +20,16 @@ fn socket_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("looppool-ctl-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// A probe pool of two workers whose control socket is in `dir`.
+async fn two_workers_listening_in(dir: &Path) -> (Pool<Probe>, Outputs<u64>) {
+    probe_pool!()
+        .workers(2)
+        .control_socket(dir)
+        .start()
+        .await
+        .unwrap()
 }
 
 /// A control-socket client speaking JSON lines.
@@ -272,22 +282,11 @@ async fn resize_and_recycle_through_the_socket_change_the_pool() {
 #[tokio::test]
 async fn cancel_through_the_socket_ends_the_task_cancelled() {
     let dir = socket_dir("cancel");
-    let (pool, mut outputs) = probe_pool!()
-        .workers(2)
-        .control_socket(&dir)
-        .start()
-        .await
-        .unwrap();
+    let (pool, mut outputs) = two_workers_listening_in(&dir).await;
     let mut client = Client::connect(pool.control_socket().unwrap()).await;
     let pids = pool.pids();
     // Long enough that only the cancel can end it within the test.
-    let long = pool
-        .submit(Job::Sleep {
-            ms: 60_000,
-            value: 1,
-        })
-        .await
-        .unwrap();
+    let long = pool.submit(Job::hold(1)).await.unwrap();
     let other = pool.submit(Job::Sleep { ms: 200, value: 2 }).await.unwrap();
     let reply = client
         .ask(serde_json::json!({"op": "cancel", "task": long.to_string(), "id": 1}))
@@ -327,12 +326,7 @@ async fn cancel_through_the_socket_ends_the_task_cancelled() {
 #[tokio::test]
 async fn malformed_requests_get_errors_and_the_pool_serves_on() {
     let dir = socket_dir("malformed");
-    let (pool, _outputs) = probe_pool!()
-        .workers(2)
-        .control_socket(&dir)
-        .start()
-        .await
-        .unwrap();
+    let (pool, _outputs) = two_workers_listening_in(&dir).await;
     let pids = pool.pids();
     let mut client = Client::connect(pool.control_socket().unwrap()).await;
     let cases: &[(&[u8], &str)] = &[
@@ -380,12 +374,7 @@ async fn malformed_requests_get_errors_and_the_pool_serves_on() {
 #[tokio::test]
 async fn silent_and_surplus_clients_do_not_hold_up_the_pool() {
     let dir = socket_dir("crowd");
-    let (pool, _outputs) = probe_pool!()
-        .workers(2)
-        .control_socket(&dir)
-        .start()
-        .await
-        .unwrap();
+    let (pool, _outputs) = two_workers_listening_in(&dir).await;
     let path = pool.control_socket().unwrap().to_owned();
     // A hundred clients that connect and never send.
     let mut silent = Vec::new();
@@ -430,12 +419,7 @@ async fn silent_and_surplus_clients_do_not_hold_up_the_pool() {
 #[tokio::test]
 async fn a_pool_dropped_with_clients_connected_still_ends() {
     let dir = socket_dir("dropped");
-    let (pool, _outputs) = probe_pool!()
-        .workers(2)
-        .control_socket(&dir)
-        .start()
-        .await
-        .unwrap();
+    let (pool, _outputs) = two_workers_listening_in(&dir).await;
     let path = pool.control_socket().unwrap().to_owned();
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     let mut client = Client::connect(&path).await;
@@ -612,12 +596,7 @@ async fn the_socket_is_on_by_default_and_can_be_turned_off() {
 #[tokio::test]
 async fn a_request_whose_client_hangs_up_is_still_carried_out() {
     let dir = socket_dir("hangup");
-    let (pool, _outputs) = probe_pool!()
-        .workers(2)
-        .control_socket(&dir)
-        .start()
-        .await
-        .unwrap();
+    let (pool, _outputs) = two_workers_listening_in(&dir).await;
     let before = pool.pids();
     let mut stream = UnixStream::connect(pool.control_socket().unwrap())
         .await
@@ -644,12 +623,7 @@ async fn a_request_whose_client_hangs_up_is_still_carried_out() {
 #[tokio::test]
 async fn a_shutdown_while_a_client_waits_closes_its_connection() {
     let dir = socket_dir("shutdown");
-    let (pool, _outputs) = probe_pool!()
-        .workers(2)
-        .control_socket(&dir)
-        .start()
-        .await
-        .unwrap();
+    let (pool, _outputs) = two_workers_listening_in(&dir).await;
     let path = pool.control_socket().unwrap().to_owned();
     let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
     // Worker 0 drains for a while, which holds the restart.

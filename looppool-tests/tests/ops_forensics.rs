@@ -93,13 +93,7 @@ async fn a_stopped_worker_is_reported_stopped() {
         .start()
         .await
         .unwrap();
-    let sleeping = pool
-        .submit(Job::Sleep {
-            ms: 60_000,
-            value: 0,
-        })
-        .await
-        .unwrap();
+    let sleeping = pool.submit(Job::hold(0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     looppool_tests::sys::signal(pool.pids()[0].unwrap(), libc::SIGSTOP);
     let (held, stack) = unresponsive(&events).await;
@@ -150,13 +144,7 @@ async fn a_blocked_loop_is_reported_with_the_tasks_held_and_the_threads_state() 
         .start()
         .await
         .unwrap();
-    let sleeping = pool
-        .submit(Job::Sleep {
-            ms: 60_000,
-            value: 0,
-        })
-        .await
-        .unwrap();
+    let sleeping = pool.submit(Job::hold(0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let spinning = pool.submit(Job::Spin { ms: 500, value: 1 }).await.unwrap();
     let e = warned(&capture, "worker event loop blocked").await;
@@ -178,18 +166,9 @@ async fn a_blocked_loop_is_reported_with_the_tasks_held_and_the_threads_state() 
 async fn a_task_past_its_own_deadline_is_reported_with_what_the_worker_held() {
     let (capture, _guard) = Capture::install();
     let (pool, mut outputs) = probe_pool!().workers(1).start().await.unwrap();
-    let other = pool
-        .submit(Job::Sleep {
-            ms: 60_000,
-            value: 0,
-        })
-        .await
-        .unwrap();
+    let other = pool.submit(Job::hold(0)).await.unwrap();
     let late = pool
-        .task(Job::Sleep {
-            ms: 60_000,
-            value: 1,
-        })
+        .task(Job::hold(1))
         .timeout(Duration::from_millis(200))
         .submit()
         .await
@@ -215,13 +194,7 @@ async fn a_task_past_the_pool_timeout_is_reported_by_its_worker() {
         .start()
         .await
         .unwrap();
-    let late = pool
-        .submit(Job::Sleep {
-            ms: 60_000,
-            value: 0,
-        })
-        .await
-        .unwrap();
+    let late = pool.submit(Job::hold(0)).await.unwrap();
     let e = warned(&capture, "task passed the pool's task timeout").await;
     println!("{e:?}");
     assert_eq!(e.field("task"), late.to_string());
