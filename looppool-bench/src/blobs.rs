@@ -56,7 +56,7 @@ async fn echo_once(
     len: usize,
 ) -> BenchResult<Duration> {
     let spare = ((2 * pool.workers() * pool.worker_capacity()) as u64 + 2).min(n);
-    let (back, mut buffers) = tokio::sync::mpsc::unbounded_channel();
+    let (back, buffers) = tokio::sync::mpsc::unbounded_channel();
     let first = pattern(len)?;
     let probes: Vec<(usize, u8)> = [0, 1, len / 2, len - 1]
         .iter()
@@ -66,28 +66,7 @@ async fn echo_once(
     for _ in 1..spare {
         let _ = back.send(pattern(len)?);
     }
-    let (mut bad, mut recycled) = (0u64, spare);
-    let producer = move |p: Pool<BlobEcho>| async move {
-        for _ in 0..n {
-            let blob = buffers.recv().await.ok_or("no blob came back")?;
-            p.submit(blob).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
-    let took = wl::stream_with(pool, outputs, n, producer, |b: Blob| {
-        if b.len() != len || probes.iter().any(|&(i, v)| b[i] != v) {
-            bad += 1;
-        }
-        if recycled < n {
-            recycled += 1;
-            let _ = back.send(b);
-        }
-    })
-    .await?;
-    if bad > 0 {
-        return Err(format!("{bad} echoes of {len} bytes differ from their task").into());
-    }
-    Ok(took)
+    wl::echo_recycled(pool, outputs, n, buffers, back, &probes, "W5-blob").await
 }
 
 /// Megabytes (10^6 B) per second of `reps` series of `n` echoes of `len`

@@ -457,21 +457,44 @@ pub(crate) async fn w5_once(
         .collect();
     // Enough buffers for every task the pool can hold, and as many outputs.
     let spare = (2 * pool.workers() * pool.worker_capacity()) as u64 + 2;
-    let (back, mut buffers) = tokio::sync::mpsc::unbounded_channel();
+    let (back, buffers) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..spare.min(n) {
         let _ = back.send(data.clone());
     }
-    let mut bad = 0u64;
-    let mut recycled = spare.min(n);
-    let producer = move |p: Pool<Bytes>| async move {
+    echo_recycled(pool, outputs, n, buffers, back, &probes, "W5").await
+}
+
+/// Echoes `n` payloads through `pool`, the producer taking them from
+/// `buffers` (filled beforehand: the payloads in flight at most) and the consumer handing
+/// each echo back through `back` as a later task, so the bench copies no
+/// payload. Each echo's length and the bytes at `probes` are checked
+/// against the first payload's. Wall time.
+pub(crate) async fn echo_recycled<W, P>(
+    pool: &Pool<W>,
+    outputs: &mut Outputs<P>,
+    n: u64,
+    mut buffers: tokio::sync::mpsc::UnboundedReceiver<P>,
+    back: tokio::sync::mpsc::UnboundedSender<P>,
+    probes: &[(usize, u8)],
+    what: &str,
+) -> BenchResult<Duration>
+where
+    W: Worker<Task = P, Output = P>,
+    P: AsRef<[u8]> + Send + Sync + 'static,
+{
+    let len = probes.iter().map(|&(i, _)| i + 1).max().unwrap_or(0);
+    let (mut bad, mut recycled) = (0u64, buffers.len() as u64);
+    let no_buffer = format!("{what}: no buffer came back");
+    let producer = move |p: Pool<W>| async move {
         for _ in 0..n {
-            let buf = buffers.recv().await.ok_or("W5: no buffer came back")?;
+            let buf = buffers.recv().await.ok_or(no_buffer.clone())?;
             p.submit(buf).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     };
-    let took = stream_with(pool, outputs, n, producer, |b| {
-        if b.len() != W5_SIZE || probes.iter().any(|&(i, v)| b[i] != v) {
+    let took = stream_with(pool, outputs, n, producer, |b: P| {
+        let bytes = b.as_ref();
+        if bytes.len() != len || probes.iter().any(|&(i, v)| bytes[i] != v) {
             bad += 1;
         }
         if recycled < n {
@@ -481,7 +504,7 @@ pub(crate) async fn w5_once(
     })
     .await?;
     if bad > 0 {
-        return Err(format!("W5: {bad} echoes differ from their task").into());
+        return Err(format!("{what}: {bad} echoes of {len} bytes differ from their task").into());
     }
     Ok(took)
 }
