@@ -279,16 +279,18 @@ fn task_id(value: &Value) -> Result<TaskId, String> {
                 .strip_prefix('w')
                 .and_then(|s| s.split_once('#'))
                 .ok_or_else(bad)?;
-            (w.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?)
+            let worker: u16 = w.parse().map_err(|_| bad())?;
+            (worker, n.parse().map_err(|_| bad())?)
         }
         Value::Object(o) => {
             let field = |k: &str| o.get(k).and_then(Value::as_u64);
-            let worker = field("worker").and_then(|w| u32::try_from(w).ok());
+            let worker = field("worker").and_then(|w| u16::try_from(w).ok());
             (worker.ok_or_else(bad)?, field("seq").ok_or_else(bad)?)
         }
         _ => return Err(bad()),
     };
-    Ok(TaskId::new(worker, seq))
+    // A pool has at most 4,096 workers: an index past a `u16` names none.
+    Ok(TaskId::new(u32::from(worker), seq))
 }
 
 async fn run(request: Request, target: &dyn Target) -> Result<Option<Snapshot>, OpError> {
@@ -342,6 +344,8 @@ mod tests {
             r#"{"op":"cancel","task":"w-1#2"}"#,
             r#"{"op":"cancel","task":{"worker":1}}"#,
             r#"{"op":"cancel","task":{"worker":5000000000,"seq":1}}"#,
+            r#"{"op":"cancel","task":{"worker":65536,"seq":1}}"#,
+            r#"{"op":"cancel","task":"w65536#1"}"#,
         ] {
             assert_eq!(kind(bad), Err("bad_request"), "{bad}");
         }

@@ -447,7 +447,7 @@ impl<O> Lane<O> {
                 cancel: at.map(|at| cancelling.swap_remove(at).reason()),
             });
         }
-        held.sort_by_key(|h| (h.id.worker != index, h.id));
+        held.sort_by_key(|h| (h.id.worker_u32() != index, h.id));
         drop(st);
         self.wake_waiters();
         held

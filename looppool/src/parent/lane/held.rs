@@ -17,7 +17,7 @@ impl<O> Lane<O> {
             .busy()
             .map(|slot| {
                 let task = st.slots.id(slot, index);
-                let own = task.worker == index;
+                let own = task.worker_u32() == index;
                 let queued = match st.slots.timed(slot) {
                     Some(timed) => Some(timed.sent_ns),
                     None if own => st.sent.queued_after(task.seq),

@@ -195,7 +195,7 @@ impl<O> Lane<O> {
                 (TaskId::new(self.index as u32, seq), 0)
             }
         };
-        let foreign = id.worker != self.index as u32;
+        let foreign = id.worker_u32() != self.index as u32;
         let timed = match st.sampler.hit() {
             None => None,
             Some(weight) => {
