@@ -216,8 +216,10 @@ impl<W: Worker> Pool<W> {
         Ok(&self.inner.lanes[worker])
     }
 
-    /// Round-robin choice: the next worker in turn that is running. Workers
-    /// being replaced are skipped, unless all are.
+    /// Round-robin choice: the next worker in turn that is running and had
+    /// room when last tried. Workers being replaced, and workers whose
+    /// queue a send found full (until the reader frees a slot), are skipped
+    /// without taking their lock, unless all are.
     fn pick(&self) -> usize {
         let n = self.workers().max(1);
         // A relaxed load and store, not a read-modify-write: two racing
@@ -229,7 +231,7 @@ impl<W: Worker> Pool<W> {
         let mut index = start;
         let mut candidate = start;
         for _ in 0..n {
-            if self.inner.lanes[candidate].is_up() {
+            if self.inner.lanes[candidate].has_room() {
                 index = candidate;
                 break;
             }

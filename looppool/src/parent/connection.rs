@@ -402,7 +402,9 @@ impl<O: DeserializeOwned + Send + 'static> Reader<O> {
         let mut overdrawn = None;
         let mut waiters = false;
         if !tally.replaced {
-            overdrawn = lane.settle_read(&mut st, got.spent(), tally.replies).err();
+            overdrawn = lane
+                .settle_read(&mut st, got.spent(), tally.replies, tally.freed)
+                .err();
             waiters = lane.has_waiters(&st);
         }
         drop(st);

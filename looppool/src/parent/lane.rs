@@ -109,6 +109,10 @@ pub(crate) struct Lane<O> {
     any_space: Arc<AnySpace>,
     /// Mirrors `status == Open` for round-robin choice without the lock.
     up: AtomicBool,
+    /// Set, under the lock, when a push found no free slot; cleared, under
+    /// the lock, when slots are freed. Round-robin choice skips a full
+    /// worker by it without taking its lock.
+    full: AtomicBool,
     /// Set when a submitter should yield before its next push (see
     /// `Lane::take_yield_due`).
     yield_due: AtomicBool,
@@ -170,6 +174,7 @@ impl<O> Lane<O> {
             space: Notify::new(),
             any_space: Arc::default(),
             up: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             yield_due: AtomicBool::new(false),
             retries,
             unresponsive: AtomicBool::new(false),
@@ -218,6 +223,27 @@ impl<O> Lane<O> {
     /// Whether the lane takes tasks (a relaxed hint for routing).
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the lane takes tasks and had a free slot when last looked
+    /// at (a relaxed hint for round-robin choice, exact under the lock).
+    #[inline(always)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed)
+    }
+
+    /// Notes, under the lock, that the lane has no free slot.
+    #[cold]
+    pub(super) fn note_full(&self) {
+        self.full.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes, under the lock, that slots were freed.
+    #[inline(always)]
+    fn note_room(&self) {
+        if self.full.load(Ordering::Relaxed) {
+            self.full.store(false, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, LaneState<O>> {
@@ -333,12 +359,16 @@ impl<O> Lane<O> {
         st: &mut LaneState<O>,
         spent: u32,
         replies: u32,
+        freed: usize,
     ) -> Result<(), Overdrawn> {
         if st.recycle_at.is_some_and(|at| st.completed >= at) {
             let completed = st.completed;
             if self.recycle(st) {
                 st.recycle_reason = Some(RecycleReason::Tasks { completed });
             }
+        }
+        if freed > 0 {
+            self.note_room();
         }
         st.window.spend(spent + replies)?;
         self.owe_output_credits(st, replies);
@@ -428,6 +458,7 @@ impl<O> Lane<O> {
         st.out.clear();
         st.blobs.clear();
         self.up.store(false, Ordering::Relaxed);
+        self.note_room();
         let index = self.index as u32;
         let mut held = Vec::new();
         let busy: Vec<u32> = st.slots.busy().collect();

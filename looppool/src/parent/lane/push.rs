@@ -147,6 +147,7 @@ impl<O> Lane<O> {
             Status::Stopping | Status::Closed => return Err((PushError::Closed, call)),
         }
         let Some(&slot) = st.free.last() else {
+            self.note_full();
             return Err((PushError::Full, call));
         };
         let was_empty = st.out.is_empty();

@@ -35,7 +35,7 @@ fn open_lane(window: u32) -> (Lane<u64>, u64) {
 /// What the reader does for a read that held `replies` call replies.
 fn replies(lane: &Lane<u64>, replies: u32) {
     let mut st = lane.lock();
-    lane.settle_read(&mut st, 0, replies).unwrap();
+    lane.settle_read(&mut st, 0, replies, 0).unwrap();
 }
 
 /// Outputs the worker may still send, as the parent counts them.
@@ -80,7 +80,7 @@ fn owed_credits_go_when_the_window_shrinks_without_replies() {
     // Outputs for the stream spend the window too; the reader settles
     // after every read, even one that frees no credit.
     let mut st = lane.lock();
-    lane.settle_read(&mut st, 4, 0).unwrap();
+    lane.settle_read(&mut st, 4, 0, 0).unwrap();
     drop(st);
     assert_eq!(queued(&lane), [(kind::CREDIT, 1)]);
     assert_eq!(window(&lane), 4);
@@ -106,4 +106,45 @@ fn a_new_worker_is_owed_nothing() {
     lane.try_push(&5u64, None, None).map_err(|_| ()).unwrap();
     assert_eq!(queued(&lane), [(kind::TASK, 0)]);
     assert_eq!(window(&lane), 8);
+}
+
+#[test]
+fn round_robin_sees_a_full_lane_without_its_lock_until_slots_are_freed() {
+    let (lane, _) = open_lane(8);
+    for task in 0..8u64 {
+        lane.try_push(&task, None, None).map_err(|_| ()).unwrap();
+    }
+    assert!(lane.has_room(), "full, but no push has found it so yet");
+    assert!(matches!(
+        lane.try_push(&8u64, None, None),
+        Err((PushError::Full, _))
+    ));
+    assert!(!lane.has_room());
+    let mut st = lane.lock();
+    lane.settle_read(&mut st, 0, 0, 0).unwrap();
+    drop(st);
+    assert!(!lane.has_room(), "a read that freed nothing leaves it full");
+    // What the reader does with a completion: the slot is freed, then the
+    // read is settled.
+    let mut st = lane.lock();
+    let (mut back, mut freed) = (0, 0);
+    st.apply(
+        0,
+        SlotEvent::Done { slot: 3 },
+        0,
+        |_| {},
+        &mut back,
+        &mut freed,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    lane.settle_read(&mut st, 0, back, freed).unwrap();
+    drop(st);
+    assert!(lane.has_room());
+    lane.try_push(&9u64, None, None).map_err(|_| ()).unwrap();
+    assert!(lane.try_push(&10u64, None, None).is_err());
+    assert!(!lane.has_room());
+    assert_eq!(lane.take_held(false).len(), 8);
+    assert!(!lane.has_room(), "down: not a lane to send to");
+    assert!(!lane.full.load(Ordering::Relaxed), "but no longer full");
 }
