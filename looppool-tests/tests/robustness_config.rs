@@ -306,6 +306,11 @@ async fn contradictory_settings_fail_fast_and_say_what_to_change() {
             &["task_timeout(0)", "use a positive duration"],
         ),
         (
+            "more retries than an id can tell apart",
+            probe_pool!().retry_lost(70_000),
+            &["retry_lost(70000)", "use at most 65535"],
+        ),
+        (
             "recycling before any task",
             probe_pool!().recycle_after_tasks(0),
             &["recycle_after_tasks(0)", "use at least 1"],

@@ -248,7 +248,7 @@
 //! its first run emitted were delivered. Every output names the attempt
 //! that made it ([`Output::attempt`], [`TaskId::attempt`]: 0 for the first
 //! run), so a consumer that must see each output once keeps those of the
-//! task's last attempt.
+//! task's last attempt (`n` is at most [`TaskId::MAX_ATTEMPT`], 65,535).
 //!
 //! Every task accepted by `submit` ends in exactly one of: its outputs
 //! followed by completion (no item), a `Failed` item, or a `Lost` item. A

@@ -28,7 +28,8 @@ pub struct TaskId {
 const WORKER_BITS: u32 = 16;
 
 impl TaskId {
-    /// The largest attempt an id tells; later ones read as this.
+    /// The largest attempt an id tells (a pool's `retry_lost` is at most
+    /// this); a later one would read as this.
     pub const MAX_ATTEMPT: u32 = u16::MAX as u32;
 
     /// The first attempt of task `seq` of worker `worker` (below 65,536).

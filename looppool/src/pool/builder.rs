@@ -391,8 +391,9 @@ impl<W: Worker> PoolBuilder<W> {
     /// Only for idempotent tasks: a lost task may have run partly, or
     /// entirely, before its worker died. Each task's encoded bytes are kept
     /// until it completes, which costs a copy per task. Each output names
-    /// the [attempt](crate::TaskId::attempt) that made it (counted up to
-    /// [`TaskId::MAX_ATTEMPT`](crate::TaskId::MAX_ATTEMPT)).
+    /// the [attempt](crate::TaskId::attempt) that made it; `attempts` above
+    /// [`TaskId::MAX_ATTEMPT`](crate::TaskId::MAX_ATTEMPT) is refused when
+    /// the pool starts.
     pub fn retry_lost(mut self, attempts: u32) -> Self {
         self.retries = attempts;
         self

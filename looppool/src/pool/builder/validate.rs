@@ -52,6 +52,14 @@ impl<W: Worker> PoolBuilder<W> {
                 "frame_timeout(0) would cut every frame that takes two reads; use a few seconds",
             ));
         }
+        if self.retries > crate::TaskId::MAX_ATTEMPT {
+            return Err(BuildError::new(format!(
+                "retry_lost({}) is above the {} attempts a task id can tell apart; use at most {}",
+                self.retries,
+                crate::TaskId::MAX_ATTEMPT,
+                crate::TaskId::MAX_ATTEMPT
+            )));
+        }
         if self.tuning.recycle_tasks == Some(0) {
             return Err(BuildError::new(
                 "recycle_after_tasks(0) would recycle workers before any task; use at least 1",
