@@ -446,44 +446,6 @@ impl<O> Lane<O> {
         true
     }
 
-    /// Takes every task the lane holds, after its worker went away, and marks
-    /// it down (or closed, when `closed`).
-    pub(crate) fn take_held(&self, closed: bool) -> Vec<Held<O>> {
-        let mut st = self.lock();
-        st.status = if closed || matches!(st.status, Status::Closed | Status::Stopping) {
-            Status::Closed
-        } else {
-            Status::Down
-        };
-        st.out.clear();
-        st.blobs.clear();
-        self.up.store(false, Ordering::Relaxed);
-        self.note_room();
-        let index = self.index as u32;
-        let mut held = Vec::new();
-        let busy: Vec<u32> = st.slots.busy().collect();
-        let mut cancelling = std::mem::take(&mut st.cancelling);
-        let LaneState { slots, free, .. } = &mut *st;
-        for slot in busy {
-            let id = slots.id(slot, index);
-            let span = slots.take_span(slot);
-            let (call, retry) = slots.take(slot);
-            free.push(slot);
-            let at = cancelling.iter().position(|c| c.slot() == slot);
-            held.push(Held {
-                id,
-                call: call.map(|c| c.tx),
-                retry,
-                span,
-                cancel: at.map(|at| cancelling.swap_remove(at).reason()),
-            });
-        }
-        held.sort_by_key(|h| (h.id.worker_u32() != index, h.id));
-        drop(st);
-        self.wake_waiters();
-        held
-    }
-
     /// Tasks queued or running on this worker.
     pub(crate) fn in_flight(&self) -> usize {
         let st = self.lock();
