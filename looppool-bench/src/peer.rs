@@ -79,37 +79,7 @@ async fn measure(workload: &str, workers: usize, n: Option<u64>) -> BenchResult<
             end(&pool, &mut phase).await;
             (phase, n as f64 / phase.wall.as_secs_f64(), "tasks/s")
         }
-        "W2" => {
-            let n = n.unwrap_or(5_000);
-            let warmup = 200;
-            window(&mut params, wl::W1_WINDOW, workers);
-            params.insert("n".into(), n.into());
-            params.insert("warmup".into(), warmup.into());
-            let (pool, _out, mut phase) = begin::<Echo>(workers, wl::W1_WINDOW, || 0).await?;
-            let mut samples = Vec::with_capacity(n as usize);
-            let mut counted_from = Instant::now();
-            for i in 0..warmup + n {
-                if i == warmup {
-                    counted_from = Instant::now();
-                }
-                let t = Instant::now();
-                let y = pool.call(i).await.map_err(|e| e.to_string())?;
-                if i >= warmup {
-                    samples.push(t.elapsed().as_nanos() as u64);
-                }
-                if y != 2 * i {
-                    return Err(format!("call({i}) answered {y}").into());
-                }
-            }
-            phase.wall = counted_from.elapsed();
-            end(&pool, &mut phase).await;
-            let l = Latency::from_nanos(&samples);
-            extra.insert("p50_us".into(), round(l.p50_us, 2).into());
-            extra.insert("p99_us".into(), round(l.p99_us, 2).into());
-            extra.insert("mean_us".into(), round(l.mean_us, 2).into());
-            extra.insert("max_us".into(), round(l.max_us, 2).into());
-            (phase, n as f64 / phase.wall.as_secs_f64(), "roundtrips/s")
-        }
+        "W2" => measure_w2(workers, n, &mut params, &mut extra).await?,
         "W3" => {
             let n = n.unwrap_or(20_000);
             window(&mut params, wl::W3_IN_FLIGHT, workers);
@@ -160,27 +130,7 @@ async fn measure(workload: &str, workers: usize, n: Option<u64>) -> BenchResult<
             let rate = (n as usize * wl::W5_SIZE) as f64 / wall / 1e6;
             (phase, rate, "MB/s each way")
         }
-        "W6" => {
-            let (start, stop) = wl::w6_once(workers).await?;
-            extra.insert("start_s".into(), secs(start).into());
-            extra.insert("stop_s".into(), secs(stop).into());
-            extra.insert(
-                "note".into(),
-                "start = PoolBuilder::start() (workers executed, handshaken and initialised); \
-                 stop = Pool::shutdown() (drained, exited and reaped)"
-                    .into(),
-            );
-            extra.insert("time".into(), sys::utc_now().into());
-            return Ok(Record {
-                peer: PEER,
-                workload: workload.into(),
-                params,
-                wall_s: secs(start + stop),
-                rate: None,
-                rate_unit: "s",
-                extra,
-            });
-        }
+        "W6" => return measure_w6(workload, workers, params, extra).await,
         other => return Err(format!("unknown workload {other}").into()),
     };
     let mut head = Map::new();
@@ -197,6 +147,74 @@ async fn measure(workload: &str, workers: usize, n: Option<u64>) -> BenchResult<
         rate: Some(round(rate, 3)),
         rate_unit: unit,
         extra: head,
+    })
+}
+
+/// W2: `n` sequential calls after a warm-up; the latency percentiles go
+/// into `extra`.
+async fn measure_w2(
+    workers: usize,
+    n: Option<u64>,
+    params: &mut Map<String, Value>,
+    extra: &mut Map<String, Value>,
+) -> BenchResult<(Phase, f64, &'static str)> {
+    let n = n.unwrap_or(5_000);
+    let warmup = 200;
+    window(params, wl::W1_WINDOW, workers);
+    params.insert("n".into(), n.into());
+    params.insert("warmup".into(), warmup.into());
+    let (pool, _out, mut phase) = begin::<Echo>(workers, wl::W1_WINDOW, || 0).await?;
+    let mut samples = Vec::with_capacity(n as usize);
+    let mut counted_from = Instant::now();
+    for i in 0..warmup + n {
+        if i == warmup {
+            counted_from = Instant::now();
+        }
+        let t = Instant::now();
+        let y = pool.call(i).await.map_err(|e| e.to_string())?;
+        if i >= warmup {
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        if y != 2 * i {
+            return Err(format!("call({i}) answered {y}").into());
+        }
+    }
+    phase.wall = counted_from.elapsed();
+    end(&pool, &mut phase).await;
+    let l = Latency::from_nanos(&samples);
+    extra.insert("p50_us".into(), round(l.p50_us, 2).into());
+    extra.insert("p99_us".into(), round(l.p99_us, 2).into());
+    extra.insert("mean_us".into(), round(l.mean_us, 2).into());
+    extra.insert("max_us".into(), round(l.max_us, 2).into());
+    Ok((phase, n as f64 / phase.wall.as_secs_f64(), "roundtrips/s"))
+}
+
+/// W6: one start and stop of a pool of `workers`; a record of its own,
+/// with no rate.
+async fn measure_w6(
+    workload: &str,
+    workers: usize,
+    params: Map<String, Value>,
+    mut extra: Map<String, Value>,
+) -> BenchResult<Record> {
+    let (start, stop) = wl::w6_once(workers).await?;
+    extra.insert("start_s".into(), secs(start).into());
+    extra.insert("stop_s".into(), secs(stop).into());
+    extra.insert(
+        "note".into(),
+        "start = PoolBuilder::start() (workers executed, handshaken and initialised); \
+         stop = Pool::shutdown() (drained, exited and reaped)"
+            .into(),
+    );
+    extra.insert("time".into(), sys::utc_now().into());
+    Ok(Record {
+        peer: PEER,
+        workload: workload.into(),
+        params,
+        wall_s: secs(start + stop),
+        rate: None,
+        rate_unit: "s",
+        extra,
     })
 }
 

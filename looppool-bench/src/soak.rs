@@ -34,56 +34,88 @@ pub(crate) fn run(tasks: u64, timings: bool, json: bool) -> BenchResult<()> {
         sys::utc_now(),
         sys::load_average()
     );
-    let every = (tasks / SAMPLES).max(1);
-    let (samples, wall, parent_cpu, workers_cpu) = rt.block_on(async {
-        let on = wl::Defaults {
-            timings,
-            ..wl::Defaults::ON
-        };
-        let (pool, mut outputs) =
-            wl::start_with::<Echo>(wl::WORKERS, wl::W1_WINDOW, on, None).await?;
-        let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
-        let sample = |tasks, secs| Sample {
-            tasks,
-            secs,
-            parent_kib: sys::rss_kib(std::process::id()).unwrap_or(0),
-            workers_kib: pids
-                .iter()
-                .filter_map(|&p| sys::rss_kib(p))
-                .max()
-                .unwrap_or(0),
-        };
-        let mut samples = vec![sample(0, 0.0)];
-        let (mut done, mut sum) = (0u64, 0u64);
-        let cpu0 = sys::own_cpu_time();
-        let workers0: Duration = pids.iter().filter_map(|&p| sys::process_cpu_time(p)).sum();
-        let t0 = Instant::now();
-        let wall = wl::stream(
-            &pool,
-            &mut outputs,
-            tasks,
-            |x| x,
-            |v| {
-                sum = sum.wrapping_add(v);
-                done += 1;
-                if done % every == 0 {
-                    samples.push(sample(done, t0.elapsed().as_secs_f64()));
-                }
-            },
-        )
-        .await?;
-        let parent_cpu = sys::own_cpu_time() - cpu0;
-        let workers_cpu = pids
-            .iter()
-            .filter_map(|&p| sys::process_cpu_time(p))
-            .sum::<Duration>()
-            .saturating_sub(workers0);
-        pool.shutdown().await;
-        if sum != tasks.wrapping_mul(tasks.wrapping_sub(1)) {
-            return Err("soak: checksum mismatch".into());
+    let run = rt.block_on(stream_sampled(tasks, timings))?;
+    let rows = rows(tasks, &run);
+    if json {
+        for row in &rows {
+            println!("{}", report::json_line(row));
         }
-        BenchResult::Ok((samples, wall, parent_cpu, workers_cpu))
-    })?;
+    } else {
+        print_samples(&run.samples);
+        print!("{}", report::table(&rows));
+    }
+    Ok(())
+}
+
+/// What one soak measured.
+struct Soak {
+    samples: Vec<Sample>,
+    wall: Duration,
+    parent_cpu: Duration,
+    workers_cpu: Duration,
+}
+
+/// Streams `tasks` W1 tasks through a fresh pool, sampling RSS
+/// [`SAMPLES`] times as the outputs arrive.
+async fn stream_sampled(tasks: u64, timings: bool) -> BenchResult<Soak> {
+    let every = (tasks / SAMPLES).max(1);
+    let on = wl::Defaults {
+        timings,
+        ..wl::Defaults::ON
+    };
+    let (pool, mut outputs) = wl::start_with::<Echo>(wl::WORKERS, wl::W1_WINDOW, on, None).await?;
+    let pids: Vec<u32> = pool.pids().into_iter().flatten().collect();
+    let sample = |tasks, secs| Sample {
+        tasks,
+        secs,
+        parent_kib: sys::rss_kib(std::process::id()).unwrap_or(0),
+        workers_kib: pids
+            .iter()
+            .filter_map(|&p| sys::rss_kib(p))
+            .max()
+            .unwrap_or(0),
+    };
+    let mut samples = vec![sample(0, 0.0)];
+    let (mut done, mut sum) = (0u64, 0u64);
+    let cpu0 = sys::own_cpu_time();
+    let workers0: Duration = pids.iter().filter_map(|&p| sys::process_cpu_time(p)).sum();
+    let t0 = Instant::now();
+    let wall = wl::stream(
+        &pool,
+        &mut outputs,
+        tasks,
+        |x| x,
+        |v| {
+            sum = sum.wrapping_add(v);
+            done += 1;
+            if done % every == 0 {
+                samples.push(sample(done, t0.elapsed().as_secs_f64()));
+            }
+        },
+    )
+    .await?;
+    let parent_cpu = sys::own_cpu_time() - cpu0;
+    let workers_cpu = pids
+        .iter()
+        .filter_map(|&p| sys::process_cpu_time(p))
+        .sum::<Duration>()
+        .saturating_sub(workers0);
+    pool.shutdown().await;
+    if sum != tasks.wrapping_mul(tasks.wrapping_sub(1)) {
+        return Err("soak: checksum mismatch".into());
+    }
+    Ok(Soak {
+        samples,
+        wall,
+        parent_cpu,
+        workers_cpu,
+    })
+}
+
+/// The soak's rows: its rate and CPU per task, and each process's RSS
+/// trend after the warm-up.
+fn rows(tasks: u64, run: &Soak) -> Vec<Row> {
+    let samples = &run.samples;
     // The first sample at or past a tenth of the run is the baseline.
     let warm = samples
         .iter()
@@ -122,16 +154,16 @@ pub(crate) fn run(tasks: u64, timings: bool, json: bool) -> BenchResult<()> {
         .iter()
         .map(|s| [s.tasks as f64, mib(s.parent_kib), mib(s.workers_kib)])
         .collect();
-    let rows = [
+    vec![
         Row::new(
             "soak-rate",
-            one(tasks as f64 / wall.as_secs_f64()),
+            one(tasks as f64 / run.wall.as_secs_f64()),
             "tasks/s",
         )
         .with("tasks", tasks)
         .with("warmup_tasks", warm.tasks)
-        .with("parent_cpu_ns_per_task", per_task(parent_cpu))
-        .with("worker_cpu_ns_per_task", per_task(workers_cpu)),
+        .with("parent_cpu_ns_per_task", per_task(run.parent_cpu))
+        .with("worker_cpu_ns_per_task", per_task(run.workers_cpu)),
         Row::new("soak-rss-parent-trend", one(p1), "MiB")
             .target("trend-after-warmup", p0, Target::AtMost(1.05))
             .with("samples_tasks_parent_worker_mib", serde_json::json!(series)),
@@ -154,30 +186,27 @@ pub(crate) fn run(tasks: u64, timings: bool, json: bool) -> BenchResult<()> {
             ..Row::new("soak-rss-worker-final", one(mib(last.workers_kib)), "MiB")
                 .vs("rss-after-warmup", mib(warm.workers_kib))
         },
-    ];
-    if json {
-        for row in &rows {
-            println!("{}", report::json_line(row));
-        }
-    } else {
-        println!("RSS over the soak (MiB; the worker column is the larger worker):");
+    ]
+}
+
+/// Prints the RSS samples as a table.
+fn print_samples(samples: &[Sample]) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("RSS over the soak (MiB; the worker column is the larger worker):");
+    println!(
+        "{:>12}  {:>8}  {:>8}  {:>8}",
+        "tasks", "secs", "parent", "worker"
+    );
+    for s in samples {
         println!(
-            "{:>12}  {:>8}  {:>8}  {:>8}",
-            "tasks", "secs", "parent", "worker"
+            "{:>12}  {:>8.2}  {:>8.2}  {:>8.2}",
+            s.tasks,
+            s.secs,
+            mib(s.parent_kib),
+            mib(s.workers_kib)
         );
-        for s in &samples {
-            println!(
-                "{:>12}  {:>8.2}  {:>8.2}  {:>8.2}",
-                s.tasks,
-                s.secs,
-                mib(s.parent_kib),
-                mib(s.workers_kib)
-            );
-        }
-        println!();
-        print!("{}", report::table(&rows));
     }
-    Ok(())
+    println!();
 }
 
 /// The line `y = a + b x` closest to the points in least squares: (a, b).
