@@ -46,6 +46,28 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
+/// A work-queue stream `name` over `subjects` that refuses a message
+/// past `per_subject` on its subject (rather than dropping an old one),
+/// with a two-minute window for duplicate message ids.
+fn work_queue(
+    name: String,
+    subjects: String,
+    per_subject: i64,
+    storage: stream::StorageType,
+) -> stream::Config {
+    stream::Config {
+        name,
+        subjects: vec![subjects],
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        max_messages_per_subject: per_subject,
+        storage,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
 /// Creates `config`'s stream, or brings an existing one to `config`.
 async fn ensure_stream(
     js: &jetstream::Context,
@@ -84,34 +106,24 @@ impl Broker {
         per_worker: usize,
         storage: stream::StorageType,
     ) -> Result<Self, String> {
-        let task_config = stream::Config {
-            name: names.task_stream(),
-            subjects: vec![names.task_subjects()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            // A work-queue subject counts delivered messages until they
-            // are acknowledged, and a worker acknowledges a task only
-            // once its completing output is stored, by which time the
-            // pool may have sent the next task in its place: room for
-            // two windows, plus the init and stop messages. The pool's
-            // own bound (`max_tasks`) is what gives Full errors.
-            max_messages_per_subject: 2 * per_worker as i64 + 8,
+        // A work-queue subject counts delivered messages until they are
+        // acknowledged, and a worker acknowledges a task only once its
+        // completing output is stored, by which time the pool may have sent
+        // the next task in its place: room for two windows, plus the init
+        // and stop messages. The pool's own bound (`max_tasks`) is what
+        // gives Full errors.
+        let task_config = work_queue(
+            names.task_stream(),
+            names.task_subjects(),
+            2 * per_worker as i64 + 8,
             storage,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        };
-        let output_config = stream::Config {
-            name: names.output_stream(),
-            subjects: vec![names.output_subjects()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            max_messages_per_subject: OUTPUT_BACKLOG,
+        );
+        let output_config = work_queue(
+            names.output_stream(),
+            names.output_subjects(),
+            OUTPUT_BACKLOG,
             storage,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        };
+        );
         let tasks = ensure_stream(&js, task_config.clone()).await?;
         let outputs = ensure_stream(&js, output_config.clone()).await?;
         Ok(Broker {

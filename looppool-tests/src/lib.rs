@@ -616,6 +616,17 @@ pub fn recorder() -> (
     })
 }
 
+/// The `Crashed` events in `events`: workers the pool declared lost.
+pub fn crashes(events: &Events) -> Vec<looppool::WorkerEvent> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, looppool::WorkerEvent::Crashed { .. }))
+        .cloned()
+        .collect()
+}
+
 /// The next output-stream item, failing the test if none comes within 20 s
 /// or the stream ends.
 pub async fn next_output<O>(outputs: &mut looppool::Outputs<O>) -> looppool::Output<O> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use looppool::{Output, WorkerEvent};
+use looppool::Output;
 use looppool_nats::async_nats::jetstream::{self, consumer};
 use looppool_nats::async_nats::{self, HeaderMap};
 use looppool_nats::Delivery;
@@ -135,13 +135,7 @@ async fn a_consumer_that_delivers_nothing_is_replaced(name: &str, delivery: Deli
         task_consumer_reads(&js, name).await,
         "the consumer was replaced"
     );
-    let crashed: Vec<_> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, WorkerEvent::Crashed { .. }))
-        .cloned()
-        .collect();
+    let crashed = looppool_tests::crashes(&events);
     assert!(crashed.is_empty(), "no worker was lost: {crashed:?}");
     assert_eq!(pool.stats().restarts, 0);
     pool.shutdown().await;
@@ -208,12 +202,7 @@ async fn a_subject_full_of_messages_its_consumer_never_delivers_is_emptied() {
         task_consumer_reads(&js, name).await,
         "the consumer was replaced"
     );
-    let crashed = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, WorkerEvent::Crashed { .. }))
-        .count();
+    let crashed = looppool_tests::crashes(&events).len();
     assert_eq!(crashed, 0, "no worker was lost");
     // The worker dropped what it was finally handed (and so removed it).
     assert!(

@@ -6,23 +6,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use looppool::{CallError, LossCause, Output, StartError, WorkerEvent};
+use looppool::{CallError, LossCause, Output, StartError};
 use looppool_nats::async_nats::{self, HeaderMap};
 use looppool_nats::Delivery;
 use looppool_tests::nats::NatsServer;
-use looppool_tests::{eventually, recorder, Job};
+use looppool_tests::{crashes, eventually, recorder, Job};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
-
-fn crashes(events: &looppool_tests::Events) -> Vec<WorkerEvent> {
-    events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, WorkerEvent::Crashed { .. }))
-        .cloned()
-        .collect()
-}
 
 /// Malformed messages: no headers, garbage payloads, unreadable or
 /// contradictory headers.

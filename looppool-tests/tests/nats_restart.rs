@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use looppool::{Output, TaskId, WorkerEvent};
+use looppool::{Output, TaskId};
 use looppool_nats::Delivery;
 use looppool_tests::nats::NatsServer;
 use looppool_tests::{recorder, Job};
@@ -236,13 +236,7 @@ async fn crash_the_broker_three_times(name: &str, delivery: Delivery) {
     }
     let ledger = ledger.lock().unwrap();
     let (wrong, twice, fates, lost) = ledger.verdict();
-    let crashed: Vec<_> = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, WorkerEvent::Crashed { .. }))
-        .cloned()
-        .collect();
+    let crashed = looppool_tests::crashes(&events);
     eprintln!(
         "{name}: {TASKS} tasks, 3 broker crashes, {:.1} s: wrong values {wrong}, \
          delivered twice {twice}, without exactly one fate {fates}, lost {lost}, \
