@@ -112,22 +112,40 @@ async fn every_task_ends(
     started.elapsed()
 }
 
-async fn a_consumer_that_delivers_nothing_is_replaced(name: &str, delivery: Delivery) {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (events, hook) = recorder();
-    let (pool, mut outputs) = looppool_tests::nats::probe_pool(WORKER, &server.url, name)
+/// Starts `builder`'s pool of two local workers with `hook` as its event
+/// hook, sees 10 tasks through, then breaks worker 0's task
+/// consumer from a connection of its own (returned for the checks).
+async fn start_then_break_the_task_consumer(
+    builder: looppool_nats::NatsPoolBuilder<looppool_tests::Probe>,
+    hook: impl Fn(&looppool::WorkerEvent) + Send + Sync + 'static,
+    url: &str,
+    name: &str,
+) -> (
+    looppool::Pool<looppool_tests::Probe>,
+    looppool::Outputs<u64>,
+    jetstream::Context,
+) {
+    let (pool, mut outputs) = builder
         .local_workers(2)
-        .delivery(delivery)
         .configure(move |b| b.on_event(hook))
         .start()
         .await
         .unwrap();
     every_task_ends(&pool, &mut outputs, 10).await;
-    let stranger = async_nats::connect(&server.url).await.unwrap();
+    let stranger = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(stranger);
     break_the_task_consumer(&js, name).await;
+    (pool, outputs, js)
+}
+
+async fn a_consumer_that_delivers_nothing_is_replaced(name: &str, delivery: Delivery) {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (events, hook) = recorder();
+    let builder = looppool_tests::nats::probe_pool(WORKER, &server.url, name).delivery(delivery);
+    let (pool, mut outputs, js) =
+        start_then_break_the_task_consumer(builder, hook, &server.url, name).await;
     // Half of them go to worker 0, whose consumer delivers nothing.
     let took = every_task_ends(&pool, &mut outputs, 200).await;
     eprintln!("{name}: the tasks of a worker whose consumer delivered nothing ended in {took:?}");
@@ -164,16 +182,8 @@ async fn a_subject_full_of_messages_its_consumer_never_delivers_is_emptied() {
     let (events, hook) = recorder();
     let builder = looppool_tests::nats::probe_pool(WORKER, &server.url, name);
     let drops = builder.drop_counts();
-    let (pool, mut outputs) = builder
-        .local_workers(2)
-        .configure(move |b| b.on_event(hook))
-        .start()
-        .await
-        .unwrap();
-    every_task_ends(&pool, &mut outputs, 10).await;
-    let stranger = async_nats::connect(&server.url).await.unwrap();
-    let js = jetstream::new(stranger);
-    break_the_task_consumer(&js, name).await;
+    let (pool, mut outputs, js) =
+        start_then_break_the_task_consumer(builder, hook, &server.url, name).await;
     // Fill worker 0's subject up to the broker's limit with messages its
     // consumer will not deliver, as a crashed broker brings back messages
     // behind its consumer: the broker then refuses the pool's tasks.
