@@ -18,8 +18,8 @@ pub struct TaskId {
     /// workers), the attempt in the high 16. One field, as a bare worker
     /// index was: an id with a third field of its own was copied as one
     /// 16-byte block wherever it was returned (each `submit`), a load that
-    /// could not take its bytes from the field-wise stores before it and
-    /// stalled, several nanoseconds a task.
+    /// could not take its bytes from the field-wise stores before it, and
+    /// stalled.
     tag: u32,
     pub(crate) seq: u64,
 }
